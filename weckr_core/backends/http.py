@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+# Placeholder until the HTTP backend lands (issue P1).
+
+
+class HttpBackend:
+    pass

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import warnings
+from decimal import Decimal
+from typing import Literal
+
+ConfigErrorCode = Literal["invalid_api_key", "forbidden", "unknown_plan"]
+
+
+class WeckrCapError(Exception):
+    """The user's monthly spending cap is reached and the plan's action is "block".
+
+    Raised before the provider is called, so nothing is spent. Same attributes
+    as the published weckr-sdk's error of the same name.
+    """
+
+    # weckr-sdk identifies its errors by this attribute as well as by class.
+    name: str = "WeckrCapError"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        user_id: str | None = None,
+        plan_name: str | None = None,
+        current_spend: Decimal | None = None,
+        cap: Decimal | None = None,
+    ) -> None:
+        super().__init__(
+            message or f"Weckr: spending cap reached for user {user_id} on plan {plan_name}"
+        )
+        self.user_id = user_id
+        self.plan_name = plan_name
+        self.current_spend = current_spend
+        self.cap = cap
+
+
+class WeckrLoopError(WeckrCapError):
+    """A loop guard stopped a runaway agent run (or the server's velocity check)."""
+
+    name: str = "WeckrLoopError"
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        llm_calls: int = 0,
+        tokens: int = 0,
+        cost: Decimal = Decimal(0),
+        user_id: str | None = None,
+        plan_name: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            f"Weckr: run stopped by loop guard: {reason} "
+            f"(llm_calls={llm_calls}, tokens={tokens}, cost=${cost})",
+            user_id=user_id,
+            plan_name=plan_name,
+            current_spend=cost,
+        )
+        self.reason = reason
+        self.llm_calls = llm_calls
+        self.tokens = tokens
+        self.cost = cost
+        self.run_id = run_id
+
+
+class WeckrConfigError(Exception):
+    """An unrecoverable configuration error: a wrong (401) or revoked (403) key, or
+    a plan name the client does not know. These fail closed on purpose: failing
+    open would silently switch cap enforcement off."""
+
+    name: str = "WeckrConfigError"
+
+    def __init__(self, code: ConfigErrorCode, message: str | None = None) -> None:
+        super().__init__(message or f"Weckr: configuration error ({code})")
+        self.code = code
+
+
+class WeckrDowngradeWarning(UserWarning):
+    """A capped user's call was sent to a cheaper model.
+
+    A ``UserWarning`` so that ``filterwarnings("error", DeprecationWarning)`` set-ups
+    do not turn a downgrade into a failure. Silence it with
+    ``warnings.filterwarnings("ignore", category=WeckrDowngradeWarning)``.
+    """
+
+
+def is_weckr_cap_error(error: object) -> bool:
+    """True for our cap errors and the weckr-sdk's (matched by their ``name``)."""
+    return isinstance(error, WeckrCapError) or (
+        isinstance(error, BaseException)
+        and getattr(error, "name", None) in ("WeckrCapError", "WeckrLoopError")
+    )
+
+
+def is_weckr_config_error(error: object) -> bool:
+    return isinstance(error, WeckrConfigError) or (
+        isinstance(error, BaseException) and getattr(error, "name", None) == "WeckrConfigError"
+    )
+
+
+def warn_downgrade(
+    user_id: str | None, from_model: str, to_model: str, stacklevel: int = 3
+) -> None:
+    warnings.warn(
+        f"Weckr: downgrading {user_id} from {from_model} to {to_model} (cap reached). "
+        "Later downgrades for this user and model are silent.",
+        category=WeckrDowngradeWarning,
+        stacklevel=stacklevel,
+    )

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+Status = Literal["ok", "error"]
+Source = Literal["sdk", "wrap", "langchain", "crewai", "manual"]
+SOURCES: tuple[Source, ...] = ("sdk", "wrap", "langchain", "crewai", "manual")
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class TokenUsage:
+    """Token counts of one LLM call, in one convention for every provider.
+
+    ``input_tokens`` is the whole prompt, cache reads included; ``cached_input_tokens``
+    is the cache-read part of it. ``cache_creation_tokens`` (Anthropic cache writes)
+    come on top of ``input_tokens``. ``output_tokens`` includes ``reasoning_tokens``.
+    ``reported`` is False when the provider's response carried no usage at all, so a
+    missing figure is never mistaken for a free call.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+    reported: bool = True
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.cache_creation_tokens + self.output_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
+            cache_creation_tokens=self.cache_creation_tokens + other.cache_creation_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            reported=self.reported and other.reported,
+        )
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One LLM call: who made it, for which feature and plan, what it used.
+
+    Holds no prompt or completion text, by design. ``cost_usd`` is None until the
+    call is priced; ``priced`` is False when no price is known for the model, so an
+    unknown model is never silently counted as free.
+    """
+
+    event_id: str = field(default_factory=new_event_id)
+    timestamp: datetime = field(default_factory=utc_now)
+    user_id: str | None = None
+    feature: str | None = None
+    plan: str | None = None
+    plan_revenue_usd: Decimal | None = None
+    provider: str = "unknown"
+    model: str = "unknown"
+    requested_model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal | None = None
+    priced: bool = True
+    usage_reported: bool = True
+    latency_ms: int | None = None
+    status: Status = "ok"
+    error_type: str | None = None
+    source: Source = "sdk"
+    run_id: str | None = None
+    parent_run_id: str | None = None
+    agent: str | None = None
+    task: str | None = None
+    step: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.cache_creation_tokens + self.output_tokens
+
+    def apply_usage(self, usage: TokenUsage) -> None:
+        self.input_tokens = usage.input_tokens
+        self.output_tokens = usage.output_tokens
+        self.cached_input_tokens = usage.cached_input_tokens
+        self.cache_creation_tokens = usage.cache_creation_tokens
+        self.reasoning_tokens = usage.reasoning_tokens
+        self.usage_reported = usage.reported
+
+    def ensure_priced(self) -> UsageRecord:
+        """Fill ``cost_usd`` and ``priced`` from the price table, if not done yet."""
+        if self.cost_usd is None:
+            from weckr_core.pricing import price_usage
+
+            cost = price_usage(
+                self.model,
+                input_tokens=self.input_tokens,
+                output_tokens=self.output_tokens,
+                cached_input_tokens=self.cached_input_tokens,
+                cache_creation_tokens=self.cache_creation_tokens,
+                reasoning_tokens=self.reasoning_tokens,
+                provider=self.provider,
+            )
+            self.cost_usd = cost.usd
+            self.priced = cost.priced
+        return self
+
+    def replace(self, **changes: Any) -> UsageRecord:
+        return dataclasses.replace(self, **changes)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase payload of ``POST /api/v1/log`` (a superset of weckr-sdk's)."""
+        return {
+            "eventId": self.event_id,
+            "timestamp": self.timestamp.isoformat(),
+            "userId": self.user_id,
+            "feature": self.feature,
+            "planName": self.plan,
+            "planRevenueUsd": _float_or_none(self.plan_revenue_usd),
+            "provider": self.provider,
+            "model": self.model,
+            "requestedModel": self.requested_model,
+            "inputTokens": self.input_tokens,
+            "outputTokens": self.output_tokens,
+            "cachedInputTokens": self.cached_input_tokens,
+            "cacheCreationTokens": self.cache_creation_tokens,
+            "reasoningTokens": self.reasoning_tokens,
+            # Informational only: the server recomputes the cost from the tokens.
+            "costUsd": _float_or_none(self.cost_usd),
+            "usageReported": self.usage_reported,
+            "latencyMs": self.latency_ms,
+            "status": self.status,
+            "errorType": self.error_type,
+            "source": self.source,
+            "runId": self.run_id,
+            "parentRunId": self.parent_run_id,
+            "agent": self.agent,
+            "task": self.task,
+            "step": self.step,
+            "tags": list(self.tags),
+        }
+
+
+def _float_or_none(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
