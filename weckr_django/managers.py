@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from django.db import models
+from django.utils import timezone
+
+if TYPE_CHECKING:
+    from weckr_django.models import ApiKey, Project
+
+KEY_PREFIX = "wk_"
+_DISPLAY_LENGTH = 11  # "wk_" and eight characters
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+class ApiKeyManager(models.Manager["ApiKey"]):
+    def create_key(self, project: Project, name: str = "") -> tuple[ApiKey, str]:
+        """A new key for ``project``; returns the row and the plaintext, shown once."""
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = self.create(
+            project=project,
+            name=name,
+            prefix=plaintext[:_DISPLAY_LENGTH],
+            key_hash=hash_key(plaintext),
+        )
+        return key, plaintext
+
+    def authenticate(self, plaintext: str) -> ApiKey | None:
+        """The key row for ``plaintext`` (revoked ones included), or None.
+
+        Looked up by hash: the plaintext never reaches the database, and comparing
+        hashes leaks nothing about the stored key.
+        """
+        digest = hash_key(plaintext)
+        key = self.select_related("project").filter(key_hash=digest).first()
+        if key is None or not hmac.compare_digest(key.key_hash, digest):
+            return None
+        return key
+
+    def touch(self, key: ApiKey) -> None:
+        """Record use, at most once a minute per key to spare the database."""
+        now = timezone.now()
+        if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
+            self.filter(pk=key.pk).update(last_used_at=now)
+            key.last_used_at = now
+
+
+class UsageEventManager(models.Manager[Any]):
+    pass
