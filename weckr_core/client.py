@@ -1,7 +1,659 @@
+"""The ``Weckr`` client: the published weckr-sdk's interface on a Backend.
+
+    wk = Weckr(api_key="wk_...", plans={"free": 0, "pro": 29})
+    result = wk.chat(openai_client, {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Summarize this."}],
+        "user_id": user.id,
+        "feature": "ai-summary",
+        "plan": user.plan,
+    })
+
+Differences from weckr-sdk 0.3.0, all on purpose: records go to a Backend (a
+queue drained by one sender thread, never a thread per call); calls are priced off
+the caller's thread; streams are recorded with their real usage; ``user_id``,
+``feature`` and ``plan`` fall back to the attribution context; a plan is only
+checked against ``plans`` when ``plans`` was given.
+"""
+
 from __future__ import annotations
 
-# Placeholder until the client lands (issue P1); replaced by the real Weckr client.
+import logging
+import time
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from weckr_core.backends import Backend, get_backend
+from weckr_core.context import current_attribution
+from weckr_core.errors import WeckrCapError, WeckrConfigError, warn_downgrade
+from weckr_core.records import Source, Status, TokenUsage, UsageRecord, new_event_id
+from weckr_core.streaming import (
+    AsyncRecordedStream,
+    RecordedMessageStreamManager,
+    RecordedStream,
+    StreamUsage,
+)
+from weckr_core.usage import NOT_REPORTED, detect_provider
+from weckr_core.wrap import (
+    ANTHROPIC_MESSAGES,
+    GEMINI,
+    GEMINI_STREAM,
+    OPENAI_CHAT,
+    Endpoint,
+    unwrap,
+    wrap_with,
+)
+
+__all__ = ["DEFAULT_CHECK_ENDPOINT", "DEFAULT_LOG_ENDPOINT", "Weckr"]
+
+DEFAULT_LOG_ENDPOINT = "https://app.useweckr.com/api/v1/log"
+DEFAULT_CHECK_ENDPOINT = "https://app.useweckr.com/api/v1/check"
+
+logger = logging.getLogger("weckr")
+
+C = TypeVar("C")
+OnError = Callable[[BaseException], None]
+OnDowngrade = Callable[[dict[str, str]], None]
+
+_MAX_DOWNGRADES_REMEMBERED = 10_000
+_SDK_MODULES = ("openai", "anthropic", "google.")
+# Provider per client class, for classes from the SDKs' own modules only: a generic
+# proxy class can stand in front of clients of different providers.
+_provider_by_type: dict[type, str] = {}
+
+
+def _provider_of(client: Any) -> str:
+    cls = type(client)
+    provider = _provider_by_type.get(cls)
+    if provider is None:
+        provider = detect_provider(client)
+        if (cls.__module__ or "").startswith(_SDK_MODULES):
+            _provider_by_type[cls] = provider
+    return provider
+
+
+def _model_name(model: Any) -> str:
+    if not model:
+        return "unknown"
+    name = str(model)
+    # google-genai and google-generativeai accept "models/gemini-2.5-flash".
+    return name[7:] if name.startswith("models/") else name
+
+
+class _Call:
+    """One intercepted LLM call, from the cap decision to its usage record."""
+
+    __slots__ = (
+        "backend",
+        "event_id",
+        "feature",
+        "model",
+        "plan",
+        "plan_revenue",
+        "provider",
+        "requested_model",
+        "source",
+        "started",
+        "tags",
+        "user_id",
+        "weckr",
+    )
+
+    def __init__(
+        self,
+        weckr: Weckr,
+        backend: Backend,
+        source: Source,
+        provider: str,
+        model: str,
+        user_id: str | None,
+        plan: str | None,
+        plan_revenue: Decimal | None,
+        feature: str | None,
+        tags: tuple[str, ...],
+    ) -> None:
+        self.weckr = weckr
+        self.backend = backend
+        self.source = source
+        self.provider = provider
+        self.model = model
+        self.requested_model: str | None = None
+        self.user_id = user_id
+        self.plan = plan
+        self.plan_revenue = plan_revenue
+        self.feature = feature
+        self.tags = tags
+        self.event_id = new_event_id()
+        self.started = time.perf_counter()
+
+    def finish(
+        self, usage: TokenUsage, model: str | None, error: BaseException | None = None
+    ) -> None:
+        status: Status = "ok" if error is None else "error"
+        record = UsageRecord(
+            event_id=self.event_id,
+            user_id=self.user_id,
+            feature=self.feature,
+            plan=self.plan,
+            plan_revenue_usd=self.plan_revenue,
+            provider=self.provider,
+            model=model or self.model,
+            requested_model=self.requested_model,
+            latency_ms=int((time.perf_counter() - self.started) * 1000),
+            status=status,
+            error_type=None if error is None else type(error).__name__,
+            source=self.source,
+            tags=self.tags,
+        )
+        record.apply_usage(usage)
+        self.weckr._deliver(self.backend, record)
+
+    def finish_response(self, endpoint: Endpoint, response: Any) -> None:
+        try:
+            usage = endpoint.usage(response)
+            model = endpoint.model_of(response)
+        except Exception as error:
+            # Keep the row; an unreadable usage is recorded as not reported.
+            self.weckr._report(error)
+            usage, model = NOT_REPORTED, None
+        self.finish(usage, model)
+
+    def finish_stream(self, collected: StreamUsage, error: BaseException | None) -> None:
+        self.finish(collected.usage, collected.model, error)
+
+    def fail(self, error: BaseException) -> None:
+        self.finish(NOT_REPORTED, None, error)
 
 
 class Weckr:
-    pass
+    """Caps, attribution and usage records around LLM calls.
+
+    With ``api_key``, records go to a Weckr server through an ``HttpBackend`` owned
+    by this client; with ``backend``, to that backend; with neither, to the process
+    default backend (inside Django, the one weckr_django installs).
+    ``plans`` maps plan names to their monthly price in USD.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        plans: Mapping[str, float | int | str | Decimal] | None = None,
+        endpoint: str = DEFAULT_LOG_ENDPOINT,
+        check_endpoint: str = DEFAULT_CHECK_ENDPOINT,
+        disable_cap_check: bool = False,
+        on_error: OnError | None = None,
+        on_downgrade: OnDowngrade | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        if api_key is not None and not api_key.strip():
+            raise WeckrConfigError(
+                "invalid_api_key",
+                "Weckr: api_key is empty. Pass a key, or leave api_key out to use the "
+                "configured backend.",
+            )
+        self.plans: dict[str, Decimal] | None = (
+            None if plans is None else {name: _plan_price(name, v) for name, v in plans.items()}
+        )
+        self.disable_cap_check = disable_cap_check
+        self.on_error = on_error
+        self.on_downgrade = on_downgrade
+        self._owns_backend = False
+        if backend is None and api_key is not None:
+            from weckr_core.backends.http import HttpBackend
+
+            backend = HttpBackend(api_key, endpoint, check_endpoint, on_error=on_error)
+            self._owns_backend = True
+        self._backend = backend
+        self._downgrades_seen: set[tuple[str | None, str, str]] = set()
+        self._last_event_id: ContextVar[str | None] = ContextVar(
+            "weckr_last_event_id", default=None
+        )
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend if self._backend is not None else get_backend()
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The event id of the latest call made by this client in the current
+        thread or asyncio task (the id of its usage record)."""
+        return self._last_event_id.get()
+
+    # -- public API -----------------------------------------------------------------
+
+    def chat(self, client: Any, params: Mapping[str, Any]) -> Any:
+        """Call ``client`` with ``params`` (OpenAI chat shape) and record the call.
+
+        ``user_id``, ``feature`` and ``plan`` are taken out of ``params`` (falling
+        back to the attribution context). Returns the provider's response unchanged,
+        or, with ``stream=True``, its stream, recorded when the stream ends.
+        """
+        call, endpoint, stream, method, args, kwargs = self._prepare_chat(client, params, False)
+        return self._invoke(call, endpoint, stream, method, args, kwargs)
+
+    async def achat(self, client: Any, params: Mapping[str, Any]) -> Any:
+        """``chat`` for async clients (``AsyncOpenAI``, ``AsyncAnthropic``,
+        google-genai's ``client.aio``)."""
+        call, endpoint, stream, method, args, kwargs = self._prepare_chat(client, params, True)
+        return await self._ainvoke(call, endpoint, stream, method, args, kwargs)
+
+    def wrap(self, client: C) -> C:
+        """A drop-in proxy of ``client`` whose LLM calls are recorded through this
+        client, attributed from the context. See ``weckr_core.wrap``."""
+        return wrap_with(self, client)
+
+    def track(
+        self,
+        *,
+        model: str,
+        provider: str = "unknown",
+        user_id: Any = None,
+        feature: str | None = None,
+        plan: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cached_input_tokens: int = 0,
+        cache_creation_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        latency_ms: int | None = None,
+        status: Status = "ok",
+        error_type: str | None = None,
+        usage_reported: bool = True,
+        tags: tuple[str, ...] | list[str] = (),
+    ) -> str:
+        """Record a call made outside any wrapped client; returns its event id.
+
+        Token counts follow ``TokenUsage``: input includes cache reads, output
+        includes reasoning, cache writes come on top of input.
+        """
+        counts = {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cached_input_tokens": cached_input_tokens,
+            "cache_creation_tokens": cache_creation_tokens,
+            "reasoning_tokens": reasoning_tokens,
+        }
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Weckr: track({name}=...) must be an int >= 0, got {value!r}.")
+        if cached_input_tokens > input_tokens:
+            raise ValueError("Weckr: cached_input_tokens cannot exceed input_tokens.")
+        if reasoning_tokens > output_tokens:
+            raise ValueError("Weckr: reasoning_tokens cannot exceed output_tokens.")
+        if status not in ("ok", "error"):
+            raise ValueError(f'Weckr: status must be "ok" or "error", got {status!r}.')
+        if not model:
+            raise ValueError("Weckr: track() needs the model name.")
+        attribution = current_attribution()
+        user = _user(user_id) if user_id is not None else attribution.user_id
+        plan = plan if plan is not None else attribution.plan
+        record = UsageRecord(
+            user_id=user,
+            feature=feature if feature is not None else attribution.feature,
+            plan=plan,
+            plan_revenue_usd=self._plan_revenue(plan),
+            provider=provider,
+            model=_model_name(model),
+            latency_ms=latency_ms,
+            status=status,
+            error_type=error_type,
+            source="manual",
+            tags=tuple(dict.fromkeys((*attribution.tags, *tags))),
+        )
+        record.apply_usage(TokenUsage(**counts, reported=usage_reported))
+        self._last_event_id.set(record.event_id)
+        self._deliver(self.backend, record)
+        return record.event_id
+
+    def flush(self, timeout_seconds: float = 5.0) -> bool:
+        """Wait until every record so far is delivered; False if time ran out.
+        Call before a short-lived script or serverless function exits."""
+        return self.backend.flush(timeout_seconds)
+
+    def close(self, timeout_seconds: float = 5.0) -> None:
+        """Flush, and stop the HTTP backend this client created (if it did)."""
+        self.flush(timeout_seconds)
+        if self._owns_backend:
+            close = getattr(self._backend, "close", None)
+            if close is not None:
+                close()
+
+    # -- the call path (shared with wrap) -------------------------------------------
+
+    def _start(
+        self,
+        source: Source,
+        provider: str,
+        model: str,
+        user_id: str | None,
+        plan: str | None,
+        feature: str | None,
+        tags: tuple[str, ...],
+        stacklevel: int = 8,
+    ) -> _Call:
+        """Resolve the plan, enforce the cap (may raise before anything is spent).
+
+        ``stacklevel`` points a downgrade warning at the caller's own frame."""
+        plan_revenue = self._plan_revenue(plan)
+        backend = self._backend if self._backend is not None else get_backend()
+        call = _Call(
+            self, backend, source, provider, model, user_id, plan, plan_revenue, feature, tags
+        )
+        if user_id and not self.disable_cap_check:
+            alternative = self._admit(backend, user_id, plan, model, stacklevel)
+            if alternative is not None:
+                call.requested_model = model
+                call.model = alternative
+        self._last_event_id.set(call.event_id)
+        return call
+
+    def _admit(
+        self, backend: Backend, user_id: str, plan: str | None, model: str, stacklevel: int
+    ) -> str | None:
+        """None to go ahead; a model name to use instead; raises to block."""
+        try:
+            decision = backend.check(user_id, plan, model)
+        except (WeckrCapError, WeckrConfigError):
+            raise
+        except Exception as error:
+            # Fail open on a broken check, loudly: the call itself must not fail.
+            self._report(error)
+            return None
+        if decision.action == "allow":
+            return None
+        alternative = decision.alternative_model
+        if decision.action == "downgrade" and alternative:
+            if alternative == model:
+                return None
+            self._notify_downgrade(user_id, model, alternative, stacklevel)
+            return alternative
+        raise WeckrCapError(
+            user_id=user_id,
+            plan_name=plan,
+            current_spend=decision.current_spend,
+            cap=decision.cap,
+        )
+
+    def _call(
+        self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        call, stream = self._start_wrapped(endpoint, kwargs)
+        return self._invoke(call, endpoint, stream, method, args, kwargs)
+
+    async def _acall(
+        self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        call, stream = self._start_wrapped(endpoint, kwargs)
+        return await self._ainvoke(call, endpoint, stream, method, args, kwargs)
+
+    def _call_stream_helper(
+        self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        call, _ = self._start_wrapped(endpoint, kwargs)
+        # The helper sends nothing until its ``with`` block is entered.
+        return RecordedMessageStreamManager(method(*args, **kwargs), call.finish_stream)
+
+    def _start_wrapped(self, endpoint: Endpoint, kwargs: dict[str, Any]) -> tuple[_Call, bool]:
+        attribution = current_attribution()
+        call = self._start(
+            "wrap",
+            endpoint.provider,
+            _model_name(kwargs.get("model")),
+            attribution.user_id,
+            attribution.plan,
+            attribution.feature,
+            attribution.tags,
+        )
+        if call.requested_model is not None:
+            kwargs["model"] = call.model
+        stream = endpoint.always_streams or kwargs.get("stream") is True
+        if stream and endpoint.adds_include_usage:
+            _ensure_include_usage(kwargs)
+        return call, stream
+
+    def _invoke(
+        self,
+        call: _Call,
+        endpoint: Endpoint,
+        stream: bool,
+        method: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        call.started = time.perf_counter()
+        try:
+            result = method(*args, **kwargs)
+        except BaseException as error:
+            call.fail(error)
+            raise
+        if stream:
+            return RecordedStream(result, endpoint.stream_usage(), call.finish_stream)
+        call.finish_response(endpoint, result)
+        return result
+
+    async def _ainvoke(
+        self,
+        call: _Call,
+        endpoint: Endpoint,
+        stream: bool,
+        method: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        call.started = time.perf_counter()
+        try:
+            result = await method(*args, **kwargs)
+        except BaseException as error:
+            call.fail(error)
+            raise
+        if stream:
+            return AsyncRecordedStream(result, endpoint.stream_usage(), call.finish_stream)
+        call.finish_response(endpoint, result)
+        return result
+
+    def _prepare_chat(
+        self, client: Any, params: Mapping[str, Any], is_async: bool
+    ) -> tuple[_Call, Endpoint, bool, Any, tuple[Any, ...], dict[str, Any]]:
+        client = unwrap(client)
+        provider = _provider_of(client)
+        params = dict(params)
+        attribution = current_attribution()
+        user_id = params.pop("user_id", None)
+        user = _user(user_id) if user_id is not None else attribution.user_id
+        feature = params.pop("feature", None)
+        plan = params.pop("plan", None)
+        client_is_async = type(client).__name__.startswith("Async")
+        if client_is_async and not is_async:
+            raise TypeError("Weckr: this is an async client; use `await wk.achat(client, params)`.")
+        if provider == "gemini":
+            target = _gemini_target(client, is_async)
+        elif provider == "openai" or _has_chat_completions(client):
+            provider = "openai" if provider == "unknown" else provider
+            target = client.chat.completions
+        elif provider == "anthropic":
+            target = client.messages
+        else:
+            raise ValueError(
+                "Weckr: could not detect the provider of this client. Pass an OpenAI, "
+                "Anthropic or Gemini (google-genai or google-generativeai) client."
+            )
+        call = self._start(
+            "sdk",
+            provider,
+            _model_name(params.get("model")),
+            user,
+            plan if plan is not None else attribution.plan,
+            feature if feature is not None else attribution.feature,
+            attribution.tags,
+            stacklevel=7,
+        )
+        if call.requested_model is not None:
+            params["model"] = call.model
+        if provider == "gemini":
+            stream = params.pop("stream", False) is True
+            method, args, kwargs = _gemini_request(target, params, stream, is_async)
+            return call, GEMINI_STREAM if stream else GEMINI, stream, method, args, kwargs
+        stream = params.get("stream") is True
+        if provider == "anthropic":
+            return call, ANTHROPIC_MESSAGES, stream, target.create, (), params
+        if stream:
+            _ensure_include_usage(params)
+        return call, OPENAI_CHAT, stream, target.create, (), params
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _plan_revenue(self, plan: str | None) -> Decimal | None:
+        if plan is None or self.plans is None:
+            return None
+        revenue = self.plans.get(plan)
+        if revenue is None:
+            raise WeckrConfigError(
+                "unknown_plan",
+                f'Weckr: plan "{plan}" is not in the `plans` given to Weckr '
+                f"({', '.join(sorted(self.plans)) or 'none'}). Add it, e.g. "
+                f'plans={{"{plan}": <monthly price in USD>}}.',
+            )
+        return revenue
+
+    def _notify_downgrade(
+        self, user_id: str, from_model: str, to_model: str, stacklevel: int
+    ) -> None:
+        if self.on_downgrade is not None:
+            try:
+                self.on_downgrade({"userId": user_id, "from": from_model, "to": to_model})
+                return
+            except Exception as error:
+                self._report(error)
+        key = (user_id, from_model, to_model)
+        if key in self._downgrades_seen:
+            return
+        if len(self._downgrades_seen) >= _MAX_DOWNGRADES_REMEMBERED:
+            self._downgrades_seen.clear()
+        self._downgrades_seen.add(key)
+        warn_downgrade(user_id, from_model, to_model, stacklevel=stacklevel)
+
+    def _deliver(self, backend: Backend, record: UsageRecord) -> None:
+        try:
+            backend.record(record)
+        except Exception as error:
+            logger.error(
+                "Weckr: the backend refused usage record %s (%s, %s)",
+                record.event_id,
+                record.model,
+                record.user_id,
+                exc_info=True,
+            )
+            self._report(error)
+
+    def _report(self, error: BaseException) -> None:
+        if self.on_error is None:
+            logger.warning("Weckr: %r", error)
+            return
+        try:
+            self.on_error(error)
+        except Exception:
+            logger.exception("Weckr: on_error raised")
+
+
+def _plan_price(name: str, value: float | int | str | Decimal) -> Decimal:
+    try:
+        price = Decimal(str(value))
+    except ArithmeticError:
+        price = Decimal("NaN")
+    if not price.is_finite() or price < 0:
+        raise ValueError(
+            f"Weckr: plans[{name!r}] must be a monthly price in USD >= 0, got {value!r}."
+        )
+    return price
+
+
+def _user(user_id: Any) -> str | None:
+    text = str(user_id)
+    return text or None
+
+
+def _has_chat_completions(client: Any) -> bool:
+    completions = getattr(getattr(client, "chat", None), "completions", None)
+    return callable(getattr(completions, "create", None))
+
+
+def _ensure_include_usage(kwargs: dict[str, Any]) -> None:
+    options = kwargs.get("stream_options")
+    if options is None:
+        kwargs["stream_options"] = {"include_usage": True}
+    elif isinstance(options, Mapping) and "include_usage" not in options:
+        kwargs["stream_options"] = {**options, "include_usage": True}
+
+
+def _gemini_target(client: Any, is_async: bool) -> Any:
+    """google-genai's ``client.models`` (or ``client.aio.models``), or the legacy
+    google-generativeai module (something with ``GenerativeModel``)."""
+    if callable(getattr(client, "GenerativeModel", None)):
+        return client
+    holder = getattr(client, "aio", None) if is_async else client
+    models = getattr(holder, "models", None)
+    if models is not None and callable(getattr(models, "generate_content", None)):
+        return models
+    raise ValueError(
+        "Weckr: this Gemini client has neither .models.generate_content (google-genai) "
+        "nor .GenerativeModel (google-generativeai)."
+    )
+
+
+def _gemini_contents(messages: Any) -> tuple[list[dict[str, Any]], Any]:
+    """OpenAI-style messages as Gemini ``contents`` plus the system instruction."""
+    contents: list[dict[str, Any]] = []
+    system_instruction: Any = None
+    for message in messages or ():
+        if not isinstance(message, Mapping):
+            raise TypeError(
+                f"Weckr: a Gemini message must be a dict, got {type(message).__name__}."
+            )
+        role = message.get("role", "user")
+        content = message.get("content", "")
+        if role == "system":
+            system_instruction = content
+            continue
+        text = content if isinstance(content, str) else str(content)
+        contents.append(
+            {"role": "model" if role == "assistant" else "user", "parts": [{"text": text}]}
+        )
+    return contents, system_instruction
+
+
+def _gemini_request(
+    target: Any, params: dict[str, Any], stream: bool, is_async: bool
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    model = params.pop("model", None) or "gemini-2.5-flash"
+    system_instruction = None
+    if "messages" in params:
+        contents, system_instruction = _gemini_contents(params.pop("messages"))
+    else:
+        contents = params.pop("contents", None)
+    if callable(getattr(target, "GenerativeModel", None)):
+        extra = {} if system_instruction is None else {"system_instruction": system_instruction}
+        generative_model = target.GenerativeModel(model, **extra)
+        if stream:
+            params["stream"] = True
+        method = (
+            generative_model.generate_content_async
+            if is_async
+            else generative_model.generate_content
+        )
+        return method, (contents,), params
+    if system_instruction is not None:
+        params["config"] = _with_system_instruction(params.get("config"), system_instruction)
+    method = target.generate_content_stream if stream else target.generate_content
+    return method, (), {"model": model, "contents": contents, **params}
+
+
+def _with_system_instruction(config: Any, system_instruction: Any) -> Any:
+    if config is None:
+        return {"system_instruction": system_instruction}
+    if isinstance(config, Mapping):
+        return {"system_instruction": system_instruction, **config}
+    if getattr(config, "system_instruction", None) is None and hasattr(config, "model_copy"):
+        return config.model_copy(update={"system_instruction": system_instruction})
+    return config

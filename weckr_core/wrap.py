@@ -1,0 +1,221 @@
+"""``wrap(client)``: an OpenAI, Anthropic or google-genai client that records itself.
+
+The proxy intercepts the calls that spend tokens and passes every other attribute
+through to the real client::
+
+    client = wrap(openai.OpenAI())
+    with attribute(user_id=request.user.pk, plan="pro", feature="summaries"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[...])
+
+Intercepted: ``chat.completions.create`` and ``responses.create`` (OpenAI),
+``messages.create`` and the ``messages.stream`` helper (Anthropic, also under
+``beta``), ``models.generate_content`` and ``models.generate_content_stream``
+(google-genai, also under ``aio``). ``with_options()`` / ``copy()`` return wrapped
+clients. Not intercepted (they pass through unrecorded): ``with_raw_response`` and
+``with_streaming_response`` views, OpenAI's ``.stream()`` / ``.parse()`` helpers,
+and google-genai's ``chats``. ``isinstance(wrapped, openai.OpenAI)`` is False.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from weckr_core.records import TokenUsage
+from weckr_core.streaming import (
+    AnthropicStreamUsage,
+    GeminiStreamUsage,
+    OpenAIChatStreamUsage,
+    OpenAIResponsesStreamUsage,
+    StreamUsage,
+)
+from weckr_core.usage import (
+    detect_provider,
+    usage_from_anthropic,
+    usage_from_gemini,
+    usage_from_openai,
+)
+
+if TYPE_CHECKING:
+    from weckr_core.client import Weckr
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A provider method that spends tokens, and how to read its usage."""
+
+    provider: str
+    usage: Callable[[Any], TokenUsage]
+    stream_usage: Callable[[], StreamUsage]
+    # Always returns a stream (google-genai ``generate_content_stream``).
+    always_streams: bool = False
+    # OpenAI Chat Completions: ask for the usage chunk when the caller did not.
+    adds_include_usage: bool = False
+    # Anthropic ``messages.stream()``: returns a context manager, not a response.
+    stream_helper: bool = False
+
+    @staticmethod
+    def model_of(response: Any) -> str | None:
+        model = getattr(response, "model", None) or getattr(response, "model_version", None)
+        return model if isinstance(model, str) and model else None
+
+
+OPENAI_CHAT = Endpoint("openai", usage_from_openai, OpenAIChatStreamUsage, adds_include_usage=True)
+OPENAI_RESPONSES = Endpoint("openai", usage_from_openai, OpenAIResponsesStreamUsage)
+ANTHROPIC_MESSAGES = Endpoint("anthropic", usage_from_anthropic, AnthropicStreamUsage)
+ANTHROPIC_STREAM_HELPER = Endpoint(
+    "anthropic", usage_from_anthropic, AnthropicStreamUsage, stream_helper=True
+)
+GEMINI = Endpoint("gemini", usage_from_gemini, GeminiStreamUsage)
+GEMINI_STREAM = Endpoint("gemini", usage_from_gemini, GeminiStreamUsage, always_streams=True)
+
+
+class _Rewrap:
+    """Marks client methods that return a new client (``with_options``, ``copy``)."""
+
+
+REWRAP = _Rewrap()
+
+Route = Mapping[str, "Route | Endpoint | _Rewrap"]
+
+_GEMINI_MODELS: Route = {
+    "generate_content": GEMINI,
+    "generate_content_stream": GEMINI_STREAM,
+}
+_ANTHROPIC_MESSAGES: Route = {"create": ANTHROPIC_MESSAGES, "stream": ANTHROPIC_STREAM_HELPER}
+
+ROUTES: dict[str, Route] = {
+    "openai": {
+        "chat": {"completions": {"create": OPENAI_CHAT}},
+        "responses": {"create": OPENAI_RESPONSES},
+        "with_options": REWRAP,
+        "copy": REWRAP,
+    },
+    "anthropic": {
+        "messages": _ANTHROPIC_MESSAGES,
+        "beta": {"messages": _ANTHROPIC_MESSAGES},
+        "with_options": REWRAP,
+        "copy": REWRAP,
+    },
+    "gemini": {"models": _GEMINI_MODELS, "aio": {"models": _GEMINI_MODELS}},
+}
+
+
+class WeckrProxy:
+    """Passes everything through to the wrapped object, except the routed names.
+
+    Routed attributes are built on first access and cached in the instance
+    ``__dict__``, so later accesses are plain attribute reads.
+    """
+
+    __wrapped__: Any
+    _weckr: Weckr
+    _weckr_routes: Route
+    _weckr_async: bool
+
+    def __init__(self, target: Any, weckr: Weckr, routes: Route) -> None:
+        state = self.__dict__
+        state["__wrapped__"] = target
+        state["_weckr"] = weckr
+        state["_weckr_routes"] = routes
+        state["_weckr_async"] = type(target).__name__.startswith("Async")
+
+    def __getattr__(self, name: str) -> Any:
+        target = self.__dict__.get("__wrapped__")
+        if target is None:
+            raise AttributeError(name)
+        route = self._weckr_routes.get(name)
+        value = getattr(target, name)
+        if route is None:
+            return value
+        proxy: Any
+        if isinstance(route, Endpoint):
+            proxy = _intercept(self._weckr, value, route, self._weckr_async)
+        elif isinstance(route, _Rewrap):
+            proxy = _rewrapping(self._weckr, value)
+        else:
+            proxy = WeckrProxy(value, self._weckr, route)
+        self.__dict__[name] = proxy
+        return proxy
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.__wrapped__, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self.__wrapped__, name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(self.__wrapped__)))
+
+    def __repr__(self) -> str:
+        return f"<weckr wrap of {self.__wrapped__!r}>"
+
+
+def _intercept(weckr: Weckr, method: Any, endpoint: Endpoint, is_async: bool) -> Any:
+    if endpoint.stream_helper:
+
+        def stream_helper(*args: Any, **kwargs: Any) -> Any:
+            return weckr._call_stream_helper(method, endpoint, args, kwargs)
+
+        return functools.update_wrapper(stream_helper, method)
+    if is_async:
+
+        async def acreate(*args: Any, **kwargs: Any) -> Any:
+            return await weckr._acall(method, endpoint, args, kwargs)
+
+        return functools.update_wrapper(acreate, method)
+
+    def create(*args: Any, **kwargs: Any) -> Any:
+        return weckr._call(method, endpoint, args, kwargs)
+
+    return functools.update_wrapper(create, method)
+
+
+def _rewrapping(weckr: Weckr, method: Any) -> Any:
+    def rewrapped(*args: Any, **kwargs: Any) -> Any:
+        return weckr.wrap(method(*args, **kwargs))
+
+    return functools.update_wrapper(rewrapped, method)
+
+
+def unwrap(client: Any) -> Any:
+    """The real client behind ``wrap(client)``; anything else as is."""
+    if type(client) is WeckrProxy:
+        return client.__dict__["__wrapped__"]
+    return client
+
+
+def wrap_with(weckr: Weckr, client: C) -> C:
+    if type(client) is WeckrProxy:
+        return client
+    provider = detect_provider(client)
+    routes = ROUTES.get(provider)
+    if routes is None:
+        raise TypeError(
+            "Weckr: wrap() takes an OpenAI, Anthropic or google-genai client "
+            f"(sync or async), not {type(client).__module__}.{type(client).__qualname__}."
+        )
+    return cast(C, WeckrProxy(client, weckr, routes))
+
+
+_default_weckr: Weckr | None = None
+
+
+def wrap(client: C, *, weckr: Weckr | None = None) -> C:
+    """Record every LLM call made through ``client``, attributed from the context.
+
+    Records go to ``weckr``'s backend, or to the process default backend
+    (``weckr_core.configure()``; inside Django, the weckr_django backend).
+    """
+    global _default_weckr
+    if weckr is None:
+        if _default_weckr is None:
+            from weckr_core.client import Weckr
+
+            _default_weckr = Weckr()
+        weckr = _default_weckr
+    return wrap_with(weckr, client)
