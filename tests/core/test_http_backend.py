@@ -1,0 +1,638 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.core.http_server import (
+    BATCH_PATH,
+    CHECK_PATH,
+    LOG_PATH,
+    FakeWeckrServer,
+    ReceivedRequest,
+    Reply,
+)
+from weckr_core.backends.http import HttpBackend, WeckrBackendError
+from weckr_core.errors import WeckrConfigError
+from weckr_core.records import UsageRecord
+
+API_KEY = "wk_test_123"
+BackendFactory = Callable[..., HttpBackend]
+
+
+@pytest.fixture
+def server() -> Iterator[FakeWeckrServer]:
+    with FakeWeckrServer() as fake:
+        yield fake
+
+
+@pytest.fixture
+def errors() -> list[BaseException]:
+    return []
+
+
+@pytest.fixture
+def make_backend(server: FakeWeckrServer, errors: list[BaseException]) -> Iterator[BackendFactory]:
+    backends: list[HttpBackend] = []
+
+    def make(**options: Any) -> HttpBackend:
+        options = {
+            "backoff_seconds": (0.02, 0.05),
+            "on_error": errors.append,
+            "check_timeout_seconds": 1.0,
+            "send_timeout_seconds": 2.0,
+            **options,
+        }
+        backend = HttpBackend(API_KEY, server.log_url, server.check_url, **options)
+        backends.append(backend)
+        return backend
+
+    yield make
+    for backend in backends:
+        backend.close(timeout=0.5)
+
+
+def usage(**fields: Any) -> UsageRecord:
+    defaults: dict[str, Any] = {
+        "user_id": "u1",
+        "plan": "pro",
+        "feature": "summary",
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "input_tokens": 1200,
+        "cached_input_tokens": 200,
+        "cache_creation_tokens": 50,
+        "output_tokens": 300,
+        "reasoning_tokens": 40,
+    }
+    return UsageRecord(**{**defaults, **fields})
+
+
+def log_requests(server: FakeWeckrServer) -> list[ReceivedRequest]:
+    return [r for r in server.requests() if r.path in (LOG_PATH, BATCH_PATH)]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def occupy_sender(server: FakeWeckrServer, backend: HttpBackend, seconds: float) -> UsageRecord:
+    """Keeps the sender busy on one slow delivery, so the next records queue up."""
+    server.enqueue(LOG_PATH, Reply(delay=seconds))
+    first = usage()
+    backend.record(first)
+    wait_until(lambda: len(log_requests(server)) == 1)
+    return first
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def accepted_ids(server: FakeWeckrServer) -> list[str]:
+    return [event["eventId"] for event in server.accepted_events]
+
+
+def reported_ids(errors: list[BaseException]) -> list[str]:
+    return [i for e in errors if isinstance(e, WeckrBackendError) for i in e.event_ids]
+
+
+# -- check ---------------------------------------------------------------------
+
+
+def test_check_sends_query_and_key_and_parses_decimals(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    server.set_reply(
+        CHECK_PATH, Reply(body={"allowed": True, "currentSpend": 1.25, "cap": "10.00"})
+    )
+
+    decision = make_backend().check("u1", "pro", "gpt-4o")
+
+    [request] = server.requests(CHECK_PATH)
+    assert request.method == "GET"
+    assert request.query == {"userId": "u1", "planName": "pro", "model": "gpt-4o"}
+    assert request.headers["x-api-key"] == API_KEY
+    assert decision.allowed
+    assert decision.current_spend == Decimal("1.25")
+    assert decision.cap == Decimal("10.00")
+    assert decision.remaining_budget == Decimal("8.75")
+
+
+@pytest.mark.parametrize(
+    ("body", "action", "alternative"),
+    [
+        ({"allowed": False, "action": "downgrade", "alternativeModel": "gpt-4o-mini"},
+         "downgrade", "gpt-4o-mini"),
+        ({"allowed": False, "action": "downgrade", "alternativeModel": None}, "block", None),
+        ({"allowed": False, "action": "block"}, "block", None),
+        ({"allowed": False, "action": None}, "block", None),
+    ],
+)  # fmt: skip
+def test_check_maps_refusals(
+    server: FakeWeckrServer,
+    make_backend: BackendFactory,
+    body: dict[str, Any],
+    action: str,
+    alternative: str | None,
+) -> None:
+    server.set_reply(CHECK_PATH, Reply(body={**body, "currentSpend": 12, "cap": 10}))
+
+    decision = make_backend().check("u1", "pro", "gpt-4o")
+
+    assert (decision.action, decision.alternative_model) == (action, alternative)
+    assert decision.current_spend == Decimal(12)
+
+
+@pytest.mark.parametrize(("user_id", "plan"), [(None, "pro"), ("u1", None), ("", "pro")])
+def test_check_without_user_or_plan_allows_without_asking(
+    server: FakeWeckrServer, make_backend: BackendFactory, user_id: str | None, plan: str | None
+) -> None:
+    assert make_backend().check(user_id, plan, "gpt-4o").allowed
+    assert server.requests(CHECK_PATH) == []
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, "invalid_api_key"), (403, "forbidden")])
+def test_check_fails_closed_on_bad_key(
+    server: FakeWeckrServer, make_backend: BackendFactory, status: int, code: str
+) -> None:
+    server.set_reply(CHECK_PATH, Reply(status, {"error": "key wk_test_ is not valid"}))
+    backend = make_backend()
+
+    for _ in range(2):  # not cached: asks again each time
+        with pytest.raises(WeckrConfigError) as raised:
+            backend.check("u1", "pro", "gpt-4o")
+        assert raised.value.code == code
+        assert "key wk_test_ is not valid" in str(raised.value)
+    assert len(server.requests(CHECK_PATH)) == 2
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [Reply(500), Reply(429), Reply(400), Reply(raw=b"<html>oops</html>"), Reply(body=[1, 2])],
+    ids=["500", "429", "400", "not-json", "not-an-object"],
+)
+def test_check_fails_open_and_reports(
+    server: FakeWeckrServer,
+    make_backend: BackendFactory,
+    errors: list[BaseException],
+    reply: Reply,
+) -> None:
+    server.set_reply(CHECK_PATH, reply)
+
+    assert make_backend().check("u1", "pro", "gpt-4o").allowed
+    [error] = errors
+    assert isinstance(error, WeckrBackendError)
+    assert "allowing the call" in str(error)
+
+
+def test_check_fails_open_on_timeout(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    server.set_reply(CHECK_PATH, Reply(delay=2.0))
+    started = time.monotonic()
+
+    decision = make_backend(check_timeout_seconds=0.1).check("u1", "pro", "gpt-4o")
+
+    assert decision.allowed
+    assert time.monotonic() - started < 1.0
+    assert "Timeout" in str(errors[0])
+
+
+def test_check_fails_open_when_connection_refused(errors: list[BaseException]) -> None:
+    url = f"http://127.0.0.1:{unused_port()}/api/v1"
+    backend = HttpBackend(API_KEY, f"{url}/log", f"{url}/check", on_error=errors.append)
+
+    assert backend.check("u1", "pro", "gpt-4o").allowed
+    assert isinstance(errors[0], WeckrBackendError)
+    assert "ConnectError" in str(errors[0])
+    backend.close(timeout=0)
+
+
+def test_check_caches_decisions_for_the_ttl_per_key(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    backend = make_backend(cache_ttl_seconds=0.3)
+
+    for _ in range(3):
+        backend.check("u1", "pro", "gpt-4o")
+    backend.check("u1", "pro", "gpt-4o-mini")
+    backend.check("u2", "pro", "gpt-4o")
+    assert len(server.requests(CHECK_PATH)) == 3
+
+    time.sleep(0.35)
+    backend.check("u1", "pro", "gpt-4o")
+    assert len(server.requests(CHECK_PATH)) == 4
+
+
+def test_check_does_not_cache_failures(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    server.enqueue(CHECK_PATH, 503)
+    server.set_reply(CHECK_PATH, Reply(body={"allowed": False, "action": "block"}))
+    backend = make_backend()
+
+    assert backend.check("u1", "pro", "gpt-4o").allowed  # failed open
+    assert backend.check("u1", "pro", "gpt-4o").action == "block"
+    assert backend.check("u1", "pro", "gpt-4o").action == "block"  # now cached
+    assert len(server.requests(CHECK_PATH)) == 2
+
+
+@pytest.mark.parametrize("reply", [Reply(delay=0.2), Reply(503, delay=0.2)], ids=["ok", "error"])
+def test_concurrent_checks_share_one_request(
+    server: FakeWeckrServer, make_backend: BackendFactory, reply: Reply
+) -> None:
+    server.set_reply(CHECK_PATH, reply)
+    backend = make_backend()
+    start = threading.Barrier(8)
+    actions: list[str] = []
+
+    def check() -> None:
+        start.wait()
+        actions.append(backend.check("u1", "pro", "gpt-4o").action)
+
+    threads = [threading.Thread(target=check) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert actions == ["allow"] * 8
+    assert len(server.requests(CHECK_PATH)) == 1
+
+
+def test_concurrent_checks_all_raise_on_bad_key(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    server.set_reply(CHECK_PATH, Reply(401, delay=0.2))
+    backend = make_backend()
+    codes: list[str] = []
+
+    def check() -> None:
+        try:
+            backend.check("u1", "pro", "gpt-4o")
+        except WeckrConfigError as error:
+            codes.append(error.code)
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert codes == ["invalid_api_key"] * 4
+    assert len(server.requests(CHECK_PATH)) == 1
+
+
+# -- record and flush ----------------------------------------------------------
+
+
+def test_record_sends_the_priced_camel_case_payload(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    record = usage(run_id="run-1", tags=("beta",))
+    backend = make_backend()
+
+    backend.record(record)
+    assert backend.flush(timeout=2)
+
+    [request] = log_requests(server)
+    assert (request.method, request.path) == ("POST", LOG_PATH)
+    assert request.headers["x-api-key"] == API_KEY
+    assert request.headers["content-type"] == "application/json"
+    payload = request.body
+    assert payload == record.to_wire()
+    assert payload["eventId"] == record.event_id
+    assert (payload["userId"], payload["planName"], payload["feature"]) == ("u1", "pro", "summary")
+    assert (payload["inputTokens"], payload["outputTokens"]) == (1200, 300)
+    assert (payload["cachedInputTokens"], payload["cacheCreationTokens"]) == (200, 50)
+    assert payload["reasoningTokens"] == 40
+    assert record.cost_usd is not None and record.cost_usd > 0
+    assert payload["costUsd"] == float(record.cost_usd)
+    assert errors == []
+
+
+def test_records_are_priced_on_the_sender_thread(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    record = usage()
+    backend = make_backend()
+    occupy_sender(server, backend, 0.2)
+
+    backend.record(record)
+    assert record.cost_usd is None  # not priced on the caller's thread
+    assert backend.flush(timeout=2)
+    assert record.cost_usd is not None
+
+
+def test_many_records_go_in_few_batches_over_one_connection(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend(max_batch_size=100)
+    first = occupy_sender(server, backend, 0.2)
+    records = [usage(user_id=f"u{i}") for i in range(250)]
+
+    for record in records:
+        backend.record(record)
+    assert backend.flush(timeout=5)
+
+    batches = server.requests(BATCH_PATH)
+    assert [len(r.events) for r in batches] == [100, 100, 50]
+    assert sorted(accepted_ids(server)) == sorted([first.event_id] + [r.event_id for r in records])
+    assert server.duplicates == 0
+    assert len({r.client_port for r in log_requests(server)}) == 1
+    assert errors == []
+
+
+def test_without_batch_endpoint_events_go_one_by_one(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    backend = make_backend(batch_endpoint=None)
+    occupy_sender(server, backend, 0.1)
+
+    for _ in range(5):
+        backend.record(usage())
+    assert backend.flush(timeout=2)
+
+    assert server.requests(BATCH_PATH) == []
+    assert len(server.requests(LOG_PATH)) == 6
+    assert len(server.accepted_events) == 6
+
+
+def test_server_without_batch_support_gets_events_one_by_one(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    server.set_reply(BATCH_PATH, 404)
+    backend = make_backend()
+    occupy_sender(server, backend, 0.1)
+
+    for _ in range(3):
+        backend.record(usage())
+    assert backend.flush(timeout=2)
+
+    assert len(server.requests(BATCH_PATH)) == 1
+    assert len(server.accepted_events) == 4
+    assert errors == []
+
+
+@pytest.mark.parametrize("statuses", [(500, 429), (502, 503)])
+def test_transient_failures_are_retried_with_backoff(
+    server: FakeWeckrServer,
+    make_backend: BackendFactory,
+    errors: list[BaseException],
+    statuses: tuple[int, int],
+) -> None:
+    server.enqueue(LOG_PATH, *statuses)
+    backend = make_backend(backoff_seconds=(0.05, 0.1))
+    record = usage()
+    started = time.monotonic()
+
+    backend.record(record)
+    assert backend.flush(timeout=3)
+
+    assert time.monotonic() - started >= 0.15
+    assert [r.status for r in server.requests(LOG_PATH)] == [*statuses, 200]
+    assert accepted_ids(server) == [record.event_id]
+    assert errors == []
+
+
+def test_timeouts_are_retried_and_the_server_dedupes_by_event_id(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    server.enqueue(LOG_PATH, Reply(delay=1.0))
+    record = usage()
+    backend = make_backend(send_timeout_seconds=0.2)
+
+    backend.record(record)
+    assert backend.flush(timeout=3)
+
+    assert len(server.requests(LOG_PATH)) == 2
+    assert {r.body["eventId"] for r in server.requests(LOG_PATH)} == {record.event_id}
+    assert accepted_ids(server) == [record.event_id]
+    assert errors == []
+
+
+def test_delivery_gives_up_after_max_retries_and_reports(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    server.set_reply(LOG_PATH, 503)
+    record = usage()
+    backend = make_backend(max_retries=2)
+
+    backend.record(record)
+    assert backend.flush(timeout=3)  # definitively failed counts as done
+
+    assert len(server.requests(LOG_PATH)) == 3
+    [error] = errors
+    assert isinstance(error, WeckrBackendError)
+    assert (error.status_code, error.event_ids) == (503, (record.event_id,))
+
+
+def test_connection_refused_is_retried_then_reported(errors: list[BaseException]) -> None:
+    url = f"http://127.0.0.1:{unused_port()}/api/v1"
+    backend = HttpBackend(
+        API_KEY, f"{url}/log", f"{url}/check", backoff_seconds=(0.01,), on_error=errors.append
+    )
+    record = usage()
+
+    backend.record(record)
+    assert backend.flush(timeout=2)
+
+    assert reported_ids(errors) == [record.event_id]
+    assert "ConnectError" in str(errors[0])
+    assert "4 attempt(s)" in str(errors[0])
+    backend.close(timeout=0)
+
+
+def test_invalid_event_is_not_retried_and_the_server_message_reported(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    server.enqueue(LOG_PATH, Reply(400, {"error": "inputTokens must be >= 0"}))
+    record = usage()
+    backend = make_backend()
+
+    backend.record(record)
+    assert backend.flush(timeout=2)
+
+    assert len(server.requests(LOG_PATH)) == 1
+    [error] = errors
+    assert isinstance(error, WeckrBackendError)
+    assert "inputTokens must be >= 0" in str(error)
+    assert (error.status_code, error.event_ids) == (400, (record.event_id,))
+
+
+def test_events_rejected_in_a_batch_are_reported_one_by_one(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend()
+    occupy_sender(server, backend, 0.1)
+    good, bad = usage(), usage(model="")
+    server.enqueue(
+        BATCH_PATH,
+        Reply(
+            body={
+                "accepted": 1,
+                "duplicates": 0,
+                "rejected": [{"index": 1, "eventId": bad.event_id, "error": "model is required"}],
+            }
+        ),
+    )
+
+    backend.record(good)
+    backend.record(bad)
+    assert backend.flush(timeout=2)
+
+    assert len(server.requests(BATCH_PATH)) == 1
+    assert good.event_id in accepted_ids(server)
+    assert bad.event_id not in accepted_ids(server)
+    [error] = errors
+    assert isinstance(error, WeckrBackendError)
+    assert error.event_ids == (bad.event_id,)
+    assert "model is required" in str(error)
+
+
+def test_flush_waits_for_delivery(server: FakeWeckrServer, make_backend: BackendFactory) -> None:
+    server.enqueue(LOG_PATH, Reply(delay=0.2))
+    record = usage()
+    backend = make_backend()
+
+    backend.record(record)
+    assert backend.flush(timeout=2)
+
+    assert accepted_ids(server) == [record.event_id]
+
+
+def test_flush_with_nothing_recorded_returns_at_once(make_backend: BackendFactory) -> None:
+    assert make_backend().flush(timeout=0)
+
+
+def test_flush_returns_false_when_the_server_hangs(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    server.set_reply(LOG_PATH, Reply(delay=5.0))
+    backend = make_backend(send_timeout_seconds=10.0)
+    backend.record(usage())
+    started = time.monotonic()
+
+    assert not backend.flush(timeout=0.2)
+    assert time.monotonic() - started < 1.0
+
+
+def test_record_does_not_block_when_the_server_is_slow(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    server.set_reply(LOG_PATH, Reply(delay=1.0))
+    server.set_reply(BATCH_PATH, Reply(delay=1.0))
+    backend = make_backend()
+    started = time.monotonic()
+
+    for _ in range(500):
+        backend.record(usage())
+
+    assert time.monotonic() - started < 0.5
+
+
+def test_full_queue_drops_the_oldest_event_and_reports_it(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend(max_queue=2)
+    first = occupy_sender(server, backend, 0.2)
+    oldest, middle, newest = usage(), usage(), usage()
+
+    for record in (oldest, middle, newest):
+        backend.record(record)
+    assert backend.flush(timeout=2)
+
+    [error] = errors
+    assert isinstance(error, WeckrBackendError)
+    assert error.event_ids == (oldest.event_id,)
+    assert "queue full" in str(error)
+    assert sorted(accepted_ids(server)) == sorted(
+        [first.event_id, middle.event_id, newest.event_id]
+    )
+
+
+def test_close_reports_events_it_could_not_send(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend()
+    occupy_sender(server, backend, 5.0)
+    queued = [usage(), usage()]
+    for record in queued:
+        backend.record(record)
+
+    backend.close(timeout=0.2)
+    late = usage()
+    backend.record(late)
+
+    assert reported_ids(errors) == [r.event_id for r in queued] + [late.event_id]
+
+
+def test_errors_are_logged_without_an_on_error_handler(
+    server: FakeWeckrServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.set_reply(CHECK_PATH, 500)
+    backend = HttpBackend(API_KEY, server.log_url, server.check_url)
+
+    with caplog.at_level("WARNING", logger="weckr"):
+        assert backend.check("u1", "pro", "gpt-4o").allowed
+
+    assert "cap check failed with HTTP 500" in caplog.text
+    backend.close(timeout=0)
+
+
+def test_missing_api_key_is_a_config_error() -> None:
+    with pytest.raises(WeckrConfigError) as raised:
+        HttpBackend("")
+    assert raised.value.code == "invalid_api_key"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_sender(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    backend = make_backend()
+    backend.record(usage(user_id="parent"))
+    assert backend.flush(timeout=2)
+
+    pid = os.fork()
+    if pid == 0:  # child: must not inherit the parent's thread, locks or sockets
+        backend.record(usage(user_id="child"))
+        os._exit(0 if backend.flush(timeout=3) else 1)
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sorted(e["userId"] for e in server.accepted_events) == ["child", "parent"]
+
+
+def test_pending_events_are_flushed_at_interpreter_exit(server: FakeWeckrServer) -> None:
+    script = textwrap.dedent(
+        f"""
+        from weckr_core.backends.http import HttpBackend
+        from weckr_core.records import UsageRecord
+
+        backend = HttpBackend("{API_KEY}", "{server.log_url}", "{server.check_url}")
+        backend.record(UsageRecord(user_id="u1", model="gpt-4o-mini", input_tokens=5))
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+
+    subprocess.run([sys.executable, "-c", script], cwd=root, check=True, timeout=60)
+
+    assert [e["userId"] for e in server.accepted_events] == ["u1"]
