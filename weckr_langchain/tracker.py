@@ -1,0 +1,432 @@
+"""The state machine behind both LangChain handlers.
+
+LangChain reports runs as a tree: a root run (an agent, a chain, or a bare model
+call) and its children. The tracker maps every run it sees to its root, keeps one
+``RunGuard`` per root, checks the cap and the guards when an LLM run starts, and
+turns each finished LLM run into exactly one ``UsageRecord``. A run whose parent
+this handler never saw is a root: a handler attached to a single model (and not
+passed in the run's config) therefore guards each model call on its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from uuid import UUID
+
+from langchain_core.outputs import LLMResult
+
+from weckr_core.backends import Backend, CapDecision, get_backend
+from weckr_core.context import EMPTY, Attribution, current_attribution
+from weckr_core.errors import (
+    WeckrCapError,
+    WeckrDowngradeWarning,
+    WeckrLoopError,
+    is_weckr_cap_error,
+    is_weckr_config_error,
+)
+from weckr_core.guards import RunGuard, RunLimits
+from weckr_core.records import TokenUsage, UsageRecord
+from weckr_langchain.readers import agent_of, requested_model, result_usage, step_of
+from weckr_langchain.totals import UsageTotals
+
+logger = logging.getLogger("weckr_langchain")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+# Tag on records of calls that ran on the requested model although the cap said
+# "downgrade" (a LangChain model cannot be swapped once its run has started).
+DOWNGRADE_SKIPPED_TAG = "cap:downgrade-skipped"
+
+
+def _propagates(error: BaseException) -> bool:
+    return is_weckr_cap_error(error) or is_weckr_config_error(error)
+
+
+def guarded(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P], R | None]:
+    """Log and swallow a bug in a callback body; let cap, loop and config errors out."""
+
+    @functools.wraps(method)
+    def wrapper(self: T, /, *args: P.args, **kwargs: P.kwargs) -> R | None:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:
+            if _propagates(error):
+                raise
+            logger.exception("Weckr: error in LangChain callback %s, ignored", method.__name__)
+            return None
+
+    return wrapper
+
+
+class _RecordedRuns:
+    """LLM run ids already recorded in this process, so that two Weckr handlers
+    attached to the same run (an explicit one and ``weckr_callback()``'s) record it
+    once. Bounded: ids are forgotten oldest first."""
+
+    def __init__(self, size: int = 65_536) -> None:
+        self._ids: OrderedDict[UUID, None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def claim(self, run_id: UUID) -> bool:
+        with self._lock:
+            if run_id in self._ids:
+                return False
+            self._ids[run_id] = None
+            if len(self._ids) > self._size:
+                self._ids.popitem(last=False)
+            return True
+
+
+_recorded = _RecordedRuns()
+_warned_downgrades: set[tuple[str | None, str]] = set()
+_warned_lock = threading.Lock()
+
+
+@dataclass(slots=True, eq=False)
+class _Root:
+    run_id: UUID
+    context: Attribution
+    guard: RunGuard | None
+    tools: list[str] = field(default_factory=list)
+    runs: set[UUID] = field(default_factory=set)
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    root: _Root
+    name: str | None
+    parent_name: str | None
+
+
+@dataclass(slots=True, eq=False)
+class _LlmCall:
+    root: _Root
+    parent_run_id: UUID | None
+    started: float
+    model: str
+    provider: str
+    user_id: str | None
+    plan: str | None
+    feature: str | None
+    step: str | None
+    agent: str | None
+    tags: tuple[str, ...]
+
+
+def _meta_str(metadata: Mapping[str, Any] | None, key: str) -> str | None:
+    value = metadata.get(key) if metadata else None
+    return None if value is None else str(value)
+
+
+class RunTracker:
+    def __init__(
+        self,
+        *,
+        user_id: str | int | None,
+        plan: str | None,
+        feature: str | None,
+        tags: tuple[str, ...],
+        backend: Backend | None,
+        limits: RunLimits,
+        downgrade_as_block: bool,
+        totals: UsageTotals | None,
+    ) -> None:
+        self.user_id = None if user_id is None else str(user_id)
+        self.plan = plan
+        self.feature = feature
+        self.tags = tags
+        self.backend = backend
+        self.limits = limits
+        self.downgrade_as_block = downgrade_as_block
+        self.totals = totals
+        self._lock = threading.Lock()
+        self._runs: dict[UUID, _Run] = {}
+        self._roots: dict[UUID, _Root] = {}
+        self._calls: dict[UUID, _LlmCall] = {}
+
+    # Run tree bookkeeping.
+
+    def _enter(self, run_id: UUID, parent_run_id: UUID | None, name: str | None) -> _Run:
+        with self._lock:
+            parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
+            if parent is None:
+                root = self._roots.get(run_id)
+                if root is None:
+                    guard = RunGuard(self.limits, run_id=str(run_id)) if self.limits.any else None
+                    root = self._roots[run_id] = _Root(run_id, current_attribution(), guard)
+                parent_name = None
+            else:
+                root, parent_name = parent.root, parent.name
+            run = self._runs[run_id] = _Run(root, name, parent_name)
+            root.runs.add(run_id)
+        return run
+
+    def _exit(self, run_id: UUID) -> None:
+        with self._lock:
+            run = self._runs.pop(run_id, None)
+            self._calls.pop(run_id, None)
+            if run is None:
+                return
+            root = run.root
+            root.runs.discard(run_id)
+            if root.run_id == run_id:
+                # The root ended (or failed): forget whatever of its tree is left.
+                del self._roots[run_id]
+                for child in root.runs:
+                    self._runs.pop(child, None)
+                    self._calls.pop(child, None)
+                root.runs.clear()
+
+    @guarded
+    def run_started(self, run_id: UUID, parent_run_id: UUID | None, name: str | None) -> None:
+        self._enter(run_id, parent_run_id, name)
+
+    @guarded
+    def run_ended(self, run_id: UUID) -> None:
+        self._exit(run_id)
+
+    @property
+    def open_runs(self) -> int:
+        """Runs being tracked: zero once every root run has ended."""
+        with self._lock:
+            return len(self._runs) + len(self._roots) + len(self._calls)
+
+    # LLM runs.
+
+    @guarded
+    def llm_started(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        serialized: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any] | None,
+        invocation_params: Mapping[str, Any] | None,
+    ) -> None:
+        run = self._enter(run_id, parent_run_id, None)
+        try:
+            call = self._admit(run, parent_run_id, serialized, metadata, invocation_params)
+        except BaseException:
+            # Refused before the provider was called: LangChain sends no end event.
+            self._exit(run_id)
+            raise
+        with self._lock:
+            if run_id in self._runs:
+                self._calls[run_id] = call
+
+    def _admit(
+        self,
+        run: _Run,
+        parent_run_id: UUID | None,
+        serialized: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any] | None,
+        invocation_params: Mapping[str, Any] | None,
+    ) -> _LlmCall:
+        root = run.root
+        model, provider = requested_model(serialized, metadata, invocation_params)
+        context = root.context if root.context is not EMPTY else current_attribution()
+        user_id = self.user_id or _meta_str(metadata, "user_id") or context.user_id
+        plan = self.plan or _meta_str(metadata, "plan") or context.plan
+        feature = self.feature or _meta_str(metadata, "feature") or context.feature
+        tags = (*self.tags, *context.tags)
+
+        guard = root.guard
+        if guard is not None:
+            if guard.user_id is None:
+                guard.user_id, guard.plan = user_id, plan
+            if guard.stopped is not None:
+                # The stop was swallowed (say by a ToolNode's handle_tool_errors=True):
+                # refuse every further call of this run.
+                raise WeckrLoopError(
+                    f"run already stopped: {guard.stopped}",
+                    llm_calls=guard.llm_calls,
+                    tokens=guard.tokens,
+                    cost=guard.cost,
+                    user_id=user_id,
+                    plan_name=plan,
+                    run_id=str(root.run_id),
+                )
+
+        decision = self._check(user_id, plan, model)
+        if decision.action == "block" or (
+            decision.action == "downgrade" and self.downgrade_as_block
+        ):
+            raise WeckrCapError(
+                user_id=user_id,
+                plan_name=plan,
+                current_spend=decision.current_spend,
+                cap=decision.cap,
+            )
+        if decision.action == "downgrade":
+            _warn_downgrade_skipped(user_id, plan, model, decision.alternative_model)
+            tags = (*tags, DOWNGRADE_SKIPPED_TAG)
+
+        if guard is not None:
+            guard.before_llm_call()
+        return _LlmCall(
+            root=root,
+            parent_run_id=parent_run_id,
+            started=time.perf_counter(),
+            model=model,
+            provider=provider,
+            user_id=user_id,
+            plan=plan,
+            feature=feature,
+            step=step_of(metadata),
+            agent=agent_of(metadata, run.parent_name),
+            tags=tags,
+        )
+
+    def _check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+        backend = self.backend or get_backend()
+        try:
+            return backend.check(user_id, plan, model)
+        except Exception as error:
+            if _propagates(error):
+                raise
+            # Fail open: an unreachable backend must not take the product down.
+            logger.warning("Weckr: cap check failed (%r); allowing the call", error)
+            return CapDecision()
+
+    @guarded
+    def llm_ended(
+        self, run_id: UUID, parent_run_id: UUID | None, response: LLMResult | None
+    ) -> None:
+        self._finish(run_id, parent_run_id, response, None)
+
+    @guarded
+    def llm_failed(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        error: BaseException,
+        response: LLMResult | None,
+    ) -> None:
+        self._finish(run_id, parent_run_id, response, error)
+
+    def _finish(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        response: LLMResult | None,
+        error: BaseException | None,
+    ) -> None:
+        try:
+            with self._lock:
+                call = self._calls.pop(run_id, None)
+                run = self._runs.get(run_id)
+            if call is None:
+                # No (usable) start event: record what is known rather than drop the row.
+                call = self._orphan_call(run_id, run, parent_run_id)
+            record = self._record_of(call, response, error)
+            guard = call.root.guard
+            if guard is not None:
+                if guard.limits.max_cost_usd is not None:
+                    record.ensure_priced()
+                guard.after_llm_call(record.total_tokens, record.cost_usd)
+            if self.totals is not None:
+                self.totals.add(record.ensure_priced())
+            if _recorded.claim(run_id):
+                (self.backend or get_backend()).record(record)
+        finally:
+            self._exit(run_id)
+
+    def _orphan_call(self, run_id: UUID, run: _Run | None, parent_run_id: UUID | None) -> _LlmCall:
+        context = current_attribution()
+        root = run.root if run is not None else _Root(run_id, context, None)
+        return _LlmCall(
+            root=root,
+            parent_run_id=parent_run_id,
+            started=time.perf_counter(),
+            model="unknown",
+            provider="unknown",
+            user_id=self.user_id or context.user_id,
+            plan=self.plan or context.plan,
+            feature=self.feature or context.feature,
+            step=None,
+            agent=run.parent_name if run is not None else None,
+            tags=(*self.tags, *context.tags),
+        )
+
+    def _record_of(
+        self,
+        call: _LlmCall,
+        response: LLMResult | None,
+        error: BaseException | None,
+    ) -> UsageRecord:
+        usage, served_model, served_provider = result_usage(response)
+        if error is not None and not usage.reported:
+            usage = TokenUsage(reported=False)
+        root = call.root
+        tool_tags = tuple(f"tool:{name}" for name in root.tools)
+        record = UsageRecord(
+            user_id=call.user_id,
+            feature=call.feature,
+            plan=call.plan,
+            provider=served_provider or call.provider,
+            model=served_model or call.model,
+            latency_ms=round((time.perf_counter() - call.started) * 1000),
+            status="ok" if error is None else "error",
+            error_type=None if error is None else type(error).__name__,
+            source="langchain",
+            run_id=str(root.run_id),
+            parent_run_id=None if call.parent_run_id is None else str(call.parent_run_id),
+            agent=call.agent,
+            step=call.step,
+            tags=tuple(dict.fromkeys((*call.tags, *tool_tags))),
+        )
+        record.apply_usage(usage)
+        return record
+
+    # Tool runs.
+
+    @guarded
+    def tool_started(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        name: str | None,
+        arguments: Any,
+    ) -> None:
+        run = self._enter(run_id, parent_run_id, name)
+        tool = name or "unknown"
+        guard = run.root.guard
+        if guard is not None:
+            try:
+                guard.on_tool_call(tool, arguments)
+            except BaseException:
+                self._exit(run_id)
+                raise
+        with self._lock:
+            if tool not in run.root.tools:
+                run.root.tools.append(tool)
+
+
+def _warn_downgrade_skipped(
+    user_id: str | None, plan: str | None, model: str, alternative: str | None
+) -> None:
+    key = (user_id, model)
+    with _warned_lock:
+        if key in _warned_downgrades:
+            return
+        if len(_warned_downgrades) > 10_000:
+            _warned_downgrades.clear()
+        _warned_downgrades.add(key)
+    warnings.warn(
+        f"Weckr: user {user_id} is over the cap of plan {plan} and the cap says "
+        f"downgrade to {alternative}, but a LangChain model cannot be swapped once its "
+        f"run has started: the call runs on {model}. Pass downgrade_as_block=True to "
+        "refuse such calls instead. Later occurrences for this user and model are silent.",
+        category=WeckrDowngradeWarning,
+        stacklevel=2,
+    )
