@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from weckr_django.api import views
+
+app_name = "weckr_api"
+
+urlpatterns = [
+    path("log", views.LogView.as_view(), name="log"),
+    path("log/batch", views.LogBatchView.as_view(), name="log-batch"),
+    path("check", views.CheckView.as_view(), name="check"),
+    path("me", views.MeView.as_view(), name="me"),
+    path("stats/<str:project_id>", views.StatsView.as_view(), name="stats"),
+    path("users/<str:project_id>", views.UsersView.as_view(), name="users"),
+]

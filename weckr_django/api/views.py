@@ -1,0 +1,311 @@
+"""The Weckr wire API, as the published weckr-sdk speaks it.
+
+Bodies are read and decoded here rather than by DRF's parsers, so that an oversize
+body is refused (413) before anything is parsed, and every malformed body gets the
+same ``{"error": ..., "field": ...}`` answer as a rejected event.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from django.http.request import RawPostDataException
+from rest_framework import exceptions, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView, exception_handler
+
+from weckr_core.records import UsageRecord
+from weckr_django import reports
+from weckr_django.api.authentication import ApiKeyAuthentication, HasApiKey
+from weckr_django.api.throttling import ApiKeyRateThrottle
+from weckr_django.caps import decide
+from weckr_django.conf import weckr_settings
+from weckr_django.ingest import ingest_records
+from weckr_django.models import ApiKey, Project, UsageEvent
+from weckr_django.wire import WireError, parse_event
+
+#: Largest request body accepted, checked before anything is parsed. A batch of the
+#: default 500 events from weckr-sdk (about 600 bytes each) fits with room to spare.
+MAX_BODY_BYTES = 1024 * 1024
+_MAX_QUERY_VALUE = 255
+
+
+class BadRequest(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "Bad request."
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = f"The request body is larger than {MAX_BODY_BYTES} bytes."
+
+
+def weckr_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler with every error body in one shape: ``{"error", "field"}``."""
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    detail = getattr(exc, "detail", None)
+    if isinstance(exc, exceptions.Throttled):
+        message = "Rate limit exceeded for this API key."
+        wait = getattr(exc, "wait", None)
+        if wait is not None:
+            message += f" Retry in {int(wait) + 1} s."
+    elif isinstance(detail, str):
+        message = detail
+    else:
+        message = str(response.data)
+    response.data = {"error": message, "field": getattr(exc, "field", None)}
+    return response
+
+
+def _money(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+class WeckrAPIView(APIView):
+    authentication_classes = (ApiKeyAuthentication,)
+    permission_classes = (HasApiKey,)
+    throttle_classes = (ApiKeyRateThrottle,)
+    parser_classes = ()
+
+    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
+        return weckr_exception_handler
+
+    def project(self, request: Request) -> Project:
+        assert isinstance(request.auth, ApiKey)
+        return request.auth.project
+
+    def project_from_url(self, request: Request, project_id: str) -> Project:
+        """The key's project when the URL names it; 404 for any other (or a malformed) id."""
+        project = self.project(request)
+        try:
+            named = uuid.UUID(project_id)
+        except ValueError:
+            raise exceptions.NotFound("No such project.") from None
+        if named != project.pk:
+            raise exceptions.NotFound("No such project.")
+        return project
+
+    def json_body(self, request: Request) -> Any:
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise BadRequest("Content-Length is not a number.") from None
+        if declared > MAX_BODY_BYTES:
+            raise PayloadTooLarge()
+        try:
+            # read() is not subject to DATA_UPLOAD_MAX_MEMORY_SIZE; the limit is ours.
+            body = request._request.read(MAX_BODY_BYTES + 1)
+        except (OSError, RawPostDataException):
+            raise BadRequest("The request body could not be read.") from None
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge()
+        if not body.strip():
+            raise BadRequest("The request body is empty; send a JSON object.")
+        try:
+            return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        except UnicodeDecodeError:
+            raise BadRequest("The request body is not UTF-8.") from None
+        except (ValueError, RecursionError) as error:
+            raise BadRequest(f"The request body is not valid JSON: {error}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number in JSON")
+
+
+def _event_id(payload: Any) -> str | None:
+    if isinstance(payload, dict):
+        value = payload.get("eventId")
+        if isinstance(value, str) and len(value) <= 64:
+            return value
+    return None
+
+
+def _ingest(project: Project, records: Sequence[UsageRecord]) -> tuple[int, int]:
+    result = ingest_records(project, records)
+    return result.created, result.duplicates
+
+
+class LogView(WeckrAPIView):
+    """``POST /api/v1/log``: one event. 201 when stored, 200 for a resend (duplicate).
+
+    The event and its rollups are committed before the answer: a cap check right
+    after sees the spend.
+    """
+
+    def post(self, request: Request) -> Response:
+        project = self.project(request)
+        payload = self.json_body(request)
+        try:
+            record = parse_event(payload)
+        except WireError as error:
+            raise BadRequest(error.message, error.field) from None
+        created, _ = _ingest(project, [record])
+        cost = (
+            UsageEvent.objects.filter(project=project, event_id=record.event_id)
+            .values_list("cost_usd", flat=True)
+            .first()
+        )
+        return Response(
+            {
+                "ok": True,
+                "eventId": record.event_id,
+                "duplicate": not created,
+                "costUsd": _money(cost),
+            },
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class LogBatchView(WeckrAPIView):
+    """``POST /api/v1/log/batch`` with ``{"events": [...]}``.
+
+    Valid events are stored even when others are rejected; each rejected event is
+    listed with its index, its eventId when it had a readable one, and the reason.
+    """
+
+    def post(self, request: Request) -> Response:
+        project = self.project(request)
+        payload = self.json_body(request)
+        events = payload.get("events") if isinstance(payload, dict) else None
+        if not isinstance(events, list):
+            raise BadRequest(
+                'Send {"events": [...]}: a JSON object with a list of events.', "events"
+            )
+        limit = weckr_settings.MAX_BATCH_EVENTS
+        if len(events) > limit:
+            raise BadRequest(
+                f"A batch holds at most {limit} events, not {len(events)}; split it.", "events"
+            )
+        records: list[UsageRecord] = []
+        rejected: list[dict[str, Any]] = []
+        for index, item in enumerate(events):
+            try:
+                records.append(parse_event(item))
+            except WireError as error:
+                rejected.append(
+                    {
+                        "index": index,
+                        "eventId": _event_id(item),
+                        "error": error.message,
+                        "field": error.field,
+                    }
+                )
+        created, duplicates = _ingest(project, records) if records else (0, 0)
+        return Response({"accepted": created, "duplicates": duplicates, "rejected": rejected})
+
+
+class CheckView(WeckrAPIView):
+    """``GET /api/v1/check?userId=&planName=&model=``: may this user's next call go ahead?"""
+
+    def get(self, request: Request) -> Response:
+        params = {
+            name: request.query_params.get(name, "").strip()
+            for name in ("userId", "planName", "model")
+        }
+        for name, value in params.items():
+            if len(value) > _MAX_QUERY_VALUE or "\x00" in value:
+                raise BadRequest(f"{name} is not a valid value.", name)
+        decision = decide(
+            self.project(request),
+            params["userId"] or None,
+            params["planName"] or None,
+            params["model"] or "unknown",
+        )
+        return Response(
+            {
+                "allowed": decision.allowed,
+                "action": None if decision.allowed else decision.action,
+                "alternativeModel": decision.alternative_model,
+                "currentSpend": _money(decision.current_spend),
+                "cap": _money(decision.cap),
+                "remainingBudget": _money(decision.remaining_budget),
+            }
+        )
+
+
+class MeView(WeckrAPIView):
+    """``GET /api/v1/me``: the project this key belongs to."""
+
+    def get(self, request: Request) -> Response:
+        project = self.project(request)
+        return Response(
+            {
+                "project": {
+                    "id": str(project.pk),
+                    "name": project.name,
+                    "created_at": project.created_at.isoformat(),
+                }
+            }
+        )
+
+
+class StatsView(WeckrAPIView):
+    """``GET /api/v1/stats/<project_id>``: the current month (project timezone)."""
+
+    def get(self, request: Request, project_id: str) -> Response:
+        project = self.project_from_url(request, project_id)
+        summary = reports.month_summary(project)
+        return Response(
+            {
+                "totalCostUsd": float(summary.cost_usd),
+                "totalRevenueUsd": float(summary.revenue_usd),
+                "totalMarginUsd": float(summary.margin_usd),
+                "requestCount": summary.calls,
+                "unprofitableUsers": summary.unprofitable_users,
+                "combinedLossUsd": float(summary.combined_loss_usd),
+                "topCostFeature": summary.top_cost_feature,
+                "last30Days": [
+                    {
+                        "date": day.day.isoformat(),
+                        "cost": float(day.cost_usd),
+                        "revenue": float(day.revenue_usd),
+                    }
+                    for day in reports.daily_cost_and_revenue(project, days=30)
+                ],
+                "featureBreakdown": [
+                    {
+                        "feature": item.feature,
+                        "totalCostUsd": float(item.cost_usd),
+                        "requestCount": item.calls,
+                        "avgCostUsd": float(item.average_cost_usd),
+                        "pctOfTotal": float(round(item.share_percent, 2)),
+                    }
+                    for item in reports.feature_breakdown(project)
+                ],
+            }
+        )
+
+
+class UsersView(WeckrAPIView):
+    """``GET /api/v1/users/<project_id>``: this month's margin per user, worst first."""
+
+    def get(self, request: Request, project_id: str) -> Response:
+        project = self.project_from_url(request, project_id)
+        return Response(
+            {
+                "users": [
+                    {
+                        "userId": row.label,
+                        "planName": row.plan_name,
+                        "totalCostUsd": float(row.cost_usd),
+                        "planRevenueUsd": float(row.revenue_usd or 0),
+                        "marginUsd": float(row.margin_usd),
+                        "requestCount": row.calls,
+                        "status": row.status,
+                    }
+                    for row in reports.user_margins(project)
+                ]
+            }
+        )

@@ -1,0 +1,231 @@
+"""Read queries over the rollups: margins per user, cost against revenue per day,
+cost per feature. The API and the dashboard both answer from here; nothing in this
+module scans ``UsageEvent``.
+
+Margin is per user per calendar month in the project's timezone: the monthly price
+of the user's plan (``Plan.monthly_price_usd`` by plan name, else the price the
+client reported) minus the cost of the user's calls. Revenue is never summed per
+call. Calls made with no user are one "(anonymous)" row with no revenue; they count
+in the totals but not as an unprofitable *user*.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from django.db.models import Sum
+from django.utils import timezone
+
+from weckr_django.models import (
+    ANONYMOUS_KEY,
+    ANONYMOUS_LABEL,
+    DailyUsage,
+    MonthlyUserSpend,
+    Plan,
+    Project,
+)
+from weckr_django.periods import local_day, month_start, next_month
+
+MarginStatus = Literal["profitable", "watch", "unprofitable"]
+#: A user whose AI cost reaches this share of their plan's price is on watch.
+WATCH_COST_SHARE = Decimal("0.70")
+NO_FEATURE_LABEL = "(no feature)"
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class UserMargin:
+    user_key: str
+    plan_name: str | None
+    cost_usd: Decimal
+    revenue_usd: Decimal | None
+    calls: int
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.user_key == ANONYMOUS_KEY
+
+    @property
+    def label(self) -> str:
+        return ANONYMOUS_LABEL if self.is_anonymous else self.user_key
+
+    @property
+    def margin_usd(self) -> Decimal:
+        return (self.revenue_usd or ZERO) - self.cost_usd
+
+    @property
+    def status(self) -> MarginStatus:
+        return margin_status(self.cost_usd, self.revenue_usd or ZERO)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureCost:
+    feature: str
+    cost_usd: Decimal
+    calls: int
+    share_percent: Decimal
+
+    @property
+    def average_cost_usd(self) -> Decimal:
+        return self.cost_usd / self.calls if self.calls else ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class DayFigures:
+    day: date
+    cost_usd: Decimal
+    revenue_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class MonthSummary:
+    month: date
+    cost_usd: Decimal
+    revenue_usd: Decimal
+    calls: int
+    unprofitable_users: int
+    #: What the unprofitable users lose together, as a positive amount.
+    combined_loss_usd: Decimal
+    top_cost_feature: str | None
+
+    @property
+    def margin_usd(self) -> Decimal:
+        return self.revenue_usd - self.cost_usd
+
+
+def margin_status(cost: Decimal, revenue: Decimal) -> MarginStatus:
+    if revenue - cost < 0:
+        return "unprofitable"
+    if revenue > 0 and cost >= revenue * WATCH_COST_SHARE:
+        return "watch"
+    return "profitable"
+
+
+def plan_prices(project: Project) -> dict[str, Decimal]:
+    return dict(Plan.objects.filter(project=project).values_list("name", "monthly_price_usd"))
+
+
+def _revenue(
+    user_key: str,
+    plan_name: str | None,
+    reported: Decimal | None,
+    prices: Mapping[str, Decimal],
+) -> Decimal | None:
+    if user_key == ANONYMOUS_KEY:
+        return None
+    if plan_name is not None and plan_name in prices:
+        return prices[plan_name]
+    return reported
+
+
+def _current_month(project: Project, month: date | None) -> date:
+    return month.replace(day=1) if month is not None else month_start(project)
+
+
+def user_margins(project: Project, month: date | None = None) -> list[UserMargin]:
+    """Every user with calls in ``month`` (default: the current month), worst margin first."""
+    month = _current_month(project, month)
+    prices = plan_prices(project)
+    rows = MonthlyUserSpend.objects.filter(project=project, month=month).values_list(
+        "user_key", "plan_name", "plan_revenue_usd", "cost_usd", "calls"
+    )
+    margins = [
+        UserMargin(
+            user_key=user_key,
+            plan_name=plan_name,
+            cost_usd=cost,
+            revenue_usd=_revenue(user_key, plan_name, reported, prices),
+            calls=calls,
+        )
+        for user_key, plan_name, reported, cost, calls in rows
+    ]
+    margins.sort(key=lambda row: (row.margin_usd, row.user_key))
+    return margins
+
+
+def feature_breakdown(project: Project, month: date | None = None) -> list[FeatureCost]:
+    """Cost and calls per feature in ``month``, most expensive first."""
+    month = _current_month(project, month)
+    rows = (
+        DailyUsage.objects.filter(project=project, day__gte=month, day__lt=next_month(month))
+        .values("feature")
+        .annotate(cost=Sum("cost_usd"), call_count=Sum("calls"))
+        .order_by()
+    )
+    total = sum((row["cost"] or ZERO for row in rows), ZERO)
+    features = [
+        FeatureCost(
+            feature=row["feature"] or NO_FEATURE_LABEL,
+            cost_usd=row["cost"] or ZERO,
+            calls=row["call_count"] or 0,
+            share_percent=(row["cost"] or ZERO) * 100 / total if total else ZERO,
+        )
+        for row in rows
+    ]
+    features.sort(key=lambda item: (-item.cost_usd, item.feature))
+    return features
+
+
+def month_summary(project: Project, month: date | None = None) -> MonthSummary:
+    month = _current_month(project, month)
+    margins = user_margins(project, month)
+    features = feature_breakdown(project, month)
+    losers = [row for row in margins if not row.is_anonymous and row.margin_usd < 0]
+    return MonthSummary(
+        month=month,
+        cost_usd=sum((row.cost_usd for row in margins), ZERO),
+        revenue_usd=sum((row.revenue_usd or ZERO for row in margins), ZERO),
+        calls=sum(row.calls for row in margins),
+        unprofitable_users=len(losers),
+        combined_loss_usd=-sum((row.margin_usd for row in losers), ZERO),
+        top_cost_feature=features[0].feature if features and features[0].cost_usd > 0 else None,
+    )
+
+
+def daily_cost_and_revenue(
+    project: Project, days: int = 30, today: date | None = None
+) -> list[DayFigures]:
+    """Cost and revenue for each of the last ``days`` days (today included), oldest first.
+
+    Daily revenue spreads each paying user's monthly price evenly over the days of
+    that month: a user with calls in a month counts for the whole month, so the days
+    of one month add up to that month's revenue and no day shows a spike on the day
+    a user happened to make their first call.
+    """
+    today = today or local_day(project, timezone.now())
+    first = today - timedelta(days=days - 1)
+    cost_by_day: dict[date, Decimal] = {
+        day: cost or ZERO
+        for day, cost in DailyUsage.objects.filter(project=project, day__gte=first, day__lte=today)
+        .values("day")
+        .annotate(cost=Sum("cost_usd"))
+        .order_by()
+        .values_list("day", "cost")
+    }
+
+    prices = plan_prices(project)
+    revenue_by_month: dict[date, Decimal] = defaultdict(lambda: ZERO)
+    for month, user_key, plan_name, reported in MonthlyUserSpend.objects.filter(
+        project=project, month__gte=first.replace(day=1), month__lte=today
+    ).values_list("month", "user_key", "plan_name", "plan_revenue_usd"):
+        revenue_by_month[month] += _revenue(user_key, plan_name, reported, prices) or ZERO
+
+    figures = []
+    for offset in range(days):
+        day = first + timedelta(days=offset)
+        month = day.replace(day=1)
+        days_in_month = calendar.monthrange(day.year, day.month)[1]
+        figures.append(
+            DayFigures(
+                day=day,
+                cost_usd=cost_by_day.get(day, ZERO),
+                revenue_usd=revenue_by_month[month] / days_in_month,
+            )
+        )
+    return figures

@@ -1,0 +1,9 @@
+"""``path("", include("weckr_django.urls"))``: the wire API under ``api/v1/``."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+
+urlpatterns = [
+    path("api/v1/", include("weckr_django.api.urls")),
+]
