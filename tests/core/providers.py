@@ -8,7 +8,10 @@ Anthropic and google-genai clients (sync and async) through ``MockTransport``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import anthropic
@@ -27,10 +30,12 @@ class FakeProvider:
         body: JSON | None = None,
         *,
         events: Iterable[tuple[str | None, JSON | str]] | None = None,
+        raw: bytes | None = None,
         status: int = 200,
     ) -> None:
         self.body = body or {}
         self.events = list(events) if events is not None else None
+        self.raw = raw
         self.status = status
         self.requests: list[tuple[str, JSON]] = []
 
@@ -44,6 +49,8 @@ class FakeProvider:
 
     def _answer(self, url: str, content: bytes) -> tuple[int, dict[str, str], bytes]:
         self.requests.append((url, json.loads(content) if content else {}))
+        if self.raw is not None:
+            return self.status, {"content-type": "application/json"}, self.raw
         if self.events is None:
             return self.status, {"content-type": "application/json"}, json.dumps(self.body).encode()
         return self.status, {"content-type": "text/event-stream"}, sse(self.events)
@@ -64,6 +71,35 @@ def sse(events: Iterable[tuple[str | None, JSON | str]]) -> bytes:
         text = data if isinstance(data, str) else json.dumps(data)
         out.append((f"event: {name}\n" if name else "") + f"data: {text}\n\n")
     return "".join(out).encode()
+
+
+@contextmanager
+def loopback(fake: FakeProvider) -> Iterator[str]:
+    """Serve ``fake`` on a loopback port (for SDKs that do not use httpx); yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            content = self.rfile.read(int(self.headers.get("content-length") or 0))
+            status, headers, body = fake._answer(self.path, content)
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 # -- clients -----------------------------------------------------------------------
