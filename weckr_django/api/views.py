@@ -60,6 +60,8 @@ def weckr_exception_handler(exc: Exception, context: dict[str, Any]) -> Response
         wait = getattr(exc, "wait", None)
         if wait is not None:
             message += f" Retry in {int(wait) + 1} s."
+    elif isinstance(exc, exceptions.NotAuthenticated):
+        message = HasApiKey.message
     elif isinstance(detail, str):
         message = detail
     else:
