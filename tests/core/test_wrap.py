@@ -1,0 +1,317 @@
+"""``wrap(client)``: the real SDK clients, intercepted, attributed from the context."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from tests.core import providers as p
+from weckr_core import (
+    MemoryBackend,
+    UsageRecord,
+    Weckr,
+    WeckrCapError,
+    WeckrDowngradeWarning,
+    attribute,
+    cheaper_alternative,
+)
+from weckr_core.wrap import wrap
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+def setup(body: dict[str, Any]) -> tuple[p.FakeProvider, MemoryBackend, Weckr]:
+    backend = MemoryBackend()
+    return p.FakeProvider(body), backend, Weckr(backend=backend, plans={"free": 0, "pro": 29})
+
+
+def only_record(backend: MemoryBackend) -> UsageRecord:
+    records = backend.records
+    assert len(records) == 1
+    return records[0]
+
+
+# -- usage per endpoint --------------------------------------------------------------
+
+
+def test_openai_chat_completions_attributed_from_the_context() -> None:
+    fake, backend, wk = setup(p.openai_chat_body("gpt-4o-mini", p.openai_usage(50, 10, 32, 4)))
+    client = wk.wrap(p.openai_client(fake))
+
+    with attribute(user_id=5, plan="pro", feature="chat", tags=["web"]):
+        response = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert response.choices[0].message.content == "ok"
+    record = only_record(backend)
+    assert (record.source, record.provider, record.user_id, record.plan) == (
+        "wrap",
+        "openai",
+        "5",
+        "pro",
+    )
+    assert (record.feature, record.tags) == ("chat", ("web",))
+    assert (record.input_tokens, record.cached_input_tokens) == (50, 32)
+    assert (record.output_tokens, record.reasoning_tokens) == (10, 4)
+    assert record.event_id == wk.last_event_id
+
+
+def test_openai_responses_api_with_cached_and_reasoning_tokens() -> None:
+    usage = p.openai_responses_usage(800, 400, cached=512, reasoning=256)
+    fake, backend, wk = setup(p.openai_response_body("gpt-5-2025-08-07", usage))
+    client = wk.wrap(p.openai_client(fake))
+
+    client.responses.create(model="gpt-5", input="Hi")
+
+    record = only_record(backend)
+    assert (record.model, record.input_tokens, record.cached_input_tokens) == (
+        "gpt-5-2025-08-07",
+        800,
+        512,
+    )
+    assert (record.output_tokens, record.reasoning_tokens) == (400, 256)
+
+
+def test_anthropic_messages_with_cache_read_and_write() -> None:
+    fake, backend, wk = setup(
+        p.anthropic_message_body("claude-haiku-4-5", p.anthropic_usage(10, 20, 300, 40))
+    )
+    client = wk.wrap(p.anthropic_client(fake))
+
+    client.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES)
+
+    record = only_record(backend)
+    assert (record.input_tokens, record.cached_input_tokens) == (10 + 300, 300)
+    assert (record.cache_creation_tokens, record.output_tokens) == (40, 20)
+
+
+def test_anthropic_beta_messages_are_recorded_too() -> None:
+    fake, backend, wk = setup(p.anthropic_message_body("claude-haiku-4-5", p.anthropic_usage(7, 3)))
+    client = wk.wrap(p.anthropic_client(fake))
+
+    client.beta.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES)
+
+    assert only_record(backend).input_tokens == 7
+
+
+def test_gemini_generate_content_sync_and_aio() -> None:
+    fake, backend, wk = setup(p.gemini_body("gemini-2.5-flash", p.gemini_usage(30, 6, 0, 9)))
+    client = wk.wrap(p.genai_client(fake))
+
+    client.models.generate_content(model="models/gemini-2.5-flash", contents="Hi")
+    asyncio.run(client.aio.models.generate_content(model="gemini-2.5-flash", contents="Hi"))
+
+    assert [(r.model, r.output_tokens, r.reasoning_tokens) for r in backend.records] == [
+        ("gemini-2.5-flash", 6 + 9, 9),
+        ("gemini-2.5-flash", 6 + 9, 9),
+    ]
+
+
+# -- a drop-in proxy ---------------------------------------------------------------
+
+
+def test_everything_else_passes_through_unchanged() -> None:
+    fake, backend, wk = setup({"id": "gpt-4o", "object": "model", "created": 0, "owned_by": "x"})
+    real = p.openai_client(fake)
+    client = wk.wrap(real)
+
+    model = client.models.retrieve("gpt-4o")  # not an LLM call: not recorded
+    client.timeout = 12.0
+
+    assert model.id == "gpt-4o"
+    assert client.base_url == real.base_url and real.timeout == 12.0
+    assert client.chat.completions.create.__name__ == "create"
+    assert "chat" in dir(client)
+    assert backend.records == []
+
+
+def test_with_options_and_copy_stay_wrapped() -> None:
+    fake, backend, wk = setup(p.openai_chat_body("gpt-4o-mini", p.openai_usage(3, 1)))
+    client = wk.wrap(p.openai_client(fake))
+
+    client.with_options(timeout=5.0).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    client.copy(max_retries=0).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert len(backend.records) == 2
+
+
+def test_wrapping_twice_or_chat_on_a_wrapped_client_records_once() -> None:
+    fake, backend, wk = setup(p.openai_chat_body("gpt-4o-mini", p.openai_usage(3, 1)))
+    client = wk.wrap(p.openai_client(fake))
+
+    assert wk.wrap(client) is client
+    wk.chat(client, {"model": "gpt-4o-mini", "messages": MESSAGES})
+
+    assert only_record(backend).source == "sdk"
+
+
+def test_module_level_wrap_uses_the_process_default_backend(memory_backend: MemoryBackend) -> None:
+    fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(3, 1)))
+
+    wrap(p.openai_client(fake)).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert only_record(memory_backend).source == "wrap"
+
+
+def test_wrap_rejects_what_it_cannot_intercept() -> None:
+    with pytest.raises(TypeError, match="OpenAI, Anthropic or google-genai"):
+        wrap(object())
+
+
+def test_provider_error_is_an_error_row() -> None:
+    backend = MemoryBackend()
+    fake = p.FakeProvider(
+        {"type": "error", "error": {"type": "rate_limit_error", "message": "x"}}, status=429
+    )
+    client = Weckr(backend=backend).wrap(p.anthropic_client(fake))
+
+    with pytest.raises(anthropic.RateLimitError):
+        client.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=MESSAGES)
+
+    record = only_record(backend)
+    assert (record.status, record.error_type, record.usage_reported) == (
+        "error",
+        "RateLimitError",
+        False,
+    )
+
+
+# -- caps ----------------------------------------------------------------------------
+
+Call = Callable[[Any, str], Any]
+
+CASES: list[tuple[str, Callable[[p.FakeProvider], Any], dict[str, Any], Call]] = [
+    (
+        "gpt-4o",
+        p.openai_client,
+        p.openai_chat_body("gpt-4o-mini", p.openai_usage(3, 1)),
+        lambda c, m: c.chat.completions.create(model=m, messages=MESSAGES),
+    ),
+    (
+        "gpt-5",
+        p.openai_client,
+        p.openai_response_body("gpt-5-mini", p.openai_responses_usage(3, 1)),
+        lambda c, m: c.responses.create(model=m, input="Hi"),
+    ),
+    (
+        "claude-sonnet-4-5",
+        p.anthropic_client,
+        p.anthropic_message_body("claude-haiku-4-5", p.anthropic_usage(3, 1)),
+        lambda c, m: c.messages.create(model=m, max_tokens=5, messages=MESSAGES),
+    ),
+    (
+        "gemini-2.5-pro",
+        p.genai_client,
+        p.gemini_body("gemini-2.5-flash", p.gemini_usage(3, 1)),
+        lambda c, m: c.models.generate_content(model=m, contents="Hi"),
+    ),
+]
+
+
+def requested_model(fake: p.FakeProvider) -> str:
+    url, body = fake.requests[-1]
+    if "model" in body:
+        return str(body["model"])
+    return url.split("/models/")[1].split(":")[0]  # Gemini puts it in the URL
+
+
+@pytest.mark.parametrize(("model", "make_client", "body", "call"), CASES)
+def test_block_never_reaches_the_provider(
+    model: str, make_client: Callable[[p.FakeProvider], Any], body: dict[str, Any], call: Call
+) -> None:
+    fake, backend, wk = setup(body)
+    backend.set_cap("free", "0.10", "block")
+    backend.set_spend("u1", "0.10")
+    client = wk.wrap(make_client(fake))
+
+    with attribute(user_id="u1", plan="free"), pytest.raises(WeckrCapError) as raised:
+        call(client, model)
+
+    assert fake.hits == 0 and backend.records == []
+    assert raised.value.user_id == "u1" and raised.value.plan_name == "free"
+
+
+@pytest.mark.parametrize(("model", "make_client", "body", "call"), CASES)
+def test_downgrade_swaps_the_model_in_the_http_request(
+    model: str, make_client: Callable[[p.FakeProvider], Any], body: dict[str, Any], call: Call
+) -> None:
+    cheaper = cheaper_alternative(model)
+    assert cheaper is not None
+    fake, backend, wk = setup(body)
+    backend.set_cap("pro", "1", "downgrade")
+    backend.set_spend("u1", "2")
+    client = wk.wrap(make_client(fake))
+
+    with attribute(user_id="u1", plan="pro"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call(client, model)
+        call(client, model)
+
+    assert requested_model(fake) == cheaper
+    assert len([w for w in caught if w.category is WeckrDowngradeWarning]) == 1
+    assert [r.requested_model for r in backend.records] == [model, model]
+
+
+# -- async clients and context -------------------------------------------------------
+
+
+async def test_async_clients_are_wrapped_with_awaitable_methods() -> None:
+    backend = MemoryBackend()
+    wk = Weckr(backend=backend)
+    openai_client = wk.wrap(
+        p.async_openai_client(
+            p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(4, 1)))
+        )
+    )
+    anthropic_client = wk.wrap(
+        p.async_anthropic_client(
+            p.FakeProvider(p.anthropic_message_body("claude-haiku-4-5", p.anthropic_usage(5, 1)))
+        )
+    )
+
+    chat = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    message = await anthropic_client.messages.create(
+        model="claude-haiku-4-5", max_tokens=5, messages=MESSAGES
+    )
+
+    assert isinstance(chat, openai.types.chat.ChatCompletion)
+    assert isinstance(message, anthropic.types.Message)
+    assert [(r.provider, r.input_tokens) for r in backend.records] == [
+        ("openai", 4),
+        ("anthropic", 5),
+    ]
+
+
+async def test_async_block_raises_when_awaited_before_any_request() -> None:
+    fake, backend, wk = setup(p.openai_chat_body("gpt-4o", p.openai_usage(4, 1)))
+    backend.set_cap("free", "0", "block")
+    client = wk.wrap(p.async_openai_client(fake))
+
+    with attribute(user_id="u1", plan="free"):
+        pending = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        with pytest.raises(WeckrCapError):
+            await pending
+
+    assert fake.hits == 0
+
+
+async def test_concurrent_tasks_keep_their_own_attribution() -> None:
+    fake, backend, wk = setup(p.openai_chat_body("gpt-4o-mini", p.openai_usage(4, 1)))
+    client = wk.wrap(p.async_openai_client(fake))
+
+    async def request_for(user: str, plan: str) -> None:
+        with attribute(user_id=user, plan=plan, feature=f"feature-{user}"):
+            await asyncio.sleep(0)  # let the tasks interleave
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    with attribute(tags=["batch"]):
+        await asyncio.gather(*(request_for(f"u{i}", "pro" if i % 2 else "free") for i in range(6)))
+
+    assert sorted((r.user_id, r.plan, r.feature, r.tags) for r in backend.records) == [
+        (f"u{i}", "pro" if i % 2 else "free", f"feature-u{i}", ("batch",)) for i in range(6)
+    ]
