@@ -30,6 +30,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "weckr_django.middleware.WeckrMiddleware",
 ]
 
 TEMPLATES = [
@@ -59,3 +60,7 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
+
+# In-process usage is ingested on the caller's thread in tests: deterministic, and no
+# second SQLite connection writing while a test transaction is open.
+WECKR = {"DELIVERY": "sync"}

@@ -8,3 +8,13 @@ class WeckrConfig(AppConfig):
     label = "weckr_django"
     verbose_name = "Weckr AI costs"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # No queries here: the database may not exist yet (migrate, check, collectstatic).
+        from weckr_django import checks, overrides
+        from weckr_django.backend import install_default_backend
+
+        checks.register_checks()
+        overrides.connect_signals()
+        overrides.install()
+        install_default_backend()

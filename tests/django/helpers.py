@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from weckr_core.pricing import price_usage
+from weckr_core.records import UsageRecord
+from weckr_django.models import Plan, Project
+
+
+def make_project(name: str = "Acme", **fields: Any) -> Project:
+    return Project.objects.create(name=name, **fields)
+
+
+def make_plan(
+    project: Project,
+    name: str = "pro",
+    *,
+    price: str = "20",
+    cap: str | None = None,
+    action: str = Plan.CapAction.BLOCK,
+) -> Plan:
+    return Plan.objects.create(
+        project=project,
+        name=name,
+        monthly_price_usd=Decimal(price),
+        monthly_cap_usd=None if cap is None else Decimal(cap),
+        cap_action=action,
+    )
+
+
+def make_record(
+    event_id: str,
+    *,
+    user_id: str | None = "u1",
+    model: str = "gpt-4o",
+    input_tokens: int = 1000,
+    output_tokens: int = 500,
+    when: datetime | None = None,
+    **fields: Any,
+) -> UsageRecord:
+    return UsageRecord(
+        event_id=event_id,
+        timestamp=when or datetime.now(UTC),
+        user_id=user_id,
+        provider=fields.pop("provider", "openai"),
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        **fields,
+    )
+
+
+def expected_cost(record: UsageRecord) -> Decimal:
+    return price_usage(
+        record.model,
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        cached_input_tokens=record.cached_input_tokens,
+        cache_creation_tokens=record.cache_creation_tokens,
+        reasoning_tokens=record.reasoning_tokens,
+        provider=record.provider,
+    ).usd.quantize(Decimal("0.0000000001"))

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+
+from weckr_django.ingest import ingest_records
+from weckr_django.models import ANONYMOUS_KEY, DailyUsage, ModelPrice, MonthlyUserSpend, UsageEvent
+from weckr_django.periods import local_day, month_bounds, month_start
+
+from .helpers import expected_cost, make_project, make_record
+
+pytestmark = pytest.mark.django_db
+
+
+def spend_row(project, user_key: str, month: date) -> MonthlyUserSpend:
+    return MonthlyUserSpend.objects.get(project=project, user_key=user_key, month=month)
+
+
+def test_ingest_inserts_events_and_rollups_once():
+    project = make_project()
+    first = [make_record("e1"), make_record("e2", output_tokens=900)]
+    result = ingest_records(project, first)
+    assert (result.created, result.duplicates) == (2, 0)
+    assert sorted(result.created_event_ids) == ["e1", "e2"]
+
+    again = ingest_records(project, [make_record("e2", output_tokens=900), make_record("e3")])
+    assert (again.created, again.duplicates, again.created_event_ids) == (1, 1, ["e3"])
+
+    records = [*first, make_record("e3")]
+    row = spend_row(project, "u1", month_start(project))
+    assert row.calls == 3
+    assert row.cost_usd == sum(expected_cost(r) for r in records)
+    assert row.input_tokens == 3000
+    assert row.output_tokens == 500 + 900 + 500
+    assert UsageEvent.objects.filter(project=project).count() == 3
+
+
+def test_duplicate_inside_one_batch_counts_once():
+    project = make_project()
+    record = make_record("same")
+    result = ingest_records(project, [record, make_record("same", output_tokens=5)])
+    assert (result.created, result.duplicates) == (1, 1)
+    row = spend_row(project, "u1", month_start(project))
+    assert row.calls == 1
+    assert row.cost_usd == expected_cost(record)
+    daily = DailyUsage.objects.get(project=project)
+    assert daily.calls == 1
+    assert daily.output_tokens == record.output_tokens
+
+
+def test_events_are_unique_per_project_not_globally():
+    one, two = make_project("one"), make_project("two")
+    assert ingest_records(one, [make_record("shared")]).created == 1
+    assert ingest_records(two, [make_record("shared")]).created == 1
+
+
+def test_cost_is_recomputed_and_client_cost_ignored():
+    project = make_project()
+    record = make_record("e1", cost_usd=Decimal("999"))
+    ingest_records(project, [record])
+    event = UsageEvent.objects.get(event_id="e1")
+    record.cost_usd = None
+    assert event.cost_usd == expected_cost(record)
+    assert event.cost_usd < Decimal(1)
+    assert event.priced
+
+
+def test_admin_price_override_prices_the_call():
+    project = make_project()
+    ModelPrice.objects.create(
+        model="my-finetune", input_per_mtok=Decimal("10"), output_per_mtok=Decimal("30")
+    )
+    ingest_records(
+        project,
+        [make_record("e1", model="my-finetune", input_tokens=1_000_000, output_tokens=100_000)],
+    )
+    event = UsageEvent.objects.get(event_id="e1")
+    assert event.cost_usd == Decimal("13")
+    assert event.priced
+
+
+def test_unknown_model_is_kept_and_flagged_unpriced():
+    project = make_project()
+    ingest_records(project, [make_record("e1", model="no-such-model-xyz", provider="custom")])
+    event = UsageEvent.objects.get(event_id="e1")
+    assert not event.priced
+    assert event.cost_usd == 0
+    assert spend_row(project, "u1", month_start(project)).unpriced_calls == 1
+
+
+def test_anonymous_calls_group_into_one_row():
+    project = make_project()
+    ingest_records(project, [make_record("a1", user_id=None), make_record("a2", user_id=None)])
+    row = spend_row(project, ANONYMOUS_KEY, month_start(project))
+    assert row.calls == 2
+    assert MonthlyUserSpend.objects.filter(project=project).count() == 1
+
+
+def test_month_boundaries_follow_the_project_timezone():
+    project = make_project(timezone="America/New_York")
+    # 03:30 UTC on 1 March is still 28 February in New York.
+    late_february = datetime(2026, 3, 1, 3, 30, tzinfo=UTC)
+    early_march = datetime(2026, 3, 1, 5, 30, tzinfo=UTC)
+    ingest_records(
+        project,
+        [make_record("feb", when=late_february), make_record("mar", when=early_march)],
+    )
+    assert spend_row(project, "u1", date(2026, 2, 1)).calls == 1
+    assert spend_row(project, "u1", date(2026, 3, 1)).calls == 1
+    assert local_day(project, late_february) == date(2026, 2, 28)
+    start, end = month_bounds(project, date(2026, 2, 1))
+    assert start.astimezone(UTC) == datetime(2026, 2, 1, 5, 0, tzinfo=UTC)
+    assert end.astimezone(UTC) == datetime(2026, 3, 1, 5, 0, tzinfo=UTC)
+    assert start <= late_february < end
+
+
+def test_daily_rollup_splits_feature_and_model_and_keeps_latest_plan():
+    project = make_project()
+    ingest_records(
+        project,
+        [
+            make_record("e1", feature="summary", plan="free"),
+            make_record("e2", feature="summary", plan="pro"),
+            make_record("e3", feature="chat", model="gpt-4o-mini", plan="pro"),
+        ],
+    )
+    rows = {
+        (row.feature, row.model): row.calls for row in DailyUsage.objects.filter(project=project)
+    }
+    assert rows == {("summary", "gpt-4o"): 2, ("chat", "gpt-4o-mini"): 1}
+    assert spend_row(project, "u1", month_start(project)).plan_name == "pro"
+
+
+def test_empty_batch_does_nothing():
+    project = make_project()
+    assert ingest_records(project, []).created == 0
+    assert not MonthlyUserSpend.objects.exists()

@@ -1,0 +1,156 @@
+"""``settings.WECKR``, read at access time so ``override_settings`` just works.
+
+WECKR = {"DEFAULT_PROJECT": "Acme", "CAP_CACHE_SECONDS": 2, "DELIVERY": "auto"}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, cast
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.http import HttpRequest
+from django.utils.module_loading import import_string
+
+Delivery = Literal["auto", "celery", "thread", "sync"]
+DELIVERY_MODES: tuple[Delivery, ...] = ("auto", "celery", "thread", "sync")
+
+UserIdResolver = Callable[[HttpRequest], "str | None"]
+PlanResolver = Callable[[HttpRequest], "str | None"]
+
+DEFAULTS: Mapping[str, Any] = {
+    "DEFAULT_PROJECT": None,
+    "USER_ID_RESOLVER": "weckr_django.middleware.default_user_id",
+    "PLAN_RESOLVER": "weckr_django.middleware.default_plan",
+    "CAP_CACHE_SECONDS": 2.0,
+    "DELIVERY": "auto",
+    "LOOP_WINDOW_SECONDS": 300,
+    "LOOP_TOKEN_THRESHOLD": 50_000,
+    "LOOP_COOLDOWN_SECONDS": 1800,
+    "SLACK_ALLOWED_HOSTS": ["hooks.slack.com"],
+    "API_RATE_LIMIT": "6000/min",
+    "MAX_BATCH_EVENTS": 500,
+    "ALERT_FROM_EMAIL": None,
+}
+
+
+class WeckrSettings:
+    """Typed view of ``settings.WECKR``; unknown keys are ignored, missing ones defaulted."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    def _user_settings(self) -> Mapping[str, Any]:
+        value = getattr(settings, "WECKR", None) or {}
+        return value if isinstance(value, Mapping) else {}
+
+    def get(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown WECKR setting: {name!r}")
+        if name not in self._cache:
+            self._cache[name] = self._user_settings().get(name, DEFAULTS[name])
+        return self._cache[name]
+
+    def reload(self) -> None:
+        self._cache.clear()
+
+    @property
+    def DEFAULT_PROJECT(self) -> str | None:
+        value = self.get("DEFAULT_PROJECT")
+        return None if value in (None, "") else str(value)
+
+    @property
+    def USER_ID_RESOLVER(self) -> str:
+        return str(self.get("USER_ID_RESOLVER"))
+
+    @property
+    def PLAN_RESOLVER(self) -> str:
+        return str(self.get("PLAN_RESOLVER"))
+
+    def user_id_resolver(self) -> UserIdResolver:
+        """The imported USER_ID_RESOLVER; raises ImportError when the path is wrong."""
+        return cast(UserIdResolver, self._imported("USER_ID_RESOLVER"))
+
+    def plan_resolver(self) -> PlanResolver:
+        return cast(PlanResolver, self._imported("PLAN_RESOLVER"))
+
+    def _imported(self, name: str) -> Any:
+        key = f"{name}:imported"
+        if key not in self._cache:
+            value = self.get(name)
+            self._cache[key] = import_string(value) if isinstance(value, str) else value
+        return self._cache[key]
+
+    @property
+    def CAP_CACHE_SECONDS(self) -> float:
+        return max(0.0, float(self.get("CAP_CACHE_SECONDS")))
+
+    @property
+    def DELIVERY(self) -> Delivery:
+        value = self.get("DELIVERY")
+        if value not in DELIVERY_MODES:
+            raise ValueError(f"WECKR['DELIVERY'] must be one of {DELIVERY_MODES}, not {value!r}.")
+        return cast(Delivery, value)
+
+    @property
+    def LOOP_WINDOW_SECONDS(self) -> int:
+        return int(self.get("LOOP_WINDOW_SECONDS"))
+
+    @property
+    def LOOP_TOKEN_THRESHOLD(self) -> int:
+        return int(self.get("LOOP_TOKEN_THRESHOLD"))
+
+    @property
+    def LOOP_COOLDOWN_SECONDS(self) -> int:
+        return int(self.get("LOOP_COOLDOWN_SECONDS"))
+
+    @property
+    def SLACK_ALLOWED_HOSTS(self) -> list[str]:
+        return [str(host).lower() for host in self.get("SLACK_ALLOWED_HOSTS")]
+
+    @property
+    def API_RATE_LIMIT(self) -> str | None:
+        value = self.get("API_RATE_LIMIT")
+        return None if value in (None, "") else str(value)
+
+    @property
+    def MAX_BATCH_EVENTS(self) -> int:
+        return int(self.get("MAX_BATCH_EVENTS"))
+
+    @property
+    def ALERT_FROM_EMAIL(self) -> str | None:
+        value = self.get("ALERT_FROM_EMAIL")
+        return None if not value else str(value)
+
+
+weckr_settings = WeckrSettings()
+
+
+def celery_broker_configured() -> bool:
+    """True when tasks go to a real broker: a broker URL is configured (Django settings
+    or the current Celery app) and tasks are not run eagerly."""
+    broker = getattr(settings, "CELERY_BROKER_URL", None)
+    eager = bool(getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False))
+    try:
+        from celery import current_app
+    except ImportError:  # pragma: no cover - celery is an optional dependency
+        return bool(broker) and not eager
+    conf = current_app.conf
+    broker = broker or conf.get("broker_url")
+    eager = eager or bool(conf.get("task_always_eager"))
+    return bool(broker) and not eager
+
+
+def effective_delivery() -> Literal["celery", "thread", "sync"]:
+    mode = weckr_settings.DELIVERY
+    if mode == "auto":
+        return "celery" if celery_broker_configured() else "thread"
+    return mode
+
+
+@receiver(setting_changed)
+def _reload_weckr_settings(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("WECKR", "CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER"):
+        weckr_settings.reload()

@@ -1,0 +1,386 @@
+"""Ingest usage records: price them, insert them once, keep the rollups current.
+
+Everything happens in one transaction, so a caller that sees ``ingest_records``
+return knows the events and the rollups are committed together (a cap check right
+after sees the spend). Idempotency rests on the unique (project, event_id)
+constraint: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` says which rows are new,
+and only those reach the rollups, which are updated with additive upserts. That
+stays exact with any number of concurrent workers on PostgreSQL, and on SQLite.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Field, Model
+from django.utils import timezone
+
+from weckr_core.pricing import price_usage
+from weckr_core.records import UsageRecord
+from weckr_django import overrides
+from weckr_django.models import ANONYMOUS_KEY, DailyUsage, MonthlyUserSpend, Project, UsageEvent
+from weckr_django.periods import local_day
+
+logger = logging.getLogger("weckr_django")
+
+_COST_PLACES = Decimal("0.0000000001")  # UsageEvent.cost_usd has 10 decimal places
+_COUNTERS = (
+    "cost_usd",
+    "calls",
+    "error_calls",
+    "unpriced_calls",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+)
+_TOKEN_COUNTERS = _COUNTERS[4:]
+
+
+@dataclass
+class IngestResult:
+    created: int
+    duplicates: int
+    created_event_ids: list[str] = field(default_factory=list)
+
+
+def ingest_records(project: Project, records: Sequence[UsageRecord]) -> IngestResult:
+    """Insert ``records`` for ``project`` once each and update the rollups.
+
+    The cost is recomputed here from model and tokens (admin price overrides
+    included); whatever cost the client sent is ignored. Returns how many events were
+    new and how many were already known (within the batch or in the table).
+    """
+    unique: dict[str, UsageRecord] = {}
+    for record in records:
+        unique.setdefault(record.event_id, record)
+    if not unique:
+        return IngestResult(created=0, duplicates=len(records))
+
+    overrides.refresh_if_stale()
+    now = timezone.now()
+    events = [_event(project, record, now) for record in unique.values()]
+    # One lock order for every writer: concurrent batches sharing ids cannot deadlock.
+    events.sort(key=lambda event: event.event_id)
+    using = router.db_for_write(UsageEvent)
+    with transaction.atomic(using=using):
+        new_ids = _insert_new_events(connections[using], events)
+        new_events = [event for event in events if event.event_id in new_ids]
+        if new_events:
+            _update_rollups(connections[using], project, new_events, now)
+        user_ids = sorted({event.user_id or ANONYMOUS_KEY for event in new_events})
+        if new_events:
+            transaction.on_commit(
+                lambda: _after_commit(project, user_ids), using=using, robust=True
+            )
+
+    created_ids = [event.event_id for event in new_events]
+    return IngestResult(
+        created=len(created_ids),
+        duplicates=len(records) - len(created_ids),
+        created_event_ids=created_ids,
+    )
+
+
+def _after_commit(project: Project, user_keys: list[str]) -> None:
+    from weckr_django import tasks
+
+    tasks.schedule_after_ingest(str(project.pk), user_keys)
+
+
+def price_record(record: UsageRecord) -> tuple[Decimal, bool]:
+    cost = price_usage(
+        record.model,
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        cached_input_tokens=record.cached_input_tokens,
+        cache_creation_tokens=record.cache_creation_tokens,
+        reasoning_tokens=record.reasoning_tokens,
+        provider=record.provider,
+    )
+    return cost.usd.quantize(_COST_PLACES), cost.priced
+
+
+def _event(project: Project, record: UsageRecord, now: datetime) -> UsageEvent:
+    cost, priced = price_record(record)
+    timestamp = record.timestamp
+    if timezone.is_naive(timestamp):
+        timestamp = timezone.make_aware(timestamp, timezone.get_fixed_timezone(0))
+    return UsageEvent(
+        project=project,
+        event_id=record.event_id,
+        timestamp=timestamp,
+        received_at=now,
+        user_id=record.user_id,
+        feature=record.feature,
+        plan_name=record.plan,
+        plan_revenue_usd=record.plan_revenue_usd,
+        provider=record.provider or "unknown",
+        model=record.model,
+        requested_model=record.requested_model,
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        cached_input_tokens=record.cached_input_tokens,
+        cache_creation_tokens=record.cache_creation_tokens,
+        reasoning_tokens=record.reasoning_tokens,
+        cost_usd=cost,
+        priced=priced,
+        usage_reported=record.usage_reported,
+        latency_ms=record.latency_ms,
+        status=record.status,
+        error_type=record.error_type,
+        source=record.source,
+        run_id=record.run_id,
+        parent_run_id=record.parent_run_id,
+        agent=record.agent,
+        task=record.task,
+        step=record.step,
+        tags=list(record.tags),
+    )
+
+
+def _concrete_fields(model: type[Model]) -> list[Field[Any, Any]]:
+    return [
+        f
+        for f in model._meta.concrete_fields
+        if not (f.primary_key and getattr(f, "auto_created", False))
+        and not (f.primary_key and f.get_internal_type() in ("AutoField", "BigAutoField"))
+    ]
+
+
+def _supports_returning_upsert(connection: BaseDatabaseWrapper) -> bool:
+    if connection.vendor == "postgresql":
+        return True
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        return sqlite3.sqlite_version_info >= (3, 35, 0)
+    return False
+
+
+def _insert_new_events(connection: BaseDatabaseWrapper, events: list[UsageEvent]) -> set[str]:
+    """Insert the events whose (project, event_id) is not taken; return their ids."""
+    if not _supports_returning_upsert(connection):
+        return _insert_one_by_one(events)
+    fields = _concrete_fields(UsageEvent)
+    quote = connection.ops.quote_name
+    table = quote(UsageEvent._meta.db_table)
+    columns = ", ".join(quote(str(f.column)) for f in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    project_col = quote(_column(UsageEvent, "project"))
+    event_col = quote(_column(UsageEvent, "event_id"))
+    # Keep statements under SQLite's bound-parameter limit (32,766 since 3.32).
+    per_statement = max(1, 30_000 // len(fields))
+    new_ids: set[str] = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(events), per_statement):
+            chunk = events[start : start + per_statement]
+            params: list[Any] = []
+            for event in chunk:
+                params.extend(_db_value(f, event, connection) for f in fields)
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(chunk))} "
+                f"ON CONFLICT ({project_col}, {event_col}) DO NOTHING RETURNING {event_col}",
+                params,
+            )
+            new_ids.update(str(found) for (found,) in cursor.fetchall())
+    return new_ids
+
+
+def _insert_one_by_one(events: list[UsageEvent]) -> set[str]:
+    """Portable fallback for databases without ``ON CONFLICT ... RETURNING``."""
+    new_ids: set[str] = set()
+    for event in events:
+        try:
+            with transaction.atomic():
+                event.save(force_insert=True)
+        except IntegrityError:
+            continue
+        new_ids.add(event.event_id)
+    return new_ids
+
+
+def _column(model: type[Model], name: str) -> str:
+    field = model._meta.get_field(name)
+    assert isinstance(field, Field) and field.column is not None
+    return field.column
+
+
+def _db_value(f: Field[Any, Any], instance: Model, connection: BaseDatabaseWrapper) -> Any:
+    return f.get_db_prep_save(getattr(instance, f.attname), connection)
+
+
+@dataclass
+class _Totals:
+    counters: dict[str, Any]
+    latest: datetime
+    plan_name: str | None = None
+    plan_revenue_usd: Decimal | None = None
+    provider: str = ""
+
+    @classmethod
+    def empty(cls, when: datetime) -> _Totals:
+        counters: dict[str, Any] = dict.fromkeys(_COUNTERS, 0)
+        counters["cost_usd"] = Decimal(0)
+        return cls(counters=counters, latest=when)
+
+    def add(self, event: UsageEvent) -> None:
+        counters = self.counters
+        counters["cost_usd"] += event.cost_usd
+        counters["calls"] += 1
+        counters["error_calls"] += event.status == UsageEvent.Status.ERROR
+        counters["unpriced_calls"] += not event.priced
+        for name in _TOKEN_COUNTERS:
+            counters[name] += getattr(event, name)
+        if event.timestamp >= self.latest or self.plan_name is None:
+            self.latest = max(self.latest, event.timestamp)
+            if event.plan_name is not None:
+                self.plan_name = event.plan_name
+                self.plan_revenue_usd = event.plan_revenue_usd
+            self.provider = event.provider
+
+
+def _update_rollups(
+    connection: BaseDatabaseWrapper, project: Project, events: Iterable[UsageEvent], now: datetime
+) -> None:
+    monthly: dict[tuple[str, date], _Totals] = {}
+    daily: dict[tuple[date, str, str, str], _Totals] = {}
+    for event in events:
+        user_key = event.user_id or ANONYMOUS_KEY
+        day = local_day(project, event.timestamp)
+        month_key = (user_key, day.replace(day=1))
+        monthly.setdefault(month_key, _Totals.empty(event.timestamp)).add(event)
+        day_key = (day, user_key, event.feature or "", event.model)
+        daily.setdefault(day_key, _Totals.empty(event.timestamp)).add(event)
+
+    _upsert_add(
+        connection,
+        MonthlyUserSpend,
+        key_fields=("project", "user_key", "month"),
+        rows=[
+            (
+                {"project": project.pk, "user_key": user_key, "month": month},
+                totals,
+                {
+                    "plan_name": totals.plan_name,
+                    "plan_revenue_usd": totals.plan_revenue_usd,
+                    "updated_at": now,
+                },
+            )
+            for (user_key, month), totals in sorted(monthly.items())
+        ],
+        coalesce_fields=("plan_name", "plan_revenue_usd"),
+        replace_fields=("updated_at",),
+    )
+    _upsert_add(
+        connection,
+        DailyUsage,
+        key_fields=("project", "day", "user_key", "feature", "model"),
+        rows=[
+            (
+                {
+                    "project": project.pk,
+                    "day": day,
+                    "user_key": user_key,
+                    "feature": feature,
+                    "model": model,
+                },
+                totals,
+                {"provider": totals.provider, "plan_name": totals.plan_name},
+            )
+            for (day, user_key, feature, model), totals in sorted(daily.items())
+        ],
+        coalesce_fields=("plan_name",),
+        replace_fields=("provider",),
+    )
+
+
+def _upsert_add(
+    connection: BaseDatabaseWrapper,
+    model: type[Model],
+    *,
+    key_fields: tuple[str, ...],
+    rows: list[tuple[dict[str, Any], _Totals, dict[str, Any]]],
+    coalesce_fields: tuple[str, ...] = (),
+    replace_fields: tuple[str, ...] = (),
+) -> None:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE SET counter = counter + excluded.counter``.
+
+    Rows come sorted by key, so concurrent writers take row locks in the same order.
+    """
+    if not rows:
+        return
+    if not _supports_returning_upsert(connection):
+        _update_one_by_one(model, key_fields, rows)
+        return
+    meta = model._meta
+    quote = connection.ops.quote_name
+    table = quote(meta.db_table)
+    extra_names = list(rows[0][2])
+    names = [*key_fields, *_COUNTERS, *extra_names]
+    model_fields: list[Field[Any, Any]] = [meta.get_field(name) for name in names]  # type: ignore[misc]
+    columns = [quote(_column(model, name)) for name in names]
+    key_columns = columns[: len(key_fields)]
+    assignments = []
+    for name in _COUNTERS:
+        column = quote(_column(model, name))
+        assignments.append(f"{column} = {table}.{column} + excluded.{column}")
+    for name in coalesce_fields:
+        column = quote(_column(model, name))
+        assignments.append(f"{column} = COALESCE(excluded.{column}, {table}.{column})")
+    for name in replace_fields:
+        column = quote(_column(model, name))
+        assignments.append(f"{column} = excluded.{column}")
+    placeholder = "(" + ", ".join(["%s"] * len(names)) + ")"
+    per_statement = max(1, 30_000 // len(names))
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            params: list[Any] = []
+            for keys, totals, extra in chunk:
+                values = {**keys, **totals.counters, **extra}
+                for name, f in zip(names, model_fields, strict=True):
+                    params.append(_prep(f, values[name], connection))
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"VALUES {', '.join([placeholder] * len(chunk))} "
+                f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {', '.join(assignments)}",
+                params,
+            )
+
+
+def _prep(f: Field[Any, Any], value: Any, connection: BaseDatabaseWrapper) -> Any:
+    if f.is_relation:
+        target = f.target_field  # type: ignore[attr-defined]
+        return target.get_db_prep_save(value, connection)
+    return f.get_db_prep_save(value, connection)
+
+
+def _update_one_by_one(
+    model: type[Model],
+    key_fields: tuple[str, ...],
+    rows: list[tuple[dict[str, Any], _Totals, dict[str, Any]]],
+) -> None:
+    from django.db.models import F
+
+    manager = model._default_manager
+    for keys, totals, extra in rows:
+        lookup = {(f"{name}_id" if name == "project" else name): v for name, v in keys.items()}
+        try:
+            with transaction.atomic():
+                manager.create(**lookup, **totals.counters, **extra)
+            continue
+        except IntegrityError:
+            pass
+        updates: dict[str, Any] = {name: F(name) + totals.counters[name] for name in _COUNTERS}
+        updates.update({name: value for name, value in extra.items() if value is not None})
+        if manager.filter(**lookup).update(**updates) != 1:
+            raise DatabaseError(f"Weckr: rollup row {lookup} vanished during ingest.")

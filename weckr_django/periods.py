@@ -1,0 +1,59 @@
+"""Calendar periods in a project's timezone: budgets and margins are per month there."""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if TYPE_CHECKING:
+    from weckr_django.models import Project
+
+
+@functools.lru_cache(maxsize=256)
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        # A bad name in the admin must not stop ingestion; months fall back to UTC.
+        return UTC
+
+
+def project_zone(project: Project) -> tzinfo:
+    return _zone(project.timezone or "UTC")
+
+
+def local_day(project: Project, when: datetime) -> date:
+    """The calendar day of ``when`` in the project's timezone."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(project_zone(project)).date()
+
+
+def month_start(project: Project, when: datetime | None = None) -> date:
+    """First day of the calendar month (project timezone) that holds ``when`` (now)."""
+    return local_day(project, when or datetime.now(UTC)).replace(day=1)
+
+
+def next_month(month: date) -> date:
+    return date(month.year + 1, 1, 1) if month.month == 12 else date(month.year, month.month + 1, 1)
+
+
+def month_bounds(project: Project, month: date) -> tuple[datetime, datetime]:
+    """Aware datetimes ``[start, end)`` of the month holding ``month``, project timezone."""
+    zone = project_zone(project)
+    first = month.replace(day=1)
+    return (
+        datetime.combine(first, time.min, tzinfo=zone),
+        datetime.combine(next_month(first), time.min, tzinfo=zone),
+    )
+
+
+def day_bounds(project: Project, day: date) -> tuple[datetime, datetime]:
+    """Aware datetimes ``[start, end)`` of one calendar day, project timezone."""
+    zone = project_zone(project)
+    return (
+        datetime.combine(day, time.min, tzinfo=zone),
+        datetime.combine(day + timedelta(days=1), time.min, tzinfo=zone),
+    )

@@ -1,0 +1,236 @@
+"""Celery tasks: ingest usage, detect runaway loops, check budgets, dispatch alerts.
+
+With no broker configured (the embedded default), the follow-up tasks run in the
+process that ingested, right after the commit; with a broker they are queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any, TypedDict
+
+from celery import Task, shared_task
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from weckr_core.records import UsageRecord
+from weckr_django import alerts
+from weckr_django.conf import celery_broker_configured, weckr_settings
+from weckr_django.ingest import ingest_records
+from weckr_django.models import ANONYMOUS_KEY, AlertLog, MonthlyUserSpend, Plan, Project, UsageEvent
+from weckr_django.periods import month_bounds, month_start
+from weckr_django.wire import WireError, parse_event
+
+logger = logging.getLogger("weckr_django")
+
+_DB_ERRORS = (OperationalError, InterfaceError)
+ALERT_MAX_RETRIES = 5
+
+
+class RecordUsageResult(TypedDict):
+    created: int
+    duplicates: int
+    invalid: int
+
+
+@shared_task(
+    name="weckr_django.record_usage",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=_DB_ERRORS,
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=20,
+)
+def record_usage(events: list[dict[str, Any]], project_id: str) -> RecordUsageResult:
+    """Ingest wire-format events for ``project_id``. Redelivery never double counts:
+    events are unique per (project, eventId)."""
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
+        logger.error(
+            "Weckr: %d usage event(s) for unknown project %s not recorded.", len(events), project_id
+        )
+        return {"created": 0, "duplicates": 0, "invalid": len(events)}
+    records: list[UsageRecord] = []
+    invalid = 0
+    for index, payload in enumerate(events):
+        try:
+            records.append(parse_event(payload))
+        except WireError as error:
+            invalid += 1
+            event_id = payload.get("eventId") if isinstance(payload, dict) else None
+            logger.error(
+                "Weckr: usage event %s (#%d of the batch) for project %s is invalid and was "
+                "not recorded: %s",
+                event_id,
+                index,
+                project_id,
+                error.message,
+            )
+    result = ingest_records(project, records)
+    return {"created": result.created, "duplicates": result.duplicates, "invalid": invalid}
+
+
+def _window_settings(project: Project) -> tuple[int, int, int]:
+    return (
+        project.loop_window_seconds or weckr_settings.LOOP_WINDOW_SECONDS,
+        project.loop_token_threshold or weckr_settings.LOOP_TOKEN_THRESHOLD,
+        project.loop_cooldown_seconds or weckr_settings.LOOP_COOLDOWN_SECONDS,
+    )
+
+
+def _user_filter(user_key: str) -> dict[str, Any]:
+    return {"user_id__isnull": True} if user_key == ANONYMOUS_KEY else {"user_id": user_key}
+
+
+@shared_task(name="weckr_django.detect_loops", autoretry_for=_DB_ERRORS, max_retries=3)
+def detect_loops(project_id: str, user_ids: Sequence[str]) -> list[int]:
+    """Alert on users whose tokens in the sliding window pass the project's threshold.
+
+    ``user_ids`` are rollup user keys ("" for calls made with no user). Returns the
+    ids of the alerts created; a user alerted within the cooldown is not alerted again.
+    """
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
+        return []
+    window, threshold, cooldown = _window_settings(project)
+    now = timezone.now()
+    since = now - timedelta(seconds=window)
+    created: list[int] = []
+    for user_key in dict.fromkeys(user_ids):
+        totals = UsageEvent.objects.filter(
+            project=project, timestamp__gte=since, **_user_filter(user_key)
+        ).aggregate(
+            tokens=Sum(F("input_tokens") + F("cache_creation_tokens") + F("output_tokens")),
+            cost=Sum("cost_usd"),
+        )
+        tokens = int(totals["tokens"] or 0)
+        if tokens < threshold:
+            continue
+        alert_user = user_key or None
+        with transaction.atomic():
+            # Serialises alerting per project so two workers cannot both pass the cooldown.
+            Project.objects.select_for_update().filter(pk=project.pk).first()
+            recent = AlertLog.objects.filter(
+                project=project,
+                kind=AlertLog.Kind.LOOP,
+                created_at__gte=now - timedelta(seconds=cooldown),
+                **_user_filter(user_key),
+            ).exists()
+            if recent:
+                continue
+            alert = AlertLog.objects.create(
+                project=project,
+                kind=AlertLog.Kind.LOOP,
+                user_id=alert_user,
+                window_seconds=window,
+                window_tokens=tokens,
+                window_cost_usd=Decimal(totals["cost"] or 0),
+                details={"threshold": threshold, "cooldown_seconds": cooldown},
+            )
+            transaction.on_commit(_dispatch_later(alert.pk), robust=True)
+        created.append(alert.pk)
+    return created
+
+
+@shared_task(name="weckr_django.check_budgets", autoretry_for=_DB_ERRORS, max_retries=3)
+def check_budgets(project_id: str, user_ids: Sequence[str]) -> list[int]:
+    """Soft-cap, cap-reached and margin alerts, each at most once per user per month."""
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
+        return []
+    month = month_start(project)
+    month_begins, _ = month_bounds(project, month)
+    keys = [key for key in dict.fromkeys(user_ids) if key != ANONYMOUS_KEY]
+    rows = MonthlyUserSpend.objects.filter(project=project, month=month, user_key__in=keys)
+    plans = {plan.name: plan for plan in Plan.objects.filter(project=project)}
+    created: list[int] = []
+    for row in rows:
+        plan = plans.get(row.plan_name or "")
+        if plan is None:
+            continue
+        spend = Decimal(row.cost_usd)
+        wanted: list[tuple[str, dict[str, Any]]] = []
+        if plan.monthly_cap_usd is not None and plan.monthly_cap_usd > 0:
+            cap = Decimal(plan.monthly_cap_usd)
+            info = {"plan": plan.name, "spend": f"{spend:.4f}", "cap": f"{cap:.2f}"}
+            if spend >= cap:
+                wanted.append((AlertLog.Kind.CAP_REACHED, info))
+            elif plan.soft_alert_percent and spend * 100 >= cap * plan.soft_alert_percent:
+                wanted.append((AlertLog.Kind.SOFT_CAP, info))
+        threshold = project.margin_alert_threshold_usd
+        if threshold is not None:
+            revenue = Decimal(plan.monthly_price_usd)
+            margin = revenue - spend
+            if margin < threshold:
+                wanted.append(
+                    (
+                        AlertLog.Kind.MARGIN,
+                        {
+                            "plan": plan.name,
+                            "revenue": f"{revenue:.2f}",
+                            "spend": f"{spend:.4f}",
+                            "margin": f"{margin:.2f}",
+                            "threshold": f"{threshold:.2f}",
+                        },
+                    )
+                )
+        for kind, details in wanted:
+            with transaction.atomic():
+                Project.objects.select_for_update().filter(pk=project.pk).first()
+                already = AlertLog.objects.filter(
+                    project=project, kind=kind, user_id=row.user_key, created_at__gte=month_begins
+                ).exists()
+                if already:
+                    continue
+                alert = AlertLog.objects.create(
+                    project=project, kind=kind, user_id=row.user_key, details=details
+                )
+                transaction.on_commit(_dispatch_later(alert.pk), robust=True)
+            created.append(alert.pk)
+    return created
+
+
+@shared_task(
+    bind=True, name="weckr_django.dispatch_alert", autoretry_for=_DB_ERRORS, max_retries=10
+)
+def dispatch_alert(self: Task[Any, Any], alert_id: int) -> str:
+    """Send one alert on its project's channels; retried with backoff on failures
+    another attempt can fix. Returns the final status."""
+    alert = AlertLog.objects.select_related("project").filter(pk=alert_id).first()
+    if alert is None:
+        return "missing"
+    retry = alerts.deliver(alert)
+    in_worker = not (self.request.called_directly or self.request.is_eager)
+    if retry and in_worker and self.request.retries < ALERT_MAX_RETRIES:
+        raise self.retry(countdown=min(3600, 30 * 2**self.request.retries))
+    return str(alert.status)
+
+
+def _dispatch_later(alert_id: int) -> Callable[[], None]:
+    return lambda: run_task(dispatch_alert, alert_id)
+
+
+def run_task(task: Task[Any, Any], *args: Any) -> None:
+    """Queue ``task`` when a broker is configured; otherwise run it here and now
+    (the embedded default), logging rather than raising its errors."""
+    if celery_broker_configured():
+        task.delay(*args)
+        return
+    try:
+        task.apply(args=args, throw=True)
+    except DatabaseError:
+        logger.exception("Weckr: %s failed (database error).", task.name)
+    except Exception:
+        logger.exception("Weckr: %s failed.", task.name)
+
+
+def schedule_after_ingest(project_id: str, user_keys: list[str]) -> None:
+    """Follow-up work after new usage is committed: loop detection, budget alerts."""
+    run_task(detect_loops, project_id, user_keys)
+    run_task(check_budgets, project_id, user_keys)
