@@ -13,10 +13,10 @@ from langchain_core.callbacks import (
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import Field
 
@@ -167,7 +167,6 @@ def run_agent(
 ) -> dict[str, Any]:
     """A ``create_agent`` (LangGraph) agent run with ``handler`` in its config."""
     agent = create_agent(model, tools=list(tools) or [counting_tool()[0]], name=name)
-    result: dict[str, Any] = agent.invoke(
-        {"messages": [("user", "find it")]}, config={"callbacks": [handler], **config}
-    )
+    run_config: RunnableConfig = {"callbacks": [handler], **config}  # type: ignore[typeddict-item]
+    result: dict[str, Any] = agent.invoke({"messages": [HumanMessage("find it")]}, run_config)
     return result
