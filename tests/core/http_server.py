@@ -16,6 +16,7 @@ Connections are kept alive (HTTP/1.1) like the real server's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import socket
 import sys
@@ -67,11 +68,7 @@ class ReceivedRequest:
     @property
     def events(self) -> list[dict[str, Any]]:
         """The usage events a log request carried."""
-        if self.path == BATCH_PATH and isinstance(self.body, dict):
-            return list(self.body.get("events") or [])
-        if self.path == LOG_PATH and isinstance(self.body, dict):
-            return [self.body]
-        return []
+        return _events(self.path, self.body)
 
 
 class FakeWeckrServer:
@@ -157,50 +154,59 @@ class FakeWeckrServer:
 
     def _answer(
         self, method: str, target: str, headers: dict[str, str], body: Any, client_port: int
-    ) -> tuple[Reply, bytes]:
+    ) -> Reply:
+        """Records the request and returns the reply to send, with ``raw`` filled in."""
         url = urlsplit(target)
+        path = url.path
         with self._lock:
-            queued = self._queued[url.path]
-            reply = queued.popleft() if queued else self._replies.get(url.path)
+            queued = self._queued[path]
+            reply = queued.popleft() if queued else self._replies.get(path)
             if reply is None:
-                reply = (
-                    Reply(404) if url.path not in (CHECK_PATH, LOG_PATH, BATCH_PATH) else Reply()
-                )
-            request = ReceivedRequest(
-                method,
-                url.path,
-                dict(parse_qsl(url.query)),
-                headers,
-                body,
-                reply.status,
-                client_port,
-            )
-            self._requests.append(request)
-            payload = reply.body
-            if 200 <= reply.status < 300 and url.path in (LOG_PATH, BATCH_PATH):
-                payload = self._accept(request.events, payload)
+                reply = Reply() if path in (CHECK_PATH, LOG_PATH, BATCH_PATH) else Reply(404)
+            status, payload = reply.status, reply.body
+            if 200 <= status < 300 and path in (LOG_PATH, BATCH_PATH):
+                status, payload = self._accept(path, _events(path, body), reply)
             elif payload is None:
-                payload = ALLOWED if reply.status == 200 else {"error": f"HTTP {reply.status}"}
-        return reply, reply.raw if reply.raw is not None else json.dumps(payload).encode()
+                payload = ALLOWED if 200 <= status < 300 else {"error": f"HTTP {status}"}
+            self._requests.append(
+                ReceivedRequest(
+                    method, path, dict(parse_qsl(url.query)), headers, body, status, client_port
+                )
+            )
+        raw = reply.raw if reply.raw is not None else json.dumps(payload).encode()
+        return dataclasses.replace(reply, status=status, raw=raw)
 
-    def _accept(self, events: list[dict[str, Any]], body: Any) -> Any:
-        # Called with self._lock held. Events listed as rejected in a programmed body
-        # are not accepted.
-        rejected = body.get("rejected", []) if isinstance(body, dict) else []
+    def _accept(self, path: str, events: list[dict[str, Any]], reply: Reply) -> tuple[int, Any]:
+        # Called with self._lock held. Stores events once per eventId, like weckr_django;
+        # events a programmed body lists as rejected are not stored.
+        rejected = reply.body.get("rejected") or [] if isinstance(reply.body, dict) else []
         skipped = {item.get("index") for item in rejected if isinstance(item, dict)}
-        accepted = duplicates = 0
+        created = duplicates = 0
         for index, event in enumerate(events):
+            event_id = str(event.get("eventId"))
             if index in skipped:
                 continue
-            if event.get("eventId") in self._accepted:
+            if event_id in self._accepted:
                 duplicates += 1
             else:
-                self._accepted[event.get("eventId", f"missing-{len(self._accepted)}")] = event
-                accepted += 1
+                self._accepted[event_id] = event
+                created += 1
         self._duplicates += duplicates
-        if body is not None:
-            return body
-        return {"accepted": accepted, "duplicates": duplicates, "rejected": []}
+        if reply.body is not None:
+            return reply.status, reply.body
+        if path == LOG_PATH:
+            first = events[0].get("eventId") if events else None
+            answer = {"ok": True, "eventId": first, "duplicate": not created, "costUsd": None}
+            return (201 if created else 200), answer
+        return reply.status, {"accepted": created, "duplicates": duplicates, "rejected": []}
+
+
+def _events(path: str, body: Any) -> list[dict[str, Any]]:
+    if path == BATCH_PATH and isinstance(body, dict):
+        return list(body.get("events") or [])
+    if path == LOG_PATH and isinstance(body, dict):
+        return [body]
+    return []
 
 
 def _as_reply(reply: Reply | int) -> Reply:
@@ -223,6 +229,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: _Server
 
     def setup(self) -> None:
@@ -253,12 +260,11 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         headers = {name.lower(): value for name, value in self.headers.items()}
         fake = self.server.fake
-        reply, payload = fake._answer(
-            self.command, self.path, headers, body, self.client_address[1]
-        )
+        reply = fake._answer(self.command, self.path, headers, body, self.client_address[1])
         if reply.delay and fake._stopped.wait(reply.delay):
             self.close_connection = True
             return
+        payload = reply.raw or b""
         self.send_response(reply.status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(payload)))

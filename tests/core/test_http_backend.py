@@ -59,7 +59,7 @@ def make_backend(server: FakeWeckrServer, errors: list[BaseException]) -> Iterat
 
     yield make
     for backend in backends:
-        backend.close(timeout=0.5)
+        backend.close(timeout=0.1)
 
 
 def usage(**fields: Any) -> UsageRecord:
@@ -228,7 +228,7 @@ def test_check_fails_open_when_connection_refused(errors: list[BaseException]) -
 def test_check_caches_decisions_for_the_ttl_per_key(
     server: FakeWeckrServer, make_backend: BackendFactory
 ) -> None:
-    backend = make_backend(cache_ttl_seconds=0.3)
+    backend = make_backend(cache_ttl_seconds=0.15)
 
     for _ in range(3):
         backend.check("u1", "pro", "gpt-4o")
@@ -236,7 +236,7 @@ def test_check_caches_decisions_for_the_ttl_per_key(
     backend.check("u2", "pro", "gpt-4o")
     assert len(server.requests(CHECK_PATH)) == 3
 
-    time.sleep(0.35)
+    time.sleep(0.2)
     backend.check("u1", "pro", "gpt-4o")
     assert len(server.requests(CHECK_PATH)) == 4
 
@@ -254,7 +254,7 @@ def test_check_does_not_cache_failures(
     assert len(server.requests(CHECK_PATH)) == 2
 
 
-@pytest.mark.parametrize("reply", [Reply(delay=0.2), Reply(503, delay=0.2)], ids=["ok", "error"])
+@pytest.mark.parametrize("reply", [Reply(delay=0.1), Reply(503, delay=0.1)], ids=["ok", "error"])
 def test_concurrent_checks_share_one_request(
     server: FakeWeckrServer, make_backend: BackendFactory, reply: Reply
 ) -> None:
@@ -280,7 +280,7 @@ def test_concurrent_checks_share_one_request(
 def test_concurrent_checks_all_raise_on_bad_key(
     server: FakeWeckrServer, make_backend: BackendFactory
 ) -> None:
-    server.set_reply(CHECK_PATH, Reply(401, delay=0.2))
+    server.set_reply(CHECK_PATH, Reply(401, delay=0.1))
     backend = make_backend()
     codes: list[str] = []
 
@@ -333,7 +333,7 @@ def test_records_are_priced_on_the_sender_thread(
 ) -> None:
     record = usage()
     backend = make_backend()
-    occupy_sender(server, backend, 0.2)
+    occupy_sender(server, backend, 0.1)
 
     backend.record(record)
     assert record.cost_usd is None  # not priced on the caller's thread
@@ -345,7 +345,7 @@ def test_many_records_go_in_few_batches_over_one_connection(
     server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
 ) -> None:
     backend = make_backend(max_batch_size=100)
-    first = occupy_sender(server, backend, 0.2)
+    first = occupy_sender(server, backend, 0.1)
     records = [usage(user_id=f"u{i}") for i in range(250)]
 
     for record in records:
@@ -407,7 +407,7 @@ def test_transient_failures_are_retried_with_backoff(
     assert backend.flush(timeout=3)
 
     assert time.monotonic() - started >= 0.15
-    assert [r.status for r in server.requests(LOG_PATH)] == [*statuses, 200]
+    assert [r.status for r in server.requests(LOG_PATH)] == [*statuses, 201]
     assert accepted_ids(server) == [record.event_id]
     assert errors == []
 
@@ -463,7 +463,7 @@ def test_connection_refused_is_retried_then_reported(errors: list[BaseException]
 def test_invalid_event_is_not_retried_and_the_server_message_reported(
     server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
 ) -> None:
-    server.enqueue(LOG_PATH, Reply(400, {"error": "inputTokens must be >= 0"}))
+    server.enqueue(LOG_PATH, Reply(400, {"error": "must be 0 or more", "field": "inputTokens"}))
     record = usage()
     backend = make_backend()
 
@@ -473,7 +473,7 @@ def test_invalid_event_is_not_retried_and_the_server_message_reported(
     assert len(server.requests(LOG_PATH)) == 1
     [error] = errors
     assert isinstance(error, WeckrBackendError)
-    assert "inputTokens must be >= 0" in str(error)
+    assert "must be 0 or more (field: inputTokens)" in str(error)
     assert (error.status_code, error.event_ids) == (400, (record.event_id,))
 
 
@@ -508,7 +508,7 @@ def test_events_rejected_in_a_batch_are_reported_one_by_one(
 
 
 def test_flush_waits_for_delivery(server: FakeWeckrServer, make_backend: BackendFactory) -> None:
-    server.enqueue(LOG_PATH, Reply(delay=0.2))
+    server.enqueue(LOG_PATH, Reply(delay=0.1))
     record = usage()
     backend = make_backend()
 
@@ -552,7 +552,7 @@ def test_full_queue_drops_the_oldest_event_and_reports_it(
     server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
 ) -> None:
     backend = make_backend(max_queue=2)
-    first = occupy_sender(server, backend, 0.2)
+    first = occupy_sender(server, backend, 0.1)
     oldest, middle, newest = usage(), usage(), usage()
 
     for record in (oldest, middle, newest):

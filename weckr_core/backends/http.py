@@ -102,10 +102,10 @@ class HttpBackend:
             raise ValueError("max_queue must be at least 1 and max_retries at least 0")
         if not backoff_seconds or min(backoff_seconds) < 0:
             raise ValueError("backoff_seconds must be a non-empty sequence of delays >= 0")
-        self.endpoint = endpoint.rstrip("/")
+        self.endpoint = endpoint
         self.check_endpoint = check_endpoint
         self.batch_endpoint = (
-            f"{self.endpoint}/batch" if batch_endpoint is _Unset.TOKEN else batch_endpoint
+            endpoint.rstrip("/") + "/batch" if batch_endpoint is _Unset.TOKEN else batch_endpoint
         )
         self._headers = {"x-api-key": api_key, "user-agent": "weckr-core"}
         self._cache_ttl = cache_ttl_seconds
@@ -191,7 +191,7 @@ class HttpBackend:
             params["model"] = model
         try:
             response = self._get_check_client().get(self.check_endpoint, params=params)
-        except httpx.HTTPError as error:
+        except Exception as error:  # network errors, timeouts, a closed client: fail open
             self._report(f"Weckr: cap check failed ({_describe(error)}); allowing the call.", error)
             return None
         status = response.status_code
@@ -396,7 +396,7 @@ class HttpBackend:
             event_id = item.get("eventId") or (
                 event_ids[index] if isinstance(index, int) and 0 <= index < len(event_ids) else None
             )
-            reason = item.get("error") or "no reason given"
+            reason = _error_text(item) or "no reason given"
             self._report(
                 f"Weckr: server rejected event {event_id}: {reason}",
                 status_code=status,
@@ -456,7 +456,7 @@ def _is_retryable(status: int) -> bool:
     return status == 429 or status >= 500
 
 
-def _describe(error: httpx.HTTPError) -> str:
+def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
@@ -465,11 +465,18 @@ def _server_message(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict):
-        for key in ("error", "detail", "message"):
-            if isinstance(body.get(key), str):
-                return str(body[key])
-    return response.text.strip()[:300] or "(no body)"
+    return (_error_text(body) if isinstance(body, dict) else None) or (
+        response.text.strip()[:300] or "(no body)"
+    )
+
+
+def _error_text(body: dict[str, Any]) -> str | None:
+    """The message of a weckr_django error body ``{"error", "field"}`` (or DRF's ``detail``)."""
+    message = body.get("error") or body.get("detail")
+    if not isinstance(message, str):
+        return None
+    field = body.get("field")
+    return f"{message} (field: {field})" if isinstance(field, str) and field else message
 
 
 def _parse_decision(body: Any) -> CapDecision:
