@@ -27,7 +27,7 @@ from weckr_core import (
     cheaper_alternative,
 )
 
-MESSAGES = [{"role": "user", "content": "Summarize this."}]
+MESSAGES: Any = [{"role": "user", "content": "Summarize this."}]
 
 
 class FixedDecisionBackend:
@@ -172,7 +172,7 @@ def test_legacy_google_generativeai_over_its_rest_transport() -> None:
     )
     backend = MemoryBackend()
     with p.loopback(fake) as url:
-        legacy_genai.configure(
+        legacy_genai.configure(  # type: ignore[attr-defined]
             api_key="test", transport="rest", client_options={"api_endpoint": url}
         )
         Weckr(backend=backend).chat(

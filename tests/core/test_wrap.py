@@ -23,7 +23,7 @@ from weckr_core import (
 )
 from weckr_core.wrap import wrap
 
-MESSAGES = [{"role": "user", "content": "Hi"}]
+MESSAGES: Any = [{"role": "user", "content": "Hi"}]
 
 
 def setup(body: dict[str, Any]) -> tuple[p.FakeProvider, MemoryBackend, Weckr]:
