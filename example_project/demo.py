@@ -1,0 +1,393 @@
+"""``make demo``: migrate, create an admin login and a demo project with a month of
+realistic AI traffic, then serve the site.
+
+    .venv/bin/python example_project/demo.py [--no-serve] [--port 8000]
+
+Safe to run again: existing data is kept and nothing is generated twice.
+Environment: DATABASE_URL (default SQLite next to this file), WECKR_DEMO_PORT,
+WECKR_DEMO_HOST.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# Import the project as the package example_project from the repository root (its
+# celery.py must not shadow the celery library).
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import transaction  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from example_project.saas.models import Profile  # noqa: E402
+from weckr_core.pricing import cheaper_alternative, price_usage  # noqa: E402
+from weckr_core.records import UsageRecord  # noqa: E402
+from weckr_django import reports  # noqa: E402
+from weckr_django.caps import decide  # noqa: E402
+from weckr_django.ingest import ingest_records  # noqa: E402
+from weckr_django.models import ApiKey, Plan, Project, UsageEvent  # noqa: E402
+
+PROJECT_NAME = "Demo SaaS"
+ADMIN_USERNAME = "admin"
+ADMIN_PASSWORD = "weckr-demo"
+EVENT_PREFIX = "demo-"
+DAYS = 30
+SEED = 2026
+
+# name, monthly price, monthly AI cap per user, action at the cap
+PLANS = (
+    ("free", "0", "0.50", Plan.CapAction.BLOCK),
+    ("pro", "29", "25", Plan.CapAction.DOWNGRADE),
+    ("team", "99", "150", Plan.CapAction.BLOCK),
+)
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    provider: str
+    model: str
+    input_tokens: tuple[int, int]
+    output_tokens: tuple[int, int]
+    #: Share of the prompt served from the provider's cache.
+    cache_read_share: float = 0.0
+    #: Anthropic prompt-cache writes, on top of the input, on some calls.
+    cache_write_tokens: int = 0
+    reasoning_tokens: tuple[int, int] = (0, 0)
+
+
+FEATURES = {
+    "summarize": Feature("summarize", "openai", "gpt-4o-mini", (800, 6000), (150, 600)),
+    "chat-assistant": Feature(
+        "chat-assistant", "openai", "gpt-4o", (1500, 9000), (200, 900), cache_read_share=0.5
+    ),
+    "draft-email": Feature("draft-email", "openai", "gpt-4o", (400, 1500), (150, 500)),
+    "research-agent": Feature(
+        "research-agent",
+        "anthropic",
+        "claude-sonnet-4",
+        (8000, 30000),
+        (800, 3000),
+        cache_read_share=0.6,
+        cache_write_tokens=4000,
+    ),
+    "data-analysis": Feature(
+        "data-analysis", "openai", "o3", (2000, 12000), (500, 2500), reasoning_tokens=(400, 6000)
+    ),
+    "classify": Feature("classify", "google", "gemini-2.5-flash", (300, 1200), (5, 40)),
+}
+
+
+@dataclass(frozen=True)
+class Customer:
+    username: str
+    plan: str
+    calls_per_day: float
+    features: tuple[tuple[str, int], ...]  # (feature, weight)
+    note: str
+
+
+CUSTOMERS = (
+    Customer(
+        "ada",
+        "team",
+        125,
+        (("research-agent", 6), ("data-analysis", 2), ("summarize", 2)),
+        "team power user running agents all day: costs more than the plan earns",
+    ),
+    Customer(
+        "ben",
+        "pro",
+        100,
+        (("chat-assistant", 5), ("research-agent", 1), ("draft-email", 2)),
+        "heavy pro user: passes the $25 cap, then is downgraded to cheaper models",
+    ),
+    Customer(
+        "cleo",
+        "free",
+        25,
+        (("chat-assistant", 3), ("summarize", 3)),
+        "free user who hits the $0.50 cap and is blocked",
+    ),
+    Customer(
+        "dan", "pro", 6, (("summarize", 3), ("draft-email", 2), ("classify", 1)), "light pro user"
+    ),
+    Customer(
+        "eve",
+        "pro",
+        95,
+        (("chat-assistant", 4), ("data-analysis", 1), ("summarize", 2)),
+        "busy pro user close to the cap: on watch",
+    ),
+    Customer(
+        "finn",
+        "team",
+        25,
+        (("research-agent", 1), ("chat-assistant", 3), ("classify", 3)),
+        "steady team user",
+    ),
+    Customer("gia", "free", 2, (("summarize", 1), ("classify", 1)), "light free user"),
+    Customer("hugo", "free", 1, (("summarize", 1),), "occasional free user"),
+    Customer("ivy", "pro", 10, (("draft-email", 3), ("summarize", 2)), "regular pro user"),
+    Customer("jon", "team", 8, (("classify", 4), ("summarize", 2)), "light team user"),
+)
+_CUSTOMER_NOTES = {customer.username: customer.note for customer in CUSTOMERS}
+
+
+def say(message: str = "") -> None:
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def ensure_admin() -> None:
+    users = get_user_model()
+    admin = users.objects.filter(username=ADMIN_USERNAME).first()
+    if admin is None:
+        admin = users.objects.create_superuser(ADMIN_USERNAME, "", ADMIN_PASSWORD)
+    elif not admin.check_password(ADMIN_PASSWORD):
+        admin.set_password(ADMIN_PASSWORD)
+        admin.save(update_fields=["password"])
+    Profile.objects.get_or_create(user=admin, defaults={"plan": Profile.Plan.PRO})
+
+
+def ensure_project() -> tuple[Project, str | None]:
+    project, _ = Project.objects.get_or_create(name=PROJECT_NAME)
+    for name, price, cap, action in PLANS:
+        Plan.objects.update_or_create(
+            project=project,
+            name=name,
+            defaults={
+                "monthly_price_usd": Decimal(price),
+                "monthly_cap_usd": Decimal(cap),
+                "cap_action": action,
+            },
+        )
+    plaintext = None
+    if not ApiKey.objects.filter(project=project, revoked_at=None).exists():
+        _, plaintext = ApiKey.objects.create_key(project, name="demo")
+    return project, plaintext
+
+
+def ensure_customers() -> dict[str, str]:
+    """The demo's customers as Django users on plans; returns username -> user id."""
+    users = get_user_model()
+    ids: dict[str, str] = {}
+    for customer in CUSTOMERS:
+        user = users.objects.filter(username=customer.username).first()
+        if user is None:
+            user = users.objects.create_user(customer.username)  # no password: no login
+        Profile.objects.update_or_create(user=user, defaults={"plan": customer.plan})
+        ids[customer.username] = str(user.pk)
+    return ids
+
+
+def _call_times(rng: random.Random, day: date, count: int, now: datetime) -> list[datetime]:
+    times = []
+    for _ in range(count):
+        # Mostly working hours, some evening use.
+        hour = rng.gauss(14, 3.5)
+        seconds = int(min(max(hour, 0.0), 23.99) * 3600)
+        moment = datetime.combine(day, time.min, tzinfo=UTC) + timedelta(seconds=seconds)
+        if moment < now - timedelta(minutes=10):
+            times.append(moment)
+    return sorted(times)
+
+
+def _tokens(rng: random.Random, bounds: tuple[int, int]) -> int:
+    low, high = bounds
+    # Log-uniform: many small prompts, a few large ones.
+    return int(math.exp(rng.uniform(math.log(max(low, 1)), math.log(max(high, 2)))))
+
+
+def generate(user_ids: dict[str, str], now: datetime) -> Iterator[UsageRecord]:
+    """A month of calls per customer, in time order, with their plan's cap applied as a
+    real app would have: blocked calls never happen, downgraded ones use the cheaper
+    model."""
+    caps = {name: (Decimal(cap), action) for name, _, cap, action in PLANS}
+    prices = {name: Decimal(price) for name, price, _, _ in PLANS}
+    today = now.date()
+    for customer in CUSTOMERS:
+        rng = random.Random(f"{SEED}-{customer.username}")
+        spend: dict[date, Decimal] = {}
+        names = [name for name, _ in customer.features]
+        weights = [weight for _, weight in customer.features]
+        cap, action = caps[customer.plan]
+        for offset in range(DAYS - 1, -1, -1):
+            day = today - timedelta(days=offset)
+            weekday_factor = 0.35 if day.weekday() >= 5 else 1.0
+            count = max(0, round(rng.gauss(customer.calls_per_day, customer.calls_per_day / 4)))
+            count = round(count * weekday_factor)
+            for index, moment in enumerate(_call_times(rng, day, count, now)):
+                feature = FEATURES[rng.choices(names, weights)[0]]
+                month = day.replace(day=1)
+                model, requested = feature.model, None
+                if spend.get(month, Decimal(0)) >= cap:
+                    if action == Plan.CapAction.BLOCK:
+                        continue
+                    requested, model = model, cheaper_alternative(model) or model
+                record = _record(rng, feature, model, moment)
+                record.event_id = f"{EVENT_PREFIX}{customer.username}-{day:%Y%m%d}-{index}"
+                record.user_id = user_ids[customer.username]
+                record.plan = customer.plan
+                record.plan_revenue_usd = prices[customer.plan]
+                record.requested_model = requested
+                record.source = "wrap" if index % 3 else "sdk"
+                spend[month] = spend.get(month, Decimal(0)) + _cost(record)
+                yield record
+
+
+def _record(rng: random.Random, feature: Feature, model: str, moment: datetime) -> UsageRecord:
+    input_tokens = _tokens(rng, feature.input_tokens)
+    reasoning = _tokens(rng, feature.reasoning_tokens) if feature.reasoning_tokens[1] else 0
+    record = UsageRecord(
+        timestamp=moment,
+        feature=feature.name,
+        provider=feature.provider,
+        model=model,
+        latency_ms=rng.randint(300, 9000),
+    )
+    record.input_tokens = input_tokens
+    record.cached_input_tokens = int(input_tokens * feature.cache_read_share * rng.random())
+    record.cache_creation_tokens = feature.cache_write_tokens if rng.random() < 0.2 else 0
+    record.output_tokens = _tokens(rng, feature.output_tokens) + reasoning
+    record.reasoning_tokens = reasoning
+    if rng.random() < 0.01:
+        record.status, record.error_type = "error", "RateLimitError"
+        record.input_tokens = record.output_tokens = record.reasoning_tokens = 0
+        record.cached_input_tokens = record.cache_creation_tokens = 0
+    return record
+
+
+def _cost(record: UsageRecord) -> Decimal:
+    return price_usage(
+        record.model,
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        cached_input_tokens=record.cached_input_tokens,
+        cache_creation_tokens=record.cache_creation_tokens,
+        reasoning_tokens=record.reasoning_tokens,
+        provider=record.provider,
+    ).usd
+
+
+def runaway_agent(user_id: str, now: datetime) -> list[UsageRecord]:
+    """A research agent stuck in a loop a few minutes ago: the loop check flags it."""
+    feature = FEATURES["research-agent"]
+    records = []
+    for step in range(14):
+        record = UsageRecord(
+            event_id=f"{EVENT_PREFIX}loop-{now:%Y%m%d}-{step}",
+            timestamp=now - timedelta(seconds=200 - step * 12),
+            user_id=user_id,
+            feature=feature.name,
+            plan="team",
+            plan_revenue_usd=Decimal(99),
+            provider=feature.provider,
+            model=feature.model,
+            run_id=f"demo-run-{now:%Y%m%d}",
+            step=str(step),
+            agent="researcher",
+            source="langchain",
+        )
+        record.input_tokens = 9000 + step * 400
+        record.cached_input_tokens = 6000
+        record.output_tokens = 700
+        records.append(record)
+    return records
+
+
+def load_traffic(project: Project, user_ids: dict[str, str]) -> int:
+    now = timezone.now()
+    batch: list[UsageRecord] = []
+    created = 0
+    for record in generate(user_ids, now):
+        batch.append(record)
+        if len(batch) == 500:
+            created += ingest_records(project, batch).created
+            batch = []
+    batch.extend(runaway_agent(user_ids["ada"], now))
+    created += ingest_records(project, batch).created
+    return created
+
+
+def summary(project: Project, user_ids: dict[str, str]) -> None:
+    names = {user_id: username for username, user_id in user_ids.items()}
+    month = reports.month_summary(project)
+    say(
+        f"This month: {month.calls} calls, AI cost ${month.cost_usd:.2f}, revenue "
+        f"${month.revenue_usd:.2f}, margin ${month.margin_usd:.2f}, "
+        f"{month.unprofitable_users} unprofitable user(s)."
+    )
+    plans = {plan.name: plan for plan in Plan.objects.filter(project=project)}
+    for row in reports.user_margins(project):
+        username = names.get(row.user_key, row.label)
+        plan = plans.get(row.plan_name or "")
+        decision = decide(project, row.user_key, row.plan_name, "gpt-4o") if plan else None
+        state = ""
+        if decision is not None and not decision.allowed:
+            state = f", capped: {decision.action}" + (
+                f" to {decision.alternative_model}" if decision.alternative_model else ""
+            )
+        say(
+            f"  {username:<6} {row.plan_name or '-':<5} cost ${row.cost_usd:>8.2f}  "
+            f"margin ${row.margin_usd:>8.2f}  {row.status}{state}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--no-serve", action="store_true", help="Set up the data and exit.")
+    parser.add_argument("--port", default=os.environ.get("WECKR_DEMO_PORT", "8000"))
+    parser.add_argument("--host", default=os.environ.get("WECKR_DEMO_HOST", "127.0.0.1"))
+    options = parser.parse_args(argv)
+
+    say("Migrating the database...")
+    call_command("migrate", interactive=False, verbosity=0)
+    with transaction.atomic():
+        ensure_admin()
+        project, plaintext = ensure_project()
+        user_ids = ensure_customers()
+    existing = UsageEvent.objects.filter(project=project, event_id__startswith=EVENT_PREFIX)
+    if existing.exists():
+        say(f"Demo traffic already loaded ({existing.count()} events); nothing added.")
+    else:
+        say("Generating a month of AI traffic for 10 customers on free, pro and team plans...")
+        created = load_traffic(project, user_ids)
+        say(f"Recorded {created} LLM calls.")
+    say()
+    summary(project, user_ids)
+    say()
+    say(f"Project {project.name!r} id {project.pk}")
+    if plaintext:
+        say("API key for the weckr-sdk (shown once):")
+        say(plaintext)
+    base = f"http://{options.host}:{options.port}"
+    say(f"Admin:  {base}/admin/   login: {ADMIN_USERNAME} / {ADMIN_PASSWORD}")
+    say(f"App:    {base}/   (signed in as {ADMIN_USERNAME}, plan pro)")
+    if options.no_serve:
+        return 0
+    say("Serving; press Ctrl+C to stop.")
+    call_command("runserver", f"{options.host}:{options.port}", use_reloader=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

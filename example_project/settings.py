@@ -1,0 +1,94 @@
+"""Settings of the example SaaS.
+
+SQLite next to this file by default; ``DATABASE_URL`` selects any database
+(``postgres://...``, ``sqlite:///...``). ``CELERY_BROKER_URL`` sends Weckr's tasks to
+a real broker; without it they run in-process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from example_project.database_url import parse_database_url
+
+BASE_DIR = Path(__file__).resolve().parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "weckr-example-project-not-for-production")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = [
+    host.strip()
+    for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+    if host.strip()
+]
+ROOT_URLCONF = "example_project.urls"
+WSGI_APPLICATION = "example_project.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "weckr_django",
+    "example_project.saas",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After AuthenticationMiddleware: attributes every LLM call to request.user and
+    # the plan on request.user.profile.plan.
+    "weckr_django.middleware.WeckrMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": parse_database_url(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+    )
+}
+
+STATIC_URL = "/static/"
+LOGIN_URL = "/admin/login/"
+EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or None
+CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL is None
+CELERY_TASK_EAGER_PROPAGATES = True
+
+WECKR = {
+    "DEFAULT_PROJECT": os.environ.get("WECKR_PROJECT", "Demo SaaS"),
+}
+
+# The app's own LLM endpoint. By default the fake OpenAI-compatible one this project
+# serves at /fake-llm/v1, called in-process so the demo needs no network.
+LLM_BASE_URL = os.environ.get("LLM_BASE_URL", "")
+LLM_API_KEY = os.environ.get("OPENAI_API_KEY", "demo")
+
+#: Monthly price per plan, the same figures the demo puts in the Weckr admin.
+PLAN_PRICES = {"free": 0, "pro": 29, "team": 99}

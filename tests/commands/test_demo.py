@@ -1,0 +1,123 @@
+"""``example_project/demo.py --no-serve`` against a fresh SQLite database, twice."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_demo(database: Path) -> str:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DJANGO_SETTINGS_MODULE", "CELERY_BROKER_URL", "WECKR_PROJECT")
+    }
+    env["DATABASE_URL"] = f"sqlite:///{database}"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "example_project" / "demo.py"), "--no-serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def query(database: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(database) as connection:
+        return connection.execute(sql).fetchall()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    database = tmp_path_factory.mktemp("demo") / "demo.sqlite3"
+    first = run_demo(database)
+    second = run_demo(database)
+    return database, first, second
+
+
+def test_the_demo_prints_the_admin_login_and_a_key(demo: tuple[Path, str, str]) -> None:
+    database, first, _ = demo
+
+    assert "/admin/" in first
+    assert "login: admin / weckr-demo" in first
+    keys = [line for line in first.splitlines() if line.startswith("wk_")]
+    assert len(keys) == 1
+    assert query(database, "SELECT is_superuser FROM auth_user WHERE username = 'admin'") == [(1,)]
+
+
+def test_the_demo_loads_a_month_of_varied_traffic(demo: tuple[Path, str, str]) -> None:
+    database, _, _ = demo
+
+    [(events, users, features, models, days)] = query(
+        database,
+        "SELECT COUNT(*), COUNT(DISTINCT user_id), COUNT(DISTINCT feature), "
+        "COUNT(DISTINCT model), COUNT(DISTINCT date(timestamp)) FROM weckr_django_usageevent",
+    )
+    assert events > 3000
+    assert users == 10
+    assert features >= 5
+    assert models >= 5
+    assert days >= 28
+    [(cached, writes, reasoning, downgraded)] = query(
+        database,
+        "SELECT SUM(cached_input_tokens), SUM(cache_creation_tokens), SUM(reasoning_tokens), "
+        "COUNT(requested_model) FROM weckr_django_usageevent",
+    )
+    assert cached > 0 and writes > 0 and reasoning > 0 and downgraded > 0
+    plans = query(
+        database,
+        "SELECT name, monthly_price_usd, monthly_cap_usd, cap_action FROM weckr_django_plan "
+        "ORDER BY monthly_price_usd",
+    )
+    assert [row[0] for row in plans] == ["free", "pro", "team"]
+    assert all(row[2] is not None for row in plans)
+
+
+def test_the_rollups_match_the_events(demo: tuple[Path, str, str]) -> None:
+    database, _, _ = demo
+
+    [(event_cost, event_calls)] = query(
+        database, "SELECT ROUND(SUM(cost_usd), 6), COUNT(*) FROM weckr_django_usageevent"
+    )
+    [(monthly_cost, monthly_calls)] = query(
+        database, "SELECT ROUND(SUM(cost_usd), 6), SUM(calls) FROM weckr_django_monthlyuserspend"
+    )
+    [(daily_cost, daily_calls)] = query(
+        database, "SELECT ROUND(SUM(cost_usd), 6), SUM(calls) FROM weckr_django_dailyusage"
+    )
+    assert event_calls == monthly_calls == daily_calls
+    assert event_cost == pytest.approx(monthly_cost) == pytest.approx(daily_cost)
+
+
+def test_the_demo_has_capped_downgraded_and_unprofitable_users(
+    demo: tuple[Path, str, str],
+) -> None:
+    _, first, _ = demo
+    rows = {line.split()[0]: line for line in first.splitlines() if line.startswith("  ")}
+
+    assert "capped: block" in rows["cleo"]
+    assert "capped: downgrade to" in rows["ben"]
+    assert "unprofitable" in rows["ada"]
+    assert "profitable" in rows["dan"]
+
+
+def test_a_second_run_adds_nothing(demo: tuple[Path, str, str]) -> None:
+    database, first, second = demo
+
+    assert "nothing added" in second
+    assert not [line for line in second.splitlines() if line.startswith("wk_")]
+    [(events,)] = query(database, "SELECT COUNT(*) FROM weckr_django_usageevent")
+    recorded = next(line for line in first.splitlines() if line.startswith("Recorded"))
+    assert events == int(recorded.split()[1])
+    assert query(database, "SELECT COUNT(*) FROM weckr_django_project") == [(1,)]
+    assert query(database, "SELECT COUNT(*) FROM auth_user WHERE username = 'admin'") == [(1,)]
