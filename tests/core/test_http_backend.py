@@ -636,3 +636,47 @@ def test_pending_events_are_flushed_at_interpreter_exit(server: FakeWeckrServer)
     subprocess.run([sys.executable, "-c", script], cwd=root, check=True, timeout=60)
 
     assert [e["userId"] for e in server.accepted_events] == ["u1"]
+
+
+# -- against the real weckr_django API -----------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_speaks_the_weckr_django_wire_api(live_server: Any, errors: list[BaseException]) -> None:
+    from weckr_django.models import ApiKey, Plan, Project, UsageEvent
+
+    project = Project.objects.create(name="Acme")
+    key_row, key = ApiKey.objects.create_key(project, "http-backend")
+    Plan.objects.create(
+        project=project,
+        name="pro",
+        monthly_price_usd=Decimal(29),
+        monthly_cap_usd=Decimal("0.01"),
+        cap_action="block",
+    )
+    api = f"{live_server.url}/api/v1"
+    backend = HttpBackend(
+        key, f"{api}/log", f"{api}/check", cache_ttl_seconds=0, on_error=errors.append
+    )
+    records = [usage(model="gpt-4o", input_tokens=100_000) for _ in range(4)]
+
+    assert backend.check("u1", "pro", "gpt-4o").allowed
+    for record in records:
+        backend.record(record)
+    assert backend.flush(timeout=10)
+
+    stored = UsageEvent.objects.filter(project=project)
+    assert {e.event_id for e in stored} == {r.event_id for r in records}
+    assert {(e.cached_input_tokens, e.cache_creation_tokens) for e in stored} == {(200, 50)}
+    decision = backend.check("u1", "pro", "gpt-4o")
+    assert decision.action == "block"
+    assert decision.cap is not None and decision.current_spend is not None
+    assert decision.current_spend >= decision.cap
+    assert errors == []
+
+    key_row.revoked_at = key_row.created_at
+    key_row.save()
+    with pytest.raises(WeckrConfigError) as raised:
+        backend.check("u1", "pro", "gpt-4o")
+    assert raised.value.code == "forbidden"
+    backend.close(timeout=1)

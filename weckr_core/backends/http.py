@@ -138,9 +138,9 @@ class HttpBackend:
 
     def _after_fork_in_child(self) -> None:
         # The parent keeps delivering its own queue and owns the sockets.
-        decisions = self._decisions
+        decisions, closed = self._decisions, self._closed
         self._init_state()
-        self._decisions = decisions
+        self._decisions, self._closed = decisions, closed
 
     # -- cap checks --------------------------------------------------------------
 
@@ -173,7 +173,7 @@ class HttpBackend:
                 del self._pending_checks[key]
                 if decision is not None:
                     self._cache_decision(key, decision)
-            pending.decision = decision or ALLOW
+            pending.decision = decision if decision is not None else ALLOW
             pending.done.set()
         return pending.decision
 
