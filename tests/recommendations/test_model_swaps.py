@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -65,10 +66,15 @@ def test_worked_example_per_feature_sorted_by_monthly_saving() -> None:
 
     swaps = model_swap_recommendations(project, now=nov(15))
 
-    gpt_mix = {"uncached": 8_000, "cached": 2_000, "output": 300}
+    gpt_mix: dict[str, Any] = {"uncached": 8_000, "cached": 2_000, "output": 300}
     gpt_current = 100 * cost_per_call("gpt-4o", **gpt_mix)
     gpt_projected = 100 * cost_per_call("gpt-4o-mini", **gpt_mix)
-    claude_mix = {"uncached": 10_000, "cached": 40_000, "writes": 10_000, "output": 500}
+    claude_mix: dict[str, Any] = {
+        "uncached": 10_000,
+        "cached": 40_000,
+        "writes": 10_000,
+        "output": 500,
+    }
     claude_current = 12 * cost_per_call("claude-sonnet-4-5", **claude_mix)
     claude_projected = 12 * cost_per_call("claude-haiku-4-5", **claude_mix)
     # November has 30 days and the 15th has begun: the month is twice the month to date.
@@ -95,7 +101,7 @@ def test_worked_example_per_feature_sorted_by_monthly_saving() -> None:
 
 def test_long_outputs_unpriced_models_and_models_without_alternative_are_skipped() -> None:
     project = make_project()
-    big_prompt = {"input_tokens": 200_000}
+    big_prompt: dict[str, Any] = {"input_tokens": 200_000}
     # Exactly 1,000 output tokens per call on average: not under the threshold.
     record_calls(project, 20, at=nov(2), feature="report", output_tokens=1_000, **big_prompt)
     record_calls(project, 20, at=nov(2), feature="cheap", model="gpt-4o-mini", **big_prompt)
@@ -148,7 +154,7 @@ def test_needs_a_monthly_saving_of_one_dollar(above: bool) -> None:
 def test_month_follows_the_project_timezone() -> None:
     new_york = make_project("NY", timezone="America/New_York")
     utc = make_project("UTC")
-    big = {"input_tokens": 200_000, "output_tokens": 100}
+    big: dict[str, Any] = {"input_tokens": 200_000, "output_tokens": 100}
     for project in (new_york, utc):
         # Dec 1st 03:00 UTC is still Nov 30th in New York; Nov 1st 03:00 UTC is Oct 31st.
         record_calls(project, 10, at=datetime(2026, 12, 1, 3, tzinfo=UTC), feature="late", **big)
