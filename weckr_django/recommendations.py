@@ -364,7 +364,7 @@ def model_recommendations_payload(
                 "currentModel": swap.current_model,
                 "suggestedModel": swap.suggested_model,
                 "calls": swap.calls,
-                "avgOutputTokens": money(swap.avg_output_tokens, Decimal("0.1")),
+                "avgOutputTokens": round(float(swap.avg_output_tokens), 1),
                 "currentCostUsd": money(swap.current_cost_usd, _MICRO),
                 "projectedCostUsd": money(swap.projected_cost_usd, _MICRO),
                 "savingToDateUsd": money(swap.saving_to_date_usd, _MICRO),

@@ -5,10 +5,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from tests.recommendations.usage import MILLION, add_plan, make_project, record_calls
 from weckr_core.pricing import resolve_pricing
+from weckr_django.models import UsageEvent
 from weckr_django.recommendations import (
+    model_recommendations_payload,
     percentile_nearest_rank,
     plan_pricing_recommendations,
     pricing_recommendations_payload,
@@ -177,3 +181,26 @@ def test_payload_is_camel_case() -> None:
             }
         ],
     }
+
+
+def test_reads_only_the_rollups() -> None:
+    project = make_project()
+    add_plan(project, "pro", "20.00")
+    users_on_plan(project, "pro", [3] * 6)
+    events_table = UsageEvent._meta.db_table
+
+    with CaptureQueriesContext(connection) as queries:
+        pricing_recommendations_payload(project, now=NOW)
+        model_recommendations_payload(project, now=NOW)
+
+    assert len(queries) <= 4
+    assert not [q["sql"] for q in queries if events_table in q["sql"]]
+
+
+def test_a_target_share_of_zero_is_refused() -> None:
+    project = make_project(target_ai_cost_share=Decimal("0"))
+    add_plan(project, "pro", "20.00")
+    users_on_plan(project, "pro", [6] * 5)
+
+    with pytest.raises(ValueError, match="target AI cost share must be above 0"):
+        plan_pricing_recommendations(project, now=NOW)
