@@ -61,6 +61,7 @@ from typing import Any, Literal
 from django.db.models import Max, Sum
 
 from weckr_core.pricing import ModelPricing, cheaper_alternative, resolve_pricing
+from weckr_core.records import TokenUsage
 from weckr_django.models import ANONYMOUS_KEY, DailyUsage, MonthlyUserSpend, Project
 from weckr_django.periods import local_day, month_start, next_month
 from weckr_django.reports import plan_prices
@@ -149,16 +150,14 @@ def percentile_nearest_rank(values: Iterable[Decimal], fraction: Decimal) -> Dec
     return ordered[rank - 1]
 
 
-def projected_cost(pricing: ModelPricing, totals: dict[str, Any]) -> Decimal:
-    """Cost of a month's token totals (``calls`` calls) at ``pricing``'s rates."""
-    calls = int(totals["calls"])
-    input_tokens = int(totals["input_tokens"])
-    cached = min(int(totals["cached_input_tokens"]), input_tokens)
-    writes = int(totals["cache_creation_tokens"])
-    output = max(int(totals["output_tokens"]), int(totals["reasoning_tokens"]))
-    prompt_per_call = (input_tokens + writes) // calls if calls else 0
+def projected_cost(pricing: ModelPricing, usage: TokenUsage, calls: int) -> Decimal:
+    """Cost of ``calls`` calls that used ``usage`` tokens in all, at ``pricing``'s rates."""
+    cached = min(usage.cached_input_tokens, usage.input_tokens)
+    output = max(usage.output_tokens, usage.reasoning_tokens)
+    writes = usage.cache_creation_tokens
+    prompt_per_call = (usage.input_tokens + writes) // calls if calls else 0
     return (
-        (input_tokens - cached) * pricing.input.per_mtok(prompt_per_call)
+        (usage.input_tokens - cached) * pricing.input.per_mtok(prompt_per_call)
         + cached * pricing.cached_input.per_mtok(prompt_per_call)
         + writes * pricing.cache_write.per_mtok(prompt_per_call)
         + output * pricing.output.per_mtok(prompt_per_call)
@@ -213,17 +212,14 @@ def model_swap_recommendations(
         if current_pricing.provider != suggested_pricing.provider:
             continue  # never advise switching vendors
         current = Decimal(row["cost"] or 0)
-        projected = projected_cost(
-            suggested_pricing,
-            {
-                "calls": calls,
-                "input_tokens": row["input_sum"] or 0,
-                "output_tokens": row["output_sum"] or 0,
-                "cached_input_tokens": row["cached_sum"] or 0,
-                "cache_creation_tokens": row["writes_sum"] or 0,
-                "reasoning_tokens": row["reasoning_sum"] or 0,
-            },
+        usage = TokenUsage(
+            input_tokens=row["input_sum"] or 0,
+            output_tokens=row["output_sum"] or 0,
+            cached_input_tokens=row["cached_sum"] or 0,
+            cache_creation_tokens=row["writes_sum"] or 0,
+            reasoning_tokens=row["reasoning_sum"] or 0,
         )
+        projected = projected_cost(suggested_pricing, usage, calls)
         saving = current - projected
         monthly = saving * progress.days_in_month / progress.days_elapsed
         if monthly < min_monthly_saving_usd:

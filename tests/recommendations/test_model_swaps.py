@@ -214,3 +214,35 @@ def test_payload_is_camel_case_with_rounded_money() -> None:
         ],
     }
     assert swap.monthly_saving_usd == swap.saving_to_date_usd * 30 / 20
+
+
+def test_long_prompts_are_projected_at_the_long_context_tier() -> None:
+    project = make_project()
+    record_calls(
+        project,
+        10,
+        at=nov(2),
+        model="gemini-1.5-pro",
+        provider="google",
+        feature="digest",
+        input_tokens=150_000,
+        output_tokens=100,
+    )
+
+    (swap,) = model_swap_recommendations(project, now=nov(30))
+
+    def long_context(rate: Any) -> Decimal:
+        ((start, price),) = rate.tiers
+        assert start < 150_000  # every call is past the tier threshold
+        return price
+
+    pro, flash = resolve_pricing("gemini-1.5-pro"), resolve_pricing("gemini-1.5-flash")
+    assert swap.suggested_model == "gemini-1.5-flash"
+    assert (
+        swap.current_cost_usd
+        == 10 * (150_000 * long_context(pro.input) + 100 * long_context(pro.output)) / MILLION
+    )
+    assert (
+        swap.projected_cost_usd
+        == 10 * (150_000 * long_context(flash.input) + 100 * long_context(flash.output)) / MILLION
+    )
