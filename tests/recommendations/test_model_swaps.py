@@ -9,7 +9,7 @@ import pytest
 
 from tests.recommendations.usage import MILLION, make_project, record_calls
 from weckr_core import pricing
-from weckr_core.pricing import resolve_pricing
+from weckr_core.pricing import Rate, resolve_pricing
 from weckr_django.recommendations import (
     confidence_for,
     model_recommendations_payload,
@@ -231,7 +231,7 @@ def test_long_prompts_are_projected_at_the_long_context_tier() -> None:
 
     (swap,) = model_swap_recommendations(project, now=nov(30))
 
-    def long_context(rate: Any) -> Decimal:
+    def long_context(rate: Rate) -> Decimal:
         ((start, price),) = rate.tiers
         assert start < 150_000  # every call is past the tier threshold
         return price
