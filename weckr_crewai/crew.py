@@ -528,9 +528,15 @@ def _model_of(llm: Any) -> tuple[str, str]:
         return "unknown", "unknown"
     if isinstance(llm, str):
         return _split_model(llm, None)
-    model = getattr(llm, "model", None) or "unknown"
+    model = str(getattr(llm, "model", None) or "unknown")
+    # CrewAI's native providers live in crewai.llms.providers.<name>; their
+    # ``provider`` field defaults to "openai" whatever the class.
+    module = type(llm).__module__.split(".")
+    if module[:3] == ["crewai", "llms", "providers"] and len(module) > 3:
+        name, _ = _split_model(model, None)
+        return name, module[3]
     provider = getattr(llm, "provider", None)
-    return _split_model(str(model), provider if isinstance(provider, str) else None)
+    return _split_model(model, provider if isinstance(provider, str) else None)
 
 
 def _split_model(model: str, provider: str | None) -> tuple[str, str]:
