@@ -183,7 +183,7 @@ class FakeWeckrServer:
         skipped = {item.get("index") for item in rejected if isinstance(item, dict)}
         created = duplicates = 0
         for index, event in enumerate(events):
-            event_id = str(event.get("eventId"))
+            event_id = str(event.get("eventId") or f"no-event-id-{len(self._accepted)}")
             if index in skipped:
                 continue
             if event_id in self._accepted:

@@ -548,23 +548,23 @@ def test_record_does_not_block_when_the_server_is_slow(
     assert time.monotonic() - started < 0.5
 
 
-def test_full_queue_drops_the_oldest_event_and_reports_it(
+def test_full_queue_drops_the_oldest_events_and_reports_them_once(
     server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
 ) -> None:
-    backend = make_backend(max_queue=2)
+    backend = make_backend(max_queue=3)
     first = occupy_sender(server, backend, 0.1)
-    oldest, middle, newest = usage(), usage(), usage()
+    records = [usage() for _ in range(10)]
 
-    for record in (oldest, middle, newest):
+    for record in records:
         backend.record(record)
     assert backend.flush(timeout=2)
 
-    [error] = errors
+    [error] = errors  # one report for the whole burst, not one per event
     assert isinstance(error, WeckrBackendError)
-    assert error.event_ids == (oldest.event_id,)
+    assert error.event_ids == tuple(r.event_id for r in records[:7])
     assert "queue full" in str(error)
     assert sorted(accepted_ids(server)) == sorted(
-        [first.event_id, middle.event_id, newest.event_id]
+        [first.event_id] + [r.event_id for r in records[7:]]
     )
 
 

@@ -133,6 +133,7 @@ class HttpBackend:
         self._last_seq = 0
         self._sending_from_seq: int | None = None  # first sequence number of the batch in flight
         self._sender: threading.Thread | None = None
+        self._dropped: list[str] = []  # ids of events pushed out of the full queue
         self._stopping = threading.Event()
         self._closed = False
 
@@ -228,13 +229,12 @@ class HttpBackend:
     # -- usage events ------------------------------------------------------------
 
     def record(self, record: UsageRecord) -> None:
-        dropped: UsageRecord | None = None
         with self._lock:
             closed = self._closed
             if not closed:
                 if len(self._queue) >= self._max_queue:
-                    dropped = self._queue.popleft()[1]
-                    self._progress.notify_all()
+                    # Reported by the sender, one error per burst rather than per event.
+                    self._dropped.append(self._queue.popleft()[1].event_id)
                 self._last_seq += 1
                 self._queue.append((self._last_seq, record))
                 self._start_sender()
@@ -243,12 +243,6 @@ class HttpBackend:
             self._report(
                 f"Weckr: backend is closed; event {record.event_id} not sent.",
                 event_ids=[record.event_id],
-            )
-        if dropped is not None:
-            self._report(
-                f"Weckr: send queue full ({self._max_queue} events); dropped the oldest "
-                f"event {dropped.event_id}.",
-                event_ids=[dropped.event_id],
             )
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -276,6 +270,7 @@ class HttpBackend:
             sender = self._sender
         self._stopping.set()
         _live_backends.discard(self)
+        self._report_dropped()
         if leftovers:
             self._report(
                 f"Weckr: backend closed with {len(leftovers)} event(s) not sent.",
@@ -329,9 +324,20 @@ class HttpBackend:
                         event_ids=[record.event_id for record in records],
                     )
                 finally:
+                    self._report_dropped()
                     with self._lock:
                         self._sending_from_seq = None
                         self._progress.notify_all()
+
+    def _report_dropped(self) -> None:
+        with self._lock:
+            dropped, self._dropped = self._dropped, []
+        if dropped:
+            self._report(
+                f"Weckr: send queue full ({self._max_queue} events); dropped the "
+                f"{len(dropped)} oldest event(s).",
+                event_ids=dropped,
+            )
 
     def _deliver(self, client: httpx.Client, records: list[UsageRecord]) -> None:
         for record in records:
@@ -420,6 +426,7 @@ class HttpBackend:
                 if not _is_retryable(response.status_code):
                     return response
                 failure, status = f"HTTP {response.status_code}", response.status_code
+            self._report_dropped()  # an outage is when the queue fills up
             delay = self._backoff[min(attempt, len(self._backoff) - 1)]
             if attempt >= self._max_retries or self._stopping.wait(delay):
                 why = "backend closed" if self._stopping.is_set() else "giving up"
