@@ -60,6 +60,10 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_STORE_EAGER_RESULT = False
+
+# Configures the default Celery app from the CELERY_* settings above (lazily).
+import tests.celery_app  # noqa: E402, F401
 
 # In-process usage is ingested on the caller's thread in tests: deterministic, and no
 # second SQLite connection writing while a test transaction is open.

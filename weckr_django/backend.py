@@ -171,7 +171,7 @@ class DjangoBackend:
         key = (user_id, plan, model)
         ttl = weckr_settings.CAP_CACHE_SECONDS
         now = time.monotonic()
-        cached = self._decisions.get(key)
+        cached = self._decisions.get(key) if ttl > 0 else None
         if cached is not None and cached[0] > now:
             return cached[1]
         from weckr_django.caps import decide

@@ -22,14 +22,17 @@ def hash_key(plaintext: str) -> str:
 class ApiKeyManager(models.Manager["ApiKey"]):
     def create_key(self, project: Project, name: str = "") -> tuple[ApiKey, str]:
         """A new key for ``project``; returns the row and the plaintext, shown once."""
-        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-        key = self.create(
-            project=project,
-            name=name,
-            prefix=plaintext[:_DISPLAY_LENGTH],
-            key_hash=hash_key(plaintext),
-        )
+        key = self.model(project=project, name=name)
+        plaintext = self.assign_new_key(key)
+        key.save(force_insert=True, using=self.db)
         return key, plaintext
+
+    def assign_new_key(self, key: ApiKey) -> str:
+        """Give the unsaved ``key`` a fresh secret; returns the plaintext, shown once."""
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        key.prefix = plaintext[:_DISPLAY_LENGTH]
+        key.key_hash = hash_key(plaintext)
+        return plaintext
 
     def authenticate(self, plaintext: str) -> ApiKey | None:
         """The key row for ``plaintext`` (revoked ones included), or None.

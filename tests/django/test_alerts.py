@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core import mail
+from django.test.utils import override_settings
+from django.utils import timezone
+
+from weckr_django import alerts, tasks
+from weckr_django.ingest import ingest_records
+from weckr_django.models import AlertLog
+
+from .helpers import make_plan, make_project, make_record
+
+pytestmark = pytest.mark.django_db
+
+
+def burst(project, user_id: str | None, tokens_each: int, count: int, prefix: str = "b") -> None:
+    now = datetime.now(UTC)
+    ingest_records(
+        project,
+        [
+            make_record(
+                f"{prefix}{i}",
+                user_id=user_id,
+                input_tokens=tokens_each,
+                output_tokens=0,
+                when=now - timedelta(seconds=i),
+            )
+            for i in range(count)
+        ],
+    )
+
+
+def test_loop_alert_above_the_threshold_with_window_figures(django_capture_on_commit_callbacks):
+    project = make_project(loop_token_threshold=10_000, alert_email="ops@example.com")
+    burst(project, "u1", 3_000, 4)
+    burst(project, "u2", 1_000, 2, prefix="small")
+    with django_capture_on_commit_callbacks(execute=True):
+        created = tasks.detect_loops(str(project.pk), ["u1", "u2"])
+    alert = AlertLog.objects.get()
+    assert created == [alert.pk]
+    assert (alert.kind, alert.user_id) == (AlertLog.Kind.LOOP, "u1")
+    assert alert.window_tokens == 12_000
+    assert alert.window_seconds == 300
+    assert alert.window_cost_usd and alert.window_cost_usd > 0
+    assert alert.status == AlertLog.Status.SENT
+    assert alert.channels == ["email"]
+    assert len(mail.outbox) == 1
+    assert "u1" in mail.outbox[0].subject
+
+
+def test_loop_alert_respects_the_cooldown():
+    project = make_project(loop_token_threshold=1_000, loop_cooldown_seconds=600)
+    burst(project, "u1", 2_000, 1)
+    assert len(tasks.detect_loops(str(project.pk), ["u1"])) == 1
+    burst(project, "u1", 2_000, 1, prefix="again")
+    assert tasks.detect_loops(str(project.pk), ["u1"]) == []
+    AlertLog.objects.update(created_at=timezone.now() - timedelta(seconds=601))
+    assert len(tasks.detect_loops(str(project.pk), ["u1"])) == 1
+
+
+def test_old_usage_outside_the_window_does_not_count():
+    project = make_project(loop_token_threshold=5_000, loop_window_seconds=60)
+    long_ago = datetime.now(UTC) - timedelta(minutes=10)
+    ingest_records(
+        project, [make_record(f"old{i}", input_tokens=4_000, when=long_ago) for i in range(3)]
+    )
+    assert tasks.detect_loops(str(project.pk), ["u1"]) == []
+
+
+def test_settings_provide_the_defaults():
+    project = make_project()
+    burst(project, "u1", 2_000, 1)
+    with override_settings(WECKR={"LOOP_TOKEN_THRESHOLD": 1_500}):
+        assert len(tasks.detect_loops(str(project.pk), ["u1"])) == 1
+
+
+def test_ingest_schedules_loop_detection_after_commit(django_capture_on_commit_callbacks):
+    project = make_project(loop_token_threshold=5_000)
+    with django_capture_on_commit_callbacks(execute=True):
+        burst(project, "u1", 3_000, 2)
+    assert AlertLog.objects.filter(kind=AlertLog.Kind.LOOP, user_id="u1").count() == 1
+
+
+def test_anonymous_usage_is_watched_too():
+    project = make_project(loop_token_threshold=1_000)
+    burst(project, None, 2_000, 1)
+    tasks.detect_loops(str(project.pk), [""])
+    assert AlertLog.objects.get().user_id is None
+
+
+def test_cap_and_soft_cap_alerts_once_per_month(django_capture_on_commit_callbacks):
+    project = make_project(alert_email="ops@example.com")
+    make_plan(project, "pro", cap="0.01")
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_records(
+            project, [make_record("e1", plan="pro", input_tokens=3_400, output_tokens=0)]
+        )
+    assert list(AlertLog.objects.values_list("kind", flat=True)) == [AlertLog.Kind.SOFT_CAP]
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_records(project, [make_record("e2", plan="pro", input_tokens=9_000)])
+        ingest_records(project, [make_record("e3", plan="pro", input_tokens=9_000)])
+    kinds = sorted(AlertLog.objects.values_list("kind", flat=True))
+    assert kinds == sorted([AlertLog.Kind.SOFT_CAP, AlertLog.Kind.CAP_REACHED])
+    assert len(mail.outbox) == 2
+
+
+def test_slack_must_be_https():
+    project = make_project(slack_webhook_url="http://hooks.slack.com/services/T/B/X")
+    alert = alerts.send_test_alert(project)
+    assert alert.status == AlertLog.Status.FAILED
+    assert "https" in alert.error
+
+
+def test_slack_host_must_be_allowed():
+    project = make_project(
+        slack_webhook_url="https://169.254.169.254/latest", alert_email="ops@example.com"
+    )
+    alert = alerts.send_test_alert(project)
+    assert alert.status == AlertLog.Status.PARTIAL  # e-mail went out, Slack was refused
+    assert "SLACK_ALLOWED_HOSTS" in alert.error
+    assert alert.details["delivery"]["email"] == "sent"
+    assert len(mail.outbox) == 1
+
+
+def test_unreachable_slack_is_recorded_as_a_retryable_failure():
+    project = make_project(slack_webhook_url="https://localhost/services/T/B/X")
+    alert = AlertLog.objects.create(project=project, kind=AlertLog.Kind.TEST)
+    with override_settings(WECKR={"SLACK_ALLOWED_HOSTS": ["localhost"]}):
+        retry = alerts.deliver(alert)
+    alert.refresh_from_db()
+    assert retry
+    assert alert.status == AlertLog.Status.FAILED
+    assert alert.attempts == 1
+    assert alert.error.startswith("slack: Slack: ")
+
+
+def test_no_channel_is_recorded():
+    alert = alerts.send_test_alert(make_project())
+    assert alert.status == AlertLog.Status.NO_CHANNEL
+    assert alert.channels == []
+
+
+def test_dispatch_alert_task_sends_pending_alerts():
+    project = make_project(alert_email="ops@example.com")
+    alert = AlertLog.objects.create(project=project, kind=AlertLog.Kind.TEST)
+    assert tasks.dispatch_alert.delay(alert.pk).get() == AlertLog.Status.SENT
+    assert len(mail.outbox) == 1

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+from django.test.utils import CaptureQueriesContext, override_settings
+
+import weckr_core
+from weckr_django.backend import DjangoBackend, install_default_backend
+from weckr_django.ingest import ingest_records
+from weckr_django.models import MonthlyUserSpend, Project, UsageEvent
+
+from .helpers import make_plan, make_project, make_record
+
+
+@pytest.mark.django_db
+def test_the_app_installs_a_django_backend_at_start_up():
+    assert isinstance(weckr_core.get_backend(), DjangoBackend)
+
+
+@pytest.mark.django_db
+def test_an_explicitly_configured_backend_is_kept():
+    memory = weckr_core.MemoryBackend()
+    weckr_core.configure(memory)
+    assert install_default_backend() is None
+    assert weckr_core.get_backend() is memory
+
+
+@pytest.mark.django_db
+def test_with_nothing_configured_a_default_project_is_created():
+    backend = DjangoBackend(delivery="sync")
+    backend.record(make_record("e1"))
+    project = Project.objects.get()
+    assert project.name == "Default"
+    assert UsageEvent.objects.get().project == project
+
+
+@pytest.mark.django_db
+def test_default_project_setting_by_name_and_by_id():
+    make_project("first")
+    second = make_project("second")
+    with override_settings(WECKR={"DELIVERY": "sync", "DEFAULT_PROJECT": "second"}):
+        assert DjangoBackend().project() == second
+    with override_settings(WECKR={"DELIVERY": "sync", "DEFAULT_PROJECT": str(second.pk)}):
+        assert DjangoBackend().project() == second
+    with (
+        override_settings(WECKR={"DELIVERY": "sync", "DEFAULT_PROJECT": "missing"}),
+        pytest.raises(ImproperlyConfigured, match="names no project"),
+    ):
+        DjangoBackend().project()
+
+
+@pytest.mark.django_db
+def test_several_projects_and_no_default_is_a_clear_error():
+    make_project("first")
+    make_project("second")
+    with pytest.raises(ImproperlyConfigured, match="DEFAULT_PROJECT"):
+        DjangoBackend(delivery="sync").check("u1", "pro", "gpt-4o")
+
+
+@pytest.mark.django_db
+def test_check_reads_caps_and_caches_briefly():
+    project = make_project()
+    make_plan(project, "pro", cap="0.001")
+    backend = DjangoBackend(delivery="sync")
+    assert backend.check("u1", "pro", "gpt-4o").allowed
+    ingest_records(project, [make_record("e1", input_tokens=100_000)])
+    with CaptureQueriesContext(connection) as queries:
+        cached = backend.check("u1", "pro", "gpt-4o")
+    assert cached.allowed  # still the cached decision
+    assert len(queries) == 0
+    with override_settings(WECKR={"CAP_CACHE_SECONDS": 0}):
+        assert backend.check("u1", "pro", "gpt-4o").action == "block"
+
+
+@pytest.mark.django_db
+def test_recording_through_the_backend_drops_the_users_cached_decision():
+    project = make_project()
+    make_plan(project, "pro", cap="0.001")
+    backend = DjangoBackend(delivery="sync")
+    assert backend.check("u1", "pro", "gpt-4o").allowed
+    backend.record(make_record("e1", input_tokens=100_000))
+    assert backend.check("u1", "pro", "gpt-4o").action == "block"
+
+
+@pytest.mark.django_db
+def test_check_without_user_or_plan_needs_no_query():
+    backend = DjangoBackend(delivery="sync")
+    with CaptureQueriesContext(connection) as queries:
+        assert backend.check(None, "pro", "gpt-4o").allowed
+        assert backend.check("u1", None, "gpt-4o").allowed
+    assert len(queries) == 0
+
+
+@pytest.mark.django_db
+def test_sync_delivery_ingests_on_the_callers_thread():
+    project = make_project()
+    DjangoBackend(delivery="sync").record(make_record("e1"))
+    assert MonthlyUserSpend.objects.get(project=project).calls == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_sync_delivery_works_from_async_code():
+    project = await Project.objects.acreate(name="Acme")
+    DjangoBackend(delivery="sync").record(make_record("e1"))
+    assert await UsageEvent.objects.filter(project=project).acount() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_thread_delivery_returns_at_once_and_flush_delivers():
+    project = make_project()
+    backend = DjangoBackend(delivery="thread")
+    records = [make_record(f"e{i}", user_id=f"u{i % 3}") for i in range(50)]
+    with CaptureQueriesContext(connection) as queries:
+        for record in records:
+            backend.record(record)
+    assert len(queries) == 0  # the caller's thread never touched the database
+    assert backend.flush(10)
+    assert UsageEvent.objects.filter(project=project).count() == 50
+    assert sum(row.calls for row in MonthlyUserSpend.objects.filter(project=project)) == 50
+    spend = sum((row.cost_usd for row in MonthlyUserSpend.objects.all()), Decimal(0))
+    assert spend > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_thread_delivery_from_many_threads_counts_every_event_once():
+    project = make_project()
+    backend = DjangoBackend(delivery="thread")
+
+    def work(offset: int) -> None:
+        for i in range(40):
+            backend.record(make_record(f"t{offset}-{i}"))
+            backend.record(make_record(f"t{offset}-{i}"))  # a resend
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert backend.flush(10)
+    assert MonthlyUserSpend.objects.get(project=project).calls == 160
+    assert UsageEvent.objects.count() == 160
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bad_row_does_not_lose_the_rest_of_the_batch(caplog):
+    project = make_project()
+    backend = DjangoBackend(delivery="thread")
+    backend.record(make_record("good-1"))
+    backend.record(make_record("bad", input_tokens=-5))  # breaks the column's CHECK
+    backend.record(make_record("good-2"))
+    assert backend.flush(10)
+    ids = set(UsageEvent.objects.filter(project=project).values_list("event_id", flat=True))
+    assert ids == {"good-1", "good-2"}
+    assert MonthlyUserSpend.objects.get(project=project).calls == 2
+    assert any("bad was not recorded" in message for message in caplog.messages)

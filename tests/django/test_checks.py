@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+from django.core.checks import run_checks
+from django.core.management import call_command
+from django.test.utils import override_settings
+
+from weckr_django.checks import AUTH_MIDDLEWARE, MIDDLEWARE_PATH
+
+from .helpers import make_project
+
+
+def check_ids(**kwargs) -> set[str]:
+    return {message.id for message in run_checks(**kwargs) if message.id}
+
+
+def test_the_test_settings_pass_every_check():
+    call_command("check")
+    assert not {i for i in check_ids() if i.startswith("weckr.")}
+
+
+def test_missing_middleware_is_reported():
+    without = [m for m in settings.MIDDLEWARE if m != MIDDLEWARE_PATH]
+    with override_settings(MIDDLEWARE=without):
+        assert "weckr.E001" in check_ids()
+
+
+def test_middleware_before_authentication_is_reported():
+    misplaced = [m for m in settings.MIDDLEWARE if m != MIDDLEWARE_PATH]
+    misplaced.insert(misplaced.index(AUTH_MIDDLEWARE), MIDDLEWARE_PATH)
+    with override_settings(MIDDLEWARE=misplaced):
+        messages = [m for m in run_checks() if m.id == "weckr.E001"]
+    assert messages
+    assert "after" in (messages[0].hint or "")
+
+
+def test_resolver_that_does_not_import_is_reported():
+    with override_settings(WECKR={"USER_ID_RESOLVER": "myapp.nowhere.user_id"}):
+        assert "weckr.E002" in check_ids()
+    with override_settings(WECKR={"PLAN_RESOLVER": "weckr_django.conf.DEFAULTS"}):
+        assert "weckr.E002" in check_ids()  # imports, but is not callable
+
+
+def test_celery_delivery_without_a_broker_is_reported():
+    with override_settings(WECKR={"DELIVERY": "celery"}):
+        assert "weckr.E003" in check_ids()
+    with override_settings(
+        WECKR={"DELIVERY": "celery"},
+        CELERY_BROKER_URL="redis://127.0.0.1:6379/0",
+        CELERY_TASK_ALWAYS_EAGER=False,
+    ):
+        assert "weckr.E003" not in check_ids()
+
+
+def test_unknown_delivery_mode_is_reported():
+    with override_settings(WECKR={"DELIVERY": "carrier-pigeon"}):
+        assert "weckr.E005" in check_ids()
+
+
+@pytest.mark.django_db
+def test_several_projects_without_default_warn_in_database_checks():
+    make_project("one")
+    assert "weckr.W001" not in check_ids(databases=["default"])
+    make_project("two")
+    assert "weckr.W001" in check_ids(databases=["default"])
+    assert "weckr.W001" not in check_ids()  # database checks run only when asked
+    with override_settings(WECKR={"DEFAULT_PROJECT": "two"}):
+        assert "weckr.W001" not in check_ids(databases=["default"])
+
+
+@pytest.mark.django_db
+def test_migrations_are_up_to_date():
+    call_command("makemigrations", "weckr_django", "--check", "--dry-run", verbosity=0)
