@@ -412,6 +412,20 @@ def test_transient_failures_are_retried_with_backoff(
     assert errors == []
 
 
+def test_retry_waits_at_least_the_servers_retry_after(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    server.enqueue(LOG_PATH, Reply(429, headers={"retry-after": "0.3"}))
+    backend = make_backend(backoff_seconds=(0.01,))
+    started = time.monotonic()
+
+    backend.record(usage())
+    assert backend.flush(timeout=3)
+
+    assert time.monotonic() - started >= 0.3
+    assert len(server.requests(LOG_PATH)) == 2
+
+
 def test_timeouts_are_retried_and_the_server_dedupes_by_event_id(
     server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import enum
 import logging
+import math
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ DEFAULT_LOG_ENDPOINT: Final = "https://app.useweckr.com/api/v1/log"
 DEFAULT_CHECK_ENDPOINT: Final = "https://app.useweckr.com/api/v1/check"
 SERVER_MAX_BATCH_SIZE: Final = 500
 ATEXIT_FLUSH_SECONDS: Final = 2.0
+MAX_RETRY_AFTER_SECONDS: Final = 30.0
 _MAX_CACHED_DECISIONS: Final = 10_000
 
 logger = logging.getLogger("weckr")
@@ -413,11 +415,13 @@ class HttpBackend:
     def _post(
         self, client: httpx.Client, url: str, body: Any, event_ids: list[str]
     ) -> httpx.Response | None:
-        """POSTs with bounded retries on 429, 5xx, network errors and timeouts. Returns
-        the final response, or None (reported) when the events are given up."""
+        """POSTs with bounded retries on 429, 5xx, network errors and timeouts (waiting
+        at least the server's Retry-After). Returns the final response, or None
+        (reported) when the events are given up."""
         attempt = 0
         while True:
             cause: BaseException | None = None
+            delay = self._backoff[min(attempt, len(self._backoff) - 1)]
             try:
                 response = client.post(url, json=body)
             except httpx.TransportError as error:
@@ -426,8 +430,8 @@ class HttpBackend:
                 if not _is_retryable(response.status_code):
                     return response
                 failure, status = f"HTTP {response.status_code}", response.status_code
+                delay = max(delay, _retry_after(response))
             self._report_dropped()  # an outage is when the queue fills up
-            delay = self._backoff[min(attempt, len(self._backoff) - 1)]
             if attempt >= self._max_retries or self._stopping.wait(delay):
                 why = "backend closed" if self._stopping.is_set() else "giving up"
                 self._report(
@@ -461,6 +465,15 @@ class HttpBackend:
 
 def _is_retryable(status: int) -> bool:
     return status == 429 or status >= 500
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """The Retry-After header in seconds (the HTTP-date form is ignored), capped."""
+    try:
+        seconds = float(response.headers.get("retry-after", 0))
+    except ValueError:
+        return 0.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS) if math.isfinite(seconds) else 0.0
 
 
 def _describe(error: BaseException) -> str:
