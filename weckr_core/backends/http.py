@@ -78,6 +78,12 @@ class HttpBackend:
     events the server rejects, events still failing after ``max_retries`` and events
     pushed out of a full queue are reported through ``on_error`` (or logged to the
     ``weckr`` logger when there is no handler).
+
+    ``batch_endpoint`` defaults to ``endpoint + "/batch"``; None sends events one by
+    one (a server answering 404 there is switched to that too). Retry ``i`` waits
+    ``backoff_seconds[i]`` (the last value repeats). ``close()``, or leaving a
+    ``with`` block, flushes and releases the connections; at interpreter exit
+    pending events get ``ATEXIT_FLUSH_SECONDS`` to go out.
     """
 
     def __init__(
