@@ -226,6 +226,7 @@ class Kickoff:
             limits, run_id=self.run_id, user_id=attribution.user_id, plan=attribution.plan
         )
         self.stopped: HookAborted | None = None
+        self.ended = False
         self._waits_for_usage = limits.max_tokens is not None or limits.max_cost_usd is not None
         self._lock = threading.Lock()
         self._calls: list[LLMCall] = []
@@ -249,17 +250,27 @@ class Kickoff:
         self._tokens = [_current_kickoff.set(self), _current_call.set(None)]
 
     def exit(self) -> None:
+        self.ended = True
         try:
             self._record_missing_usage()
         finally:
-            _current_call.reset(self._tokens[1])
-            _current_kickoff.reset(self._tokens[0])
-            if self._scope is not None:
-                self._scope.__exit__(None, None, None)
+            try:
+                _current_call.reset(self._tokens[1])
+                _current_kickoff.reset(self._tokens[0])
+                if self._scope is not None:
+                    self._scope.__exit__(None, None, None)
+            except ValueError:
+                # Ended in another context than it started (not seen in CrewAI 1.15):
+                # at least stop this context from treating later calls as ours.
+                _current_kickoff.set(None)
+                _current_call.set(None)
+                logger.warning("Weckr: run %s ended in a different context", self.run_id)
 
     # Hooks, on whichever thread makes the call.
 
     def before_llm_call(self, context: Any) -> None:
+        if self.ended:
+            return
         previous = _current_call.get()
         if self._waits_for_usage and previous is not None and not previous.done.is_set():
             self._wait(previous)
@@ -303,6 +314,8 @@ class Kickoff:
         _current_call.set(call)
 
     def before_tool_call(self, context: Any) -> None:
+        if self.ended:
+            return
         try:
             self.guard.on_tool_call(str(context.tool_name), context.tool_input)
         except WeckrLoopError as error:

@@ -14,7 +14,8 @@ from typing import Any
 
 from crewai import BaseLLM
 from crewai.events.types.llm_events import LLMCallType
-from crewai.llms.base_llm import llm_call_context
+from crewai.hooks import HookAborted
+from crewai.llms.base_llm import LLMCallBlockedError, llm_call_context
 from pydantic import PrivateAttr
 
 FINAL_ANSWER = "Thought: I now know the final answer\nFinal Answer: {answer}"
@@ -87,25 +88,55 @@ class ScriptedLLM(BaseLLM):
                 from_task=from_task,
                 from_agent=from_agent,
             )
-            formatted = self._format_messages(messages)
-            self._invoke_before_llm_call_hooks(formatted, from_agent)
-            role = getattr(from_agent, "role", None)
-            with self._lock:
-                index = sum(1 for call in self._calls if call.agent == role)
-                reply = self._script(role, index)
-                task_id = str(from_task.id) if from_task is not None else None
-                self._calls.append(ProviderCall(role, task_id, reply))
-            usage = reply.usage()
-            self._track_token_usage_internal(usage)
-            self._emit_call_completed_event(
-                response=reply.text,
-                call_type=LLMCallType.LLM_CALL,
-                from_task=from_task,
-                from_agent=from_agent,
-                messages=formatted,
-                usage=usage,
-            )
-            return self._invoke_after_llm_call_hooks(formatted, reply.text, from_agent)
+            try:
+                formatted = self._format_messages(messages)
+                self._invoke_before_llm_call_hooks(formatted, from_agent)
+                reply = self._provider_call(from_agent, from_task)
+                usage = reply.usage()
+                self._track_token_usage_internal(usage)
+                self._emit_call_completed_event(
+                    response=reply.text,
+                    call_type=LLMCallType.LLM_CALL,
+                    from_task=from_task,
+                    from_agent=from_agent,
+                    messages=formatted,
+                    usage=usage,
+                )
+                return self._invoke_after_llm_call_hooks(formatted, reply.text, from_agent)
+            except (HookAborted, LLMCallBlockedError) as denied:
+                self._emit_call_denied_event(denied, from_task, from_agent)
+                raise
+            except Exception as error:
+                self._emit_call_failed_event(
+                    error=f"Scripted provider failed: {error}",
+                    from_task=from_task,
+                    from_agent=from_agent,
+                )
+                raise
+
+    async def acall(
+        self,
+        messages: Any,
+        tools: Any = None,
+        callbacks: Any = None,
+        available_functions: Any = None,
+        from_task: Any = None,
+        from_agent: Any = None,
+        response_model: Any = None,
+    ) -> Any:
+        return self.call(
+            messages, tools, callbacks, available_functions, from_task, from_agent, response_model
+        )
+
+    def _provider_call(self, agent: Any, task: Any) -> Reply:
+        role = getattr(agent, "role", None)
+        with self._lock:
+            index = sum(1 for call in self._calls if call.agent == role)
+        reply = self._script(role, index)
+        with self._lock:
+            task_id = str(task.id) if task is not None else None
+            self._calls.append(ProviderCall(role, task_id, reply))
+        return reply
 
     def supports_function_calling(self) -> bool:
         return False
