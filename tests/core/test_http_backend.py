@@ -254,7 +254,7 @@ def test_check_does_not_cache_failures(
     assert len(server.requests(CHECK_PATH)) == 2
 
 
-@pytest.mark.parametrize("reply", [Reply(delay=0.1), Reply(503, delay=0.1)], ids=["ok", "error"])
+@pytest.mark.parametrize("reply", [Reply(delay=0.3), Reply(503, delay=0.3)], ids=["ok", "error"])
 def test_concurrent_checks_share_one_request(
     server: FakeWeckrServer, make_backend: BackendFactory, reply: Reply
 ) -> None:
@@ -280,7 +280,7 @@ def test_concurrent_checks_share_one_request(
 def test_concurrent_checks_all_raise_on_bad_key(
     server: FakeWeckrServer, make_backend: BackendFactory
 ) -> None:
-    server.set_reply(CHECK_PATH, Reply(401, delay=0.1))
+    server.set_reply(CHECK_PATH, Reply(401, delay=0.3))
     backend = make_backend()
     codes: list[str] = []
 
@@ -345,7 +345,7 @@ def test_many_records_go_in_few_batches_over_one_connection(
     server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
 ) -> None:
     backend = make_backend(max_batch_size=100)
-    first = occupy_sender(server, backend, 0.1)
+    first = occupy_sender(server, backend, 0.3)
     records = [usage(user_id=f"u{i}") for i in range(250)]
 
     for record in records:
