@@ -18,7 +18,9 @@ checked against ``plans`` when ``plans`` was given.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -28,7 +30,7 @@ from typing import Any, TypeVar
 from weckr_core.backends import Backend, get_backend
 from weckr_core.context import current_attribution
 from weckr_core.errors import WeckrCapError, WeckrConfigError, warn_downgrade
-from weckr_core.records import Source, Status, TokenUsage, UsageRecord, new_event_id
+from weckr_core.records import Source, Status, TokenUsage, UsageRecord
 from weckr_core.streaming import (
     AsyncRecordedStream,
     RecordedMessageStreamManager,
@@ -72,6 +74,22 @@ def _provider_of(client: Any) -> str:
         if (cls.__module__ or "").startswith(_SDK_MODULES):
             _provider_by_type[cls] = provider
     return provider
+
+
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+
+
+def _event_id() -> str:
+    """A random (version 4) UUID string, without a system call.
+
+    ``uuid.uuid4()`` reads ``os.urandom``, which releases the GIL: with a backend's
+    sender thread waiting for it, the caller's thread can then wait milliseconds to
+    get it back. Event ids only need to be unique; ``random`` is seeded from the OS
+    and re-seeded after ``fork``.
+    """
+    digits = f"{(random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def _model_name(model: Any) -> str:
@@ -125,7 +143,7 @@ class _Call:
         self.plan_revenue = plan_revenue
         self.feature = feature
         self.tags = tags
-        self.event_id = new_event_id()
+        self.event_id = _event_id()
         self.started = time.perf_counter()
 
     def finish(
@@ -199,6 +217,7 @@ class Weckr:
         self.disable_cap_check = disable_cap_check
         self.on_error = on_error
         self.on_downgrade = on_downgrade
+        _preload_price_database()
         self._owns_backend = False
         if backend is None and api_key is not None:
             from weckr_core.backends.http import HttpBackend
@@ -555,6 +574,18 @@ class Weckr:
             self.on_error(error)
         except Exception:
             logger.exception("Weckr: on_error raised")
+
+
+def _preload_price_database() -> None:
+    """Import the price database on the constructing thread.
+
+    Backends price records on their own thread. A first import of genai-prices there
+    would leave a half-initialised ``httpx2`` in ``sys.modules`` for a moment, and the
+    OpenAI SDK, which reads ``sys.modules["httpx2"]`` on every request without the
+    import lock, would fail the caller's call with an AttributeError.
+    """
+    with contextlib.suppress(ImportError):
+        import genai_prices  # noqa: F401
 
 
 def _plan_price(name: str, value: float | int | str | Decimal) -> Decimal:

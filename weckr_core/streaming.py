@@ -40,6 +40,20 @@ T = TypeVar("T")
 OnStreamEnd = Callable[["StreamUsage", BaseException | None], None]
 
 
+def plain_fields(obj: Any) -> Any:
+    """A pydantic model's values as a dict, anything else as is.
+
+    The normalisers try several names per value (Chat Completions and Responses API
+    spellings); a missing attribute of a pydantic model costs microseconds (it builds
+    an AttributeError), a missing dict key nanoseconds.
+    """
+    values = getattr(obj, "__dict__", None)
+    if values is None or not hasattr(type(obj), "__pydantic_fields__"):
+        return obj
+    extra = getattr(obj, "__pydantic_extra__", None)
+    return {**values, **extra} if extra else values
+
+
 class StreamUsage:
     """Collects the usage and model name a provider reports in its stream."""
 
@@ -59,7 +73,7 @@ class OpenAIChatStreamUsage(StreamUsage):
     def observe(self, item: Any) -> None:
         usage = getattr(item, "usage", None)
         if usage is not None:
-            self.usage = usage_from_openai(usage)
+            self.usage = usage_from_openai(plain_fields(usage))
             self.model = getattr(item, "model", None) or self.model
 
 
@@ -78,7 +92,7 @@ class OpenAIResponsesStreamUsage(StreamUsage):
         self.model = getattr(response, "model", None) or self.model
         usage = getattr(response, "usage", None)
         if usage is not None:
-            self.usage = usage_from_openai(usage)
+            self.usage = usage_from_openai(plain_fields(usage))
 
 
 _ANTHROPIC_USAGE_FIELDS = (

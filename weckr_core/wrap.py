@@ -30,8 +30,10 @@ from weckr_core.streaming import (
     OpenAIChatStreamUsage,
     OpenAIResponsesStreamUsage,
     StreamUsage,
+    plain_fields,
 )
 from weckr_core.usage import (
+    NOT_REPORTED,
     detect_provider,
     usage_from_anthropic,
     usage_from_gemini,
@@ -51,6 +53,8 @@ class Endpoint:
     provider: str
     usage: Callable[[Any], TokenUsage]
     stream_usage: Callable[[], StreamUsage]
+    # The response attribute naming the model that served the call.
+    model_field: str = "model"
     # Always returns a stream (google-genai ``generate_content_stream``).
     always_streams: bool = False
     # OpenAI Chat Completions: ask for the usage chunk when the caller did not.
@@ -58,20 +62,26 @@ class Endpoint:
     # Anthropic ``messages.stream()``: returns a context manager, not a response.
     stream_helper: bool = False
 
-    @staticmethod
-    def model_of(response: Any) -> str | None:
-        model = getattr(response, "model", None) or getattr(response, "model_version", None)
+    def model_of(self, response: Any) -> str | None:
+        model = getattr(response, self.model_field, None)
         return model if isinstance(model, str) and model else None
 
 
-OPENAI_CHAT = Endpoint("openai", usage_from_openai, OpenAIChatStreamUsage, adds_include_usage=True)
-OPENAI_RESPONSES = Endpoint("openai", usage_from_openai, OpenAIResponsesStreamUsage)
+def openai_usage(response: Any) -> TokenUsage:
+    usage = getattr(response, "usage", None)
+    return NOT_REPORTED if usage is None else usage_from_openai(plain_fields(usage))
+
+
+OPENAI_CHAT = Endpoint("openai", openai_usage, OpenAIChatStreamUsage, adds_include_usage=True)
+OPENAI_RESPONSES = Endpoint("openai", openai_usage, OpenAIResponsesStreamUsage)
 ANTHROPIC_MESSAGES = Endpoint("anthropic", usage_from_anthropic, AnthropicStreamUsage)
 ANTHROPIC_STREAM_HELPER = Endpoint(
     "anthropic", usage_from_anthropic, AnthropicStreamUsage, stream_helper=True
 )
-GEMINI = Endpoint("gemini", usage_from_gemini, GeminiStreamUsage)
-GEMINI_STREAM = Endpoint("gemini", usage_from_gemini, GeminiStreamUsage, always_streams=True)
+GEMINI = Endpoint("gemini", usage_from_gemini, GeminiStreamUsage, model_field="model_version")
+GEMINI_STREAM = Endpoint(
+    "gemini", usage_from_gemini, GeminiStreamUsage, model_field="model_version", always_streams=True
+)
 
 
 class _Rewrap:

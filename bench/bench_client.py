@@ -1,0 +1,165 @@
+"""Overhead of ``Weckr.chat`` and ``wrap(client)`` on a real OpenAI client.
+
+Run: ``.venv/bin/python -m bench.bench_client [--calls N] [--rounds R]``.
+
+Times ``client.chat.completions.create`` of a real ``openai.OpenAI`` client whose
+HTTP goes to an ``httpx.MockTransport`` (so the SDK's own request building and
+parsing run, without a network), then the same call through ``wk.chat`` and through
+``wk.wrap(client)``. Weckr uses an ``HttpBackend`` pointed at a loopback Weckr server
+that answers ``/check`` (the cap decision is cached after the first call) and takes
+the usage events, which the benchmark checks all arrived. When the published
+weckr-sdk is installed, its ``Weckr.chat`` against the same server is timed too.
+Modes run in interleaved rounds; each figure is the median over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import openai
+
+from tests.core.http_server import FakeWeckrServer
+from weckr_core import Weckr, attribute
+
+MODEL = "gpt-4o-mini"
+MESSAGES: Any = [{"role": "user", "content": "Summarize this."}]
+BODY = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
+        "usage": {
+            "prompt_tokens": 1200,
+            "completion_tokens": 80,
+            "total_tokens": 1280,
+            "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+        },
+    }
+).encode()
+
+
+def answer(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, headers={"content-type": "application/json"}, content=BODY)
+
+
+def openai_client() -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key="bench",
+        base_url="http://fake/v1",
+        max_retries=0,
+        http_client=httpx.Client(transport=httpx.MockTransport(answer)),
+    )
+
+
+def time_batch(call: Callable[[], Any], calls: int) -> float:
+    """Seconds per call over a batch of ``calls`` calls."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=200, help="calls per timed batch")
+    parser.add_argument("--rounds", type=int, default=40, help="batches per mode")
+    parser.add_argument("--warmup", type=int, default=500, help="untimed calls per mode")
+    args = parser.parse_args()
+
+    with FakeWeckrServer() as server:
+        client = openai_client()
+        wk = Weckr(
+            api_key="wk_bench",
+            plans={"pro": 29},
+            endpoint=server.log_url,
+            check_endpoint=server.check_url,
+        )
+        wrapped = wk.wrap(openai_client())
+        chat_params = {"model": MODEL, "messages": MESSAGES, "user_id": "u1", "plan": "pro"}
+
+        def direct() -> Any:
+            return client.chat.completions.create(model=MODEL, messages=MESSAGES)
+
+        def via_chat() -> Any:
+            return wk.chat(client, chat_params)
+
+        def via_wrap() -> Any:
+            with attribute(user_id="u1", plan="pro"):
+                return wrapped.chat.completions.create(model=MODEL, messages=MESSAGES)
+
+        modes: dict[str, Callable[[], Any]] = {
+            "direct": direct,
+            "wk.chat": via_chat,
+            "wrap(client)": via_wrap,
+        }
+        flushes: list[Callable[[], Any]] = [lambda: wk.flush(30)]
+        try:
+            import weckr  # the published weckr-sdk
+
+            sdk = weckr.Weckr(
+                "wk_bench",
+                plans={"pro": 29},
+                endpoint=server.log_url,
+                check_endpoint=server.check_url,
+            )
+            modes["weckr-sdk 0.3.0 chat"] = lambda: sdk.chat(client, chat_params)
+            flushes.append(lambda: sdk.flush(timeout_seconds=30))
+        except ImportError:
+            print("weckr-sdk is not installed: its figure is left out.")
+
+        for call in modes.values():
+            for _ in range(args.warmup):
+                call()
+        for flush in flushes:
+            flush()
+
+        names = list(modes)
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        gc.collect()
+        for round_number in range(args.rounds):
+            # Rotate the order so no mode always runs right after another.
+            shift = round_number % len(names)
+            for name in names[shift:] + names[:shift]:
+                samples[name].append(time_batch(modes[name], args.batch))
+                # Deliveries still pending are finished between batches, untimed, so
+                # they never land in another mode's batch.
+                for flush in flushes:
+                    flush()
+
+        calls_per_mode = args.warmup + args.rounds * args.batch
+        delivered = sum(1 for e in server.accepted_events if e.get("source") in ("sdk", "wrap"))
+        wk.close()
+
+    baseline = samples["direct"]
+    direct_median = statistics.median(baseline)
+    print(
+        f"real openai.OpenAI over httpx.MockTransport; {args.rounds} interleaved batches "
+        f"of {args.batch} calls per mode; medians"
+    )
+    print(f"{'mode':<24}{'us/call':>10}{'added us':>10}{'ratio':>8}")
+    for name in names:
+        median = statistics.median(samples[name])
+        # Paired with the direct batch of the same round: robust to load drifting.
+        added = statistics.median(m - d for m, d in zip(samples[name], baseline, strict=True))
+        ratio = (direct_median + added) / direct_median
+        print(f"{name:<24}{median * 1e6:>10.1f}{added * 1e6:>10.1f}{ratio:>8.3f}")
+    print(
+        f"usage events delivered to the loopback server by weckr_core: "
+        f"{delivered}/{2 * calls_per_mode}"
+    )
+
+
+if __name__ == "__main__":
+    main()
