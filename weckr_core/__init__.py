@@ -36,6 +36,7 @@ from weckr_core.pricing import (
     set_price_overrides,
 )
 from weckr_core.records import TokenUsage, UsageRecord
+from weckr_core.wrap import wrap
 
 __all__ = [
     "CHEAPER_ALTERNATIVE",
@@ -67,4 +68,5 @@ __all__ = [
     "resolve_pricing",
     "set_alternative_overrides",
     "set_price_overrides",
+    "wrap",
 ]

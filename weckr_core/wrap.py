@@ -19,6 +19,7 @@ and google-genai's ``chats``. ``isinstance(wrapped, openai.OpenAI)`` is False.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -144,7 +145,8 @@ class WeckrProxy:
             return value
         proxy: Any
         if isinstance(route, Endpoint):
-            proxy = _intercept(self._weckr, value, route, self._weckr_async)
+            is_async = self._weckr_async or inspect.iscoroutinefunction(value)
+            proxy = _intercept(self._weckr, value, route, is_async)
         elif isinstance(route, _Rewrap):
             proxy = _rewrapping(self._weckr, value)
         else:
@@ -204,6 +206,13 @@ def wrap_with(weckr: Weckr, client: C) -> C:
         return client
     provider = detect_provider(client)
     routes = ROUTES.get(provider)
+    if provider == "gemini" and not callable(
+        getattr(getattr(client, "models", None), "generate_content", None)
+    ):
+        raise TypeError(
+            "Weckr: wrap() takes a google-genai Client; for the legacy google-generativeai "
+            "SDK use wk.chat(google.generativeai, params)."
+        )
     if routes is None:
         raise TypeError(
             "Weckr: wrap() takes an OpenAI, Anthropic or google-genai client "

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.core import providers as p
-from tests.core.http_server import CHECK_PATH, FakeWeckrServer
+from tests.core.http_server import CHECK_PATH, FakeWeckrServer, Reply
 from weckr_core import (
     CapDecision,
     MemoryBackend,
@@ -540,3 +540,52 @@ def test_api_key_sends_records_to_a_weckr_server() -> None:
     assert [e["eventId"] for e in events] == [wk.last_event_id]
     assert events[0]["inputTokens"] == 10 and events[0]["cachedInputTokens"] == 2
     assert events[0]["planRevenueUsd"] == 29 and events[0]["source"] == "sdk"
+
+
+def test_a_revoked_key_fails_closed_before_the_provider_is_called() -> None:
+    fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(10, 5)))
+    with FakeWeckrServer() as server:
+        server.set_reply(CHECK_PATH, Reply(403, {"error": "revoked"}))
+        wk = Weckr(api_key="wk_old", endpoint=server.log_url, check_endpoint=server.check_url)
+        with pytest.raises(WeckrConfigError) as raised:
+            wk.chat(
+                p.openai_client(fake),
+                {"model": "gpt-4o-mini", "messages": MESSAGES, "user_id": "u1", "plan": "pro"},
+            )
+        wk.close()
+    assert raised.value.code == "forbidden"
+    assert fake.hits == 0
+
+
+def test_a_server_downgrade_decision_swaps_the_model_end_to_end() -> None:
+    fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(10, 5)))
+    decision = {"allowed": False, "action": "downgrade", "alternativeModel": "gpt-4o-mini"}
+    with FakeWeckrServer() as server:
+        server.set_reply(CHECK_PATH, Reply(200, {**decision, "currentSpend": 12, "cap": 10}))
+        wk = Weckr(api_key="wk_test", endpoint=server.log_url, check_endpoint=server.check_url)
+        client = wk.wrap(p.openai_client(fake))
+        with attribute(user_id="u1", plan="pro"), pytest.warns(WeckrDowngradeWarning):
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        wk.close()
+        events = server.accepted_events
+    assert fake.last_body["model"] == "gpt-4o-mini"
+    assert [(e["model"], e["requestedModel"], e["source"]) for e in events] == [
+        ("gpt-4o-mini", "gpt-4o", "wrap")
+    ]
+
+
+def test_a_broken_cap_check_fails_open_and_is_reported() -> None:
+    class BrokenCheckBackend(FixedDecisionBackend):
+        def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+            raise RuntimeError("cache down")
+
+    fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(10, 5)))
+    backend = BrokenCheckBackend(CapDecision())
+    errors: list[BaseException] = []
+
+    Weckr(backend=backend, on_error=errors.append).chat(
+        p.openai_client(fake), {"model": "gpt-4o-mini", "messages": MESSAGES, "user_id": "u1"}
+    )
+
+    assert [str(e) for e in errors] == ["cache down"]
+    assert fake.hits == 1 and len(backend.records) == 1

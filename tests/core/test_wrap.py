@@ -315,3 +315,11 @@ async def test_concurrent_tasks_keep_their_own_attribution() -> None:
     assert sorted((r.user_id, r.plan, r.feature, r.tags) for r in backend.records) == [
         (f"u{i}", "pro" if i % 2 else "free", f"feature-u{i}", ("batch",)) for i in range(6)
     ]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_legacy_gemini_objects_point_to_chat() -> None:
+    import google.generativeai as legacy_genai
+
+    with pytest.raises(TypeError, match=r"wk\.chat"):
+        wrap(legacy_genai.GenerativeModel("gemini-1.5-flash"))  # type: ignore[attr-defined]
