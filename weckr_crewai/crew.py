@@ -227,6 +227,7 @@ class Kickoff:
         )
         self.stopped: HookAborted | None = None
         self.ended = False
+        self._thread = threading.get_ident()
         self._waits_for_usage = limits.max_tokens is not None or limits.max_cost_usd is not None
         self._lock = threading.Lock()
         self._calls: list[LLMCall] = []
@@ -274,6 +275,8 @@ class Kickoff:
         previous = _current_call.get()
         if self._waits_for_usage and previous is not None and not previous.done.is_set():
             self._wait(previous)
+        # Until this call passes, nothing in this context is an open call of ours.
+        _current_call.set(None)
         if self.stopped is not None:
             raise self.stopped
         model, provider = _model_of(getattr(context, "llm", None))
@@ -285,6 +288,9 @@ class Kickoff:
         except Exception:
             logger.exception("Weckr: cap check failed; letting the call through")
         else:
+            if threading.get_ident() != self._thread:
+                # A thread CrewAI started for this kickoff (async task, timeout).
+                _close_foreign_connections()
             if decision.action != "allow":
                 # A CrewAI LLM object is shared by agents and threads, so a downgrade
                 # cannot be applied to one call: a capped user is stopped either way.
@@ -348,11 +354,16 @@ class Kickoff:
         self._deliver(call, record)
 
     def on_failed(self, event: LLMCallFailedEvent) -> None:
-        call = self._claim(_current_call.get(), event)
         if event.error.startswith("LLM call denied"):
             # A hook stopped it before the provider was called: nothing was spent.
-            call.done.set()
+            denied = _current_call.get()
+            with self._lock:
+                if denied is None or denied.recorded or denied not in self._calls:
+                    return
+                denied.recorded = True
+            denied.done.set()
             return
+        call = self._claim(_current_call.get(), event)
         record = self._record_for(call, event)
         record.status = "error"
         record.error_type = "LLMCallFailedEvent"
@@ -361,7 +372,15 @@ class Kickoff:
 
     def _claim(self, call: LLMCall | None, event: Any) -> LLMCall:
         with self._lock:
-            if call is not None and not call.recorded and call in self._calls:
+            if call is None or call.recorded or call not in self._calls:
+                # The context holds a later call: one made while this one was still
+                # open (an LLM call inside a tool run by the provider call itself).
+                role = getattr(event, "agent_role", None)
+                call = next(
+                    (c for c in reversed(self._calls) if not c.recorded and c.agent == role),
+                    None,
+                )
+            if call is not None:
                 call.recorded = True
                 return call
             # A call that reached the provider without passing our hook.
@@ -489,16 +508,19 @@ def _install() -> None:
 
 
 def _close_foreign_connections() -> None:
-    """Handlers run on CrewAI's pool threads, which Django never cleans up after."""
+    """What Django's request signals do, for threads CrewAI owns: close this thread's
+    connections that are broken or past ``CONN_MAX_AGE``. Never one in a transaction."""
     if "django" not in sys.modules:
         return
     from django.conf import settings
 
     if not settings.configured:
         return
-    from django.db import close_old_connections
+    from django.db import connections
 
-    close_old_connections()
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
 
 
 # Helpers.
