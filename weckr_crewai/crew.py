@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,7 @@ from weckr_core.backends import Backend, get_backend
 from weckr_core.context import EMPTY, Attribution, current_attribution
 from weckr_core.errors import WeckrCapError, WeckrConfigError, WeckrLoopError
 from weckr_core.guards import RunGuard, RunLimits
-from weckr_core.records import UsageRecord
+from weckr_core.records import UsageRecord, utc_now
 from weckr_crewai.errors import CrewCapError, CrewConfigError, CrewLoopError
 from weckr_crewai.usage import usage_from_crewai
 
@@ -202,7 +203,7 @@ class LLMCall:
     task: str | None
     model: str
     provider: str
-    started: float = field(default_factory=time.monotonic)
+    started_at: datetime = field(default_factory=utc_now)
     done: threading.Event = field(default_factory=threading.Event)
     recorded: bool = False
 
@@ -399,8 +400,13 @@ class Kickoff:
 
     def _record_for(self, call: LLMCall, event: Any | None) -> UsageRecord:
         attribution = self.attribution
-        latency = None if event is None else int((time.monotonic() - call.started) * 1000)
+        latency = None
+        finished = getattr(event, "timestamp", None)
+        if isinstance(finished, datetime) and finished.tzinfo is not None:
+            # The event is stamped when the provider answered, not when we see it.
+            latency = max(0, int((finished - call.started_at).total_seconds() * 1000))
         return UsageRecord(
+            timestamp=call.started_at,
             user_id=attribution.user_id,
             feature=attribution.feature,
             plan=attribution.plan,

@@ -60,9 +60,22 @@ class ScriptedLLM(BaseLLM):
     _calls: list[ProviderCall] = PrivateAttr(default_factory=list)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
-    def __init__(self, script: Script, model: str = "gpt-4o-mini", **data: Any) -> None:
+    _emits_events: bool = PrivateAttr(default=True)
+    _reports_usage: bool = PrivateAttr(default=True)
+
+    def __init__(
+        self,
+        script: Script,
+        model: str = "gpt-4o-mini",
+        *,
+        emits_events: bool = True,
+        reports_usage: bool = True,
+        **data: Any,
+    ) -> None:
         super().__init__(model=model, provider="openai", **data)
         self._script = script
+        self._emits_events = emits_events
+        self._reports_usage = reports_usage
 
     @property
     def calls(self) -> list[ProviderCall]:
@@ -79,6 +92,9 @@ class ScriptedLLM(BaseLLM):
         from_agent: Any = None,
         response_model: Any = None,
     ) -> Any:
+        if not self._emits_events:
+            # A minimal custom LLM: no events, no hooks, no counters.
+            return self._provider_call(from_agent, from_task).text
         with llm_call_context():
             self._emit_call_started_event(
                 messages=messages,
@@ -92,8 +108,9 @@ class ScriptedLLM(BaseLLM):
                 formatted = self._format_messages(messages)
                 self._invoke_before_llm_call_hooks(formatted, from_agent)
                 reply = self._provider_call(from_agent, from_task)
-                usage = reply.usage()
-                self._track_token_usage_internal(usage)
+                usage = reply.usage() if self._reports_usage else None
+                if usage is not None:
+                    self._track_token_usage_internal(usage)
                 self._emit_call_completed_event(
                     response=reply.text,
                     call_type=LLMCallType.LLM_CALL,

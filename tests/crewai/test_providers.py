@@ -72,6 +72,7 @@ def test_openai_with_cache_reads_and_reasoning() -> None:
         "answer",
     )
     assert record.priced and record.cost_usd
+    assert record.latency_ms is not None
 
 
 def test_anthropic_with_cache_reads_and_writes() -> None:
