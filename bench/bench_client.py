@@ -7,9 +7,12 @@ HTTP goes to an ``httpx.MockTransport`` (so the SDK's own request building and
 parsing run, without a network), then the same call through ``wk.chat`` and through
 ``wk.wrap(client)``. Weckr uses an ``HttpBackend`` pointed at a loopback Weckr server
 that answers ``/check`` (the cap decision is cached after the first call) and takes
-the usage events, which the benchmark checks all arrived. When the published
-weckr-sdk is installed, its ``Weckr.chat`` against the same server is timed too.
-Modes run in interleaved rounds; each figure is the median over the rounds.
+the usage events, which the benchmark checks all arrived; the server runs in its own
+process so its CPU is not charged to the client. The "no delivery" rows use a backend
+that only queues records: the client's own cost on the caller's thread, without the
+HttpBackend's sender thread (pricing, JSON, HTTP) competing for the GIL. When the
+published weckr-sdk is installed, its ``Weckr.chat`` against the same server is
+timed too. Modes run in interleaved batches; figures are medians over the batches.
 """
 
 from __future__ import annotations
@@ -17,16 +20,22 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import statistics
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from typing import Any
 
 import httpx
 import openai
 
-from tests.core.http_server import FakeWeckrServer
+from tests.core.http_server import CHECK_PATH, LOG_PATH, FakeWeckrServer
 from weckr_core import Weckr, attribute
+from weckr_core.backends import ALLOW, CapDecision
+from weckr_core.records import UsageRecord
 
 MODEL = "gpt-4o-mini"
 MESSAGES: Any = [{"role": "user", "content": "Summarize this."}]
@@ -63,6 +72,61 @@ def openai_client() -> openai.OpenAI:
     )
 
 
+class QueueOnlyBackend:
+    """Allows every call and keeps records in a bounded queue, sending nothing: the
+    client's own cost on the caller's thread, without any delivery work."""
+
+    def __init__(self) -> None:
+        self.records: deque[UsageRecord] = deque(maxlen=1000)
+
+    def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+        return ALLOW
+
+    def record(self, record: UsageRecord) -> None:
+        self.records.append(record)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return True
+
+
+def serve(connection: Connection) -> None:
+    """Child process: run the loopback Weckr server until told to stop, then report
+    how many usage events it took, per source."""
+    with FakeWeckrServer() as server:
+        connection.send(server.url)
+        connection.recv()
+        sources: dict[str, int] = {}
+        for event in server.accepted_events:
+            sources[event.get("source") or "weckr-sdk"] = (
+                sources.get(event.get("source") or "weckr-sdk", 0) + 1
+            )
+        connection.send(sources)
+
+
+@contextmanager
+def loopback_weckr_server() -> Iterator[tuple[str, Callable[[], dict[str, int]]]]:
+    """A Weckr server in its own process, so its CPU is not charged to the client."""
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    process = multiprocessing.get_context("spawn").Process(
+        target=serve, args=(theirs,), daemon=True
+    )
+    process.start()
+    url: str = ours.recv()
+    result: dict[str, int] = {}
+
+    def stop() -> dict[str, int]:
+        ours.send(None)
+        result.update(ours.recv())
+        return result
+
+    try:
+        yield url, stop
+    finally:
+        if not result:
+            stop()
+        process.join(10)
+
+
 def time_batch(call: Callable[[], Any], calls: int) -> float:
     """Seconds per call over a batch of ``calls`` calls."""
     start = time.perf_counter()
@@ -78,13 +142,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=500, help="untimed calls per mode")
     args = parser.parse_args()
 
-    with FakeWeckrServer() as server:
+    with loopback_weckr_server() as (server_url, stop_server):
+        log_url, check_url = server_url + LOG_PATH, server_url + CHECK_PATH
         client = openai_client()
         wk = Weckr(
-            api_key="wk_bench",
-            plans={"pro": 29},
-            endpoint=server.log_url,
-            check_endpoint=server.check_url,
+            api_key="wk_bench", plans={"pro": 29}, endpoint=log_url, check_endpoint=check_url
         )
         wrapped = wk.wrap(openai_client())
         chat_params = {"model": MODEL, "messages": MESSAGES, "user_id": "u1", "plan": "pro"}
@@ -99,20 +161,29 @@ def main() -> None:
             with attribute(user_id="u1", plan="pro"):
                 return wrapped.chat.completions.create(model=MODEL, messages=MESSAGES)
 
+        local = Weckr(backend=QueueOnlyBackend(), plans={"pro": 29})
+        local_wrapped = local.wrap(openai_client())
+
+        def local_chat() -> Any:
+            return local.chat(client, chat_params)
+
+        def local_wrap() -> Any:
+            with attribute(user_id="u1", plan="pro"):
+                return local_wrapped.chat.completions.create(model=MODEL, messages=MESSAGES)
+
         modes: dict[str, Callable[[], Any]] = {
             "direct": direct,
             "wk.chat": via_chat,
             "wrap(client)": via_wrap,
+            "wk.chat, no delivery": local_chat,
+            "wrap, no delivery": local_wrap,
         }
         flushes: list[Callable[[], Any]] = [lambda: wk.flush(30)]
         try:
             import weckr  # the published weckr-sdk
 
             sdk = weckr.Weckr(
-                "wk_bench",
-                plans={"pro": 29},
-                endpoint=server.log_url,
-                check_endpoint=server.check_url,
+                "wk_bench", plans={"pro": 29}, endpoint=log_url, check_endpoint=check_url
             )
             modes["weckr-sdk 0.3.0 chat"] = lambda: sdk.chat(client, chat_params)
             flushes.append(lambda: sdk.flush(timeout_seconds=30))
@@ -139,8 +210,8 @@ def main() -> None:
                     flush()
 
         calls_per_mode = args.warmup + args.rounds * args.batch
-        delivered = sum(1 for e in server.accepted_events if e.get("source") in ("sdk", "wrap"))
         wk.close()
+        delivered = stop_server()
 
     baseline = samples["direct"]
     direct_median = statistics.median(baseline)
@@ -156,8 +227,8 @@ def main() -> None:
         ratio = (direct_median + added) / direct_median
         print(f"{name:<24}{median * 1e6:>10.1f}{added * 1e6:>10.1f}{ratio:>8.3f}")
     print(
-        f"usage events delivered to the loopback server by weckr_core: "
-        f"{delivered}/{2 * calls_per_mode}"
+        f"usage events the loopback server took, of {calls_per_mode} calls per mode: "
+        + ", ".join(f"{source} {count}" for source, count in sorted(delivered.items()))
     )
 
 
