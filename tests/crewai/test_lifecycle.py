@@ -6,7 +6,7 @@ import threading
 from collections import Counter
 
 import pytest
-from crewai import Agent, Crew, Task
+from crewai import Agent, Crew, Process, Task
 from crewai.hooks.dispatch import InterceptionPoint, get_scoped_hooks
 
 from tests.crewai.fakes import FINAL_ANSWER, Reply, ScriptedLLM
@@ -172,3 +172,36 @@ def test_a_failed_provider_call_is_recorded_as_an_error(memory_backend: MemoryBa
     [record] = memory_backend.records
     assert (record.status, record.usage_reported, record.total_tokens) == ("error", False, 0)
     assert (record.agent, record.task, record.step) == ("analyst", "answer", "1")
+
+
+def test_a_hierarchical_crews_manager_calls_are_its_own(memory_backend: MemoryBackend) -> None:
+    manager_llm = ScriptedLLM(answer_at_once)
+    worker = Agent(role="worker", goal="Work", backstory="Busy.", llm=ScriptedLLM(answer_at_once))
+    crew = Crew(
+        agents=[worker],
+        tasks=[Task(name="plan", description="Plan", expected_output="A plan")],
+        process=Process.hierarchical,
+        manager_llm=manager_llm,
+    )
+    WeckrCrew(feature="managed").attach(crew)
+
+    crew.kickoff()
+
+    [record] = memory_backend.records
+    assert len(manager_llm.calls) == 1
+    assert (record.agent, record.task) == (manager_llm.calls[0].agent, "plan")
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"max_llm_calls": 0}, ValueError),
+        ({"max_cost_usd": "-1"}, ValueError),
+        ({"tags": "beta"}, TypeError),
+    ],
+)
+def test_bad_options_are_refused_up_front(
+    options: dict[str, object], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        WeckrCrew(**options)  # type: ignore[arg-type]
