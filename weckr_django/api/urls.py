@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from weckr_django.api import views
+from weckr_django.api import recommendations, views
 
 app_name = "weckr_api"
 
@@ -13,4 +13,14 @@ urlpatterns = [
     path("me", views.MeView.as_view(), name="me"),
     path("stats/<str:project_id>", views.StatsView.as_view(), name="stats"),
     path("users/<str:project_id>", views.UsersView.as_view(), name="users"),
+    path(
+        "recommendations/models/<str:project_id>",
+        recommendations.ModelRecommendationsView.as_view(),
+        name="recommendations-models",
+    ),
+    path(
+        "recommendations/pricing/<str:project_id>",
+        recommendations.PricingRecommendationsView.as_view(),
+        name="recommendations-pricing",
+    ),
 ]
