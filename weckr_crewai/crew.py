@@ -188,6 +188,14 @@ class _Attachment:
         self.attribution = attribution
 
     def __call__(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        kickoff = _current_kickoff.get()
+        if kickoff is None or kickoff.ended:
+            # CrewAI calls this right after execution_start: our hook did not run.
+            logger.warning(
+                "Weckr: this kickoff is not tracked: the execution hooks were removed "
+                "(crewai.hooks.clear_all_hooks?). Later kickoffs are tracked again."
+            )
+            _install()
         return inputs
 
     def __repr__(self) -> str:
@@ -424,6 +432,12 @@ class Kickoff:
     def _deliver(self, call: LLMCall, record: UsageRecord) -> None:
         try:
             record.ensure_priced()
+            if not record.priced and self.guard.limits.max_cost_usd is not None:
+                logger.warning(
+                    "Weckr: no price known for %s: max_cost_usd cannot count its calls "
+                    "(add a price override).",
+                    record.model,
+                )
             self.guard.after_llm_call(record.total_tokens, record.cost_usd)
             self.backend.record(record)
         finally:

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 from crewai import Agent, Crew, Process, Task
+from crewai.hooks import clear_all_hooks
 from crewai.hooks.dispatch import InterceptionPoint, get_scoped_hooks
 
 from tests.crewai.fakes import FINAL_ANSWER, Reply, ScriptedLLM
@@ -205,3 +206,19 @@ def test_bad_options_are_refused_up_front(
 ) -> None:
     with pytest.raises(error):
         WeckrCrew(**options)  # type: ignore[arg-type]
+
+
+def test_tracking_comes_back_after_the_global_hooks_were_cleared(
+    memory_backend: MemoryBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    crew = one_agent_crew(ScriptedLLM(answer_at_once))
+    WeckrCrew(feature="resilient").attach(crew)
+    clear_all_hooks()
+
+    crew.kickoff(inputs={"question": "why"})
+    untracked = len(memory_backend.records)
+    crew.kickoff(inputs={"question": "how"})
+
+    assert untracked == 0
+    assert "not tracked" in caplog.text
+    assert [record.feature for record in memory_backend.records] == ["resilient"]
