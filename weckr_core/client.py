@@ -33,8 +33,8 @@ from weckr_core.errors import WeckrCapError, WeckrConfigError, warn_downgrade
 from weckr_core.records import Source, Status, TokenUsage, UsageRecord
 from weckr_core.streaming import (
     AsyncRecordedStream,
-    RecordedMessageStreamManager,
     RecordedStream,
+    RecordedStreamManager,
     StreamUsage,
 )
 from weckr_core.usage import NOT_REPORTED, detect_provider
@@ -305,6 +305,8 @@ class Weckr:
             raise ValueError(f'Weckr: status must be "ok" or "error", got {status!r}.')
         if not model:
             raise ValueError("Weckr: track() needs the model name.")
+        if latency_ms is not None and (not isinstance(latency_ms, int) or latency_ms < 0):
+            raise ValueError(f"Weckr: latency_ms must be an int >= 0, got {latency_ms!r}.")
         attribution = current_attribution()
         user = _user(user_id) if user_id is not None else attribution.user_id
         plan = plan if plan is not None else attribution.plan
@@ -330,6 +332,12 @@ class Weckr:
         """Wait until every record so far is delivered; False if time ran out.
         Call before a short-lived script or serverless function exits."""
         return self.backend.flush(timeout_seconds)
+
+    def __enter__(self) -> Weckr:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self, timeout_seconds: float = 5.0) -> None:
         """Flush, and stop the HTTP backend this client created (if it did)."""
@@ -410,11 +418,16 @@ class Weckr:
     def _call_stream_helper(
         self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        call, _ = self._start_wrapped(endpoint, kwargs)
+        call, _ = self._start_wrapped(endpoint, kwargs, helper=True)
+        assert endpoint.final_usage is not None
         # The helper sends nothing until its ``with`` block is entered.
-        return RecordedMessageStreamManager(method(*args, **kwargs), call.finish_stream)
+        return RecordedStreamManager(
+            method(*args, **kwargs), endpoint.final_usage, call.finish_stream
+        )
 
-    def _start_wrapped(self, endpoint: Endpoint, kwargs: dict[str, Any]) -> tuple[_Call, bool]:
+    def _start_wrapped(
+        self, endpoint: Endpoint, kwargs: dict[str, Any], helper: bool = False
+    ) -> tuple[_Call, bool]:
         attribution = current_attribution()
         call = self._start(
             "wrap",
@@ -427,7 +440,7 @@ class Weckr:
         )
         if call.requested_model is not None:
             kwargs["model"] = call.model
-        stream = endpoint.always_streams or kwargs.get("stream") is True
+        stream = helper or endpoint.always_streams or kwargs.get("stream") is True
         if stream and endpoint.adds_include_usage:
             _ensure_include_usage(kwargs)
         return call, stream
@@ -486,6 +499,8 @@ class Weckr:
         client_is_async = type(client).__name__.startswith("Async")
         if client_is_async and not is_async:
             raise TypeError("Weckr: this is an async client; use `await wk.achat(client, params)`.")
+        if is_async and not client_is_async and provider in ("openai", "anthropic"):
+            raise TypeError("Weckr: this is a sync client; use `wk.chat(client, params)`.")
         if provider == "gemini":
             target = _gemini_target(client, is_async)
         elif provider == "openai" or _has_chat_completions(client):

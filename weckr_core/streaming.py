@@ -278,19 +278,60 @@ class AsyncRecordedStream(_StreamBase, Generic[T]):
         await self.close()
 
 
-class RecordedMessageStreamManager:
-    """Anthropic's ``client.messages.stream(...)`` helper, recorded on exit.
+FinalUsage = Callable[[Any], StreamUsage]
 
-    The SDK's ``MessageStream`` accumulates the message itself (also when read
-    through ``text_stream`` or ``get_final_message()``), so usage is taken from its
-    final snapshot when the ``with`` / ``async with`` block exits. The stream object
-    handed to the block is the SDK's own.
+
+def anthropic_final_usage(stream: Any) -> StreamUsage:
+    """Usage of an Anthropic ``MessageStream`` from its accumulated message."""
+    usage = AnthropicStreamUsage()
+    try:
+        snapshot = stream.current_message_snapshot
+    except AssertionError:  # nothing read yet: no message
+        return usage
+    usage.model = getattr(snapshot, "model", None)
+    usage._merge(getattr(snapshot, "usage", None))
+    return usage
+
+
+def openai_chat_final_usage(stream: Any) -> StreamUsage:
+    """Usage of an OpenAI ``ChatCompletionStream`` from its accumulated completion
+    (the usage chunk is folded into it)."""
+    usage = OpenAIChatStreamUsage()
+    try:
+        snapshot = stream.current_completion_snapshot
+    except AssertionError:
+        return usage
+    usage.observe(snapshot)
+    return usage
+
+
+def openai_responses_final_usage(stream: Any) -> StreamUsage:
+    """Usage of an OpenAI ``ResponseStream``. The SDK keeps the ``response.completed``
+    response on its (private) state; without it the call is recorded as unreported."""
+    usage = OpenAIResponsesStreamUsage()
+    response = getattr(getattr(stream, "_state", None), "_completed_response", None)
+    if response is not None:
+        usage.model = getattr(response, "model", None)
+        if getattr(response, "usage", None) is not None:
+            usage.usage = usage_from_openai(plain_fields(response.usage))
+    return usage
+
+
+class RecordedStreamManager:
+    """The SDKs' ``.stream(...)`` helpers (Anthropic ``messages.stream``, OpenAI
+    ``chat.completions.stream`` and ``responses.stream``), recorded on exit.
+
+    Their stream objects accumulate the response themselves (also when read through
+    ``text_stream``, ``until_done()`` or ``get_final_...()``), so usage is read from
+    that accumulation when the ``with`` / ``async with`` block exits. The stream
+    object handed to the block is the SDK's own.
     """
 
-    __slots__ = ("__wrapped__", "_done", "_on_end", "_stream")
+    __slots__ = ("__wrapped__", "_done", "_final_usage", "_on_end", "_stream")
 
-    def __init__(self, manager: Any, on_end: OnStreamEnd) -> None:
+    def __init__(self, manager: Any, final_usage: FinalUsage, on_end: OnStreamEnd) -> None:
         self.__wrapped__ = manager
+        self._final_usage = final_usage
         self._on_end = on_end
         self._stream: Any = None
         self._done = False
@@ -337,21 +378,16 @@ class RecordedMessageStreamManager:
         if self._done:
             return
         self._done = True
-        usage = AnthropicStreamUsage()
-        snapshot = None
+        usage: StreamUsage = StreamUsage()
         if self._stream is not None:
             try:
-                snapshot = self._stream.current_message_snapshot
-            except AssertionError:
-                # Nothing was read from the stream, so there is no message yet.
-                snapshot = None
-        if snapshot is not None:
-            usage.model = getattr(snapshot, "model", None)
-            usage._merge(getattr(snapshot, "usage", None))
-        # An error inside the block after a complete message is the caller's own.
+                usage = self._final_usage(self._stream)
+            except Exception:
+                logger.exception("Weckr: could not read usage from a finished stream")
+        # An error inside the block after a complete response is the caller's own.
         self._on_end(usage, None if usage.usage.reported else error)
 
     def __getattr__(self, name: str) -> Any:
-        if name in RecordedMessageStreamManager.__slots__:
+        if name in RecordedStreamManager.__slots__:
             raise AttributeError(name)
         return getattr(self.__wrapped__, name)

@@ -7,13 +7,13 @@ through to the real client::
     with attribute(user_id=request.user.pk, plan="pro", feature="summaries"):
         client.chat.completions.create(model="gpt-4o-mini", messages=[...])
 
-Intercepted: ``chat.completions.create`` and ``responses.create`` (OpenAI),
-``messages.create`` and the ``messages.stream`` helper (Anthropic, also under
+Intercepted: ``chat.completions.create`` / ``.stream`` and ``responses.create`` /
+``.stream`` (OpenAI), ``messages.create`` / ``.stream`` (Anthropic, also under
 ``beta``), ``models.generate_content`` and ``models.generate_content_stream``
 (google-genai, also under ``aio``). ``with_options()`` / ``copy()`` return wrapped
 clients. Not intercepted (they pass through unrecorded): ``with_raw_response`` and
-``with_streaming_response`` views, OpenAI's ``.stream()`` / ``.parse()`` helpers,
-and google-genai's ``chats``. ``isinstance(wrapped, openai.OpenAI)`` is False.
+``with_streaming_response`` views, OpenAI's ``.parse()`` helpers, and google-genai's
+``chats``. ``isinstance(wrapped, openai.OpenAI)`` is False.
 """
 
 from __future__ import annotations
@@ -27,10 +27,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from weckr_core.records import TokenUsage
 from weckr_core.streaming import (
     AnthropicStreamUsage,
+    FinalUsage,
     GeminiStreamUsage,
     OpenAIChatStreamUsage,
     OpenAIResponsesStreamUsage,
     StreamUsage,
+    anthropic_final_usage,
+    openai_chat_final_usage,
+    openai_responses_final_usage,
     plain_fields,
 )
 from weckr_core.usage import (
@@ -60,8 +64,9 @@ class Endpoint:
     always_streams: bool = False
     # OpenAI Chat Completions: ask for the usage chunk when the caller did not.
     adds_include_usage: bool = False
-    # Anthropic ``messages.stream()``: returns a context manager, not a response.
-    stream_helper: bool = False
+    # A ``.stream(...)`` helper: returns a context manager, whose stream's own
+    # accumulation gives the usage on exit.
+    final_usage: FinalUsage | None = None
 
     def model_of(self, response: Any) -> str | None:
         model = getattr(response, self.model_field, None)
@@ -77,7 +82,17 @@ OPENAI_CHAT = Endpoint("openai", openai_usage, OpenAIChatStreamUsage, adds_inclu
 OPENAI_RESPONSES = Endpoint("openai", openai_usage, OpenAIResponsesStreamUsage)
 ANTHROPIC_MESSAGES = Endpoint("anthropic", usage_from_anthropic, AnthropicStreamUsage)
 ANTHROPIC_STREAM_HELPER = Endpoint(
-    "anthropic", usage_from_anthropic, AnthropicStreamUsage, stream_helper=True
+    "anthropic", usage_from_anthropic, AnthropicStreamUsage, final_usage=anthropic_final_usage
+)
+OPENAI_CHAT_STREAM_HELPER = Endpoint(
+    "openai",
+    openai_usage,
+    OpenAIChatStreamUsage,
+    adds_include_usage=True,
+    final_usage=openai_chat_final_usage,
+)
+OPENAI_RESPONSES_STREAM_HELPER = Endpoint(
+    "openai", openai_usage, OpenAIResponsesStreamUsage, final_usage=openai_responses_final_usage
 )
 GEMINI = Endpoint("gemini", usage_from_gemini, GeminiStreamUsage, model_field="model_version")
 GEMINI_STREAM = Endpoint(
@@ -101,8 +116,8 @@ _ANTHROPIC_MESSAGES: Route = {"create": ANTHROPIC_MESSAGES, "stream": ANTHROPIC_
 
 ROUTES: dict[str, Route] = {
     "openai": {
-        "chat": {"completions": {"create": OPENAI_CHAT}},
-        "responses": {"create": OPENAI_RESPONSES},
+        "chat": {"completions": {"create": OPENAI_CHAT, "stream": OPENAI_CHAT_STREAM_HELPER}},
+        "responses": {"create": OPENAI_RESPONSES, "stream": OPENAI_RESPONSES_STREAM_HELPER},
         "with_options": REWRAP,
         "copy": REWRAP,
     },
@@ -168,7 +183,7 @@ class WeckrProxy:
 
 
 def _intercept(weckr: Weckr, method: Any, endpoint: Endpoint, is_async: bool) -> Any:
-    if endpoint.stream_helper:
+    if endpoint.final_usage is not None:
 
         def stream_helper(*args: Any, **kwargs: Any) -> Any:
             return weckr._call_stream_helper(method, endpoint, args, kwargs)

@@ -244,30 +244,24 @@ def openai_response_body(model: str, usage: JSON | None, status: str = "complete
 
 
 def openai_responses_stream(model: str, usage: JSON | None) -> list[tuple[str | None, JSON | str]]:
+    """The events of a streamed Responses API call, in the order OpenAI sends them."""
     created = openai_response_body(model, None, status="in_progress")
     created["output"] = []
-    done = openai_response_body(model, usage)
+    item = {"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant"}
+    part_at = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    bodies: list[JSON] = [
+        {"type": "response.created", "response": created},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**item, "content": []}},
+        {
+            "type": "response.content_part.added",
+            **part_at,
+            "part": {"type": "output_text", "text": "", "annotations": []},
+        },
+        {"type": "response.output_text.delta", **part_at, "delta": "ok", "logprobs": []},
+        {"type": "response.completed", "response": openai_response_body(model, usage)},
+    ]
     return [
-        (
-            "response.created",
-            {"type": "response.created", "sequence_number": 0, "response": created},
-        ),
-        (
-            "response.output_text.delta",
-            {
-                "type": "response.output_text.delta",
-                "sequence_number": 1,
-                "item_id": "msg_1",
-                "output_index": 0,
-                "content_index": 0,
-                "delta": "ok",
-                "logprobs": [],
-            },
-        ),
-        (
-            "response.completed",
-            {"type": "response.completed", "sequence_number": 2, "response": done},
-        ),
+        (body["type"], {**body, "sequence_number": number}) for number, body in enumerate(bodies)
     ]
 
 

@@ -388,12 +388,16 @@ def test_unknown_client_is_a_clear_error() -> None:
         Weckr(backend=MemoryBackend()).chat(object(), {"model": "x", "messages": MESSAGES})
 
 
-def test_async_client_in_sync_chat_is_a_clear_error() -> None:
+async def test_mixing_sync_and_async_clients_is_a_clear_error() -> None:
     fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(10, 5)))
+    wk = Weckr(backend=MemoryBackend())
+    params = {"model": "gpt-4o-mini", "messages": MESSAGES}
+
     with pytest.raises(TypeError, match="achat"):
-        Weckr(backend=MemoryBackend()).chat(
-            p.async_openai_client(fake), {"model": "gpt-4o-mini", "messages": MESSAGES}
-        )
+        wk.chat(p.async_openai_client(fake), params)
+    with pytest.raises(TypeError, match=r"wk\.chat\("):
+        await wk.achat(p.openai_client(fake), params)
+    assert fake.hits == 0
 
 
 # -- async, event ids, track, backends ----------------------------------------------
@@ -499,6 +503,7 @@ def test_track_records_a_manual_event_from_the_context() -> None:
         {"output_tokens": 1, "reasoning_tokens": 2},
         {"status": "weird"},
         {"model": ""},
+        {"latency_ms": -5},
     ],
 )
 def test_track_rejects_bad_input(bad: dict[str, Any]) -> None:

@@ -234,6 +234,63 @@ async def test_async_anthropic_messages_stream_helper() -> None:
     assert only_record(backend).output_tokens == 12
 
 
+def test_openai_chat_completions_stream_helper_is_recorded_on_exit() -> None:
+    fake, backend, wk = setup(p.openai_chat_stream("gpt-4o-mini", p.openai_usage(44, 6, 32)))
+    client = wk.wrap(p.openai_client(fake))
+
+    with (
+        attribute(user_id="u4"),
+        client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES) as stream,
+    ):
+        completion = stream.get_final_completion()
+
+    assert fake.last_body["stream_options"] == {"include_usage": True}
+    assert completion.usage is not None
+    record = only_record(backend)
+    assert (record.user_id, record.input_tokens, record.cached_input_tokens) == ("u4", 44, 32)
+    assert record.output_tokens == 6
+
+
+def test_openai_responses_stream_helper_is_recorded_on_exit() -> None:
+    usage = p.openai_responses_usage(70, 20, cached=64, reasoning=12)
+    fake, backend, wk = setup(p.openai_responses_stream("gpt-5-2025-08-07", usage))
+    client = wk.wrap(p.openai_client(fake))
+
+    with client.responses.stream(model="gpt-5", input="Hi") as stream:
+        for _ in stream:
+            pass
+
+    record = only_record(backend)
+    assert (record.model, record.input_tokens, record.cached_input_tokens) == (
+        "gpt-5-2025-08-07",
+        70,
+        64,
+    )
+    assert (record.output_tokens, record.reasoning_tokens) == (20, 12)
+
+
+async def test_async_openai_chat_completions_stream_helper() -> None:
+    fake, backend, wk = setup(p.openai_chat_stream("gpt-4o-mini", p.openai_usage(9, 2)))
+    client = wk.wrap(p.async_openai_client(fake))
+
+    async with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES) as stream:
+        async for _ in stream:
+            pass
+
+    assert only_record(backend).input_tokens == 9
+
+
+def test_a_stream_helper_left_unread_is_recorded_as_not_reported() -> None:
+    fake, backend, wk = setup(p.anthropic_stream("claude-haiku-4-5", p.anthropic_usage(30, 1), 12))
+    client = wk.wrap(p.anthropic_client(fake))
+
+    with client.messages.stream(model="claude-haiku-4-5", max_tokens=50, messages=MESSAGES):
+        pass
+
+    record = only_record(backend)
+    assert record.status == "ok" and not record.usage_reported
+
+
 def test_gemini_stream_uses_the_last_chunks_usage() -> None:
     prompt, candidates, thoughts = 64, 16, 48
     fake, backend, wk = setup(
