@@ -477,13 +477,20 @@ def _on_execution_start(context: Any) -> None:
     )
     if attachment is None:
         return
-    attachment.weckr._start(crew, attachment.attribution).enter()
+    try:
+        attachment.weckr._start(crew, attachment.attribution).enter()
+    except Exception:
+        # CrewAI would swallow it too; say why the kickoff goes untracked.
+        logger.exception("Weckr: could not start tracking a kickoff")
 
 
 def _on_execution_end(context: Any) -> None:
     kickoff = _current_kickoff.get()
     if kickoff is not None and kickoff.crew is getattr(context, "crew", None):
-        kickoff.exit()
+        try:
+            kickoff.exit()
+        except Exception:
+            logger.exception("Weckr: could not finish tracking run %s", kickoff.run_id)
 
 
 def _on_llm_completed(source: Any, event: BaseEvent) -> None:
