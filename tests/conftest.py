@@ -38,6 +38,27 @@ def hermetic(
     weckr_core.configure(previous_backend)
     yield
     weckr_core.configure(previous_backend)
+
+
+_DB_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "live_server"}
+
+
+@pytest.fixture(autouse=True)
+def price_overrides(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests with a database price through weckr_django's admin overrides, as the app
+    does; tests without one price from the bundled table alone. Either way no
+    resolved price leaks from one test into the next."""
+    uses_db = request.node.get_closest_marker("django_db") is not None or bool(
+        _DB_FIXTURES & set(request.fixturenames)
+    )
+    if uses_db:
+        from weckr_django import overrides
+
+        overrides.install()
+    else:
+        pricing.set_price_overrides(None)
+        pricing.set_alternative_overrides(None)
+    yield
     pricing.set_price_overrides(None)
     pricing.set_alternative_overrides(None)
 
