@@ -89,17 +89,22 @@ def result_usage(response: LLMResult | None) -> tuple[TokenUsage, str | None, st
             message = getattr(generation, "message", None)
             if not isinstance(message, AIMessage):
                 continue
-            meta = message.response_metadata or {}
-            model = model or _first_str(meta, ("model_name", "model"))
-            provider = provider or _first_str(meta, ("model_provider",))
+            meta = message.response_metadata
+            if meta:
+                model = model or meta.get("model_name") or meta.get("model")
+                provider = provider or meta.get("model_provider")
             if message.usage_metadata:
-                return usage_from_langchain(message.usage_metadata), model, provider
+                return usage_from_langchain(message.usage_metadata), _str(model), _str(provider)
     llm_output = response.llm_output or {}
     model = model or _first_str(llm_output, ("model_name", "model"))
     token_usage = llm_output.get("token_usage") or llm_output.get("usage")
     if isinstance(token_usage, Mapping) and token_usage:
-        return usage_from_litellm(dict(token_usage)), model, provider
-    return NOT_REPORTED, model, provider
+        return usage_from_litellm(dict(token_usage)), _str(model), _str(provider)
+    return NOT_REPORTED, _str(model), _str(provider)
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def step_of(metadata: Mapping[str, Any] | None) -> str | None:

@@ -33,7 +33,7 @@ from weckr_core.errors import (
     is_weckr_config_error,
 )
 from weckr_core.guards import RunGuard, RunLimits
-from weckr_core.records import TokenUsage, UsageRecord
+from weckr_core.records import UsageRecord
 from weckr_langchain.readers import agent_of, requested_model, result_usage, step_of
 from weckr_langchain.totals import UsageTotals
 
@@ -74,15 +74,16 @@ class _RecordedRuns:
     once. Bounded: ids are forgotten oldest first."""
 
     def __init__(self, size: int = 65_536) -> None:
-        self._ids: OrderedDict[UUID, None] = OrderedDict()
+        self._ids: OrderedDict[int, None] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
     def claim(self, run_id: UUID) -> bool:
+        key = run_id.int
         with self._lock:
-            if run_id in self._ids:
+            if key in self._ids:
                 return False
-            self._ids[run_id] = None
+            self._ids[key] = None
             if len(self._ids) > self._size:
                 self._ids.popitem(last=False)
             return True
@@ -93,13 +94,20 @@ _warned_downgrades: set[tuple[str | None, str]] = set()
 _warned_lock = threading.Lock()
 
 
+# Runs are keyed by ``UUID.int``: hashing a UUID runs Python code, an int's does not.
+
+
 @dataclass(slots=True, eq=False)
 class _Root:
     run_id: UUID
     context: Attribution
     guard: RunGuard | None
+    id: str = ""
     tools: list[str] = field(default_factory=list)
-    runs: set[UUID] = field(default_factory=set)
+    runs: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.id = str(self.run_id)
 
 
 @dataclass(slots=True, eq=False)
@@ -107,6 +115,7 @@ class _Run:
     root: _Root
     name: str | None
     parent_name: str | None
+    call: _LlmCall | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -151,42 +160,46 @@ class RunTracker:
         self.downgrade_as_block = downgrade_as_block
         self.totals = totals
         self._lock = threading.Lock()
-        self._runs: dict[UUID, _Run] = {}
-        self._roots: dict[UUID, _Root] = {}
-        self._calls: dict[UUID, _LlmCall] = {}
+        self._runs: dict[int, _Run] = {}
+        self._roots: dict[int, _Root] = {}
 
     # Run tree bookkeeping.
 
     def _enter(self, run_id: UUID, parent_run_id: UUID | None, name: str | None) -> _Run:
+        key = run_id.int
         with self._lock:
-            parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
+            parent = self._runs.get(parent_run_id.int) if parent_run_id is not None else None
             if parent is None:
-                root = self._roots.get(run_id)
+                root = self._roots.get(key)
                 if root is None:
-                    guard = RunGuard(self.limits, run_id=str(run_id)) if self.limits.any else None
-                    root = self._roots[run_id] = _Root(run_id, current_attribution(), guard)
+                    root = self._roots[key] = _Root(run_id, current_attribution(), None)
+                    if self.limits.any:
+                        root.guard = RunGuard(self.limits, run_id=root.id)
                 parent_name = None
             else:
                 root, parent_name = parent.root, parent.name
-            run = self._runs[run_id] = _Run(root, name, parent_name)
-            root.runs.add(run_id)
+            run = self._runs[key] = _Run(root, name, parent_name)
+            root.runs.add(key)
         return run
 
     def _exit(self, run_id: UUID) -> None:
         with self._lock:
-            run = self._runs.pop(run_id, None)
-            self._calls.pop(run_id, None)
-            if run is None:
-                return
-            root = run.root
-            root.runs.discard(run_id)
-            if root.run_id == run_id:
-                # The root ended (or failed): forget whatever of its tree is left.
-                del self._roots[run_id]
-                for child in root.runs:
-                    self._runs.pop(child, None)
-                    self._calls.pop(child, None)
-                root.runs.clear()
+            self._forget(run_id.int)
+
+    def _forget(self, key: int) -> _Run | None:
+        # Called with the lock held.
+        run = self._runs.pop(key, None)
+        if run is None:
+            return None
+        root = run.root
+        root.runs.discard(key)
+        if root.run_id.int == key:
+            # The root ended (or failed): forget whatever of its tree is left.
+            del self._roots[key]
+            for child in root.runs:
+                self._runs.pop(child, None)
+            root.runs.clear()
+        return run
 
     @guarded
     def run_started(self, run_id: UUID, parent_run_id: UUID | None, name: str | None) -> None:
@@ -200,7 +213,7 @@ class RunTracker:
     def open_runs(self) -> int:
         """Runs being tracked: zero once every root run has ended."""
         with self._lock:
-            return len(self._runs) + len(self._roots) + len(self._calls)
+            return len(self._runs) + len(self._roots)
 
     # LLM runs.
 
@@ -220,9 +233,7 @@ class RunTracker:
             # Refused before the provider was called: LangChain sends no end event.
             self._exit(run_id)
             raise
-        with self._lock:
-            if run_id in self._runs:
-                self._calls[run_id] = call
+        run.call = call
 
     def _admit(
         self,
@@ -254,7 +265,7 @@ class RunTracker:
                     cost=guard.cost,
                     user_id=user_id,
                     plan_name=plan,
-                    run_id=str(root.run_id),
+                    run_id=root.id,
                 )
 
         decision = self._check(user_id, plan, model)
@@ -321,25 +332,22 @@ class RunTracker:
         response: LLMResult | None,
         error: BaseException | None,
     ) -> None:
-        try:
-            with self._lock:
-                call = self._calls.pop(run_id, None)
-                run = self._runs.get(run_id)
-            if call is None:
-                # No (usable) start event: record what is known rather than drop the row.
-                call = self._orphan_call(run_id, run, parent_run_id)
-            record = self._record_of(call, response, error)
-            guard = call.root.guard
-            if guard is not None:
-                if guard.limits.max_cost_usd is not None:
-                    record.ensure_priced()
-                guard.after_llm_call(record.total_tokens, record.cost_usd)
-            if self.totals is not None:
-                self.totals.add(record.ensure_priced())
-            if _recorded.claim(run_id):
-                (self.backend or get_backend()).record(record)
-        finally:
-            self._exit(run_id)
+        with self._lock:
+            run = self._forget(run_id.int)
+        call = run.call if run is not None else None
+        if call is None:
+            # No (usable) start event: record what is known rather than drop the row.
+            call = self._orphan_call(run_id, run, parent_run_id)
+        record = self._record_of(run_id, call, response, error)
+        guard = call.root.guard
+        if guard is not None:
+            if guard.limits.max_cost_usd is not None:
+                record.ensure_priced()
+            guard.after_llm_call(record.total_tokens, record.cost_usd)
+        if self.totals is not None:
+            self.totals.add(record.ensure_priced())
+        if _recorded.claim(run_id):
+            (self.backend or get_backend()).record(record)
 
     def _orphan_call(self, run_id: UUID, run: _Run | None, parent_run_id: UUID | None) -> _LlmCall:
         context = current_attribution()
@@ -360,33 +368,41 @@ class RunTracker:
 
     def _record_of(
         self,
+        run_id: UUID,
         call: _LlmCall,
         response: LLMResult | None,
         error: BaseException | None,
     ) -> UsageRecord:
         usage, served_model, served_provider = result_usage(response)
-        if error is not None and not usage.reported:
-            usage = TokenUsage(reported=False)
+        tags = call.tags
+        if call.root.tools:
+            tools = (f"tool:{name}" for name in call.root.tools)
+            tags = tuple(dict.fromkeys((*tags, *tools)))
         root = call.root
-        tool_tags = tuple(f"tool:{name}" for name in root.tools)
-        record = UsageRecord(
+        return UsageRecord(
+            # The LLM run's id: a retried delivery or a second handler cannot add a row.
+            event_id=root.id if root.run_id.int == run_id.int else str(run_id),
             user_id=call.user_id,
             feature=call.feature,
             plan=call.plan,
             provider=served_provider or call.provider,
             model=served_model or call.model,
-            latency_ms=round((time.perf_counter() - call.started) * 1000),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_creation_tokens=usage.cache_creation_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            usage_reported=usage.reported,
+            latency_ms=int((time.perf_counter() - call.started) * 1000),
             status="ok" if error is None else "error",
             error_type=None if error is None else type(error).__name__,
             source="langchain",
-            run_id=str(root.run_id),
+            run_id=root.id,
             parent_run_id=None if call.parent_run_id is None else str(call.parent_run_id),
             agent=call.agent,
             step=call.step,
-            tags=tuple(dict.fromkeys((*call.tags, *tool_tags))),
+            tags=tags,
         )
-        record.apply_usage(usage)
-        return record
 
     # Tool runs.
 
