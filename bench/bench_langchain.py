@@ -9,6 +9,7 @@ cap check and recording. Reports the median of several interleaved rounds.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import statistics
 import time
@@ -127,7 +128,7 @@ def main() -> None:
         },
     }
     for name, config in configs.items():
-        cases[name] = lambda config=config: model.invoke("hello", config)
+        cases[name] = functools.partial(model.invoke, "hello", config)
 
     for call in cases.values():  # warm up: imports, price cache
         per_call_us(call, 200)
