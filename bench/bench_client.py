@@ -13,6 +13,13 @@ that only queues records: the client's own cost on the caller's thread, without 
 HttpBackend's sender thread (pricing, JSON, HTTP) competing for the GIL. When the
 published weckr-sdk is installed, its ``Weckr.chat`` against the same server is
 timed too. Modes run in interleaved batches; figures are medians over the batches.
+
+Columns: wall-clock time per call and what it adds to the direct call (paired with
+the direct batch of the same round); the caller thread's own CPU time per call
+(``time.thread_time``: immune to other processes on the machine, and what the
+caller's thread spends on Weckr); and the CPU time of the process's other threads
+per call (the HttpBackend sender, or weckr-sdk's thread per POST), including the
+delivery finished between batches.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -127,12 +135,68 @@ def loopback_weckr_server() -> Iterator[tuple[str, Callable[[], dict[str, int]]]
         process.join(10)
 
 
-def time_batch(call: Callable[[], Any], calls: int) -> float:
-    """Seconds per call over a batch of ``calls`` calls."""
+@dataclass
+class Samples:
+    """Per-call figures of each timed batch, in seconds."""
+
+    wall: list[float] = field(default_factory=list)
+    caller_cpu: list[float] = field(default_factory=list)
+    other_cpu: list[float] = field(default_factory=list)
+
+
+def run_batch(
+    call: Callable[[], Any], calls: int, flushes: list[Callable[[], Any]], samples: Samples
+) -> None:
+    """Time ``calls`` calls, then wait (untimed) until their records are delivered,
+    so every batch pays for its own delivery and for nothing else's."""
+    process_start, thread_start = time.process_time(), time.thread_time()
     start = time.perf_counter()
     for _ in range(calls):
         call()
-    return (time.perf_counter() - start) / calls
+    wall = time.perf_counter() - start
+    caller_cpu = time.thread_time() - thread_start
+    for flush in flushes:
+        flush()
+    other_cpu = (time.process_time() - process_start) - (time.thread_time() - thread_start)
+    samples.wall.append(wall / calls)
+    samples.caller_cpu.append(caller_cpu / calls)
+    samples.other_cpu.append(max(0.0, other_cpu) / calls)
+
+
+def paired_added(values: list[float], baseline: list[float]) -> float:
+    """Median difference to the direct batch of the same round: robust to load drift."""
+    return statistics.median(v - b for v, b in zip(values, baseline, strict=True))
+
+
+def own_work(repeats: int = 7, calls: int = 20_000) -> dict[str, float]:
+    """Weckr's own work per call on the caller's thread, without the SDK's request:
+    ``chat.completions.create`` of a real client replaced by one returning a canned,
+    already-parsed response. Best of ``repeats`` runs, in seconds per call."""
+    client = openai_client()
+    response = client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    canned = client.chat.completions
+    canned.create = lambda **_: response  # type: ignore[method-assign, assignment]
+    wk = Weckr(backend=QueueOnlyBackend(), plans={"pro": 29})
+    wrapped = wk.wrap(client)
+    chat_params = {"model": MODEL, "messages": MESSAGES, "user_id": "u1", "plan": "pro"}
+
+    def via_wrap() -> Any:
+        with attribute(user_id="u1", plan="pro"):
+            return wrapped.chat.completions.create(model=MODEL, messages=MESSAGES)
+
+    modes: dict[str, Callable[[], Any]] = {
+        "canned create": lambda: client.chat.completions.create(model=MODEL, messages=MESSAGES),
+        "wk.chat": lambda: wk.chat(client, chat_params),
+        "wrap(client)": via_wrap,
+    }
+    best = {name: float("inf") for name in modes}
+    for _ in range(repeats):
+        for name, call in modes.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                call()
+            best[name] = min(best[name], (time.perf_counter() - start) / calls)
+    return best
 
 
 def main() -> None:
@@ -197,35 +261,42 @@ def main() -> None:
             flush()
 
         names = list(modes)
-        samples: dict[str, list[float]] = {name: [] for name in names}
+        samples = {name: Samples() for name in names}
         gc.collect()
         for round_number in range(args.rounds):
             # Rotate the order so no mode always runs right after another.
             shift = round_number % len(names)
             for name in names[shift:] + names[:shift]:
-                samples[name].append(time_batch(modes[name], args.batch))
-                # Deliveries still pending are finished between batches, untimed, so
-                # they never land in another mode's batch.
-                for flush in flushes:
-                    flush()
+                run_batch(modes[name], args.batch, flushes, samples[name])
 
         calls_per_mode = args.warmup + args.rounds * args.batch
         wk.close()
         delivered = stop_server()
 
     baseline = samples["direct"]
-    direct_median = statistics.median(baseline)
     print(
         f"real openai.OpenAI over httpx.MockTransport; {args.rounds} interleaved batches "
-        f"of {args.batch} calls per mode; medians"
+        f"of {args.batch} calls per mode; medians; us per call"
     )
-    print(f"{'mode':<24}{'us/call':>10}{'added us':>10}{'ratio':>8}")
+    print(
+        f"{'mode':<24}{'wall':>9}{'added':>8}{'ratio':>7}"
+        f"{'caller CPU':>12}{'added':>8}{'other threads CPU':>19}"
+    )
+    direct_wall = statistics.median(baseline.wall)
     for name in names:
-        median = statistics.median(samples[name])
-        # Paired with the direct batch of the same round: robust to load drifting.
-        added = statistics.median(m - d for m, d in zip(samples[name], baseline, strict=True))
-        ratio = (direct_median + added) / direct_median
-        print(f"{name:<24}{median * 1e6:>10.1f}{added * 1e6:>10.1f}{ratio:>8.3f}")
+        mode = samples[name]
+        added = paired_added(mode.wall, baseline.wall)
+        print(
+            f"{name:<24}{statistics.median(mode.wall) * 1e6:>9.1f}{added * 1e6:>8.1f}"
+            f"{(direct_wall + added) / direct_wall:>7.3f}"
+            f"{statistics.median(mode.caller_cpu) * 1e6:>12.1f}"
+            f"{paired_added(mode.caller_cpu, baseline.caller_cpu) * 1e6:>8.1f}"
+            f"{statistics.median(mode.other_cpu) * 1e6:>19.1f}"
+        )
+    own = own_work()
+    print("\nWeckr's own work on the caller's thread (SDK request replaced by a canned response)")
+    for name in ("wk.chat", "wrap(client)"):
+        print(f"{name:<24}{(own[name] - own['canned create']) * 1e6:>9.1f} us per call")
     print(
         f"usage events the loopback server took, of {calls_per_mode} calls per mode: "
         + ", ".join(f"{source} {count}" for source, count in sorted(delivered.items()))
