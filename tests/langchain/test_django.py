@@ -1,0 +1,120 @@
+"""Inside a Django request: WeckrMiddleware's user and plan reach the handler, and
+the rows land in UsageEvent through the DjangoBackend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.test import Client
+from django.urls import path
+from langchain.agents import create_agent
+from langchain_core.messages import HumanMessage
+from pytest_django.fixtures import Settings
+
+import weckr_core
+from tests.langchain.fakes import ScriptedChatModel, counting_tool
+from weckr_core import WeckrCapError
+from weckr_django.backend import DjangoBackend
+from weckr_django.models import Plan, Project, UsageEvent
+from weckr_langchain import WeckrHandler
+
+pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
+
+# One model for every request, so a test can count the calls that reached it.
+MODEL = ScriptedChatModel(tool="search", tool_turns=1)
+
+
+def research_view(request: HttpRequest) -> HttpResponse:
+    agent = create_agent(MODEL, tools=[counting_tool()[0]], name="researcher")
+    try:
+        agent.invoke(
+            {"messages": [HumanMessage("find it")]},
+            {"callbacks": [WeckrHandler(feature="research")]},
+        )
+    except WeckrCapError as refused:
+        return JsonResponse({"error": "cap reached", "cap": str(refused.cap)}, status=402)
+    return JsonResponse({"ok": True})
+
+
+urlpatterns = [path("research/", research_view)]
+
+
+def plan_from_groups(request: HttpRequest) -> str | None:
+    """The app's own rule: a customer's plan is their group."""
+    user = request.user
+    if not isinstance(user, User):
+        return None
+    group = user.groups.order_by("name").first()
+    return group.name if group is not None else None
+
+
+@pytest.fixture
+def django_backend(settings: Settings) -> Iterator[DjangoBackend]:
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "weckr_django.middleware.WeckrMiddleware"]
+    settings.WECKR = {
+        "DELIVERY": "sync",
+        "CAP_CACHE_SECONDS": 0,
+        "PLAN_RESOLVER": f"{__name__}.plan_from_groups",
+    }
+    MODEL.calls = 0
+    backend = DjangoBackend(delivery="sync")
+    previous = weckr_core.configure(backend)
+    yield backend
+    weckr_core.configure(previous)
+
+
+def customer(client: Client, plan: str) -> User:
+    user = User.objects.create_user("ada")
+    user.groups.add(Group.objects.create(name=plan))
+    client.force_login(user)
+    return user
+
+
+def test_agent_calls_in_a_request_are_attributed_to_the_user_and_plan(
+    client: Client, django_backend: DjangoBackend
+) -> None:
+    user = customer(client, "pro")
+
+    response = client.get("/research/")
+
+    assert response.status_code == 200
+    events = list(UsageEvent.objects.order_by("timestamp"))
+    assert len(events) == MODEL.calls == 2
+    assert {(event.user_id, event.plan_name) for event in events} == {(str(user.pk), "pro")}
+    assert {event.feature for event in events} == {"research"}
+    assert {event.source for event in events} == {"langchain"}
+    assert {event.agent for event in events} == {"researcher"}
+    assert len({event.run_id for event in events}) == 1
+    assert events[1].tags == ["tool:search"]
+    assert all(event.input_tokens == 100 and event.output_tokens == 20 for event in events)
+
+
+def test_a_user_over_the_cap_is_refused_before_the_model_is_called(
+    client: Client, django_backend: DjangoBackend
+) -> None:
+    project = Project.objects.create(name="Acme")
+    Plan.objects.create(
+        project=project,
+        name="free",
+        monthly_price_usd=Decimal("0"),
+        monthly_cap_usd=Decimal("0.0001"),
+    )
+    customer(client, "free")
+
+    # The first model call runs under the cap and spends past it ($0.00045): the
+    # agent's second call is refused mid-run, and so is the next request's first.
+    first = client.get("/research/")
+    calls_after_first = MODEL.calls
+    second = client.get("/research/")
+
+    assert (first.status_code, second.status_code) == (402, 402)
+    assert second.json()["cap"] == "0.0001"
+    assert calls_after_first == 1
+    assert MODEL.calls == 1
+    (event,) = UsageEvent.objects.filter(project=project)
+    assert event.plan_name == "free"
+    assert event.cost_usd is not None and event.cost_usd > Decimal("0.0001")
