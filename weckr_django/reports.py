@@ -1,6 +1,6 @@
 """Read queries over the rollups: margins per user, cost against revenue per day,
-cost per feature. The API and the dashboard both answer from here; nothing in this
-module scans ``UsageEvent``.
+cost per feature, per model and per user. The API and the dashboard both answer
+from here; nothing in this module scans ``UsageEvent``.
 
 Margin is per user per calendar month in the project's timezone: the monthly price
 of the user's plan (``Plan.monthly_price_usd`` by plan name, else the price the
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import calendar
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from django.db.models import Sum
+from django.db.models import Max, Sum
 from django.utils import timezone
 
 from weckr_django.models import (
@@ -229,3 +229,138 @@ def daily_cost_and_revenue(
             )
         )
     return figures
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCost:
+    model: str
+    provider: str
+    cost_usd: Decimal
+    calls: int
+    unpriced_calls: int
+    share_percent: Decimal
+
+    @property
+    def average_cost_usd(self) -> Decimal:
+        return self.cost_usd / self.calls if self.calls else ZERO
+
+    @property
+    def unpriced(self) -> bool:
+        return self.unpriced_calls > 0
+
+
+@dataclass(frozen=True, slots=True)
+class UserUsage:
+    """One user's calls of a month to one model for one feature."""
+
+    feature: str
+    model: str
+    provider: str
+    cost_usd: Decimal
+    calls: int
+    unpriced_calls: int
+
+
+def model_breakdown(project: Project, month: date | None = None) -> list[ModelCost]:
+    """Cost, calls and unpriced calls per model in ``month``, most expensive first."""
+    month = _current_month(project, month)
+    rows = list(
+        DailyUsage.objects.filter(project=project, day__gte=month, day__lt=next_month(month))
+        .values("model")
+        .annotate(
+            provider_name=Max("provider"),
+            cost=Sum("cost_usd"),
+            call_count=Sum("calls"),
+            unpriced=Sum("unpriced_calls"),
+        )
+        .order_by()
+    )
+    total = sum((row["cost"] or ZERO for row in rows), ZERO)
+    models = [
+        ModelCost(
+            model=row["model"],
+            provider=row["provider_name"] or "",
+            cost_usd=row["cost"] or ZERO,
+            calls=row["call_count"] or 0,
+            unpriced_calls=row["unpriced"] or 0,
+            share_percent=(row["cost"] or ZERO) * 100 / total if total else ZERO,
+        )
+        for row in rows
+    ]
+    models.sort(key=lambda item: (-item.cost_usd, item.model))
+    return models
+
+
+def user_margin(project: Project, user_key: str, month: date | None = None) -> UserMargin | None:
+    """The month's margin of one user (``ANONYMOUS_KEY`` for calls with no user)."""
+    month = _current_month(project, month)
+    row = (
+        MonthlyUserSpend.objects.filter(project=project, month=month, user_key=user_key)
+        .values_list("plan_name", "plan_revenue_usd", "cost_usd", "calls")
+        .first()
+    )
+    if row is None:
+        return None
+    plan_name, reported, cost, calls = row
+    prices = plan_prices(project) if plan_name else {}
+    return UserMargin(
+        user_key=user_key,
+        plan_name=plan_name,
+        cost_usd=cost,
+        revenue_usd=_revenue(user_key, plan_name, reported, prices),
+        calls=calls,
+    )
+
+
+def user_usage(project: Project, user_key: str, month: date | None = None) -> list[UserUsage]:
+    """One user's cost and calls per (feature, model) in ``month``, most expensive first."""
+    month = _current_month(project, month)
+    rows = (
+        DailyUsage.objects.filter(
+            project=project, user_key=user_key, day__gte=month, day__lt=next_month(month)
+        )
+        .values("feature", "model")
+        .annotate(
+            provider_name=Max("provider"),
+            cost=Sum("cost_usd"),
+            call_count=Sum("calls"),
+            unpriced=Sum("unpriced_calls"),
+        )
+        .order_by()
+    )
+    usage = [
+        UserUsage(
+            feature=row["feature"] or NO_FEATURE_LABEL,
+            model=row["model"],
+            provider=row["provider_name"] or "",
+            cost_usd=row["cost"] or ZERO,
+            calls=row["call_count"] or 0,
+            unpriced_calls=row["unpriced"] or 0,
+        )
+        for row in rows
+    ]
+    usage.sort(key=lambda item: (-item.cost_usd, item.feature, item.model))
+    return usage
+
+
+def daily_user_costs(
+    project: Project, user_keys: Collection[str], days: int = 30, today: date | None = None
+) -> dict[str, list[Decimal]]:
+    """Cost per day of each of ``user_keys`` over the last ``days`` days, oldest first."""
+    today = today or local_day(project, timezone.now())
+    first = today - timedelta(days=days - 1)
+    series = {key: [ZERO] * days for key in user_keys}
+    if not series:
+        return series
+    rows = (
+        DailyUsage.objects.filter(
+            project=project, user_key__in=list(series), day__gte=first, day__lte=today
+        )
+        .values("user_key", "day")
+        .annotate(cost=Sum("cost_usd"))
+        .order_by()
+        .values_list("user_key", "day", "cost")
+    )
+    for user_key, day, cost in rows:
+        series[user_key][(day - first).days] = cost or ZERO
+    return series

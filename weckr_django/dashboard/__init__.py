@@ -1,0 +1,1 @@
+"""The staff dashboard: ``path("weckr/", include("weckr_django.dashboard.urls"))``."""

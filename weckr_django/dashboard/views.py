@@ -1,0 +1,447 @@
+"""Staff pages over the rollups. Every page reads ``MonthlyUserSpend`` and
+``DailyUsage`` (the Agents page: one month of ``UsageEvent`` rows with a run id,
+paginated), so a page costs a handful of indexed queries at any event volume."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import wraps
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Page, Paginator
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from weckr_django import recommendations, reports
+from weckr_django.alerts import send_test_alert
+from weckr_django.dashboard import charts, runs
+from weckr_django.dashboard.forms import PlanFormSet, ProjectSettingsForm, cap_prefill
+from weckr_django.models import AlertLog, Plan, Project
+from weckr_django.periods import local_day
+
+SESSION_KEY = "weckr_dashboard_project"
+USERS_PER_PAGE = 50
+RUNS_PER_PAGE = 25
+ALERTS_PER_PAGE = 50
+CHART_DAYS = 30
+TOP_RECOMMENDATIONS = 3
+STATUSES = ("profitable", "watch", "unprofitable")
+LOOP_FIELDS = ("loop_window_seconds", "loop_token_threshold", "loop_cooldown_seconds")
+CHANNEL_FIELDS = (
+    "slack_webhook_url",
+    "alert_email",
+    "margin_alert_threshold_usd",
+    "target_ai_cost_share",
+)
+SETTINGS_PERMISSIONS = ("weckr_django.change_project", "weckr_django.change_plan")
+
+ProjectView = Callable[..., HttpResponse]
+View = Callable[..., HttpResponse]
+
+
+def usd(value: Decimal | None, places: int = 2) -> str:
+    """``$1,234.50`` / ``-$3.20`` / ``—``."""
+    if value is None:
+        return "—"
+    text = f"${abs(value):,.{places}f}"
+    return f"-{text}" if value < 0 else text
+
+
+def _choose_project(request: HttpRequest) -> tuple[Project | None, list[Project]]:
+    projects = list(Project.objects.order_by("name", "created_at"))
+    wanted = request.GET.get("project") or request.session.get(SESSION_KEY)
+    chosen = next((p for p in projects if str(p.pk) == wanted), None)
+    if chosen is None and projects:
+        chosen = projects[0]
+    if chosen is not None and request.session.get(SESSION_KEY) != str(chosen.pk):
+        request.session[SESSION_KEY] = str(chosen.pk)
+    return chosen, projects
+
+
+def dashboard_page(page: str) -> Callable[[ProjectView], View]:
+    """Staff only (anonymous: the admin login; signed-in non-staff: 403), with the
+    selected project passed in and the page's name in ``request.weckr_page``."""
+
+    def decorate(view: ProjectView) -> View:
+        @wraps(view)
+        def run(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            project, projects = _choose_project(request)
+            request.weckr_projects = projects  # type: ignore[attr-defined]
+            request.weckr_page = page  # type: ignore[attr-defined]
+            if project is None:
+                return render(request, "weckr_django/dashboard/no_project.html", _base(request))
+            return view(request, project, *args, **kwargs)
+
+        guarded = staff_member_required(run)
+
+        @wraps(view)
+        def staff_only(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            user = request.user
+            if user.is_authenticated and not (user.is_active and user.is_staff):
+                raise PermissionDenied("The Weckr dashboard is for staff users.")
+            response: HttpResponse = guarded(request, *args, **kwargs)
+            return response
+
+        return staff_only
+
+    return decorate
+
+
+def _base(request: HttpRequest, project: Project | None = None, **context: Any) -> dict[str, Any]:
+    return {
+        "project": project,
+        "projects": getattr(request, "weckr_projects", []),
+        "page": getattr(request, "weckr_page", ""),
+        "today": local_day(project, timezone.now()) if project is not None else None,
+        **context,
+    }
+
+
+def _page(request: HttpRequest, items: Any, per_page: int) -> Page[Any]:
+    return Paginator(items, per_page).get_page(request.GET.get("page"))
+
+
+def _query_without_page(request: HttpRequest) -> str:
+    query = request.GET.copy()
+    query.pop("page", None)
+    return query.urlencode()
+
+
+@dataclass(frozen=True, slots=True)
+class Advice:
+    kind: str
+    headline: str
+    detail: str
+    monthly_usd: Decimal
+
+
+def _top_advice(project: Project) -> list[Advice]:
+    advice = [
+        Advice(
+            kind="Model swap",
+            headline=f"{swap.feature or reports.NO_FEATURE_LABEL}: "
+            f"{swap.current_model} → {swap.suggested_model}",
+            detail=f"{swap.calls:,} calls, {swap.confidence} confidence",
+            monthly_usd=swap.monthly_saving_usd,
+        )
+        for swap in recommendations.model_swap_recommendations(project)
+    ] + [
+        Advice(
+            kind="Plan price",
+            headline=f"{plan.plan_name}: {usd(plan.price_usd)} → "
+            f"{usd(plan.recommended_price_usd)} per month",
+            detail=f"{plan.users} users, p90 AI cost {usd(plan.p90_cost_usd)}",
+            monthly_usd=plan.monthly_gain_usd or Decimal(0),
+        )
+        for plan in recommendations.plan_pricing_recommendations(project)
+        if plan.status == "raise_price"
+    ]
+    advice.sort(key=lambda item: -item.monthly_usd)
+    return advice[:TOP_RECOMMENDATIONS]
+
+
+@require_GET
+@dashboard_page("overview")
+def overview(request: HttpRequest, project: Project) -> HttpResponse:
+    summary = reports.month_summary(project)
+    days = reports.daily_cost_and_revenue(project, CHART_DAYS)
+    chart = charts.line_chart(
+        [day.day for day in days],
+        [
+            charts.Series("Cost", "cost", [day.cost_usd for day in days]),
+            charts.Series("Revenue", "revenue", [day.revenue_usd for day in days]),
+        ],
+        title=f"Daily AI cost against revenue, last {CHART_DAYS} days",
+    )
+    unpriced = [item for item in reports.model_breakdown(project) if item.unpriced]
+    return render(
+        request,
+        "weckr_django/dashboard/overview.html",
+        _base(
+            request,
+            project,
+            summary=summary,
+            cards={
+                "cost": usd(summary.cost_usd),
+                "revenue": usd(summary.revenue_usd),
+                "margin": usd(summary.margin_usd),
+                "loss": usd(summary.combined_loss_usd),
+            },
+            chart=chart,
+            advice=_top_advice(project),
+            unpriced=unpriced,
+        ),
+    )
+
+
+@require_GET
+@dashboard_page("users")
+def users(request: HttpRequest, project: Project) -> HttpResponse:
+    margins = reports.user_margins(project)
+    plans = sorted({row.plan_name for row in margins if row.plan_name})
+    status = request.GET.get("status", "")
+    plan = request.GET.get("plan", "")
+    search = request.GET.get("q", "").strip()
+    rows = margins
+    if status in STATUSES:
+        rows = [row for row in rows if row.status == status and not row.is_anonymous]
+    if plan:
+        rows = [row for row in rows if row.plan_name == plan]
+    if search:
+        needle = search.casefold()
+        rows = [row for row in rows if needle in row.label.casefold()]
+    page = _page(request, rows, USERS_PER_PAGE)
+    sparks = reports.daily_user_costs(project, [row.user_key for row in page], CHART_DAYS)
+    return render(
+        request,
+        "weckr_django/dashboard/users.html",
+        _base(
+            request,
+            project,
+            rows=[(row, charts.sparkline(sparks[row.user_key])) for row in page],
+            page_obj=page,
+            total_users=len(margins),
+            statuses=STATUSES,
+            plans=plans,
+            status=status,
+            plan=plan,
+            search=search,
+            query=_query_without_page(request),
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CapStatus:
+    plan: Plan | None
+    spend_usd: Decimal
+    percent: Decimal | None
+    state: str
+
+
+def _cap_status(project: Project, margin: reports.UserMargin) -> CapStatus:
+    if margin.is_anonymous:
+        return CapStatus(None, margin.cost_usd, None, "Calls with no user are never capped.")
+    plan = (
+        Plan.objects.filter(project=project, name=margin.plan_name).first()
+        if margin.plan_name
+        else None
+    )
+    if plan is None or plan.monthly_cap_usd is None:
+        return CapStatus(plan, margin.cost_usd, None, "No cap on this plan.")
+    cap = Decimal(plan.monthly_cap_usd)
+    percent = margin.cost_usd * 100 / cap if cap else Decimal(100)
+    if margin.cost_usd >= cap:
+        action = "blocked" if plan.cap_action == Plan.CapAction.BLOCK else "downgraded"
+        state = f"Cap reached: further calls are {action}."
+    elif percent >= plan.soft_alert_percent:
+        state = f"Past the soft alert at {plan.soft_alert_percent}% of the cap."
+    else:
+        state = "Under the cap."
+    return CapStatus(plan, margin.cost_usd, percent, state)
+
+
+@require_GET
+@dashboard_page("users")
+def user_detail(request: HttpRequest, project: Project) -> HttpResponse:
+    if "user" not in request.GET:
+        raise Http404("No user given.")
+    user_key = request.GET["user"]
+    margin = reports.user_margin(project, user_key)
+    if margin is None:
+        raise Http404("No calls from this user this month.")
+    usage = reports.user_usage(project, user_key)
+    by_feature: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    by_model: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    for item in usage:
+        for bucket, key in ((by_feature, item.feature), (by_model, item.model)):
+            bucket[key][0] += item.cost_usd
+            bucket[key][1] += item.calls
+    spark = reports.daily_user_costs(project, [user_key], CHART_DAYS)[user_key]
+    return render(
+        request,
+        "weckr_django/dashboard/user_detail.html",
+        _base(
+            request,
+            project,
+            margin=margin,
+            usage=usage,
+            features=sorted(by_feature.items(), key=lambda kv: -kv[1][0]),
+            models=sorted(by_model.items(), key=lambda kv: -kv[1][0]),
+            cap=_cap_status(project, margin),
+            spark=charts.sparkline(spark, width=360, height=60),
+        ),
+    )
+
+
+@require_GET
+@dashboard_page("features")
+def features(request: HttpRequest, project: Project) -> HttpResponse:
+    rows = reports.feature_breakdown(project)
+    models = reports.model_breakdown(project)
+    return render(
+        request,
+        "weckr_django/dashboard/features.html",
+        _base(
+            request,
+            project,
+            rows=rows,
+            total_cost=sum((row.cost_usd for row in rows), Decimal(0)),
+            total_calls=sum(row.calls for row in rows),
+            unpriced=[item for item in models if item.unpriced],
+        ),
+    )
+
+
+@require_GET
+@dashboard_page("models")
+def models(request: HttpRequest, project: Project) -> HttpResponse:
+    rows = reports.model_breakdown(project)
+    return render(
+        request,
+        "weckr_django/dashboard/models.html",
+        _base(
+            request,
+            project,
+            rows=rows,
+            total_cost=sum((row.cost_usd for row in rows), Decimal(0)),
+            total_calls=sum(row.calls for row in rows),
+            unpriced=[item for item in rows if item.unpriced],
+        ),
+    )
+
+
+@require_GET
+@dashboard_page("agents")
+def agents(request: HttpRequest, project: Project) -> HttpResponse:
+    today = local_day(project, timezone.now())
+    page = _page(request, runs.run_rows(project, today.replace(day=1)), RUNS_PER_PAGE)
+    return render(
+        request,
+        "weckr_django/dashboard/agents.html",
+        _base(
+            request,
+            project,
+            page_obj=page,
+            runs=runs.describe_runs(project, list(page.object_list)),
+            loop_error_types=runs.LOOP_ERROR_TYPES,
+            query=_query_without_page(request),
+        ),
+    )
+
+
+@require_GET
+@dashboard_page("recommendations")
+def recommendations_page(request: HttpRequest, project: Project) -> HttpResponse:
+    progress = recommendations.month_progress(project)
+    return render(
+        request,
+        "weckr_django/dashboard/recommendations.html",
+        _base(
+            request,
+            project,
+            progress=progress,
+            swaps=recommendations.model_swap_recommendations(project),
+            plans=recommendations.plan_pricing_recommendations(project),
+            target_percent=Decimal(project.target_ai_cost_share) * 100,
+            max_avg_output=recommendations.MAX_AVG_OUTPUT_TOKENS,
+            min_calls=recommendations.MIN_SWAP_CALLS,
+            min_saving=recommendations.MIN_MONTHLY_SAVING_USD,
+            min_plan_users=recommendations.MIN_PLAN_USERS,
+            min_plan_calls=recommendations.MIN_PLAN_CALLS,
+        ),
+    )
+
+
+@require_GET
+@dashboard_page("alerts")
+def alerts(request: HttpRequest, project: Project) -> HttpResponse:
+    page = _page(
+        request,
+        AlertLog.objects.filter(project=project).order_by("-created_at", "-pk"),
+        ALERTS_PER_PAGE,
+    )
+    return render(
+        request,
+        "weckr_django/dashboard/alerts.html",
+        _base(request, project, page_obj=page, query=_query_without_page(request)),
+    )
+
+
+def _can_edit(request: HttpRequest) -> bool:
+    return request.user.has_perms(SETTINGS_PERMISSIONS)
+
+
+@require_http_methods(["GET", "POST"])
+@dashboard_page("settings")
+def settings_page(request: HttpRequest, project: Project) -> HttpResponse:
+    can_edit = _can_edit(request)
+    prefill_plan = request.GET.get("plan") or None
+    prefill = cap_prefill(prefill_plan, request.GET.get("cap"), request.GET.get("action"))
+    if request.method == "POST":
+        if not can_edit:
+            raise PermissionDenied(
+                "Changing Weckr settings needs the project and plan permissions."
+            )
+        form = ProjectSettingsForm(request.POST, instance=project, prefix="project")
+        formset = PlanFormSet(request.POST, instance=project, prefix="plans")
+        if form.is_valid() and formset.is_valid():
+            with transaction.atomic():
+                form.save()
+                formset.save()
+            messages.success(request, "Settings saved.", fail_silently=True)
+            return redirect(reverse("weckr:settings"))
+    else:
+        form = ProjectSettingsForm(instance=project, prefix="project")
+        formset = PlanFormSet(instance=project, prefix="plans")
+        if prefill is not None:
+            for plan_form in formset.forms:
+                if plan_form.instance.pk and plan_form.instance.name == prefill_plan:
+                    plan_form.initial.update(prefill)
+                    plan_form.prefilled = True  # type: ignore[attr-defined]
+    prefill_known = prefill is not None and any(
+        getattr(plan_form, "prefilled", False) for plan_form in formset.forms
+    )
+    return render(
+        request,
+        "weckr_django/dashboard/settings.html",
+        _base(
+            request,
+            project,
+            form=form,
+            loop_fields=[form[name] for name in LOOP_FIELDS],
+            channel_fields=[form[name] for name in CHANNEL_FIELDS],
+            formset=formset,
+            can_edit=can_edit,
+            prefill_plan=prefill_plan if prefill is not None else None,
+            prefill_known=prefill_known,
+        ),
+        status=400 if request.method == "POST" else 200,
+    )
+
+
+@require_POST
+@dashboard_page("settings")
+def test_alert(request: HttpRequest, project: Project) -> HttpResponse:
+    if not _can_edit(request):
+        raise PermissionDenied("Sending a test alert needs the project and plan permissions.")
+    alert = send_test_alert(project)
+    channels = ", ".join(alert.channels) or "no channel"
+    level = messages.SUCCESS if alert.status == AlertLog.Status.SENT else messages.WARNING
+    messages.add_message(
+        request,
+        level,
+        f"Test alert: {alert.get_status_display()} ({channels}). {alert.error}".strip(),
+        fail_silently=True,
+    )
+    return HttpResponseRedirect(reverse("weckr:alerts"))
