@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth.models import Group, User
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.test import Client
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient, Client
 from django.urls import path
 from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
@@ -20,7 +21,7 @@ from tests.langchain.fakes import ScriptedChatModel, counting_tool
 from weckr_core import WeckrCapError
 from weckr_django.backend import DjangoBackend
 from weckr_django.models import Plan, Project, UsageEvent
-from weckr_langchain import WeckrHandler
+from weckr_langchain import AsyncWeckrHandler, WeckrHandler
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
@@ -40,7 +41,19 @@ def research_view(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"ok": True})
 
 
-urlpatterns = [path("research/", research_view)]
+async def async_research_view(request: HttpRequest) -> HttpResponse:
+    agent = create_agent(MODEL, tools=[counting_tool()[0]], name="researcher")
+    await agent.ainvoke(
+        {"messages": [HumanMessage("find it")]},
+        {"callbacks": [AsyncWeckrHandler(feature="research")]},
+    )
+    return JsonResponse({"ok": True})
+
+
+urlpatterns = [
+    path("research/", research_view),
+    path("async-research/", async_research_view),
+]
 
 
 def plan_from_groups(request: HttpRequest) -> str | None:
@@ -67,7 +80,7 @@ def django_backend(settings: Settings) -> Iterator[DjangoBackend]:
     weckr_core.configure(previous)
 
 
-def customer(client: Client, plan: str) -> User:
+def customer(client: Client | AsyncClient, plan: str) -> User:
     user = User.objects.create_user("ada")
     user.groups.add(Group.objects.create(name=plan))
     client.force_login(user)
@@ -118,3 +131,16 @@ def test_a_user_over_the_cap_is_refused_before_the_model_is_called(
     (event,) = UsageEvent.objects.filter(project=project)
     assert event.plan_name == "free"
     assert event.cost_usd is not None and event.cost_usd > Decimal("0.0001")
+
+
+async def test_async_views_with_the_async_handler(
+    async_client: AsyncClient, django_backend: DjangoBackend
+) -> None:
+    user = await sync_to_async(customer)(async_client, "pro")
+
+    response = await async_client.get("/async-research/")
+
+    assert response.status_code == 200
+    events = await sync_to_async(list)(UsageEvent.objects.all())
+    assert len(events) == MODEL.calls == 2
+    assert {(event.user_id, event.plan_name) for event in events} == {(str(user.pk), "pro")}

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
+from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableParallel
@@ -231,3 +232,27 @@ def test_a_configuration_error_fails_closed() -> None:
         model.invoke("hi", {"callbacks": [handler]})
 
     assert model.calls == 0
+
+
+def test_a_text_completion_llm_without_usage_is_flagged(memory_backend: MemoryBackend) -> None:
+    llm = FakeListLLM(responses=["fine"])
+
+    assert llm.invoke("hi", {"callbacks": [WeckrHandler(user_id="u-text")]}) == "fine"
+
+    (record,) = memory_backend.records
+    assert record.user_id == "u-text"
+    assert record.usage_reported is False
+    assert record.status == "ok"
+
+
+def test_an_abandoned_stream_is_recorded_as_an_error_row(memory_backend: MemoryBackend) -> None:
+    model = ScriptedChatModel()
+    handler = WeckrHandler()
+
+    for _chunk in model.stream("hi", {"callbacks": [handler]}):
+        break
+
+    (record,) = memory_backend.records
+    assert (record.status, record.error_type) == ("error", "GeneratorExit")
+    assert record.usage_reported is False
+    assert handler.tracker.open_runs == 0
