@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Group, User
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from asgiref.sync import sync_to_async
 from django.test import AsyncClient, Client
 from django.urls import path
 from langchain.agents import create_agent
@@ -141,6 +141,6 @@ async def test_async_views_with_the_async_handler(
     response = await async_client.get("/async-research/")
 
     assert response.status_code == 200
-    events = await sync_to_async(list)(UsageEvent.objects.all())
+    events = [event async for event in UsageEvent.objects.all()]
     assert len(events) == MODEL.calls == 2
     assert {(event.user_id, event.plan_name) for event in events} == {(str(user.pk), "pro")}
