@@ -94,9 +94,6 @@ _warned_downgrades: set[tuple[str | None, str]] = set()
 _warned_lock = threading.Lock()
 
 
-# Runs are keyed by ``UUID.int``: hashing a UUID runs Python code, an int's does not.
-
-
 @dataclass(slots=True, eq=False)
 class _Root:
     run_id: UUID
@@ -139,6 +136,9 @@ def _meta_str(metadata: Mapping[str, Any] | None, key: str) -> str | None:
 
 
 class RunTracker:
+    """Per-run state of one handler, keyed by ``UUID.int`` (hashing a UUID runs
+    Python code, hashing an int does not) and guarded by one lock."""
+
     def __init__(
         self,
         *,
@@ -195,7 +195,7 @@ class RunTracker:
         root.runs.discard(key)
         if root.run_id.int == key:
             # The root ended (or failed): forget whatever of its tree is left.
-            del self._roots[key]
+            self._roots.pop(key, None)
             for child in root.runs:
                 self._runs.pop(child, None)
             root.runs.clear()
