@@ -8,3 +8,6 @@ from celery import Celery
 app = Celery("tests")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.set_default()
+# A worker started with ``-A tests.celery_app`` (the integration tests) finds the
+# weckr_django tasks through INSTALLED_APPS.
+app.autodiscover_tasks()

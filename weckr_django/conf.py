@@ -33,6 +33,7 @@ DEFAULTS: Mapping[str, Any] = {
     "API_RATE_LIMIT": "6000/min",
     "MAX_BATCH_EVENTS": 500,
     "ALERT_FROM_EMAIL": None,
+    "SITE_URL": "http://localhost:8000",
 }
 
 
@@ -123,6 +124,11 @@ class WeckrSettings:
     def ALERT_FROM_EMAIL(self) -> str | None:
         value = self.get("ALERT_FROM_EMAIL")
         return None if not value else str(value)
+
+    @property
+    def SITE_URL(self) -> str:
+        """Public base URL of this Weckr server, for links in alerts and tools."""
+        return str(self.get("SITE_URL")).rstrip("/")
 
 
 weckr_settings = WeckrSettings()

@@ -1,0 +1,55 @@
+"""Run as ``python -m tests.integration.ingest_process PROJECT_ID SEED``: ingest
+batches that overlap with the other process's, as fast as it can."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, timedelta
+
+import django
+
+BATCHES = 30
+BATCH_SIZE = 40
+
+
+def batches(seed: int) -> list[list[dict[str, object]]]:
+    """Half of each batch is shared by every process (same event ids), half is own."""
+    now = datetime.now(UTC)
+    result = []
+    for batch in range(BATCHES):
+        events = []
+        for i in range(BATCH_SIZE):
+            shared = i % 2 == 0
+            owner = "shared" if shared else f"p{seed}"
+            events.append(
+                {
+                    "eventId": f"{owner}-{batch}-{i}",
+                    "timestamp": (now - timedelta(seconds=i)).isoformat(),
+                    "userId": f"user-{i % 4}",
+                    "feature": "chat" if i % 3 else "summary",
+                    "provider": "openai",
+                    "model": "gpt-4o-mini" if i % 5 else "gpt-4o",
+                    "inputTokens": 1000 + i,
+                    "outputTokens": 200 + batch,
+                }
+            )
+        result.append(events)
+    return result
+
+
+def main() -> None:
+    django.setup()
+    from weckr_django.ingest import ingest_records
+    from weckr_django.models import Project
+    from weckr_django.wire import parse_event
+
+    project_id, seed = sys.argv[1], int(sys.argv[2])
+    project = Project.objects.get(pk=project_id)
+    created = 0
+    for events in batches(seed):
+        created += ingest_records(project, [parse_event(e) for e in events]).created
+    print(f"created={created}")
+
+
+if __name__ == "__main__":
+    main()
