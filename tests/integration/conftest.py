@@ -115,7 +115,7 @@ class CeleryWorker:
                 "--pool=solo",
                 "--concurrency=1",
                 "-Q",
-                settings.CELERY_TASK_DEFAULT_QUEUE,
+                getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", "celery"),
                 "--hostname",
                 f"weckr-it-{os.environ['WECKR_IT_TOKEN']}-{time.monotonic_ns()}@%h",
                 "--without-gossip",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import django
 
@@ -12,12 +13,12 @@ BATCHES = 30
 BATCH_SIZE = 40
 
 
-def batches(seed: int) -> list[list[dict[str, object]]]:
+def batches(seed: int) -> list[list[dict[str, Any]]]:
     """Half of each batch is shared by every process (same event ids), half is own."""
     now = datetime.now(UTC)
-    result = []
+    result: list[list[dict[str, Any]]] = []
     for batch in range(BATCHES):
-        events = []
+        events: list[dict[str, Any]] = []
         for i in range(BATCH_SIZE):
             shared = i % 2 == 0
             owner = "shared" if shared else f"p{seed}"

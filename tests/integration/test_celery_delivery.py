@@ -46,14 +46,14 @@ def test_a_task_delivered_twice_lands_once(celery_worker: CeleryWorker):
     records = [make_record(f"e{i}", user_id=f"u{i % 3}") for i in range(25)]
     payloads = [record.to_wire() for record in records]
     celery_worker.start()
-    first = record_usage.apply_async(args=[payloads, str(project.pk)])
+    first = record_usage.apply_async(args=(payloads, str(project.pk)))
     # The same message again, same task id: what a broker redelivery looks like.
-    second = record_usage.apply_async(args=[payloads, str(project.pk)], task_id=first.id)
+    second = record_usage.apply_async(args=(payloads, str(project.pk)), task_id=first.id)
     assert first.get(timeout=60) in (
         {"created": 25, "duplicates": 0, "invalid": 0},
         {"created": 0, "duplicates": 25, "invalid": 0},
     )
-    third = record_usage.apply_async(args=[payloads, str(project.pk)])
+    third = record_usage.apply_async(args=(payloads, str(project.pk)))
     assert third.get(timeout=60) == {"created": 0, "duplicates": 25, "invalid": 0}
     assert second.id == first.id
     assert UsageEvent.objects.filter(project=project).count() == 25
@@ -88,7 +88,7 @@ def test_invalid_events_are_counted_and_logged_not_dropped_silently(
     good = make_record("good").to_wire()
     bad = {**make_record("bad").to_wire(), "inputTokens": -1}
     celery_worker.start()
-    result = record_usage.apply_async(args=[[good, bad], str(project.pk)])
+    result = record_usage.apply_async(args=([good, bad], str(project.pk)))
     assert result.get(timeout=60) == {"created": 1, "duplicates": 0, "invalid": 1}
     assert wait_until(
         lambda: any("inputTokens must not be negative" in line for line in celery_worker.log)
