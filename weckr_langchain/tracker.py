@@ -157,6 +157,7 @@ class RunTracker:
         self.tags = tags
         self.backend = backend
         self.limits = limits
+        self._guards_on = limits.any
         self.downgrade_as_block = downgrade_as_block
         self.totals = totals
         self._lock = threading.Lock()
@@ -173,7 +174,7 @@ class RunTracker:
                 root = self._roots.get(key)
                 if root is None:
                     root = self._roots[key] = _Root(run_id, current_attribution(), None)
-                    if self.limits.any:
+                    if self._guards_on:
                         root.guard = RunGuard(self.limits, run_id=root.id)
                 parent_name = None
             else:
