@@ -74,8 +74,24 @@ class _WeckrOptions:
 
 
 class WeckrHandler(_WeckrOptions, BaseCallbackHandler):
-    """Sync handler; also works in async runs, where LangChain calls it on a worker
-    thread (so a database-backed backend never runs on the event loop)."""
+    """Caps, loop guards and one ``UsageRecord`` per LLM call of every run it is passed to.
+
+    Before each model call: the backend's cap decision for (user, plan, model) and the
+    root run's loop guards; ``WeckrCapError`` / ``WeckrLoopError`` propagate out of
+    ``invoke`` before the provider is called. A "downgrade" decision cannot swap a
+    LangChain model once its run started: the call runs on the requested model, a
+    ``WeckrDowngradeWarning`` is issued once per user and model and the record is
+    tagged ``cap:downgrade-skipped`` (``downgrade_as_block=True`` refuses instead).
+
+    Each record carries ``run_id`` (the root run), ``parent_run_id``, ``step``
+    (LangGraph's ``"<langgraph_step>:<langgraph_node>"``), ``agent`` (the
+    ``create_agent(name=...)``, else the LangGraph node, else the calling chain's
+    name) and the tools the root run called so far as ``tool:<name>`` tags. Its
+    ``event_id`` is the LLM run's id.
+
+    Works in sync and async runs (LangChain calls a sync handler on a worker thread
+    in async runs, so a database-backed backend never runs on the event loop).
+    """
 
     def on_chat_model_start(
         self,
