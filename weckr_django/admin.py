@@ -15,6 +15,7 @@ from weckr_django.managers import hash_key
 from weckr_django.models import (
     AlertLog,
     ApiKey,
+    DailyUsage,
     ModelAlternative,
     ModelPrice,
     MonthlyUserSpend,
@@ -209,6 +210,51 @@ class ReadOnlyAdmin(_AnyAdmin):
         return False
 
 
+class _RollupValuesFilter(admin.SimpleListFilter):
+    """Choices from the daily rollup instead of ``SELECT DISTINCT`` over every event."""
+
+    rollup_field = ""
+    limit = 100
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        values = (
+            DailyUsage.objects.exclude(**{self.rollup_field: ""})
+            .exclude(**{f"{self.rollup_field}__isnull": True})
+            .values_list(self.rollup_field, flat=True)
+            .order_by(self.rollup_field)
+            .distinct()[: self.limit]
+        )
+        return [(str(value), str(value)) for value in values]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(**{str(self.parameter_name): value}) if value else queryset
+
+
+class UserFilter(_RollupValuesFilter):
+    title = "user"
+    parameter_name = "user_id"
+    rollup_field = "user_key"
+
+
+class FeatureFilter(_RollupValuesFilter):
+    title = "feature"
+    parameter_name = "feature"
+    rollup_field = "feature"
+
+
+class ModelFilter(_RollupValuesFilter):
+    title = "model"
+    parameter_name = "model"
+    rollup_field = "model"
+
+
+class PlanFilter(_RollupValuesFilter):
+    title = "plan"
+    parameter_name = "plan_name"
+    rollup_field = "plan_name"
+
+
 @admin.register(UsageEvent)
 class UsageEventAdmin(ReadOnlyAdmin):
     list_display = (
@@ -223,7 +269,15 @@ class UsageEventAdmin(ReadOnlyAdmin):
         "status",
         "source",
     )
-    list_filter = ("project", "model", "feature", "plan_name", "status", "source", "user_id")
+    list_filter = (
+        "project",
+        UserFilter,
+        FeatureFilter,
+        ModelFilter,
+        PlanFilter,
+        "status",
+        "source",
+    )
     search_fields = ("user_id", "event_id", "run_id")
     date_hierarchy = "timestamp"
     list_select_related = ("project",)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import close_old_connections, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 import weckr_core
 from weckr_core.backends.base import ALLOW, CapDecision
@@ -43,6 +43,7 @@ MAX_BATCH: Final = 500
 ATEXIT_FLUSH_SECONDS: Final = 2.0
 _MAX_CACHED_DECISIONS: Final = 10_000
 _BROKER_RETRY_DELAYS: Final = (0.5, 2.0, 5.0)
+_DB_RETRY_DELAYS: Final = (0.5, 2.0, 5.0)
 
 T = TypeVar("T")
 _DecisionKey = tuple[str, str, str]
@@ -115,7 +116,16 @@ def _outside_event_loop(function: Callable[[], T]) -> T:
                 max_workers=2, thread_name_prefix="weckr-db"
             )
         executor = _db_executor
-    return executor.submit(function).result()
+    return executor.submit(_with_fresh_connection, function).result()
+
+
+def _with_fresh_connection(function: Callable[[], T]) -> T:
+    # Helper threads follow CONN_MAX_AGE like request threads do.
+    close_old_connections()
+    try:
+        return function()
+    finally:
+        close_old_connections()
 
 
 class DjangoBackend:
@@ -208,7 +218,11 @@ class DjangoBackend:
 
     def record(self, record: UsageRecord) -> None:
         if self.delivery() == "sync":
-            _outside_event_loop(lambda: self._ingest([record]))
+            try:
+                _outside_event_loop(lambda: self._ingest([record]))
+            except Exception:
+                # Recording must never break the caller's LLM call; say what was lost.
+                logger.exception("Weckr: usage event %s was not recorded.", record.event_id)
             return
         with self._lock:
             if len(self._queue) >= self._max_queue:
@@ -313,7 +327,7 @@ class DjangoBackend:
 
         project = self.project()
         try:
-            ingest_records(project, records)
+            self._ingest_retrying(project, records)
         except Exception:
             if len(records) == 1:
                 self._forget_project()
@@ -325,6 +339,28 @@ class DjangoBackend:
                 except Exception:
                     logger.exception("Weckr: usage event %s was not recorded.", record.event_id)
         self.forget_decisions([record.user_id for record in records])
+
+    def _ingest_retrying(self, project: Project, records: list[UsageRecord]) -> None:
+        """Ingest, riding out a short database outage (idempotent, so safe to repeat)."""
+        from weckr_django.ingest import ingest_records
+
+        on_caller_thread = threading.current_thread() is not self._worker
+        for attempt, delay in enumerate((*_DB_RETRY_DELAYS, None)):
+            try:
+                ingest_records(project, records)
+                return
+            except (OperationalError, InterfaceError):
+                if delay is None or on_caller_thread:
+                    raise
+                logger.warning(
+                    "Weckr: database unavailable recording %d event(s) (attempt %d); retrying.",
+                    len(records),
+                    attempt + 1,
+                    exc_info=True,
+                )
+                close_old_connections()
+                connection.close()
+                time.sleep(delay)
 
     def _after_fork_in_child(self) -> None:
         self._init_queue()

@@ -157,3 +157,11 @@ def test_a_bad_row_does_not_lose_the_rest_of_the_batch(caplog):
     assert ids == {"good-1", "good-2"}
     assert MonthlyUserSpend.objects.get(project=project).calls == 2
     assert any("bad was not recorded" in message for message in caplog.messages)
+
+
+@pytest.mark.django_db
+def test_sync_recording_never_raises_into_the_caller(caplog):
+    make_project()
+    DjangoBackend(delivery="sync").record(make_record("broken", input_tokens=-5))
+    assert not UsageEvent.objects.exists()
+    assert any("broken was not recorded" in message for message in caplog.messages)

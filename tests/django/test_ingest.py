@@ -137,3 +137,30 @@ def test_empty_batch_does_nothing():
     project = make_project()
     assert ingest_records(project, []).created == 0
     assert not MonthlyUserSpend.objects.exists()
+
+
+def test_editing_a_price_override_reprices_new_calls():
+    project = make_project()
+    ingest_records(project, [make_record("before", model="house-model", provider="custom")])
+    assert not UsageEvent.objects.get(event_id="before").priced
+    price = ModelPrice.objects.create(
+        model="house-model", input_per_mtok=Decimal("1"), output_per_mtok=Decimal("2")
+    )
+    ingest_records(project, [make_record("after", model="house-model", provider="custom")])
+    assert UsageEvent.objects.get(event_id="after").cost_usd == Decimal("0.002")
+    price.input_per_mtok = Decimal("3")
+    price.save()
+    ingest_records(project, [make_record("edited", model="house-model", provider="custom")])
+    assert UsageEvent.objects.get(event_id="edited").cost_usd == Decimal("0.004")
+
+
+def test_record_usage_task_counts_and_logs_invalid_events(caplog):
+    from weckr_django.tasks import record_usage
+
+    project = make_project()
+    good = make_record("good").to_wire()
+    bad = {**make_record("bad").to_wire(), "outputTokens": "many"}
+    result = record_usage.delay([good, bad, good], str(project.pk)).get()
+    assert result == {"created": 1, "duplicates": 1, "invalid": 1}
+    assert any("bad" in m and "outputTokens must be a whole number" in m for m in caplog.messages)
+    assert UsageEvent.objects.filter(project=project).count() == 1

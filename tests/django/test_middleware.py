@@ -28,7 +28,9 @@ def user_on_plan(plan: object = "pro") -> User:
     return user
 
 
-def request_for(user: User | AnonymousUser, factory: RequestFactory | AsyncRequestFactory | None = None):
+def request_for(
+    user: User | AnonymousUser, factory: RequestFactory | AsyncRequestFactory | None = None
+):
     request = (factory or RequestFactory()).get("/")
     request.user = user
     return request
