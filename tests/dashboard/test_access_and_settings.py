@@ -34,8 +34,8 @@ PAGES = (
 MAX_QUERIES = 14
 
 
-def client_for(**flags: bool) -> Client:
-    user = User.objects.create_user("someone", password="pw", **flags)
+def client_for(*, is_staff: bool = False) -> Client:
+    user = User.objects.create_user("someone", password="pw", is_staff=is_staff)
     client = Client()
     client.force_login(user)
     return client

@@ -170,21 +170,23 @@ def expected_figures(project: Project) -> Expected:
     events = month_events(project)
     expected = Expected()
     latest_plan: dict[str, str | None] = {}
-    for row in events.order_by("timestamp").values("user_id", "plan_name"):
-        latest_plan[row["user_id"] or ""] = row["plan_name"]
-    per_user = events.values("user_id").annotate(cost=Sum("cost_usd"), n=Count("id")).order_by()
-    for row in per_user:
-        key = row["user_id"] or ""
-        expected.users[key] = (row["cost"], row["n"], latest_plan[key])
-        expected.cost += row["cost"]
-        expected.calls += row["n"]
+    for user_id, plan_name in events.order_by("timestamp").values_list("user_id", "plan_name"):
+        latest_plan[user_id or ""] = plan_name
+    per_user = events.values_list("user_id").annotate(Sum("cost_usd"), Count("id")).order_by()
+    for user_id, cost, calls in per_user:
+        key = user_id or ""
+        expected.users[key] = (cost, calls, latest_plan[key])
+        expected.cost += cost
+        expected.calls += calls
         if key:
             expected.revenue += plan_price(latest_plan[key])
-    for row in events.values("feature").annotate(cost=Sum("cost_usd"), n=Count("id")).order_by():
-        expected.features[row["feature"] or "(no feature)"] = (row["cost"], row["n"])
+    per_feature = events.values_list("feature").annotate(Sum("cost_usd"), Count("id")).order_by()
+    for feature, cost, calls in per_feature:
+        expected.features[feature or "(no feature)"] = (cost, calls)
     unpriced: dict[str, int] = defaultdict(int)
     for model in events.filter(priced=False).values_list("model", flat=True):
         unpriced[model] += 1
-    for row in events.values("model").annotate(cost=Sum("cost_usd"), n=Count("id")).order_by():
-        expected.models[row["model"]] = (row["cost"], row["n"], unpriced[row["model"]])
+    per_model = events.values_list("model").annotate(Sum("cost_usd"), Count("id")).order_by()
+    for model, cost, calls in per_model:
+        expected.models[model] = (cost, calls, unpriced[model])
     return expected
