@@ -325,6 +325,9 @@ class DjangoBackend:
     def _ingest(self, records: list[UsageRecord]) -> None:
         from weckr_django.ingest import ingest_records
 
+        records = _validated(records)
+        if not records:
+            return
         project = self.project()
         try:
             self._ingest_retrying(project, records)
@@ -366,6 +369,22 @@ class DjangoBackend:
         self._init_queue()
         self._decisions = {}
         self._project = None
+
+
+def _validated(records: list[UsageRecord]) -> list[UsageRecord]:
+    """The records that pass the server's wire rules (opaque user ids, sane token
+    counts), the same rules the Celery path and the HTTP API apply. The rest are logged."""
+    from weckr_django.wire import WireError, parse_event
+
+    valid = []
+    for record in records:
+        try:
+            valid.append(parse_event(record.to_wire()))
+        except WireError as error:
+            logger.error(
+                "Weckr: usage event %s was not recorded: %s", record.event_id, error.message
+            )
+    return valid
 
 
 def install_default_backend() -> DjangoBackend | None:

@@ -150,7 +150,7 @@ def test_a_bad_row_does_not_lose_the_rest_of_the_batch(caplog):
     project = make_project()
     backend = DjangoBackend(delivery="thread")
     backend.record(make_record("good-1"))
-    backend.record(make_record("bad", input_tokens=-5))  # breaks the column's CHECK
+    backend.record(make_record("bad", input_tokens=-5))  # refused by the wire rules
     backend.record(make_record("good-2"))
     assert backend.flush(10)
     ids = set(UsageEvent.objects.filter(project=project).values_list("event_id", flat=True))
@@ -165,3 +165,11 @@ def test_sync_recording_never_raises_into_the_caller(caplog):
     DjangoBackend(delivery="sync").record(make_record("broken", input_tokens=-5))
     assert not UsageEvent.objects.exists()
     assert any("broken was not recorded" in message for message in caplog.messages)
+
+
+@pytest.mark.django_db
+def test_in_process_records_follow_the_servers_privacy_rules(caplog):
+    make_project()
+    DjangoBackend(delivery="sync").record(make_record("e1", user_id="ada@example.com"))
+    assert not UsageEvent.objects.exists()
+    assert any("e-mail address" in message for message in caplog.messages)
