@@ -23,6 +23,11 @@ typecheck: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest
+	$(MAKE) integration
+
+# Real PostgreSQL (127.0.0.1:5432), Redis (127.0.0.1:6379) and a Celery worker.
+integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration --ds=tests.settings_integration
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
