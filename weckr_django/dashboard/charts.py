@@ -74,10 +74,12 @@ def line_chart(
         )
     label_every = max(1, count // 6)
     for index, day in enumerate(days):
-        if index % label_every == 0 or index == count - 1:
+        last = index == count - 1
+        if (index % label_every == 0 and count - 1 - index >= label_every / 2) or last:
+            anchor = "end" if last and count > 1 else "middle"
             parts.append(
                 f'<text class="axis" x="{x(index):.1f}" y="{height - bottom + 18}" '
-                f'text-anchor="middle">{day:%b %d}</text>'
+                f'text-anchor="{anchor}">{day:%b %d}</text>'
             )
     for item in series:
         points = " ".join(f"{x(i):.1f},{y(float(v)):.1f}" for i, v in enumerate(item.values))
