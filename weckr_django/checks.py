@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections, router
 from django.utils.module_loading import import_string
 
@@ -102,8 +103,7 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
 def check_default_project(
     app_configs: Sequence[Any] | None = None, databases: Sequence[str] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    if weckr_settings.DEFAULT_PROJECT is not None:
-        return []
+    from weckr_django.backend import resolve_default_project
     from weckr_django.models import Project
 
     alias = router.db_for_read(Project)
@@ -114,6 +114,18 @@ def check_default_project(
     try:
         connection = connections[alias]
         if Project._meta.db_table not in connection.introspection.table_names():
+            return []
+        if weckr_settings.DEFAULT_PROJECT is not None:
+            try:
+                resolve_default_project(create=False)
+            except ImproperlyConfigured as error:
+                return [
+                    Warning(
+                        str(error),
+                        hint="Create the project, or fix WECKR['DEFAULT_PROJECT'].",
+                        id="weckr.W002",
+                    )
+                ]
             return []
         count = Project.objects.using(alias).count()
     except DatabaseError:

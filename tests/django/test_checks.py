@@ -70,5 +70,14 @@ def test_several_projects_without_default_warn_in_database_checks():
 
 
 @pytest.mark.django_db
+def test_default_project_that_names_no_project_warns():
+    make_project("one")
+    with override_settings(WECKR={"DEFAULT_PROJECT": "typo"}):
+        assert "weckr.W002" in check_ids(databases=["default"])
+    with override_settings(WECKR={"DEFAULT_PROJECT": "one"}):
+        assert "weckr.W002" not in check_ids(databases=["default"])
+
+
+@pytest.mark.django_db
 def test_migrations_are_up_to_date():
     call_command("makemigrations", "weckr_django", "--check", "--dry-run", verbosity=0)
