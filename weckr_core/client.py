@@ -18,7 +18,6 @@ checked against ``plans`` when ``plans`` was given.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 from weckr_core.backends import Backend, get_backend
 from weckr_core.context import current_attribution
 from weckr_core.errors import WeckrCapError, WeckrConfigError, warn_downgrade
+from weckr_core.pricing import preload_prices
 from weckr_core.records import Source, Status, TokenUsage, UsageRecord
 from weckr_core.streaming import (
     AsyncRecordedStream,
@@ -217,7 +217,8 @@ class Weckr:
         self.disable_cap_check = disable_cap_check
         self.on_error = on_error
         self.on_downgrade = on_downgrade
-        _preload_price_database()
+        # Before any backend thread prices a record (see pricing.preload_prices).
+        preload_prices()
         self._owns_backend = False
         if backend is None and api_key is not None:
             from weckr_core.backends.http import HttpBackend
@@ -589,18 +590,6 @@ class Weckr:
             self.on_error(error)
         except Exception:
             logger.exception("Weckr: on_error raised")
-
-
-def _preload_price_database() -> None:
-    """Import the price database on the constructing thread.
-
-    Backends price records on their own thread. A first import of genai-prices there
-    would leave a half-initialised ``httpx2`` in ``sys.modules`` for a moment, and the
-    OpenAI SDK, which reads ``sys.modules["httpx2"]`` on every request without the
-    import lock, would fail the caller's call with an AttributeError.
-    """
-    with contextlib.suppress(ImportError):
-        import genai_prices  # noqa: F401
 
 
 def _plan_price(name: str, value: float | int | str | Decimal) -> Decimal:

@@ -215,6 +215,13 @@ def _from_database(name: str, provider_id: str | None) -> ModelPricing | None:
     return None
 
 
+def preload_prices() -> None:
+    """Import the price database now, on this thread (it is imported lazily)."""
+    from genai_prices import data_snapshot
+
+    data_snapshot.get_snapshot()
+
+
 def resolve_pricing(model: str, provider: str | None = None) -> ModelPricing:
     """Prices for ``model``, resolving dated and provider-prefixed names.
 

@@ -32,6 +32,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 
 import weckr_core
 from weckr_core.backends.base import ALLOW, CapDecision
+from weckr_core.pricing import preload_prices
 from weckr_core.records import UsageRecord
 from weckr_django.conf import Delivery, effective_delivery, weckr_settings
 from weckr_django.models import Project
@@ -256,6 +257,9 @@ class DjangoBackend:
     def _start_worker(self) -> None:
         # Called with the lock held. After a fork the parent's thread is gone.
         if self._worker is None or not self._worker.is_alive():
+            # The worker prices records: import the price database here, not there
+            # (see weckr_core.pricing.preload_prices).
+            preload_prices()
             self._worker = threading.Thread(
                 target=self._run, name="weckr-django-recorder", daemon=True
             )

@@ -26,6 +26,7 @@ import httpx
 
 from weckr_core.backends.base import ALLOW, CapDecision
 from weckr_core.errors import WeckrConfigError
+from weckr_core.pricing import preload_prices
 from weckr_core.records import UsageRecord
 
 DEFAULT_LOG_ENDPOINT: Final = "https://app.useweckr.com/api/v1/log"
@@ -100,6 +101,7 @@ class HttpBackend:
         max_queue: int = 10_000,
         max_retries: int = 3,
         backoff_seconds: Sequence[float] = (0.5, 2.0, 8.0),
+        linger_seconds: float = 0.05,
         on_error: ErrorHandler | None = None,
     ) -> None:
         if not api_key:
@@ -108,6 +110,8 @@ class HttpBackend:
             raise ValueError(f"max_batch_size must be between 1 and {SERVER_MAX_BATCH_SIZE}")
         if max_queue < 1 or max_retries < 0:
             raise ValueError("max_queue must be at least 1 and max_retries at least 0")
+        if linger_seconds < 0:
+            raise ValueError("linger_seconds must be >= 0")
         if not backoff_seconds or min(backoff_seconds) < 0:
             raise ValueError("backoff_seconds must be a non-empty sequence of delays >= 0")
         self.endpoint = endpoint
@@ -123,7 +127,11 @@ class HttpBackend:
         self._max_queue = max_queue
         self._max_retries = max_retries
         self._backoff = tuple(backoff_seconds)
+        self._linger = linger_seconds
         self._on_error = on_error
+        # The sender thread prices records; importing the price database there would
+        # race with SDKs that read sys.modules without the import lock on other threads.
+        preload_prices()
         self._init_state()
         _live_backends.add(self)
 
@@ -144,6 +152,7 @@ class HttpBackend:
         self._dropped: list[str] = []  # ids of events pushed out of the full queue
         self._stopping = threading.Event()
         self._closed = False
+        self._flushing = 0  # callers waiting in flush(): the sender does not linger
 
     def _after_fork_in_child(self) -> None:
         # The parent keeps delivering its own queue and owns the sockets.
@@ -246,7 +255,8 @@ class HttpBackend:
                 self._last_seq += 1
                 self._queue.append((self._last_seq, record))
                 self._start_sender()
-                self._has_work.notify()
+                if len(self._queue) == 1 or len(self._queue) >= self._max_batch_size:
+                    self._has_work.notify()
         if closed:
             self._report(
                 f"Weckr: backend is closed; event {record.event_id} not sent.",
@@ -257,11 +267,16 @@ class HttpBackend:
         deadline = time.monotonic() + timeout
         with self._lock:
             target = self._last_seq
-            while not self._done_through(target):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._progress.wait(remaining)
+            self._flushing += 1
+            self._has_work.notify()
+            try:
+                while not self._done_through(target):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._progress.wait(remaining)
+            finally:
+                self._flushing -= 1
         return True
 
     def close(self, timeout: float = ATEXIT_FLUSH_SECONDS) -> None:
@@ -319,6 +334,7 @@ class HttpBackend:
                         self._has_work.wait()
                     if not self._queue:
                         return
+                    self._linger_for_a_fuller_batch()
                     count = min(len(self._queue), self._max_batch_size)
                     batch = [self._queue.popleft() for _ in range(count)]
                     self._sending_from_seq = batch[0][0]
@@ -336,6 +352,16 @@ class HttpBackend:
                     with self._lock:
                         self._sending_from_seq = None
                         self._progress.notify_all()
+
+    def _linger_for_a_fuller_batch(self) -> None:
+        """Wait briefly for more events so that steady traffic goes out in batches,
+        not one POST per event. Called with the lock held; flush and close cut it short."""
+        until = time.monotonic() + self._linger
+        while len(self._queue) < self._max_batch_size and not self._closed and not self._flushing:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            self._has_work.wait(remaining)
 
     def _report_dropped(self) -> None:
         with self._lock:
