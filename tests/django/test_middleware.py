@@ -77,6 +77,17 @@ def test_resolvers_are_configurable():
     assert response.content.decode() == "acct-7|scale"
 
 
+def broken_resolver(request: HttpRequest) -> str | None:
+    raise LookupError("no such profile")
+
+
+def test_a_failing_resolver_does_not_fail_the_request(caplog):
+    with override_settings(WECKR={"PLAN_RESOLVER": f"{__name__}.broken_resolver"}):
+        response = WeckrMiddleware(seen_in_view)(request_for(user_on_plan()))
+    assert response.content.decode() == "None|None"
+    assert any("resolving the user or plan" in message for message in caplog.messages)
+
+
 def test_context_is_unbound_when_the_view_raises():
     def broken(request: HttpRequest) -> HttpResponse:
         raise RuntimeError("boom")
