@@ -78,15 +78,19 @@ def default_plan(request: HttpRequest) -> str | None:
 
 def resolve_attribution(request: HttpRequest) -> tuple[str | None, str | None]:
     """(user id, plan) of ``request`` through the configured resolvers. A resolver that
-    raises is logged and the request goes on unattributed: it must not fail the page."""
+    raises is logged and its value left out: it must not fail the page."""
     try:
         user_id = weckr_settings.user_id_resolver()(request)
-        if user_id is None:
-            return None, None
+    except Exception:
+        logger.exception("Weckr: resolving the user of %s failed.", request.path)
+        return None, None
+    if user_id is None:
+        return None, None
+    try:
         plan = weckr_settings.plan_resolver()(request)
     except Exception:
-        logger.exception("Weckr: resolving the user or plan of %s failed.", request.path)
-        return None, None
+        logger.exception("Weckr: resolving the plan of %s failed.", request.path)
+        plan = None
     return str(user_id), None if plan is None else str(plan)
 
 
