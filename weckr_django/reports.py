@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import calendar
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
@@ -172,10 +172,18 @@ def feature_breakdown(project: Project, month: date | None = None) -> list[Featu
     return features
 
 
-def month_summary(project: Project, month: date | None = None) -> MonthSummary:
+def month_summary(
+    project: Project,
+    month: date | None = None,
+    *,
+    margins: list[UserMargin] | None = None,
+    features: list[FeatureCost] | None = None,
+) -> MonthSummary:
+    """Totals of ``month``; pass ``margins`` and ``features`` already read for it to
+    save their queries."""
     month = _current_month(project, month)
-    margins = user_margins(project, month)
-    features = feature_breakdown(project, month)
+    margins = user_margins(project, month) if margins is None else margins
+    features = feature_breakdown(project, month) if features is None else features
     losers = [row for row in margins if not row.is_anonymous and row.margin_usd < 0]
     return MonthSummary(
         month=month,
@@ -250,8 +258,8 @@ class ModelCost:
 
 
 @dataclass(frozen=True, slots=True)
-class UserUsage:
-    """One user's calls of a month to one model for one feature."""
+class FeatureModelUsage:
+    """Calls of a month to one model for one feature (of one user, or of everyone)."""
 
     feature: str
     model: str
@@ -261,12 +269,25 @@ class UserUsage:
     unpriced_calls: int
 
 
-def model_breakdown(project: Project, month: date | None = None) -> list[ModelCost]:
-    """Cost, calls and unpriced calls per model in ``month``, most expensive first."""
+def feature_model_usage(
+    project: Project, month: date | None = None, *, user_key: str | None = None
+) -> list[FeatureModelUsage]:
+    """Cost, calls and unpriced calls per (feature, model) in ``month``, most expensive
+    first: one grouped read from which the per-feature and per-model views derive."""
     month = _current_month(project, month)
-    rows = list(
-        DailyUsage.objects.filter(project=project, day__gte=month, day__lt=next_month(month))
-        .values("model")
+    rows = DailyUsage.objects.filter(project=project, day__gte=month, day__lt=next_month(month))
+    if user_key is not None:
+        rows = rows.filter(user_key=user_key)
+    usage = [
+        FeatureModelUsage(
+            feature=row["feature"] or NO_FEATURE_LABEL,
+            model=row["model"],
+            provider=row["provider_name"] or "",
+            cost_usd=row["cost"] or ZERO,
+            calls=row["call_count"] or 0,
+            unpriced_calls=row["unpriced"] or 0,
+        )
+        for row in rows.values("feature", "model")
         .annotate(
             provider_name=Max("provider"),
             cost=Sum("cost_usd"),
@@ -274,21 +295,62 @@ def model_breakdown(project: Project, month: date | None = None) -> list[ModelCo
             unpriced=Sum("unpriced_calls"),
         )
         .order_by()
-    )
-    total = sum((row["cost"] or ZERO for row in rows), ZERO)
+    ]
+    usage.sort(key=lambda item: (-item.cost_usd, item.feature, item.model))
+    return usage
+
+
+def features_of(usage: Iterable[FeatureModelUsage]) -> list[FeatureCost]:
+    """``feature_breakdown`` from ``feature_model_usage`` rows, without another query."""
+    cost: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    calls: dict[str, int] = defaultdict(int)
+    for item in usage:
+        cost[item.feature] += item.cost_usd
+        calls[item.feature] += item.calls
+    total = sum(cost.values(), ZERO)
+    features = [
+        FeatureCost(
+            feature=feature,
+            cost_usd=cost[feature],
+            calls=calls[feature],
+            share_percent=cost[feature] * 100 / total if total else ZERO,
+        )
+        for feature in cost
+    ]
+    features.sort(key=lambda item: (-item.cost_usd, item.feature))
+    return features
+
+
+def models_of(usage: Iterable[FeatureModelUsage]) -> list[ModelCost]:
+    """Cost, calls and unpriced calls per model from ``feature_model_usage`` rows."""
+    cost: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    calls: dict[str, int] = defaultdict(int)
+    unpriced: dict[str, int] = defaultdict(int)
+    provider: dict[str, str] = {}
+    for item in usage:
+        cost[item.model] += item.cost_usd
+        calls[item.model] += item.calls
+        unpriced[item.model] += item.unpriced_calls
+        provider[item.model] = max(provider.get(item.model, ""), item.provider)
+    total = sum(cost.values(), ZERO)
     models = [
         ModelCost(
-            model=row["model"],
-            provider=row["provider_name"] or "",
-            cost_usd=row["cost"] or ZERO,
-            calls=row["call_count"] or 0,
-            unpriced_calls=row["unpriced"] or 0,
-            share_percent=(row["cost"] or ZERO) * 100 / total if total else ZERO,
+            model=model,
+            provider=provider[model],
+            cost_usd=cost[model],
+            calls=calls[model],
+            unpriced_calls=unpriced[model],
+            share_percent=cost[model] * 100 / total if total else ZERO,
         )
-        for row in rows
+        for model in cost
     ]
     models.sort(key=lambda item: (-item.cost_usd, item.model))
     return models
+
+
+def model_breakdown(project: Project, month: date | None = None) -> list[ModelCost]:
+    """Cost, calls and unpriced calls per model in ``month``, most expensive first."""
+    return models_of(feature_model_usage(project, month))
 
 
 def user_margin(project: Project, user_key: str, month: date | None = None) -> UserMargin | None:
@@ -310,37 +372,6 @@ def user_margin(project: Project, user_key: str, month: date | None = None) -> U
         revenue_usd=_revenue(user_key, plan_name, reported, prices),
         calls=calls,
     )
-
-
-def user_usage(project: Project, user_key: str, month: date | None = None) -> list[UserUsage]:
-    """One user's cost and calls per (feature, model) in ``month``, most expensive first."""
-    month = _current_month(project, month)
-    rows = (
-        DailyUsage.objects.filter(
-            project=project, user_key=user_key, day__gte=month, day__lt=next_month(month)
-        )
-        .values("feature", "model")
-        .annotate(
-            provider_name=Max("provider"),
-            cost=Sum("cost_usd"),
-            call_count=Sum("calls"),
-            unpriced=Sum("unpriced_calls"),
-        )
-        .order_by()
-    )
-    usage = [
-        UserUsage(
-            feature=row["feature"] or NO_FEATURE_LABEL,
-            model=row["model"],
-            provider=row["provider_name"] or "",
-            cost_usd=row["cost"] or ZERO,
-            calls=row["call_count"] or 0,
-            unpriced_calls=row["unpriced"] or 0,
-        )
-        for row in rows
-    ]
-    usage.sort(key=lambda item: (-item.cost_usd, item.feature, item.model))
-    return usage
 
 
 def daily_user_costs(

@@ -4,7 +4,6 @@ paginated), so a page costs a handful of indexed queries at any event volume."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -153,7 +152,10 @@ def _top_advice(project: Project) -> list[Advice]:
 @require_GET
 @dashboard_page("overview")
 def overview(request: HttpRequest, project: Project) -> HttpResponse:
-    summary = reports.month_summary(project)
+    usage = reports.feature_model_usage(project)
+    summary = reports.month_summary(
+        project, margins=reports.user_margins(project), features=reports.features_of(usage)
+    )
     days = reports.daily_cost_and_revenue(project, CHART_DAYS)
     chart = charts.line_chart(
         [day.day for day in days],
@@ -163,7 +165,7 @@ def overview(request: HttpRequest, project: Project) -> HttpResponse:
         ],
         title=f"Daily AI cost against revenue, last {CHART_DAYS} days",
     )
-    unpriced = [item for item in reports.model_breakdown(project) if item.unpriced]
+    unpriced = [item for item in reports.models_of(usage) if item.unpriced]
     return render(
         request,
         "weckr_django/dashboard/overview.html",
@@ -260,13 +262,7 @@ def user_detail(request: HttpRequest, project: Project) -> HttpResponse:
     margin = reports.user_margin(project, user_key)
     if margin is None:
         raise Http404("No calls from this user this month.")
-    usage = reports.user_usage(project, user_key)
-    by_feature: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
-    by_model: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
-    for item in usage:
-        for bucket, key in ((by_feature, item.feature), (by_model, item.model)):
-            bucket[key][0] += item.cost_usd
-            bucket[key][1] += item.calls
+    usage = reports.feature_model_usage(project, user_key=user_key)
     spark = reports.daily_user_costs(project, [user_key], CHART_DAYS)[user_key]
     return render(
         request,
@@ -276,8 +272,8 @@ def user_detail(request: HttpRequest, project: Project) -> HttpResponse:
             project,
             margin=margin,
             usage=usage,
-            features=sorted(by_feature.items(), key=lambda kv: -kv[1][0]),
-            models=sorted(by_model.items(), key=lambda kv: -kv[1][0]),
+            features=reports.features_of(usage),
+            models=reports.models_of(usage),
             cap=_cap_status(project, margin),
             spark=charts.sparkline(spark, width=360, height=60),
         ),
@@ -287,8 +283,9 @@ def user_detail(request: HttpRequest, project: Project) -> HttpResponse:
 @require_GET
 @dashboard_page("features")
 def features(request: HttpRequest, project: Project) -> HttpResponse:
-    rows = reports.feature_breakdown(project)
-    models = reports.model_breakdown(project)
+    usage = reports.feature_model_usage(project)
+    rows = reports.features_of(usage)
+    models = reports.models_of(usage)
     return render(
         request,
         "weckr_django/dashboard/features.html",
@@ -306,7 +303,7 @@ def features(request: HttpRequest, project: Project) -> HttpResponse:
 @require_GET
 @dashboard_page("models")
 def models(request: HttpRequest, project: Project) -> HttpResponse:
-    rows = reports.model_breakdown(project)
+    rows = reports.models_of(reports.feature_model_usage(project))
     return render(
         request,
         "weckr_django/dashboard/models.html",
