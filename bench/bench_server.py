@@ -10,6 +10,11 @@ rebuilds the rollups from them in SQL, then, with that table in place, measures:
 - events per second through ``POST /api/v1/log/batch``, 500 events per request;
 - ``GET /api/v1/check`` latency (median and p99).
 
+By default the follow-up tasks of each ingest (loop detection, budget alerts) run
+in the request process, as in the embedded set-up without a broker. With
+``--broker redis://127.0.0.1:6379/15`` they are queued to that broker instead, as
+in production (nothing consumes them; the bench deletes its queue at the end).
+
 Requests go through Django's test ``Client`` in-process: the full middleware, DRF,
 authentication, validation, pricing and database work, one request at a time, but
 no sockets or HTTP server. The scratch database is dropped at the end.
@@ -51,7 +56,7 @@ def _admin(sql: str) -> None:
         connection.execute(sql)
 
 
-def _configure(database: str) -> None:
+def _configure(database: str, broker: str | None, queue: str) -> None:
     import django
     from django.conf import settings
 
@@ -64,8 +69,29 @@ def _configure(database: str) -> None:
     values["DATABASES"]["default"]["USER"] = PG["user"]
     values["DATABASES"]["default"].pop("user", None)
     values["WECKR"] = {"API_RATE_LIMIT": None, "DEFAULT_PROJECT": "bench"}
+    if broker:
+        values.update(
+            CELERY_BROKER_URL=broker,
+            CELERY_TASK_ALWAYS_EAGER=False,
+            CELERY_TASK_DEFAULT_QUEUE=queue,
+        )
     settings.configure(**values)
     django.setup()
+    if broker:
+        from celery import Celery
+
+        app = Celery("weckr_bench")
+        app.config_from_object("django.conf:settings", namespace="CELERY")
+        app.set_current()
+        app.set_default()
+
+
+def _drop_queue(broker: str, queue: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(broker)
+    for name in client.scan_iter(match=f"*{queue}*"):
+        client.delete(name)
 
 
 def _event(rng: random.Random, index: int) -> dict[str, Any]:
@@ -226,12 +252,16 @@ def main() -> int:
     parser.add_argument("--singles", type=int, default=2_000, help="Single-event POSTs.")
     parser.add_argument("--batches", type=int, default=40, help="Batch POSTs of 500 events.")
     parser.add_argument("--checks", type=int, default=3_000, help="GET /check requests.")
+    parser.add_argument(
+        "--broker", help="Queue follow-up tasks to this Redis URL instead of running them inline."
+    )
     options = parser.parse_args()
 
     database = f"weckr_bench_{os.getpid()}"
+    queue = f"weckr-bench-{os.getpid()}"
     _admin(f'CREATE DATABASE "{database}"')
     try:
-        _configure(database)
+        _configure(database, options.broker, queue)
         from django.core.management import call_command
         from django.test import Client
 
@@ -288,7 +318,9 @@ def main() -> int:
         p99 = latencies[int(len(latencies) * 0.99) - 1]
 
         total = UsageEvent.objects.filter(project=project).count()
+        follow_ups = f"queued to {options.broker}" if options.broker else "run inline"
         print(f"UsageEvent rows during the measurements: {total:,} (PostgreSQL, in-process Client)")
+        print(f"Follow-up tasks (loop detection, budget alerts): {follow_ups}")
         print(f"POST /api/v1/log        {single_rate:8.0f} events/s  (1 event per request)")
         print(f"POST /api/v1/log/batch  {batch_rate:8.0f} events/s  ({BATCH} events per request)")
         print(f"GET  /api/v1/check      median {median:.2f} ms, p99 {p99:.2f} ms")
@@ -297,6 +329,8 @@ def main() -> int:
         from django.db import connections
 
         connections.close_all()
+        if options.broker:
+            _drop_queue(options.broker, queue)
         _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     return 0
 
