@@ -75,7 +75,8 @@ def test_dashboard_in_chromium(live_server: LiveServer, screenshots: Path) -> No
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
             page.goto(f"{live_server.url}/admin/login/?next=/weckr/")
             page.fill("#id_username", "founder")
             page.fill("#id_password", "s3cret-pass")
@@ -117,8 +118,8 @@ def test_dashboard_in_chromium(live_server: LiveServer, screenshots: Path) -> No
             expect(page.locator("#alerts-table tbody tr").first).to_contain_text("Test alert")
             page.screenshot(path=str(screenshots / "alerts-after-test.png"), full_page=True)
 
-            phone = browser.new_page(viewport={"width": 390, "height": 844})
-            phone.context.add_cookies(page.context.cookies())
+            phone = context.new_page()  # same session, a phone-sized viewport
+            phone.set_viewport_size({"width": 390, "height": 844})
             phone.goto(f"{live_server.url}/weckr/")
             expect(phone.locator("#card-margin")).to_be_visible()
             phone.screenshot(path=str(screenshots / "overview-phone.png"), full_page=True)
