@@ -372,7 +372,8 @@ def main() -> int:
             connections.close_all()
             _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     else:
-        print("PostgreSQL on 127.0.0.1:5432 is not reachable: using a scratch SQLite file.")
+        reason = "as asked" if options.sqlite else "PostgreSQL on 127.0.0.1:5432 is not reachable"
+        print(f"Using a scratch SQLite file ({reason}).")
         with tempfile.TemporaryDirectory() as folder:
             configure(
                 {
