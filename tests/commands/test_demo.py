@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -121,3 +122,56 @@ def test_a_second_run_adds_nothing(demo: tuple[Path, str, str]) -> None:
     assert events == int(recorded.split()[1])
     assert query(database, "SELECT COUNT(*) FROM weckr_django_project") == [(1,)]
     assert query(database, "SELECT COUNT(*) FROM auth_user WHERE username = 'admin'") == [(1,)]
+
+
+_PAGES_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, os.environ["WECKR_ROOT"])
+os.environ["DJANGO_SETTINGS_MODULE"] = "example_project.settings"
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from django.test import Client
+import weckr_core
+from weckr_django.models import UsageEvent
+
+admin = get_user_model().objects.get(username="admin")
+client = Client(HTTP_HOST="localhost")
+client.force_login(admin)
+pages = [
+    client.post("/", {"text": "Quarterly notes", "model": "gpt-4o", "action": action}).status_code
+    for action in ("summarize", "draft")
+]
+weckr_core.get_backend().flush(10)
+events = UsageEvent.objects.filter(user_id=str(admin.pk)).order_by("feature")
+print(json.dumps({
+    "pages": pages,
+    "events": [[e.feature, e.source, e.plan_name, e.model, e.input_tokens > 0, float(e.cost_usd)]
+               for e in events],
+}))
+"""
+
+
+def test_the_pages_call_the_fake_llm_through_weckr(demo: tuple[Path, str, str]) -> None:
+    database, _, _ = demo
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    env.update(DATABASE_URL=f"sqlite:///{database}", WECKR_ROOT=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-c", _PAGES_SCRIPT],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert outcome["pages"] == [200, 200]
+    events = outcome["events"]
+    assert [event[:5] for event in events] == [
+        ["draft-email", "wrap", "pro", "gpt-4o", True],
+        ["summarize", "sdk", "pro", "gpt-4o", True],
+    ]
+    assert all(event[5] > 0 for event in events)
