@@ -258,7 +258,10 @@ class StatsView(WeckrAPIView):
 
     def get(self, request: Request, project_id: str) -> Response:
         project = self.project_from_url(request, project_id)
-        summary = reports.month_summary(project)
+        features = reports.feature_breakdown(project)
+        summary = reports.month_summary(
+            project, margins=reports.user_margins(project), features=features
+        )
         return Response(
             {
                 "totalCostUsd": float(summary.cost_usd),
@@ -284,7 +287,7 @@ class StatsView(WeckrAPIView):
                         "avgCostUsd": float(item.average_cost_usd),
                         "pctOfTotal": float(round(item.share_percent, 2)),
                     }
-                    for item in reports.feature_breakdown(project)
+                    for item in features
                 ],
             }
         )
