@@ -68,11 +68,11 @@ class Command(BaseCommand):
         created = plan.pk is None
         plan.save()
         cap = (
-            f"cap ${plan.monthly_cap_usd} per user per month, then {plan.cap_action}"
+            f"cap ${plan.monthly_cap_usd:.2f} per user per month, then {plan.cap_action}"
             if plan.monthly_cap_usd is not None
             else "no cap"
         )
         self.stdout.write(
             f"{'Created' if created else 'Updated'} plan {plan.name!r} of {project.name!r}: "
-            f"${plan.monthly_price_usd}/month, {cap}."
+            f"${plan.monthly_price_usd:.2f}/month, {cap}."
         )
