@@ -1,19 +1,24 @@
 """Celery tasks: ingest usage, detect runaway loops, check budgets, dispatch alerts.
 
-With no broker configured (the embedded default), the follow-up tasks run in the
-process that ingested, right after the commit; with a broker they are queued.
+With a broker the follow-up tasks are queued. With none (the embedded default) they
+run in this process on one background thread, so an API request never waits on loop
+detection, budget checks or a Slack webhook; with ``DELIVERY = "sync"`` (scripts and
+tests) they run right away on the calling thread.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, TypedDict
 
 from celery import Task, shared_task
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
@@ -217,17 +222,73 @@ def _dispatch_later(alert_id: int) -> Callable[[], None]:
 
 
 def run_task(task: Task[Any, Any], *args: Any) -> None:
-    """Queue ``task`` when a broker is configured; otherwise run it here and now
-    (the embedded default), logging rather than raising its errors."""
+    """Queue ``task`` when a broker is configured; otherwise run it in this process
+    (see the module docstring), logging rather than raising its errors."""
     if celery_broker_configured():
         task.delay(*args)
-        return
+    elif weckr_settings.DELIVERY == "sync":
+        _run_here(task, args)
+    else:
+        local_tasks.submit(task, args)
+
+
+def _run_here(task: Task[Any, Any], args: tuple[Any, ...]) -> None:
     try:
         task.apply(args=args, throw=True)
     except DatabaseError:
         logger.exception("Weckr: %s failed (database error).", task.name)
     except Exception:
         logger.exception("Weckr: %s failed.", task.name)
+
+
+class LocalTaskRunner:
+    """One daemon thread that runs tasks in order when there is no broker."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Task[Any, Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending = 0
+        self._thread: threading.Thread | None = None
+
+    def submit(self, task: Task[Any, Any], args: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._pending += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="weckr-local-tasks", daemon=True
+                )
+                self._thread.start()
+        self._queue.put((task, args))
+
+    def wait(self, timeout: float = 5.0) -> bool:
+        """Wait until every submitted task has run; False when time ran out."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            task, args = self._queue.get()
+            try:
+                _run_here(task, args)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+                    idle = self._pending == 0
+                    if idle:
+                        self._idle.notify_all()
+                if idle:
+                    # Give this thread's connections back while there is nothing to do.
+                    connections.close_all()
+
+
+local_tasks = LocalTaskRunner()
 
 
 def schedule_after_ingest(project_id: str, user_keys: list[str]) -> None:

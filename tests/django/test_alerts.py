@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 import pytest
 from django.core import mail
+from django.core.mail import EmailMessage
+from django.core.mail.backends import locmem
 from django.test.utils import override_settings
 from django.utils import timezone
 
@@ -148,3 +153,28 @@ def test_dispatch_alert_task_sends_pending_alerts():
     alert = AlertLog.objects.create(project=project, kind=AlertLog.Kind.TEST)
     assert tasks.dispatch_alert.delay(alert.pk).get() == AlertLog.Status.SENT
     assert len(mail.outbox) == 1
+
+
+class ThreadRecordingEmailBackend(locmem.EmailBackend):
+    sent_on: ClassVar[list[int]] = []
+
+    def send_messages(self, messages: Sequence[EmailMessage]) -> int:
+        self.sent_on.append(threading.get_ident())
+        return super().send_messages(messages)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_a_broker_follow_up_work_runs_off_the_ingesting_thread():
+    project = make_project(loop_token_threshold=1_000, alert_email="ops@example.com")
+    ThreadRecordingEmailBackend.sent_on.clear()
+    with override_settings(
+        WECKR={"DELIVERY": "thread"},
+        EMAIL_BACKEND=f"{__name__}.ThreadRecordingEmailBackend",
+    ):
+        burst(project, "u1", 2_000, 1)
+        assert tasks.local_tasks.wait(timeout=10)
+    alert = AlertLog.objects.get()
+    assert (alert.kind, alert.status) == (AlertLog.Kind.LOOP, AlertLog.Status.SENT)
+    assert len(mail.outbox) == 1
+    assert len(ThreadRecordingEmailBackend.sent_on) == 1
+    assert ThreadRecordingEmailBackend.sent_on[0] != threading.get_ident()
