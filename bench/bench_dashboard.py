@@ -201,12 +201,12 @@ SUMS = (
 
 def bulk_load(project_id: uuid.UUID, count: int, postgres: bool) -> None:
     """Insert the events, then build both rollups from them (project timezone UTC)."""
-    from django.db import connection
+    from django.db import connection, transaction
 
     now = datetime.now(UTC)
     # Priced before COPY holds the connection (price overrides read the database).
     generated = rows(project_id, count, now, _mixes())
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
         if postgres:
             raw = connection.connection
             with (
