@@ -11,14 +11,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Count, DateTimeField, F, Func, Max, Min, Q, QuerySet, Sum
+from django.db.models.sql.compiler import SQLCompiler
+
+if TYPE_CHECKING:
+    from django.db.models.sql.compiler import _AsSqlType
 
 from weckr_django.models import Project, UsageEvent
 from weckr_django.periods import month_bounds
 
 LOOP_ERROR_TYPES = ("WeckrLoopError", "CrewLoopError")
+
+
+class _NotIndexed(Func):
+    """The column as is; on SQLite written ``+column`` so the planner does not pick
+    the (project, timestamp) index over a whole month when (project, run_id) reaches
+    the few rows that belong to runs."""
+
+    template = "%(expressions)s"
+
+    def as_sqlite(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra_context: Any
+    ) -> _AsSqlType:
+        return self.as_sql(compiler, connection, template="+%(expressions)s", **extra_context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +63,8 @@ def run_rows(project: Project, month: date) -> QuerySet[UsageEvent, dict[str, An
     """One dict per run with events in ``month``, newest first: ready to paginate."""
     start, end = month_bounds(project, month)
     rows: QuerySet[UsageEvent, dict[str, Any]] = (
-        UsageEvent.objects.filter(
-            project=project, run_id__isnull=False, timestamp__gte=start, timestamp__lt=end
-        )
+        UsageEvent.objects.alias(at=_NotIndexed("timestamp", output_field=DateTimeField()))
+        .filter(project=project, run_id__isnull=False, at__gte=start, at__lt=end)
         .values("run_id")
         .annotate(
             source_name=Max("source"),
