@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         say("API key for the weckr-sdk (shown once):")
         say(plaintext)
     base = f"http://{options.host}:{options.port}"
-    say(f"Admin:  {base}/admin/   login: {ADMIN_USERNAME} / {ADMIN_PASSWORD}")
+    say(f"Dashboard: {base}/weckr/   login: {ADMIN_USERNAME} / {ADMIN_PASSWORD}")
+    say(f"Admin:  {base}/admin/")
     say(f"App:    {base}/   (signed in as {ADMIN_USERNAME}, plan pro)")
     if options.no_serve:
         return 0
