@@ -19,7 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy weckr_core weckr_django weckr_langchain weckr_crewai example_project
+	$(BIN)/mypy weckr_core weckr_django weckr_langchain weckr_crewai example_project tests bench
 
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest

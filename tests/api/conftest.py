@@ -43,7 +43,8 @@ class Api:
     def check(self, user_id: str, plan: str, model: str = "gpt-4o") -> dict[str, Any]:
         response = self.get("check", {"userId": user_id, "planName": plan, "model": model})
         assert response.status_code == 200, response.content
-        return response.json()
+        body: dict[str, Any] = response.json()
+        return body
 
 
 def event(**fields: Any) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.test import override_settings
 
 from tests.api.conftest import Api, event, expected_cost
@@ -7,7 +9,7 @@ from weckr_django.models import MonthlyUserSpend, UsageEvent
 
 
 def test_valid_events_are_stored_and_invalid_ones_listed(api: Api) -> None:
-    events = [
+    events: list[Any] = [
         event(eventId="b-1"),
         event(eventId="b-2", userId="someone@example.com"),
         event(eventId="b-3", userId="user-2", model="claude-sonnet-4", provider="anthropic"),
@@ -58,6 +60,7 @@ def test_an_empty_batch_is_fine(api: Api) -> None:
 
 
 def test_a_batch_that_is_not_a_list_is_400(api: Api) -> None:
+    payload: Any
     for payload in ({"events": {"0": event()}}, {"events": None}, [event()], {"other": []}):
         response = api.post("log/batch", payload)
         assert response.status_code == 400

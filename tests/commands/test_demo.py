@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def run_demo(database: Path) -> str:
     return result.stdout
 
 
-def query(database: Path, sql: str) -> list[tuple[object, ...]]:
+def query(database: Path, sql: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(database) as connection:
         return connection.execute(sql).fetchall()
 

@@ -120,7 +120,9 @@ def chat(wk: weckr.Weckr, client: openai.OpenAI, user: str, plan: str, model: st
 def wait_for_event(project: Project, user_id: str) -> UsageEvent:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        event = UsageEvent.objects.filter(project=project, user_id=user_id).first()
+        event: UsageEvent | None = UsageEvent.objects.filter(
+            project=project, user_id=user_id
+        ).first()
         if event is not None:
             return event
         time.sleep(0.05)
