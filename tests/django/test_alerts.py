@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import ClassVar
 
 import pytest
@@ -14,9 +15,9 @@ from django.utils import timezone
 
 from weckr_django import alerts, tasks
 from weckr_django.ingest import ingest_records
-from weckr_django.models import AlertLog
+from weckr_django.models import AlertLog, MonthlyUserSpend
 
-from .helpers import make_plan, make_project, make_record
+from .helpers import expected_cost, make_plan, make_project, make_record
 
 pytestmark = pytest.mark.django_db
 
@@ -110,6 +111,35 @@ def test_cap_and_soft_cap_alerts_once_per_month(django_capture_on_commit_callbac
     kinds = sorted(AlertLog.objects.values_list("kind", flat=True))
     assert kinds == sorted([AlertLog.Kind.SOFT_CAP, AlertLog.Kind.CAP_REACHED])
     assert len(mail.outbox) == 2
+
+
+def test_margin_alert_once_the_monthly_margin_falls_below_the_threshold(
+    django_capture_on_commit_callbacks,
+):
+    project = make_project(
+        alert_email="ops@example.com",
+        margin_alert_threshold_usd=Decimal("0.50"),
+        loop_token_threshold=10_000_000,  # these calls are large, but no runaway loop
+    )
+    make_plan(project, "starter", price="1")
+    # gpt-4o input is $2.50 per million tokens: 200,000 tokens cost $0.50.
+    first = make_record("m1", plan="starter", input_tokens=200_000, output_tokens=0)
+    assert expected_cost(first) == Decimal("0.5")
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_records(project, [first])
+    assert not AlertLog.objects.exists()  # margin $0.50 is not below $0.50
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_records(
+            project, [make_record("m2", plan="starter", input_tokens=4, output_tokens=0)]
+        )
+        ingest_records(
+            project, [make_record("m3", plan="starter", input_tokens=9, output_tokens=0)]
+        )
+    alert = AlertLog.objects.get()
+    assert (alert.kind, alert.user_id) == (AlertLog.Kind.MARGIN, "u1")
+    assert alert.details["margin"] == "0.50"  # $0.49996... rounds to cents in the message
+    assert MonthlyUserSpend.objects.get(user_key="u1").cost_usd > Decimal("0.5")
+    assert len(mail.outbox) == 1
 
 
 def test_slack_must_be_https():
