@@ -21,8 +21,15 @@ def field(obj: Any, *names: str) -> Any:
     """The first of ``names`` present on an object or a mapping, else None."""
     if obj is None:
         return None
+    # ``type() is dict`` first: usage dicts are the hot case and ABC checks are slow.
+    if type(obj) is dict or isinstance(obj, Mapping):
+        for name in names:
+            value = obj.get(name)
+            if value is not None:
+                return value
+        return None
     for name in names:
-        value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+        value = getattr(obj, name, None)
         if value is not None:
             return value
     return None
@@ -30,6 +37,8 @@ def field(obj: Any, *names: str) -> Any:
 
 def count(value: Any) -> int:
     """A token count as a non-negative int; junk and missing values are 0."""
+    if type(value) is int:
+        return value if value > 0 else 0
     if value is None or isinstance(value, bool):
         return 0
     try:
