@@ -44,7 +44,7 @@ from crewai.hooks.dispatch import (
     scoped_hooks,
 )
 
-from weckr_core.backends import Backend, get_backend
+from weckr_core.backends import Backend, RunStop, get_backend, report_run_stop
 from weckr_core.context import EMPTY, Attribution, current_attribution
 from weckr_core.errors import WeckrCapError, WeckrConfigError, WeckrLoopError
 from weckr_core.guards import RunGuard, RunLimits
@@ -315,7 +315,7 @@ class Kickoff:
         try:
             self.guard.before_llm_call()
         except WeckrLoopError as error:
-            self.stopped = CrewLoopError.from_error(error)
+            self.stopped = self._loop_stop(error, getattr(context, "agent", None))
             raise self.stopped from error
         with self._lock:
             call = LLMCall(
@@ -336,8 +336,16 @@ class Kickoff:
         except WeckrLoopError as error:
             # CrewAI turns a tool hook's abort into a "blocked" observation for the
             # model, so the stop is raised again before the next model call.
-            self.stopped = CrewLoopError.from_error(error)
+            self.stopped = self._loop_stop(error, getattr(context, "agent", None))
             raise self.stopped from error
+
+    def _loop_stop(self, error: WeckrLoopError, agent: Any) -> CrewLoopError:
+        """The error that stops the kickoff; the stop is also handed to the backend."""
+        stop = RunStop.from_error(
+            error, source="crewai", feature=self.attribution.feature, agent=_agent_role(agent)
+        )
+        report_run_stop(self.backend, stop)
+        return CrewLoopError.from_error(error)
 
     def _wait(self, call: LLMCall) -> None:
         if not call.done.wait(RECORD_WAIT_SECONDS):

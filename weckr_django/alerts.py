@@ -104,6 +104,14 @@ def compose(alert: AlertLog) -> AlertMessage:
             f"${details.get('revenue', '?')}, AI cost ${details.get('spend', '?')}, margin "
             f"${details.get('margin', '?')} (threshold ${details.get('threshold', '?')})."
         )
+    elif alert.kind == AlertLog.Kind.RUN_STOPPED:
+        subject = f"[Weckr] Agent run of user {who} stopped by a loop guard in {project.name}"
+        body = (
+            f"A {details.get('source', '?')} run ({details.get('run_id', '?')}) of user {who} "
+            f"was stopped before its next LLM call: {details.get('reason', '?')}. It had made "
+            f"{details.get('llm_calls', '?')} LLM calls, {alert.window_tokens or 0:,} tokens, "
+            f"${alert.window_cost_usd or 0:.4f}."
+        )
     else:
         subject = f"[Weckr] Test alert for {project.name}"
         body = "This is a test alert from Weckr. If you can read it, alerts reach you here."

@@ -31,7 +31,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 import weckr_core
-from weckr_core.backends.base import ALLOW, CapDecision
+from weckr_core.backends.base import ALLOW, CapDecision, RunStop
 from weckr_core.pricing import preload_prices
 from weckr_core.records import UsageRecord
 from weckr_django.conf import Delivery, effective_delivery, weckr_settings
@@ -237,6 +237,16 @@ class DjangoBackend:
             self._next_seq += 1
             self._start_worker()
             self._has_work.notify()
+
+    def record_run_stop(self, stop: RunStop) -> None:
+        """Keep a loop-guard stop as an alert on the project's channels (off the
+        caller's thread unless delivery is "sync")."""
+        from weckr_django import tasks
+
+        payload = tasks.run_stop_payload(stop)
+        _outside_event_loop(
+            lambda: tasks.run_task(tasks.record_run_stop, str(self.project().pk), payload)
+        )
 
     def flush(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout

@@ -409,6 +409,7 @@ class AlertLog(models.Model):
         SOFT_CAP = "soft_cap", "Approaching the cap"
         CAP_REACHED = "cap_reached", "Cap reached"
         MARGIN = "margin", "Margin below threshold"
+        RUN_STOPPED = "run_stopped", "Agent run stopped by a loop guard"
         TEST = "test", "Test alert"
 
     class Status(models.TextChoices):

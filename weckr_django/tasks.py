@@ -22,6 +22,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models import F, Sum
 from django.utils import timezone
 
+from weckr_core.backends import RunStop
 from weckr_core.records import UsageRecord
 from weckr_django import alerts
 from weckr_django.conf import celery_broker_configured, weckr_settings
@@ -141,6 +142,52 @@ def detect_loops(project_id: str, user_ids: Sequence[str]) -> list[int]:
             transaction.on_commit(_dispatch_later(alert.pk), robust=True)
         created.append(alert.pk)
     return created
+
+
+@shared_task(name="weckr_django.record_run_stop", autoretry_for=_DB_ERRORS, max_retries=3)
+def record_run_stop(project_id: str, stop: dict[str, Any]) -> int | None:
+    """Keep a loop-guard stop (``run_stop_payload``) as an alert and send it. Once per
+    run: a redelivered task adds nothing."""
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
+        return None
+    run_id = stop.get("run_id")
+    with transaction.atomic():
+        if run_id is not None:
+            Project.objects.select_for_update().filter(pk=project.pk).first()
+            if AlertLog.objects.filter(
+                project=project, kind=AlertLog.Kind.RUN_STOPPED, details__run_id=run_id
+            ).exists():
+                return None
+        alert = AlertLog.objects.create(
+            project=project,
+            kind=AlertLog.Kind.RUN_STOPPED,
+            user_id=stop.get("user_id"),
+            window_tokens=int(stop.get("tokens") or 0),
+            window_cost_usd=Decimal(str(stop.get("cost_usd") or 0)),
+            details={
+                key: stop.get(key)
+                for key in ("run_id", "reason", "source", "llm_calls", "plan", "feature", "agent")
+            },
+        )
+        transaction.on_commit(_dispatch_later(alert.pk), robust=True)
+    return alert.pk
+
+
+def run_stop_payload(stop: RunStop) -> dict[str, Any]:
+    """``stop`` as the JSON-able argument of ``record_run_stop``."""
+    return {
+        "run_id": stop.run_id,
+        "reason": stop.reason,
+        "source": stop.source,
+        "llm_calls": stop.llm_calls,
+        "tokens": stop.tokens,
+        "cost_usd": str(stop.cost_usd),
+        "user_id": stop.user_id,
+        "plan": stop.plan,
+        "feature": stop.feature,
+        "agent": stop.agent,
+    }
 
 
 @shared_task(name="weckr_django.check_budgets", autoretry_for=_DB_ERRORS, max_retries=3)

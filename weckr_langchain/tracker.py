@@ -23,7 +23,7 @@ from uuid import UUID
 
 from langchain_core.outputs import LLMResult
 
-from weckr_core.backends import Backend, CapDecision, get_backend
+from weckr_core.backends import Backend, CapDecision, RunStop, get_backend, report_run_stop
 from weckr_core.context import EMPTY, Attribution, current_attribution
 from weckr_core.errors import (
     WeckrCapError,
@@ -284,7 +284,11 @@ class RunTracker:
             tags = (*tags, DOWNGRADE_SKIPPED_TAG)
 
         if guard is not None:
-            guard.before_llm_call()
+            try:
+                guard.before_llm_call()
+            except WeckrLoopError as error:
+                self._report_stop(error, feature, agent_of(metadata, run.parent_name))
+                raise
         return _LlmCall(
             root=root,
             parent_run_id=parent_run_id,
@@ -298,6 +302,10 @@ class RunTracker:
             agent=agent_of(metadata, run.parent_name),
             tags=tags,
         )
+
+    def _report_stop(self, error: WeckrLoopError, feature: str | None, agent: str | None) -> None:
+        stop = RunStop.from_error(error, source="langchain", feature=feature, agent=agent)
+        report_run_stop(self.backend or get_backend(), stop)
 
     def _check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
         backend = self.backend or get_backend()
@@ -421,6 +429,10 @@ class RunTracker:
         if guard is not None:
             try:
                 guard.on_tool_call(tool, arguments)
+            except WeckrLoopError as error:
+                self._report_stop(error, self.feature, run.parent_name)
+                self._exit(run_id)
+                raise
             except BaseException:
                 self._exit(run_id)
                 raise

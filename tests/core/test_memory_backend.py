@@ -4,7 +4,8 @@ import warnings
 from decimal import Decimal
 
 import weckr_core
-from weckr_core import MemoryBackend, UsageRecord, calculate_cost
+from weckr_core import MemoryBackend, UsageRecord, WeckrLoopError, calculate_cost
+from weckr_core.backends import CapDecision, RunStop, report_run_stop
 
 
 def record(user: str | None, model: str = "gpt-4o", input_tokens: int = 1000) -> UsageRecord:
@@ -92,3 +93,32 @@ def test_wire_payload_is_camel_case_and_carries_no_text() -> None:
     assert payload["planRevenueUsd"] == 29.0
     assert payload["tags"] == ["a"]
     assert not {"prompt", "messages", "content", "completion"} & set(payload)
+
+
+def test_run_stops_go_to_backends_that_keep_them_and_nowhere_else() -> None:
+    error = WeckrLoopError(
+        "max_llm_calls=3 reached", llm_calls=3, tokens=90, cost=Decimal("0.2"), run_id="r1"
+    )
+    stop = RunStop.from_error(error, source="langchain", agent="researcher")
+    assert (stop.run_id, stop.llm_calls, stop.tokens, stop.cost_usd) == (
+        "r1",
+        3,
+        90,
+        Decimal("0.2"),
+    )
+
+    memory = MemoryBackend()
+    report_run_stop(memory, stop)
+    assert memory.run_stops == [stop]
+
+    class RecordsOnly:
+        def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+            return CapDecision()
+
+        def record(self, record: UsageRecord) -> None:
+            raise AssertionError("a stop is not a usage record")
+
+        def flush(self, timeout: float = 5.0) -> bool:
+            return True
+
+    report_run_stop(RecordsOnly(), stop)  # nowhere to keep it: ignored, no error

@@ -203,6 +203,14 @@ def test_max_llm_calls_stops_a_runaway_agent_at_the_limit(memory_backend: Memory
     assert stopped.value.llm_calls == 5
     assert isinstance(stopped.value, HookAborted)
     assert is_weckr_cap_error(stopped.value)
+    # The refused call has no record; the stop is kept for the dashboard.
+    [stop] = memory_backend.run_stops
+    assert (stop.run_id, stop.source, stop.llm_calls) == (
+        memory_backend.records[0].run_id,
+        "crewai",
+        5,
+    )
+    assert stop.agent is not None
 
 
 def test_max_cost_usd_stops_a_runaway_agent_at_the_limit(memory_backend: MemoryBackend) -> None:
@@ -248,6 +256,7 @@ def test_repeated_tool_guard_stops_the_fourth_identical_call(
     assert len(llm.calls) == 4
     assert len(memory_backend.records) == 4
     assert "max_repeated_tool_calls=3" in stopped.value.reason
+    assert [stop.reason for stop in memory_backend.run_stops] == [stopped.value.reason]
     assert weckr.last_run is not None and weckr.last_run.tool_calls == ["lookup"] * 4
 
 

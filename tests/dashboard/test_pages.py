@@ -12,6 +12,7 @@ from django.test import Client
 
 from tests.dashboard.figures import amount, card_value, dollars, row_cells
 from tests.dashboard.traffic import RUNS, expected_figures, month_events, plan_price
+from weckr_core.backends import RunStop, get_backend, report_run_stop
 from weckr_django.dashboard import views
 from weckr_django.models import AlertLog, Project
 from weckr_django.periods import local_day
@@ -195,6 +196,26 @@ def test_agents_page_marks_stopped_and_failed_runs(staff_client: Client, project
         assert cells[5] == str(totals["n"]) == str(calls)
         assert cells[7] == amount(totals["cost"], 4)
         assert cells[8] == outcomes[run_id]
+
+
+def test_agents_page_marks_a_run_whose_stop_an_integration_reported(
+    staff_client: Client, project: Project
+) -> None:
+    # The refused call has no row: only the reported stop says the run was stopped.
+    assert not month_events(project).filter(run_id="run-ok-1", status="error").exists()
+    stop = RunStop(
+        run_id="run-ok-1",
+        reason="max_cost_usd=0.01 reached",
+        source="langchain",
+        llm_calls=4,
+        tokens=1_000,
+        cost_usd=Decimal("0.01"),
+    )
+    report_run_stop(get_backend(), stop)
+
+    html = staff_client.get("/weckr/agents/").content.decode()
+    assert row_cells(html, "run", "run-ok-1")[8] == "stopped by loop guard"
+    assert row_cells(html, "run", "run-fail-1")[8] == "ended in error"
 
 
 def test_recommendations_page(staff_client: Client, project: Project) -> None:

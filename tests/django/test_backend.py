@@ -4,14 +4,16 @@ import threading
 from decimal import Decimal
 
 import pytest
+from django.core import mail
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.test.utils import CaptureQueriesContext, override_settings
 
 import weckr_core
+from weckr_core.backends import RunStop
 from weckr_django.backend import DjangoBackend, install_default_backend
 from weckr_django.ingest import ingest_records
-from weckr_django.models import MonthlyUserSpend, Project, UsageEvent
+from weckr_django.models import AlertLog, MonthlyUserSpend, Project, UsageEvent
 
 from .helpers import make_plan, make_project, make_record
 
@@ -173,3 +175,39 @@ def test_in_process_records_follow_the_servers_privacy_rules(caplog):
     DjangoBackend(delivery="sync").record(make_record("e1", user_id="ada@example.com"))
     assert not UsageEvent.objects.exists()
     assert any("e-mail address" in message for message in caplog.messages)
+
+
+@pytest.mark.django_db
+def test_a_reported_run_stop_becomes_one_alert_sent_on_the_projects_channels(
+    django_capture_on_commit_callbacks,
+):
+    project = make_project(alert_email="ops@example.com")
+    backend = DjangoBackend()
+    stop = RunStop(
+        run_id="run-7",
+        reason="max_llm_calls=5 reached",
+        source="langchain",
+        llm_calls=5,
+        tokens=6_000,
+        cost_usd=Decimal("0.0315"),
+        user_id="u1",
+        plan="pro",
+        agent="researcher",
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        weckr_core.backends.report_run_stop(backend, stop)
+        weckr_core.backends.report_run_stop(backend, stop)  # a resend adds nothing
+
+    alert = AlertLog.objects.get(project=project)
+    assert (alert.kind, alert.user_id, alert.status) == (
+        AlertLog.Kind.RUN_STOPPED,
+        "u1",
+        AlertLog.Status.SENT,
+    )
+    assert (alert.window_tokens, alert.window_cost_usd) == (6_000, Decimal("0.0315"))
+    assert alert.details["run_id"] == "run-7"
+    assert alert.details["agent"] == "researcher"
+    [message] = mail.outbox
+    assert "stopped by a loop guard" in message.subject
+    assert "max_llm_calls=5 reached" in message.body

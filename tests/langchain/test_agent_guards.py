@@ -42,6 +42,10 @@ def test_max_llm_calls_stops_an_agent_that_calls_a_tool_forever(
     assert stopped.value.run_id == records[0].run_id
     assert len(tool_runs) == 5
     assert handler.tracker.open_runs == 0
+    # No record for the refused call, but the stop itself is kept for the dashboard.
+    [stop] = memory_backend.run_stops
+    assert (stop.run_id, stop.source, stop.llm_calls) == (records[0].run_id, "langchain", 5)
+    assert stop.reason == stopped.value.reason
 
 
 def test_max_cost_usd_stops_the_run_once_the_budget_is_spent(
@@ -91,6 +95,7 @@ def test_repeated_tool_guard_blocks_the_tool_before_it_runs(
     assert model.calls == 4
     assert "search called 4 times in a row" in stopped.value.reason
     assert len(memory_backend.records) == 4
+    assert [stop.reason for stop in memory_backend.run_stops] == [stopped.value.reason]
     assert handler.tracker.open_runs == 0
 
 

@@ -3,7 +3,14 @@ from __future__ import annotations
 import threading
 import warnings
 
-from weckr_core.backends.base import ALLOW, Backend, CapAction, CapDecision
+from weckr_core.backends.base import (
+    ALLOW,
+    Backend,
+    CapAction,
+    CapDecision,
+    RunStop,
+    report_run_stop,
+)
 from weckr_core.backends.memory import MemoryBackend
 
 __all__ = [
@@ -12,8 +19,10 @@ __all__ = [
     "CapAction",
     "CapDecision",
     "MemoryBackend",
+    "RunStop",
     "configure",
     "get_backend",
+    "report_run_stop",
 ]
 
 _lock = threading.Lock()

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
-from weckr_core.records import UsageRecord
+from weckr_core.errors import WeckrLoopError
+from weckr_core.records import Source, UsageRecord, utc_now
+
+logger = logging.getLogger("weckr")
 
 CapAction = Literal["allow", "block", "downgrade"]
 
@@ -47,3 +52,55 @@ class Backend(Protocol):
     def record(self, record: UsageRecord) -> None: ...
 
     def flush(self, timeout: float = 5.0) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunStop:
+    """A loop guard stopped an agent run. The refused call never reached the provider,
+    so it has no usage record; this says the run was stopped, and why."""
+
+    run_id: str | None
+    reason: str
+    source: Source
+    llm_calls: int
+    tokens: int
+    cost_usd: Decimal
+    user_id: str | None = None
+    plan: str | None = None
+    feature: str | None = None
+    agent: str | None = None
+    timestamp: datetime = field(default_factory=utc_now)
+
+    @classmethod
+    def from_error(
+        cls,
+        error: WeckrLoopError,
+        *,
+        source: Source,
+        feature: str | None = None,
+        agent: str | None = None,
+    ) -> RunStop:
+        return cls(
+            run_id=error.run_id,
+            reason=error.reason,
+            source=source,
+            llm_calls=error.llm_calls,
+            tokens=error.tokens,
+            cost_usd=error.cost,
+            user_id=error.user_id,
+            plan=error.plan_name,
+            feature=feature,
+            agent=agent,
+        )
+
+
+def report_run_stop(backend: Backend, stop: RunStop) -> None:
+    """Hand ``stop`` to a backend that keeps run stops (``record_run_stop``: the
+    Django and memory backends); others have nowhere to put it. Never raises."""
+    keep = getattr(backend, "record_run_stop", None)
+    if keep is None:
+        return
+    try:
+        keep(stop)
+    except Exception:
+        logger.exception("Weckr: could not record the stop of run %s", stop.run_id)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from weckr_core.backends.base import ALLOW, CapDecision
+from weckr_core.backends.base import ALLOW, CapDecision, RunStop
 from weckr_core.pricing import cheaper_alternative
 from weckr_core.records import UsageRecord
 
@@ -21,7 +21,8 @@ class MemoryCap:
 class MemoryBackend:
     """Keeps records in memory and decides caps from them: for tests and scripts.
 
-    ``records`` holds every record (priced on arrival). Caps are set per plan with
+    ``records`` holds every record (priced on arrival), ``run_stops`` every run a
+    loop guard stopped. Caps are set per plan with
     ``set_cap``; spend per user is the sum of their recorded costs plus anything set
     with ``set_spend``. ``max_records`` bounds memory for long-running processes.
     """
@@ -32,6 +33,7 @@ class MemoryBackend:
         self._spend: dict[str, Decimal] = {}
         self._caps: dict[str, MemoryCap] = {}
         self.check_calls = 0
+        self.run_stops: list[RunStop] = []
 
     @property
     def records(self) -> list[UsageRecord]:
@@ -84,6 +86,10 @@ class MemoryBackend:
     def record_many(self, records: Iterable[UsageRecord]) -> None:
         for record in records:
             self.record(record)
+
+    def record_run_stop(self, stop: RunStop) -> None:
+        with self._lock:
+            self.run_stops.append(stop)
 
     def flush(self, timeout: float = 5.0) -> bool:
         return True

@@ -1,9 +1,10 @@
 """Cost per agent run / crew kickoff, read from ``UsageEvent`` through its
 (project, run_id) index and bounded to one month; callers paginate.
 
-Neither integration writes a row for the call a loop guard refuses (the guard
-raises before the provider is called), so a run is marked *stopped* when one of
-its rows carries a loop-error type, and *ended in error* when its last row failed.
+The call a loop guard refuses has no row (the guard raises before the provider is
+called); the integrations report the stop itself, which the Django backend keeps as
+a "run stopped" alert. A run is marked *stopped* when such an alert names it (or one
+of its rows carries a loop-error type), and *ended in error* when its last row failed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from django.db.models.sql.compiler import SQLCompiler
 if TYPE_CHECKING:
     from django.db.models.sql.compiler import _AsSqlType
 
-from weckr_django.models import Project, UsageEvent
+from weckr_django.models import AlertLog, Project, UsageEvent
 from weckr_django.periods import month_bounds
 
 LOOP_ERROR_TYPES = ("WeckrLoopError", "CrewLoopError")
@@ -107,6 +108,11 @@ def describe_runs(project: Project, rows: list[dict[str, Any]]) -> list[AgentRun
             # Calls ending at the same instant: a failure among them counts.
             if last_status.get(run_id) != UsageEvent.Status.ERROR:
                 last_status[run_id] = status
+    stopped = set(
+        AlertLog.objects.filter(
+            project=project, kind=AlertLog.Kind.RUN_STOPPED, details__run_id__in=run_ids
+        ).values_list("details__run_id", flat=True)
+    )
     return [
         AgentRun(
             run_id=row["run_id"],
@@ -119,7 +125,7 @@ def describe_runs(project: Project, rows: list[dict[str, Any]]) -> list[AgentRun
             started=row["started"],
             ended=row["ended"],
             error_calls=row["errors"],
-            loop_stopped=row["loop_errors"] > 0,
+            loop_stopped=row["loop_errors"] > 0 or row["run_id"] in stopped,
             last_status=last_status.get(row["run_id"]),
         )
         for row in rows
