@@ -38,7 +38,7 @@ from django.db import transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from example_project.saas.models import Profile  # noqa: E402
-from weckr_core.pricing import cheaper_alternative, price_usage  # noqa: E402
+from weckr_core.pricing import cheaper_alternative, price_record  # noqa: E402
 from weckr_core.records import UsageRecord  # noqa: E402
 from weckr_django import reports  # noqa: E402
 from weckr_django.caps import decide  # noqa: E402
@@ -277,15 +277,7 @@ def _record(rng: random.Random, feature: Feature, model: str, moment: datetime) 
 
 
 def _cost(record: UsageRecord) -> Decimal:
-    return price_usage(
-        record.model,
-        input_tokens=record.input_tokens,
-        output_tokens=record.output_tokens,
-        cached_input_tokens=record.cached_input_tokens,
-        cache_creation_tokens=record.cache_creation_tokens,
-        reasoning_tokens=record.reasoning_tokens,
-        provider=record.provider,
-    ).usd
+    return price_record(record).usd
 
 
 def runaway_agent(user_id: str, now: datetime) -> list[UsageRecord]:

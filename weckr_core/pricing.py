@@ -15,7 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from weckr_core.records import UsageRecord
 
 _MILLION = Decimal(1_000_000)
 _ZERO = Decimal(0)
@@ -287,6 +290,19 @@ def price_usage(
         + billed_output * pricing.output.per_mtok(prompt)
     ) / _MILLION
     return Cost(usd=usd, priced=pricing.priced, model=pricing.model)
+
+
+def price_record(record: UsageRecord) -> Cost:
+    """The cost of one recorded call, from its model and token counts."""
+    return price_usage(
+        record.model,
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        cached_input_tokens=record.cached_input_tokens,
+        cache_creation_tokens=record.cache_creation_tokens,
+        reasoning_tokens=record.reasoning_tokens,
+        provider=record.provider,
+    )
 
 
 def calculate_cost(

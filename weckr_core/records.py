@@ -105,17 +105,9 @@ class UsageRecord:
     def ensure_priced(self) -> UsageRecord:
         """Fill ``cost_usd`` and ``priced`` from the price table, if not done yet."""
         if self.cost_usd is None:
-            from weckr_core.pricing import price_usage
+            from weckr_core.pricing import price_record
 
-            cost = price_usage(
-                self.model,
-                input_tokens=self.input_tokens,
-                output_tokens=self.output_tokens,
-                cached_input_tokens=self.cached_input_tokens,
-                cache_creation_tokens=self.cache_creation_tokens,
-                reasoning_tokens=self.reasoning_tokens,
-                provider=self.provider,
-            )
+            cost = price_record(self)
             self.cost_usd = cost.usd
             self.priced = cost.priced
         return self

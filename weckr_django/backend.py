@@ -14,15 +14,12 @@ Delivery (``WECKR["DELIVERY"]``):
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
 import logging
-import os
 import threading
 import time
 import uuid
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
@@ -31,6 +28,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 import weckr_core
+from weckr_core.backends import lifecycle
 from weckr_core.backends.base import ALLOW, CapDecision, RunStop
 from weckr_core.pricing import preload_prices
 from weckr_core.records import UsageRecord
@@ -41,7 +39,6 @@ logger = logging.getLogger("weckr_django")
 
 DEFAULT_PROJECT_NAME: Final = "Default"
 MAX_BATCH: Final = 500
-ATEXIT_FLUSH_SECONDS: Final = 2.0
 _MAX_CACHED_DECISIONS: Final = 10_000
 _BROKER_RETRY_DELAYS: Final = (0.5, 2.0, 5.0)
 _DB_RETRY_DELAYS: Final = (0.5, 2.0, 5.0)
@@ -150,7 +147,7 @@ class DjangoBackend:
         self._decisions: dict[_DecisionKey, tuple[float, CapDecision]] = {}
         self._max_queue = max_queue
         self._init_queue()
-        _live_backends.add(self)
+        lifecycle.watch(self)
 
     def _init_queue(self) -> None:
         self._lock = threading.Lock()
@@ -411,22 +408,3 @@ def install_default_backend() -> DjangoBackend | None:
     backend = previous if isinstance(previous, DjangoBackend) else DjangoBackend()
     weckr_core.configure(backend)
     return backend
-
-
-_live_backends: weakref.WeakSet[DjangoBackend] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for backend in list(_live_backends):
-        backend._after_fork_in_child()
-
-
-def _flush_at_exit() -> None:
-    deadline = time.monotonic() + ATEXIT_FLUSH_SECONDS
-    for backend in list(_live_backends):
-        backend.flush(max(0.0, deadline - time.monotonic()))
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_flush_at_exit)

@@ -22,7 +22,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 from django.utils import timezone
 
-from weckr_core.pricing import price_usage
+from weckr_core import pricing
 from weckr_core.records import UsageRecord
 from weckr_django import overrides
 from weckr_django.models import ANONYMOUS_KEY, DailyUsage, MonthlyUserSpend, Project, UsageEvent
@@ -97,15 +97,7 @@ def _after_commit(project: Project, user_keys: list[str]) -> None:
 
 
 def price_record(record: UsageRecord) -> tuple[Decimal, bool]:
-    cost = price_usage(
-        record.model,
-        input_tokens=record.input_tokens,
-        output_tokens=record.output_tokens,
-        cached_input_tokens=record.cached_input_tokens,
-        cache_creation_tokens=record.cache_creation_tokens,
-        reasoning_tokens=record.reasoning_tokens,
-        provider=record.provider,
-    )
+    cost = pricing.price_record(record)
     return cost.usd.quantize(_COST_PLACES), cost.priced
 
 

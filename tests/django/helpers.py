@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from weckr_core.pricing import price_usage
+from weckr_core.pricing import price_record
 from weckr_core.records import UsageRecord
 from weckr_django.models import Plan, Project
 
@@ -53,12 +53,4 @@ def make_record(
 
 
 def expected_cost(record: UsageRecord) -> Decimal:
-    return price_usage(
-        record.model,
-        input_tokens=record.input_tokens,
-        output_tokens=record.output_tokens,
-        cached_input_tokens=record.cached_input_tokens,
-        cache_creation_tokens=record.cache_creation_tokens,
-        reasoning_tokens=record.reasoning_tokens,
-        provider=record.provider,
-    ).usd.quantize(Decimal("0.0000000001"))
+    return price_record(record).usd.quantize(Decimal("0.0000000001"))

@@ -9,14 +9,11 @@ header and the payload are those of the published weckr-sdk.
 
 from __future__ import annotations
 
-import atexit
 import enum
 import logging
 import math
-import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -24,7 +21,9 @@ from typing import Any, Final
 
 import httpx
 
+from weckr_core.backends import lifecycle
 from weckr_core.backends.base import ALLOW, CapDecision
+from weckr_core.backends.lifecycle import ATEXIT_FLUSH_SECONDS
 from weckr_core.errors import WeckrConfigError
 from weckr_core.pricing import preload_prices
 from weckr_core.records import UsageRecord
@@ -32,7 +31,6 @@ from weckr_core.records import UsageRecord
 DEFAULT_LOG_ENDPOINT: Final = "https://app.useweckr.com/api/v1/log"
 DEFAULT_CHECK_ENDPOINT: Final = "https://app.useweckr.com/api/v1/check"
 SERVER_MAX_BATCH_SIZE: Final = 500
-ATEXIT_FLUSH_SECONDS: Final = 2.0
 MAX_RETRY_AFTER_SECONDS: Final = 30.0
 _MAX_CACHED_DECISIONS: Final = 10_000
 
@@ -133,7 +131,7 @@ class HttpBackend:
         # race with SDKs that read sys.modules without the import lock on other threads.
         preload_prices()
         self._init_state()
-        _live_backends.add(self)
+        lifecycle.watch(self)
 
     def _init_state(self) -> None:
         # Everything that must not cross a fork: locks, threads, connections, queue.
@@ -292,7 +290,7 @@ class HttpBackend:
             self._progress.notify_all()
             sender = self._sender
         self._stopping.set()
-        _live_backends.discard(self)
+        lifecycle.unwatch(self)
         self._report_dropped()
         if leftovers:
             self._report(
@@ -558,22 +556,3 @@ def _decimal(value: Any) -> Decimal | None:
     if not number.is_finite():
         raise ValueError(f"not a finite number: {value!r}")
     return number
-
-
-_live_backends: weakref.WeakSet[HttpBackend] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for backend in list(_live_backends):
-        backend._after_fork_in_child()
-
-
-def _flush_at_exit() -> None:
-    deadline = time.monotonic() + ATEXIT_FLUSH_SECONDS
-    for backend in list(_live_backends):
-        backend.flush(max(0.0, deadline - time.monotonic()))
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_flush_at_exit)
