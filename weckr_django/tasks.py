@@ -18,7 +18,14 @@ from decimal import Decimal
 from typing import Any, TypedDict
 
 from celery import Task, shared_task
-from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connections,
+    transaction,
+)
 from django.db.models import F, Sum
 from django.utils import timezone
 
@@ -279,6 +286,10 @@ def run_task(task: Task[Any, Any], *args: Any) -> None:
         local_tasks.submit(task, args)
 
 
+def _runs_on_local_thread() -> bool:
+    return not celery_broker_configured() and weckr_settings.DELIVERY != "sync"
+
+
 def _run_here(task: Task[Any, Any], args: tuple[Any, ...]) -> None:
     try:
         task.apply(args=args, throw=True)
@@ -289,16 +300,25 @@ def _run_here(task: Task[Any, Any], args: tuple[Any, ...]) -> None:
 
 
 class LocalTaskRunner:
-    """One daemon thread that runs tasks in order when there is no broker."""
+    """One daemon thread that runs tasks in order when there is no broker.
+
+    Follow-up work after ingest is merged per project while it waits: a burst of
+    ingests queues one loop-detection and budget pass over all the users it touched,
+    so the queue cannot outgrow the thread under sustained load.
+    """
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[Task[Any, Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        # A None task stands for the merged follow-up work of one project.
+        self._queue: queue.SimpleQueue[tuple[Task[Any, Any] | None, tuple[Any, ...]]] = (
+            queue.SimpleQueue()
+        )
+        self._follow_ups: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._pending = 0
         self._thread: threading.Thread | None = None
 
-    def submit(self, task: Task[Any, Any], args: tuple[Any, ...]) -> None:
+    def submit(self, task: Task[Any, Any] | None, args: tuple[Any, ...]) -> None:
         with self._lock:
             self._pending += 1
             if self._thread is None or not self._thread.is_alive():
@@ -307,6 +327,21 @@ class LocalTaskRunner:
                 )
                 self._thread.start()
         self._queue.put((task, args))
+
+    def submit_follow_up(self, project_id: str, user_keys: Sequence[str]) -> None:
+        with self._lock:
+            waiting = self._follow_ups.get(project_id)
+            if waiting is not None:
+                waiting.update(user_keys)
+                return
+            self._follow_ups[project_id] = set(user_keys)
+        self.submit(None, (project_id,))
+
+    @property
+    def pending(self) -> int:
+        """Queued and running items (a project's merged follow-up counts once)."""
+        with self._lock:
+            return self._pending
 
     def wait(self, timeout: float = 5.0) -> bool:
         """Wait until every submitted task has run; False when time ran out."""
@@ -323,7 +358,17 @@ class LocalTaskRunner:
         while True:
             task, args = self._queue.get()
             try:
-                _run_here(task, args)
+                # A connection broken since the last task (a restarted server) is
+                # replaced, as Django does at the start of each request.
+                close_old_connections()
+                if task is None:
+                    (project_id,) = args
+                    with self._lock:
+                        user_keys = sorted(self._follow_ups.pop(project_id))
+                    _run_here(detect_loops, (project_id, user_keys))
+                    _run_here(check_budgets, (project_id, user_keys))
+                else:
+                    _run_here(task, args)
             finally:
                 with self._lock:
                     self._pending -= 1
@@ -340,5 +385,8 @@ local_tasks = LocalTaskRunner()
 
 def schedule_after_ingest(project_id: str, user_keys: list[str]) -> None:
     """Follow-up work after new usage is committed: loop detection, budget alerts."""
+    if _runs_on_local_thread():
+        local_tasks.submit_follow_up(project_id, user_keys)
+        return
     run_task(detect_loops, project_id, user_keys)
     run_task(check_budgets, project_id, user_keys)

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import ClassVar
 
 import pytest
+from celery import shared_task
 from django.core import mail
 from django.core.mail import EmailMessage
 from django.core.mail.backends import locmem
@@ -208,3 +209,29 @@ def test_without_a_broker_follow_up_work_runs_off_the_ingesting_thread():
     assert len(mail.outbox) == 1
     assert len(ThreadRecordingEmailBackend.sent_on) == 1
     assert ThreadRecordingEmailBackend.sent_on[0] != threading.get_ident()
+
+
+_release = threading.Event()
+
+
+@shared_task(name="tests.block_local_runner")
+def block_local_runner() -> None:
+    _release.wait(10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_follow_up_work_waiting_on_the_local_thread_is_merged_per_project():
+    project = make_project(loop_token_threshold=1_000)
+    burst(project, "u1", 2_000, 1, prefix="x")
+    burst(project, "u2", 2_000, 1, prefix="y")
+    runner = tasks.LocalTaskRunner()
+    _release.clear()
+    runner.submit(block_local_runner, ())
+    for user_keys in (["u1"], ["u2"], ["u1"]):
+        runner.submit_follow_up(str(project.pk), user_keys)
+    assert runner.pending == 2  # the blocker, and one pass over u1 and u2
+    _release.set()
+    assert runner.wait(timeout=10)
+    alerts = AlertLog.objects.filter(kind=AlertLog.Kind.LOOP)
+    assert set(alerts.values_list("user_id", flat=True)) == {"u1", "u2"}
+    assert alerts.count() == 2
