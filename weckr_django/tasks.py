@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 from celery import Task, shared_task
 from django.db import (
@@ -278,16 +278,21 @@ def _dispatch_later(alert_id: int) -> Callable[[], None]:
 def run_task(task: Task[Any, Any], *args: Any) -> None:
     """Queue ``task`` when a broker is configured; otherwise run it in this process
     (see the module docstring), logging rather than raising its errors."""
-    if celery_broker_configured():
+    route = _task_route()
+    if route == "broker":
         task.delay(*args)
-    elif weckr_settings.DELIVERY == "sync":
+    elif route == "here":
         _run_here(task, args)
     else:
         local_tasks.submit(task, args)
 
 
-def _runs_on_local_thread() -> bool:
-    return not celery_broker_configured() and weckr_settings.DELIVERY != "sync"
+def _task_route() -> Literal["broker", "here", "local"]:
+    """Where follow-up tasks run: the broker's workers, the calling thread
+    (``DELIVERY = "sync"``), or this process's background thread."""
+    if celery_broker_configured():
+        return "broker"
+    return "here" if weckr_settings.DELIVERY == "sync" else "local"
 
 
 def _run_here(task: Task[Any, Any], args: tuple[Any, ...]) -> None:
@@ -385,7 +390,7 @@ local_tasks = LocalTaskRunner()
 
 def schedule_after_ingest(project_id: str, user_keys: list[str]) -> None:
     """Follow-up work after new usage is committed: loop detection, budget alerts."""
-    if _runs_on_local_thread():
+    if _task_route() == "local":
         local_tasks.submit_follow_up(project_id, user_keys)
         return
     run_task(detect_loops, project_id, user_keys)
