@@ -1,6 +1,6 @@
 """Overhead of ``Weckr.chat`` and ``wrap(client)`` on a real OpenAI client.
 
-Run: ``.venv/bin/python -m bench.bench_client [--calls N] [--rounds R]``.
+Run: ``.venv/bin/python -m bench.bench_client [--rounds N]``.
 
 Times ``client.chat.completions.create`` of a real ``openai.OpenAI`` client whose
 HTTP goes to an ``httpx.MockTransport`` (so the SDK's own request building and
@@ -8,18 +8,23 @@ parsing run, without a network), then the same call through ``wk.chat`` and thro
 ``wk.wrap(client)``. Weckr uses an ``HttpBackend`` pointed at a loopback Weckr server
 that answers ``/check`` (the cap decision is cached after the first call) and takes
 the usage events, which the benchmark checks all arrived; the server runs in its own
-process so its CPU is not charged to the client. The "no delivery" rows use a backend
-that only queues records: the client's own cost on the caller's thread, without the
-HttpBackend's sender thread (pricing, JSON, HTTP) competing for the GIL. When the
-published weckr-sdk is installed, its ``Weckr.chat`` against the same server is
-timed too. Modes run in interleaved batches; figures are medians over the batches.
+process so its CPU is not charged to the client. When the published weckr-sdk is
+installed, its ``Weckr.chat`` against the same server is timed too, in a phase of
+its own so its thread per POST does not land on the other modes' calls.
 
-Columns: wall-clock time per call and what it adds to the direct call (paired with
-the direct batch of the same round); the caller thread's own CPU time per call
-(``time.thread_time``: immune to other processes on the machine, and what the
-caller's thread spends on Weckr); and the CPU time of the process's other threads
-per call (the HttpBackend sender, or weckr-sdk's thread per POST), including the
-delivery finished between batches.
+The machines this runs on change speed by 20% or more within a fraction of a
+second, so the modes are interleaved call by call (one call of each mode per round,
+in a random order) and each call is compared with the direct call of its own
+round. What a call costs is then two parts, both measured:
+
+- caller: the median over the rounds of the call's time minus the direct call's,
+  which is what the caller's thread spends on Weckr;
+- delivery: the CPU time the process's other threads spend per call (the
+  HttpBackend's sender: pricing, JSON, HTTP; or weckr-sdk's thread per POST),
+  including finishing the delivery at the end. Under the GIL that time is taken
+  from the caller's thread, so it is charged in full.
+
+added = caller + delivery, and the ratio is (direct + added) / direct.
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ import argparse
 import gc
 import json
 import multiprocessing
+import random
 import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -135,36 +141,35 @@ def loopback_weckr_server() -> Iterator[tuple[str, Callable[[], dict[str, int]]]
         process.join(10)
 
 
-@dataclass
-class Samples:
-    """Per-call figures of each timed batch, in seconds."""
-
-    wall: list[float] = field(default_factory=list)
-    caller_cpu: list[float] = field(default_factory=list)
-    other_cpu: list[float] = field(default_factory=list)
-
-
-def run_batch(
-    call: Callable[[], Any], calls: int, flushes: list[Callable[[], Any]], samples: Samples
-) -> None:
-    """Time ``calls`` calls, then wait (untimed) until their records are delivered,
-    so every batch pays for its own delivery and for nothing else's."""
+def interleaved(
+    modes: dict[str, Callable[[], Any]], rounds: int, finish: Callable[[], Any]
+) -> tuple[dict[str, list[float]], float]:
+    """Runs one call of each mode per round, in a random order (a fixed or rotating
+    order would give each mode the same predecessor, whose leftovers in the CPU's
+    caches it would pay for), timing each call. Returns the per-call times by mode and
+    the CPU time the process's other threads spent, until ``finish`` (the final
+    flush) returned."""
+    names = list(modes)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    order = random.Random(2026)
+    clock = time.perf_counter
     process_start, thread_start = time.process_time(), time.thread_time()
-    start = time.perf_counter()
-    for _ in range(calls):
-        call()
-    wall = time.perf_counter() - start
-    caller_cpu = time.thread_time() - thread_start
-    for flush in flushes:
-        flush()
-    other_cpu = (time.process_time() - process_start) - (time.thread_time() - thread_start)
-    samples.wall.append(wall / calls)
-    samples.caller_cpu.append(caller_cpu / calls)
-    samples.other_cpu.append(max(0.0, other_cpu) / calls)
+    for _ in range(rounds):
+        order.shuffle(names)
+        for name in names:
+            call = modes[name]
+            start = clock()
+            call()
+            times[name].append(clock() - start)
+    finish()
+    other_threads = (time.process_time() - process_start) - (time.thread_time() - thread_start)
+    return times, max(0.0, other_threads)
 
 
 def paired_added(values: list[float], baseline: list[float]) -> float:
-    """Median difference to the direct batch of the same round: robust to load drift."""
+    """Median difference to the direct call of the same round: robust to the
+    machine's drift, and to the rare call that a background thread's burst hits
+    (that thread's CPU is charged separately, as delivery)."""
     return statistics.median(v - b for v, b in zip(values, baseline, strict=True))
 
 
@@ -199,12 +204,46 @@ def own_work(repeats: int = 7, calls: int = 20_000) -> dict[str, float]:
     return best
 
 
+@dataclass
+class Row:
+    name: str
+    direct: float  # the direct call's median time in the same phase, seconds
+    caller: float
+    delivery: float
+
+    @property
+    def added(self) -> float:
+        return self.caller + self.delivery
+
+    @property
+    def ratio(self) -> float:
+        return (self.direct + self.added) / self.direct
+
+
+def rows_of(times: dict[str, list[float]], other_threads_cpu: float, rounds: int) -> list[Row]:
+    direct = times.pop("direct")
+    direct_median = statistics.median(direct)
+    # Every mode but direct makes one record (or one POST) per call; the background
+    # threads' CPU is theirs, shared out per call.
+    delivery = other_threads_cpu / (rounds * len(times))
+    return [
+        Row(name, direct_median, paired_added(values, direct), delivery)
+        for name, values in times.items()
+    ]
+
+
+def warm_up(modes: dict[str, Callable[[], Any]], calls: int) -> None:
+    for call in modes.values():
+        for _ in range(calls):
+            call()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=200, help="calls per timed batch")
-    parser.add_argument("--rounds", type=int, default=40, help="batches per mode")
+    parser.add_argument("--rounds", type=int, default=5000, help="calls per mode")
     parser.add_argument("--warmup", type=int, default=500, help="untimed calls per mode")
     args = parser.parse_args()
+    rounds = args.rounds
 
     with loopback_weckr_server() as (server_url, stop_server):
         log_url, check_url = server_url + LOG_PATH, server_url + CHECK_PATH
@@ -212,93 +251,73 @@ def main() -> None:
         wk = Weckr(
             api_key="wk_bench", plans={"pro": 29}, endpoint=log_url, check_endpoint=check_url
         )
-        wrapped = wk.wrap(openai_client())
+        wrapped = wk.wrap(client)  # the same client as the direct call: same caches
         chat_params = {"model": MODEL, "messages": MESSAGES, "user_id": "u1", "plan": "pro"}
 
         def direct() -> Any:
             return client.chat.completions.create(model=MODEL, messages=MESSAGES)
 
-        def via_chat() -> Any:
-            return wk.chat(client, chat_params)
-
         def via_wrap() -> Any:
             with attribute(user_id="u1", plan="pro"):
                 return wrapped.chat.completions.create(model=MODEL, messages=MESSAGES)
 
-        local = Weckr(backend=QueueOnlyBackend(), plans={"pro": 29})
-        local_wrapped = local.wrap(openai_client())
-
-        def local_chat() -> Any:
-            return local.chat(client, chat_params)
-
-        def local_wrap() -> Any:
-            with attribute(user_id="u1", plan="pro"):
-                return local_wrapped.chat.completions.create(model=MODEL, messages=MESSAGES)
-
-        modes: dict[str, Callable[[], Any]] = {
+        ours: dict[str, Callable[[], Any]] = {
             "direct": direct,
-            "wk.chat": via_chat,
+            "wk.chat": lambda: wk.chat(client, chat_params),
             "wrap(client)": via_wrap,
-            "wk.chat, no delivery": local_chat,
-            "wrap, no delivery": local_wrap,
         }
-        flushes: list[Callable[[], Any]] = [lambda: wk.flush(30)]
+        warm_up(ours, args.warmup)
+        wk.flush(30)
+        # Long-lived objects (modules, clients) out of the collector's way, so a full
+        # collection costs what the calls allocate, not what was imported.
+        gc.collect()
+        gc.freeze()
+        times, other_cpu = interleaved(ours, rounds, lambda: wk.flush(60))
+        rows = rows_of(times, other_cpu, rounds)
+        wk.close()
+
         try:
             import weckr  # the published weckr-sdk
-
+        except ImportError:
+            print("weckr-sdk is not installed: its figure is left out.")
+        else:
             sdk = weckr.Weckr(
                 "wk_bench", plans={"pro": 29}, endpoint=log_url, check_endpoint=check_url
             )
-            modes["weckr-sdk 0.3.0 chat"] = lambda: sdk.chat(client, chat_params)
-            flushes.append(lambda: sdk.flush(timeout_seconds=30))
-        except ImportError:
-            print("weckr-sdk is not installed: its figure is left out.")
-
-        for call in modes.values():
-            for _ in range(args.warmup):
-                call()
-        for flush in flushes:
-            flush()
-
-        names = list(modes)
-        samples = {name: Samples() for name in names}
-        gc.collect()
-        for round_number in range(args.rounds):
-            # Rotate the order so no mode always runs right after another.
-            shift = round_number % len(names)
-            for name in names[shift:] + names[:shift]:
-                run_batch(modes[name], args.batch, flushes, samples[name])
-
-        calls_per_mode = args.warmup + args.rounds * args.batch
-        wk.close()
+            theirs: dict[str, Callable[[], Any]] = {
+                "direct": direct,
+                "weckr-sdk 0.3.0 chat": lambda: sdk.chat(client, chat_params),
+            }
+            warm_up(theirs, args.warmup)
+            sdk.flush(timeout_seconds=30)
+            sdk_rounds = max(1, rounds // 3)
+            times, other_cpu = interleaved(
+                theirs, sdk_rounds, lambda: sdk.flush(timeout_seconds=60)
+            )
+            rows += rows_of(times, other_cpu, sdk_rounds)
         delivered = stop_server()
 
-    baseline = samples["direct"]
     print(
-        f"real openai.OpenAI over httpx.MockTransport; {args.rounds} interleaved batches "
-        f"of {args.batch} calls per mode; medians; us per call"
+        "real openai.OpenAI over httpx.MockTransport, records delivered to a loopback "
+        f"Weckr server; {rounds} rounds, one call of each mode per round; us per call"
     )
     print(
-        f"{'mode':<24}{'wall':>9}{'added':>8}{'ratio':>7}"
-        f"{'caller CPU':>12}{'added':>8}{'other threads CPU':>19}"
+        "caller: median extra time on the caller's thread, paired with the direct call "
+        "of the same round; delivery: CPU of the background threads per call"
     )
-    direct_wall = statistics.median(baseline.wall)
-    for name in names:
-        mode = samples[name]
-        added = paired_added(mode.wall, baseline.wall)
+    print(f"{'mode':<22}{'direct':>8}{'caller':>8}{'delivery':>10}{'added':>8}{'ratio':>7}")
+    for row in rows:
         print(
-            f"{name:<24}{statistics.median(mode.wall) * 1e6:>9.1f}{added * 1e6:>8.1f}"
-            f"{(direct_wall + added) / direct_wall:>7.3f}"
-            f"{statistics.median(mode.caller_cpu) * 1e6:>12.1f}"
-            f"{paired_added(mode.caller_cpu, baseline.caller_cpu) * 1e6:>8.1f}"
-            f"{statistics.median(mode.other_cpu) * 1e6:>19.1f}"
+            f"{row.name:<22}{row.direct * 1e6:>8.1f}{row.caller * 1e6:>8.1f}"
+            f"{row.delivery * 1e6:>10.1f}{row.added * 1e6:>8.1f}{row.ratio:>7.3f}"
         )
     own = own_work()
     print("\nWeckr's own work on the caller's thread (SDK request replaced by a canned response)")
     for name in ("wk.chat", "wrap(client)"):
-        print(f"{name:<24}{(own[name] - own['canned create']) * 1e6:>9.1f} us per call")
+        print(f"{name:<22}{(own[name] - own['canned create']) * 1e6:>8.1f} us per call")
     print(
-        f"usage events the loopback server took, of {calls_per_mode} calls per mode: "
+        f"usage events the loopback server took ({args.warmup} warm-up calls + the rounds "
+        "per mode): "
         + ", ".join(f"{source} {count}" for source, count in sorted(delivered.items()))
     )
 

@@ -164,8 +164,13 @@ class _Call:
             error_type=None if error is None else type(error).__name__,
             source=self.source,
             tags=self.tags,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_creation_tokens=usage.cache_creation_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            usage_reported=usage.reported,
         )
-        record.apply_usage(usage)
         self.weckr._deliver(self.backend, record)
 
     def finish_response(self, endpoint: Endpoint, response: Any) -> None:

@@ -15,10 +15,9 @@ inside an attributed block must carry the context along, for example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 _UNSET: object = object()
 
@@ -46,17 +45,13 @@ def _merged(
     feature: object,
     tags: Iterable[str] | None,
 ) -> Attribution:
-    changes: dict[str, object] = {}
-    if user_id is not _UNSET:
-        changes["user_id"] = None if user_id is None else str(user_id)
-    if plan is not _UNSET:
-        changes["plan"] = plan
-    if feature is not _UNSET:
-        changes["feature"] = feature
-    if tags is not None:
+    return Attribution(
+        base.user_id if user_id is _UNSET else None if user_id is None else str(user_id),
+        base.plan if plan is _UNSET else plan,  # type: ignore[arg-type]
+        base.feature if feature is _UNSET else feature,  # type: ignore[arg-type]
         # Inner tags add to the outer ones, in order, without repeats.
-        changes["tags"] = tuple(dict.fromkeys((*base.tags, *tags)))
-    return replace(base, **changes)  # type: ignore[arg-type]
+        base.tags if tags is None else tuple(dict.fromkeys((*base.tags, *tags))),
+    )
 
 
 def bind(
@@ -74,14 +69,7 @@ def unbind(token: Token[Attribution]) -> None:
     _current.reset(token)
 
 
-@contextmanager
-def attribute(
-    *,
-    user_id: object = _UNSET,
-    plan: object = _UNSET,
-    feature: object = _UNSET,
-    tags: Iterable[str] | None = None,
-) -> Iterator[Attribution]:
+class attribute:
     """Attribute every LLM call inside the block.
 
     Arguments left out keep the enclosing block's value; pass ``None`` to clear one.
@@ -90,9 +78,31 @@ def attribute(
         with attribute(user_id=request.user.pk, plan="pro"):
             with attribute(feature="summaries"):
                 wk.chat(client, params)
+
+    A plain class rather than ``@contextmanager``: it is entered around LLM calls.
     """
-    token = bind(user_id=user_id, plan=plan, feature=feature, tags=tags)
-    try:
-        yield _current.get()
-    finally:
-        _current.reset(token)
+
+    __slots__ = ("_attribution", "_token")
+
+    def __init__(
+        self,
+        *,
+        user_id: object = _UNSET,
+        plan: object = _UNSET,
+        feature: object = _UNSET,
+        tags: Iterable[str] | None = None,
+    ) -> None:
+        self._attribution = (user_id, plan, feature, tags)
+        self._token: Token[Attribution] | None = None
+
+    def __enter__(self) -> Attribution:
+        if self._token is not None:
+            raise RuntimeError("Weckr: an attribute() block cannot be entered twice at once.")
+        merged = _merged(_current.get(), *self._attribution)
+        self._token = _current.set(merged)
+        return merged
+
+    def __exit__(self, *exc_info: object) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            _current.reset(token)

@@ -116,8 +116,10 @@ class UsageRecord:
         return dataclasses.replace(self, **changes)
 
     def to_wire(self) -> dict[str, Any]:
-        """The camelCase payload of ``POST /api/v1/log`` (a superset of weckr-sdk's)."""
-        return {
+        """The camelCase payload of ``POST /api/v1/log``: weckr-sdk's fields, always,
+        and ours where they differ from the server's defaults (absent means None,
+        no tags, usage reported)."""
+        payload: dict[str, Any] = {
             "eventId": self.event_id,
             "timestamp": self.timestamp.isoformat(),
             "userId": self.user_id,
@@ -126,7 +128,6 @@ class UsageRecord:
             "planRevenueUsd": _float_or_none(self.plan_revenue_usd),
             "provider": self.provider,
             "model": self.model,
-            "requestedModel": self.requested_model,
             "inputTokens": self.input_tokens,
             "outputTokens": self.output_tokens,
             "cachedInputTokens": self.cached_input_tokens,
@@ -134,18 +135,26 @@ class UsageRecord:
             "reasoningTokens": self.reasoning_tokens,
             # Informational only: the server recomputes the cost from the tokens.
             "costUsd": _float_or_none(self.cost_usd),
-            "usageReported": self.usage_reported,
             "latencyMs": self.latency_ms,
             "status": self.status,
-            "errorType": self.error_type,
             "source": self.source,
-            "runId": self.run_id,
-            "parentRunId": self.parent_run_id,
-            "agent": self.agent,
-            "task": self.task,
-            "step": self.step,
-            "tags": list(self.tags),
         }
+        for key, value in (
+            ("requestedModel", self.requested_model),
+            ("errorType", self.error_type),
+            ("runId", self.run_id),
+            ("parentRunId", self.parent_run_id),
+            ("agent", self.agent),
+            ("task", self.task),
+            ("step", self.step),
+        ):
+            if value is not None:
+                payload[key] = value
+        if self.tags:
+            payload["tags"] = list(self.tags)
+        if not self.usage_reported:
+            payload["usageReported"] = False
+        return payload
 
 
 def _float_or_none(value: Decimal | None) -> float | None:

@@ -21,8 +21,7 @@ def field(obj: Any, *names: str) -> Any:
     """The first of ``names`` present on an object or a mapping, else None."""
     if obj is None:
         return None
-    # ``type() is dict`` first: usage dicts are the hot case and ABC checks are slow.
-    if type(obj) is dict or isinstance(obj, Mapping):
+    if type(obj) is dict:  # the hot case
         for name in names:
             value = obj.get(name)
             if value is not None:
@@ -32,6 +31,12 @@ def field(obj: Any, *names: str) -> Any:
         value = getattr(obj, name, None)
         if value is not None:
             return value
+    # Other mappings last: an ABC check costs more than the attribute lookups.
+    if isinstance(obj, Mapping):
+        for name in names:
+            value = obj.get(name)
+            if value is not None:
+                return value
     return None
 
 

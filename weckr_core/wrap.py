@@ -39,7 +39,9 @@ from weckr_core.streaming import (
 )
 from weckr_core.usage import (
     NOT_REPORTED,
+    count,
     detect_provider,
+    field,
     usage_from_anthropic,
     usage_from_gemini,
     usage_from_openai,
@@ -73,9 +75,33 @@ class Endpoint:
         return model if isinstance(model, str) and model else None
 
 
+def _detail(details: Any, name: str) -> int:
+    """A count from a usage details object (a pydantic model, or a dict), else 0."""
+    if details is None:
+        return 0
+    if type(details) is dict:
+        return count(details.get(name))
+    return count(field(details, name))
+
+
 def openai_usage(response: Any) -> TokenUsage:
     usage = getattr(response, "usage", None)
-    return NOT_REPORTED if usage is None else usage_from_openai(plain_fields(usage))
+    if usage is None:
+        return NOT_REPORTED
+    values = getattr(usage, "__dict__", None)
+    if type(values) is dict and type(values.get("prompt_tokens")) is int:
+        # The SDK's own Chat Completions usage model: read its fields directly.
+        prompt = count(values["prompt_tokens"])
+        completion = count(values.get("completion_tokens"))
+        cached = _detail(values.get("prompt_tokens_details"), "cached_tokens")
+        reasoning = _detail(values.get("completion_tokens_details"), "reasoning_tokens")
+        return TokenUsage(
+            input_tokens=prompt,
+            output_tokens=completion,
+            cached_input_tokens=min(cached, prompt),
+            reasoning_tokens=min(reasoning, completion),
+        )
+    return usage_from_openai(plain_fields(usage))
 
 
 OPENAI_CHAT = Endpoint("openai", openai_usage, OpenAIChatStreamUsage, adds_include_usage=True)

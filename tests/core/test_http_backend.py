@@ -22,8 +22,14 @@ from tests.core.http_server import (
     ReceivedRequest,
     Reply,
 )
-from weckr_core.backends.http import HttpBackend, WeckrBackendError
+from weckr_core.backends.http import (
+    MAX_BATCH_BYTES,
+    SERVER_MAX_BATCH_SIZE,
+    HttpBackend,
+    WeckrBackendError,
+)
 from weckr_core.errors import WeckrConfigError
+from weckr_core.pricing import price_record
 from weckr_core.records import UsageRecord
 
 API_KEY = "wk_test_123"
@@ -317,28 +323,49 @@ def test_record_sends_the_priced_camel_case_payload(
     assert request.headers["x-api-key"] == API_KEY
     assert request.headers["content-type"] == "application/json"
     payload = request.body
-    assert payload == record.to_wire()
+    expected_cost = float(price_record(record).usd)
+    assert payload == {**record.to_wire(), "costUsd": pytest.approx(expected_cost, rel=1e-12)}
     assert payload["eventId"] == record.event_id
     assert (payload["userId"], payload["planName"], payload["feature"]) == ("u1", "pro", "summary")
     assert (payload["inputTokens"], payload["outputTokens"]) == (1200, 300)
     assert (payload["cachedInputTokens"], payload["cacheCreationTokens"]) == (200, 50)
     assert payload["reasoningTokens"] == 40
-    assert record.cost_usd is not None and record.cost_usd > 0
-    assert payload["costUsd"] == float(record.cost_usd)
+    assert (payload["runId"], payload["tags"]) == ("run-1", ["beta"])
+    assert expected_cost > 0
     assert errors == []
 
 
-def test_records_are_priced_on_the_sender_thread(
+def test_records_are_priced_off_the_callers_record(
     server: FakeWeckrServer, make_backend: BackendFactory
 ) -> None:
-    record = usage()
+    unpriced, priced = usage(), usage(cost_usd=Decimal("0.5"))
     backend = make_backend()
-    occupy_sender(server, backend, 0.1)
 
-    backend.record(record)
-    assert record.cost_usd is None  # not priced on the caller's thread
+    backend.record(unpriced)
+    backend.record(priced)
     assert backend.flush(timeout=2)
-    assert record.cost_usd is not None
+
+    # The sender prices for the wire; the caller's record is not written to from
+    # another thread. A record that carries its cost is sent with that cost.
+    assert unpriced.cost_usd is None
+    costs = {event["eventId"]: event["costUsd"] for event in server.accepted_events}
+    assert costs[unpriced.event_id] == pytest.approx(float(price_record(unpriced).usd))
+    assert costs[priced.event_id] == 0.5
+
+
+def test_an_event_that_cannot_be_json_is_reported_and_the_rest_sent(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend()
+    broken = usage(plan_revenue_usd=Decimal("Infinity"))
+    good = usage()
+
+    backend.record(broken)
+    backend.record(good)
+    assert backend.flush(timeout=2)
+
+    assert accepted_ids(server) == [good.event_id]
+    assert reported_ids(errors) == [broken.event_id]
 
 
 def test_many_records_go_in_few_batches_over_one_connection(
@@ -358,6 +385,86 @@ def test_many_records_go_in_few_batches_over_one_connection(
     assert server.duplicates == 0
     assert len({r.client_port for r in log_requests(server)}) == 1
     assert errors == []
+
+
+def test_a_burst_goes_out_in_batches_of_up_to_the_servers_maximum(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend()  # default batch size and linger
+    occupy_sender(server, backend, 0.3)
+    records = [usage(user_id=f"u{i}") for i in range(1200)]
+
+    for record in records:
+        backend.record(record)
+    assert backend.flush(timeout=10)
+
+    assert [len(r.events) for r in server.requests(BATCH_PATH)] == [
+        SERVER_MAX_BATCH_SIZE,
+        SERVER_MAX_BATCH_SIZE,
+        1200 - 2 * SERVER_MAX_BATCH_SIZE,
+    ]
+    assert len(server.accepted_events) == 1201
+    assert errors == []
+
+
+def test_steady_traffic_waits_for_a_fuller_batch(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend(linger_seconds=0.3)
+
+    for _ in range(20):
+        backend.record(usage())
+        time.sleep(0.005)
+    wait_until(lambda: len(server.accepted_events) == 20)
+
+    # One POST for the lot, not one per event: the first event waited for the rest.
+    assert [len(r.events) for r in log_requests(server)] == [20]
+    assert errors == []
+
+
+def test_batches_are_split_to_stay_under_the_servers_body_limit(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend()
+    occupy_sender(server, backend, 0.3)
+    # About 2.4 kB each: 500 of them would be a 1.2 MB body, over weckr_django's 1 MiB.
+    tags = tuple(f"{i:02d}-" + "t" * 60 for i in range(32))
+    records = [usage(tags=tags) for _ in range(SERVER_MAX_BATCH_SIZE)]
+
+    for record in records:
+        backend.record(record)
+    assert backend.flush(timeout=10)
+
+    batches = server.requests(BATCH_PATH)
+    assert len(batches) > 1
+    assert all(int(r.headers["content-length"]) <= MAX_BATCH_BYTES for r in batches)
+    assert sum(len(r.events) for r in batches) == SERVER_MAX_BATCH_SIZE
+    assert len(server.accepted_events) == SERVER_MAX_BATCH_SIZE + 1
+    assert errors == []
+
+
+def test_a_413_answer_splits_the_batch_and_a_single_event_too_large_is_reported(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend()
+    first = occupy_sender(server, backend, 0.3)
+    # Refused whole, the batch is halved until the server takes the parts; one event
+    # is too large even on its own.
+    server.enqueue(BATCH_PATH, 413, 200, 413, 413, 413)
+    records = [usage(user_id=f"u{i}") for i in range(8)]
+
+    for record in records:
+        backend.record(record)
+    assert backend.flush(timeout=5)
+
+    batches = server.requests(BATCH_PATH)
+    assert [len(r.events) for r in batches] == [8, 4, 4, 2, 1, 1, 2]
+    refused_alone = batches[4].events[0]["eventId"]
+    assert sorted(accepted_ids(server)) == sorted(
+        [first.event_id] + [r.event_id for r in records if r.event_id != refused_alone]
+    )
+    assert reported_ids(errors) == [refused_alone]
+    assert [getattr(e, "status_code", None) for e in errors] == [413]
 
 
 def test_without_batch_endpoint_events_go_one_by_one(
@@ -694,3 +801,28 @@ def test_speaks_the_weckr_django_wire_api(live_server: Any, errors: list[BaseExc
         backend.check("u1", "pro", "gpt-4o")
     assert raised.value.code == "forbidden"
     backend.close(timeout=1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_largest_events_weckr_django_accepts_all_arrive(
+    live_server: Any, errors: list[BaseException]
+) -> None:
+    from weckr_django.models import ApiKey, Project, UsageEvent
+
+    project = Project.objects.create(name="Acme")
+    _, key = ApiKey.objects.create_key(project, "http-backend")
+    api = f"{live_server.url}/api/v1"
+    backend = HttpBackend(key, f"{api}/log", f"{api}/check", on_error=errors.append)
+    # 32 tags of 100 characters, the most the server takes: about 4 kB an event, so
+    # 300 of them are over the server's 1 MiB body limit as one batch.
+    tags = tuple(f"{i:02d}" + "t" * 98 for i in range(32))
+    records = [usage(user_id=f"u{i}", tags=tags) for i in range(300)]
+
+    for record in records:
+        backend.record(record)
+    assert backend.flush(timeout=30)
+    backend.close(timeout=1)
+
+    assert errors == []
+    stored = UsageEvent.objects.filter(project=project)
+    assert {e.event_id for e in stored} == {r.event_id for r in records}

@@ -23,6 +23,7 @@ import httpx
 
 from weckr_core.backends import lifecycle
 from weckr_core.backends.base import ALLOW, CapDecision
+from weckr_core.backends.encoding import cost_usd, encode_batch, encode_event
 from weckr_core.backends.lifecycle import ATEXIT_FLUSH_SECONDS
 from weckr_core.errors import WeckrConfigError
 from weckr_core.pricing import preload_prices
@@ -31,6 +32,8 @@ from weckr_core.records import UsageRecord
 DEFAULT_LOG_ENDPOINT: Final = "https://app.useweckr.com/api/v1/log"
 DEFAULT_CHECK_ENDPOINT: Final = "https://app.useweckr.com/api/v1/check"
 SERVER_MAX_BATCH_SIZE: Final = 500
+# weckr_django refuses request bodies over 1 MiB (413); batches stay under this.
+MAX_BATCH_BYTES: Final = 900_000
 MAX_RETRY_AFTER_SECONDS: Final = 30.0
 _MAX_CACHED_DECISIONS: Final = 10_000
 
@@ -38,6 +41,7 @@ logger = logging.getLogger("weckr")
 
 ErrorHandler = Callable[[BaseException], None]
 _DecisionKey = tuple[str, str, str]
+_Event = tuple[str, str]  # event id, JSON text
 
 
 class WeckrBackendError(Exception):
@@ -78,8 +82,12 @@ class HttpBackend:
     pushed out of a full queue are reported through ``on_error`` (or logged to the
     ``weckr`` logger when there is no handler).
 
-    ``batch_endpoint`` defaults to ``endpoint + "/batch"``; None sends events one by
-    one (a server answering 404 there is switched to that too). Retry ``i`` waits
+    A batch goes out when ``max_batch_size`` events are queued or ``linger_seconds``
+    after its first event was queued, whichever comes first (``flush`` sends at
+    once), so under load one POST carries hundreds of events; batches are split to
+    stay under the server's body limit. ``batch_endpoint`` defaults to
+    ``endpoint + "/batch"``; None sends events one by one (a server answering 404
+    there is switched to that too). Retry ``i`` waits
     ``backoff_seconds[i]`` (the last value repeats). ``close()``, or leaving a
     ``with`` block, flushes and releases the connections; at interpreter exit
     pending events get ``ATEXIT_FLUSH_SECONDS`` to go out.
@@ -95,11 +103,11 @@ class HttpBackend:
         cache_ttl_seconds: float = 5.0,
         check_timeout_seconds: float = 3.0,
         send_timeout_seconds: float = 10.0,
-        max_batch_size: int = 100,
+        max_batch_size: int = SERVER_MAX_BATCH_SIZE,
         max_queue: int = 10_000,
         max_retries: int = 3,
         backoff_seconds: Sequence[float] = (0.5, 2.0, 8.0),
-        linger_seconds: float = 0.05,
+        linger_seconds: float = 0.5,
         on_error: ErrorHandler | None = None,
     ) -> None:
         if not api_key:
@@ -316,15 +324,25 @@ class HttpBackend:
         return (sending is None or sending > seq) and (not self._queue or self._queue[0][0] > seq)
 
     def _start_sender(self) -> None:
-        # Called with self._lock held. After a fork the parent's thread is not alive here.
-        if self._sender is None or not self._sender.is_alive():
+        # Called with self._lock held. The sender clears ``_sender`` when it ends, and
+        # a forked child starts with none.
+        if self._sender is None:
             self._sender = threading.Thread(target=self._run, name="weckr-sender", daemon=True)
             try:
                 self._sender.start()
             except RuntimeError:  # interpreter shutting down: the event stays queued
+                self._sender = None
                 logger.warning("Weckr: could not start the sender thread.", exc_info=True)
 
     def _run(self) -> None:
+        try:
+            self._send_until_closed()
+        finally:
+            with self._lock:
+                if self._sender is threading.current_thread():
+                    self._sender = None
+
+    def _send_until_closed(self) -> None:
         with httpx.Client(headers=self._headers, timeout=self._send_timeout) as client:
             while True:
                 with self._lock:
@@ -372,29 +390,38 @@ class HttpBackend:
             )
 
     def _deliver(self, client: httpx.Client, records: list[UsageRecord]) -> None:
+        events: list[_Event] = []
         for record in records:
+            cost: float | None = None
             try:
-                record.ensure_priced()
+                cost = float(record.cost_usd) if record.cost_usd is not None else cost_usd(record)
             except Exception as error:  # the server prices it anyway
                 self._report(
                     f"Weckr: could not price event {record.event_id}; sending it unpriced.",
                     error,
                     event_ids=[record.event_id],
                 )
-        payloads = [record.to_wire() for record in records]
+            try:
+                events.append((record.event_id, encode_event(record, cost)))
+            except Exception as error:
+                self._report(
+                    f"Weckr: event {record.event_id} cannot be sent as JSON ({error}).",
+                    error,
+                    event_ids=[record.event_id],
+                )
         batch_endpoint = self.batch_endpoint
         if (
-            len(payloads) > 1
+            len(events) > 1
             and batch_endpoint is not None
-            and self._send_batch(client, batch_endpoint, payloads)
+            and self._send_batch(client, batch_endpoint, events)
         ):
             return
-        for payload in payloads:
-            self._send_one(client, payload)
+        for event in events:
+            self._send_one(client, event)
 
-    def _send_one(self, client: httpx.Client, payload: dict[str, Any]) -> None:
-        event_id = payload["eventId"]
-        response = self._post(client, self.endpoint, payload, [event_id])
+    def _send_one(self, client: httpx.Client, event: _Event) -> None:
+        event_id, text = event
+        response = self._post(client, self.endpoint, text.encode(), [event_id])
         if response is not None and not response.is_success:
             self._report(
                 f"Weckr: server rejected event {event_id} with HTTP {response.status_code}: "
@@ -403,10 +430,15 @@ class HttpBackend:
                 event_ids=[event_id],
             )
 
-    def _send_batch(self, client: httpx.Client, url: str, payloads: list[dict[str, Any]]) -> bool:
-        """Sends one batch; False when the server has no batch endpoint (send singly)."""
-        event_ids = [payload["eventId"] for payload in payloads]
-        response = self._post(client, url, {"events": payloads}, event_ids)
+    def _send_batch(self, client: httpx.Client, url: str, events: list[_Event]) -> bool:
+        """Sends one batch, split in halves while its body is over ``MAX_BATCH_BYTES``
+        or the server answers 413. False when the server has no batch endpoint (the
+        caller sends the events singly)."""
+        body = encode_batch([text for _, text in events])
+        if len(body) > MAX_BATCH_BYTES and len(events) > 1:
+            return self._send_halves(client, url, events)
+        event_ids = [event_id for event_id, _ in events]
+        response = self._post(client, url, body, event_ids)
         if response is None:
             return True
         status = response.status_code
@@ -414,14 +446,33 @@ class HttpBackend:
             logger.info("Weckr: %s answered HTTP %s; sending events one by one.", url, status)
             self.batch_endpoint = None
             return False
+        if status == 413 and len(events) > 1:
+            return self._send_halves(client, url, events)
         if not response.is_success:
             self._report(
-                f"Weckr: server rejected a batch of {len(payloads)} event(s) with HTTP {status}: "
+                f"Weckr: server rejected a batch of {len(events)} event(s) with HTTP {status}: "
                 f"{_server_message(response)}",
                 status_code=status,
                 event_ids=event_ids,
             )
             return True
+        self._report_rejected_events(response, event_ids)
+        return True
+
+    def _send_halves(self, client: httpx.Client, url: str, events: list[_Event]) -> bool:
+        middle = len(events) // 2
+        if not self._send_batch(client, url, events[:middle]):
+            # No batch endpoint after all: the caller sends every event singly, and
+            # none of the first half went out.
+            return False
+        rest = events[middle:]
+        if self.batch_endpoint is None or not self._send_batch(client, url, rest):
+            for event in rest:
+                self._send_one(client, event)
+        return True
+
+    def _report_rejected_events(self, response: httpx.Response, event_ids: list[str]) -> None:
+        """Reports the events a 2xx batch answer lists under ``rejected``."""
         try:
             body = response.json()
         except ValueError:
@@ -437,23 +488,22 @@ class HttpBackend:
             reason = _error_text(item) or "no reason given"
             self._report(
                 f"Weckr: server rejected event {event_id}: {reason}",
-                status_code=status,
+                status_code=response.status_code,
                 event_ids=[event_id] if isinstance(event_id, str) else [],
             )
-        return True
 
     def _post(
-        self, client: httpx.Client, url: str, body: Any, event_ids: list[str]
+        self, client: httpx.Client, url: str, body: bytes, event_ids: list[str]
     ) -> httpx.Response | None:
-        """POSTs with bounded retries on 429, 5xx, network errors and timeouts (waiting
-        at least the server's Retry-After). Returns the final response, or None
-        (reported) when the events are given up."""
+        """POSTs a JSON body with bounded retries on 429, 5xx, network errors and
+        timeouts (waiting at least the server's Retry-After). Returns the final
+        response, or None (reported) when the events are given up."""
         attempt = 0
         while True:
             cause: BaseException | None = None
             delay = self._backoff[min(attempt, len(self._backoff) - 1)]
             try:
-                response = client.post(url, json=body)
+                response = client.post(url, content=body, headers=_JSON_CONTENT)
             except httpx.TransportError as error:
                 cause, failure, status = error, _describe(error), None
             else:
@@ -491,6 +541,9 @@ class HttpBackend:
             self._on_error(error)
         except Exception:
             logger.exception("Weckr: the on_error handler raised.")
+
+
+_JSON_CONTENT: Final = {"content-type": "application/json"}
 
 
 def _is_retryable(status: int) -> bool:

@@ -1,0 +1,117 @@
+"""The HttpBackend's JSON encoder against ``json.dumps(record.to_wire())``."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from weckr_core.backends.encoding import cost_usd, encode_batch, encode_event
+from weckr_core.pricing import ModelPricing, price_record, set_price_overrides
+from weckr_core.records import SOURCES, UsageRecord
+
+# Strings that need escaping in JSON, or are not ASCII.
+AWKWARD = ['say "hi"', "back\\slash", "tab\there", "line\nbreak", "\x00\x1f", "é中😀", "</script>"]
+MODELS = [
+    "gpt-4o-mini",
+    "gpt-4o-2024-08-06",
+    "openai/gpt-4o",
+    "claude-3-5-sonnet-20241022",
+    "gemini-2.5-pro",  # long-context tier
+    "claude-sonnet-4-5",  # long-context tier
+    "no-such-model",
+]
+
+
+def random_record(rng: random.Random) -> UsageRecord:
+    def maybe(value: object) -> object:
+        return value if rng.random() < 0.5 else None
+
+    input_tokens = rng.choice([0, 5, 1200, 250_000])
+    output_tokens = rng.choice([0, 80, 4000])
+    return UsageRecord(
+        event_id=rng.choice(["e1", f"{rng.getrandbits(64):x}", "a.b:c-d_e"]),
+        timestamp=datetime(2026, 11, 22, 10, 11, 12, rng.choice([0, 123456]), tzinfo=UTC),
+        user_id=maybe(rng.choice(["u1", "42", *AWKWARD])),  # type: ignore[arg-type]
+        feature=maybe(rng.choice(["summary", *AWKWARD])),  # type: ignore[arg-type]
+        plan=maybe(rng.choice(["pro", "free"])),  # type: ignore[arg-type]
+        plan_revenue_usd=maybe(rng.choice([Decimal(0), Decimal("29"), Decimal("9.99")])),  # type: ignore[arg-type]
+        provider=rng.choice(["openai", "anthropic", "gemini", "unknown"]),
+        model=rng.choice(MODELS),
+        requested_model=maybe("gpt-4o"),  # type: ignore[arg-type]
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_input_tokens=rng.choice([0, input_tokens // 2]),
+        cache_creation_tokens=rng.choice([0, 50]),
+        reasoning_tokens=rng.choice([0, output_tokens // 4]),
+        usage_reported=rng.random() < 0.8,
+        latency_ms=maybe(rng.choice([0, 850])),  # type: ignore[arg-type]
+        status=rng.choice(["ok", "error"]),
+        error_type=maybe("RateLimitError"),  # type: ignore[arg-type]
+        source=rng.choice(SOURCES),
+        run_id=maybe("run-1"),  # type: ignore[arg-type]
+        parent_run_id=maybe("run-0"),  # type: ignore[arg-type]
+        agent=maybe(rng.choice(["researcher", *AWKWARD])),  # type: ignore[arg-type]
+        task=maybe("write"),  # type: ignore[arg-type]
+        step=maybe("3"),  # type: ignore[arg-type]
+        tags=tuple(rng.sample(["web", "beta", *AWKWARD], rng.randint(0, 3))),
+    )
+
+
+def test_events_are_the_json_of_to_wire() -> None:
+    rng = random.Random(7)
+    for _ in range(2000):
+        record = random_record(rng)
+        cost = rng.choice([None, 0.0, 0.0003525, 12.5])
+
+        decoded = json.loads(encode_event(record, cost))
+
+        assert decoded == {**record.to_wire(), "costUsd": cost}
+        assert list(decoded) == list(record.to_wire())  # same key order, too
+
+
+def test_the_batch_body_carries_every_event_in_order() -> None:
+    records = [random_record(random.Random(seed)) for seed in range(20)]
+
+    body = encode_batch([encode_event(record, None) for record in records])
+
+    events = json.loads(body)["events"]
+    assert [event["eventId"] for event in events] == [record.event_id for record in records]
+    assert encode_batch([]) == b'{"events":[]}'
+
+
+def test_non_finite_money_is_refused_as_json_dumps_would() -> None:
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        encode_event(UsageRecord(plan_revenue_usd=Decimal("Infinity")), None)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        encode_event(UsageRecord(), float("nan"))
+
+
+def test_cost_matches_the_decimal_price_for_every_kind_of_token() -> None:
+    rng = random.Random(11)
+    for _ in range(2000):
+        record = random_record(rng)
+        assert cost_usd(record) == pytest.approx(float(price_record(record).usd), rel=1e-12)
+
+
+@pytest.fixture
+def overrides() -> Iterator[None]:
+    yield
+    set_price_overrides(None)
+
+
+def test_cost_follows_price_overrides(overrides: None) -> None:
+    record = UsageRecord(model="gpt-4o-mini", provider="openai", input_tokens=1_000_000)
+    before = cost_usd(record)
+
+    set_price_overrides(
+        lambda name: (
+            ModelPricing.flat(name, input="2", output="8") if name == "gpt-4o-mini" else None
+        )
+    )
+
+    assert cost_usd(record) == 2.0 != before

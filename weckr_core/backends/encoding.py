@@ -1,0 +1,182 @@
+"""Usage records as JSON text for ``POST /api/v1/log/batch``, fast.
+
+``encode_event(record)`` gives the same JSON object as ``json.dumps(record.to_wire())``
+(``costUsd`` aside, computed here in float from the cached rates rather than in
+``Decimal``: the server reprices every call and the wire carries a float anyway).
+It runs on the HttpBackend's sender thread, whose CPU time the caller's thread pays
+for under the GIL, for every record a busy process makes: the text is assembled
+from pieces that repeat from one call to the next (a user's id, the feature, the
+model) and are encoded once, instead of building and encoding a dict per record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from json.encoder import encode_basestring  # json.dumps(str, ensure_ascii=False), in C
+from typing import Final
+
+from weckr_core.pricing import ModelPricing, Rate, resolve_pricing
+from weckr_core.records import UsageRecord
+
+_MAX_CACHED_STRINGS: Final = 4096
+_MAX_CACHED_PRICES: Final = 1024
+
+_FloatRate = tuple[float, tuple[tuple[int, float], ...]]
+_FloatPricing = tuple[ModelPricing, _FloatRate, _FloatRate, _FloatRate, _FloatRate]
+
+_strings: dict[str, str] = {}
+_segments: dict[tuple[object, ...], tuple[str, str]] = {}
+_prices: dict[tuple[str, str], _FloatPricing] = {}
+
+
+def _text(value: str | None) -> str:
+    """A JSON string (or null), from a bounded cache: most values repeat."""
+    if value is None:
+        return "null"
+    encoded = _strings.get(value)
+    if encoded is None:
+        if len(_strings) >= _MAX_CACHED_STRINGS:
+            _strings.clear()
+        # The dict is only ever replaced whole or added to: safe across threads.
+        encoded = _strings[value] = (
+            encode_basestring(value) if type(value) is str else json.dumps(value)
+        )
+    return encoded
+
+
+def _number(value: float) -> str:
+    if not math.isfinite(value):
+        raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
+    return repr(float(value))
+
+
+def _float_rate(rate: Rate) -> _FloatRate:
+    return float(rate.base), tuple((start, float(price)) for start, price in rate.tiers)
+
+
+def _per_mtok(rate: _FloatRate, prompt_tokens: int) -> float:
+    base, tiers = rate
+    for start, price in reversed(tiers):
+        if prompt_tokens > start:
+            return price
+    return base
+
+
+def cost_usd(record: UsageRecord) -> float:
+    """``price_record(record).usd`` as a float, from rates converted once per model."""
+    key = (record.model, record.provider)
+    pricing = resolve_pricing(*key)
+    cached = _prices.get(key)
+    if cached is None or cached[0] is not pricing:  # new model, or prices changed
+        if len(_prices) >= _MAX_CACHED_PRICES:
+            _prices.clear()
+        cached = _prices[key] = (
+            pricing,
+            _float_rate(pricing.input),
+            _float_rate(pricing.cached_input),
+            _float_rate(pricing.cache_write),
+            _float_rate(pricing.output),
+        )
+    _, input_rate, cached_rate, write_rate, output_rate = cached
+    # The same arithmetic as weckr_core.pricing.price_usage.
+    input_tokens = max(0, record.input_tokens)
+    cached_tokens = max(0, min(record.cached_input_tokens, input_tokens))
+    writes = max(0, record.cache_creation_tokens)
+    output = max(0, record.output_tokens, record.reasoning_tokens)
+    prompt = input_tokens + writes
+    return (
+        (input_tokens - cached_tokens) * _per_mtok(input_rate, prompt)
+        + cached_tokens * _per_mtok(cached_rate, prompt)
+        + writes * _per_mtok(write_rate, prompt)
+        + output * _per_mtok(output_rate, prompt)
+    ) / 1e6
+
+
+def _who(record: UsageRecord) -> tuple[str, str]:
+    """The fields that are the same for all of a user's calls of one feature and
+    model, encoded once per combination."""
+    key = (
+        record.user_id,
+        record.feature,
+        record.plan,
+        record.plan_revenue_usd,
+        record.provider,
+        record.model,
+        record.status,
+        record.source,
+    )
+    encoded = _segments.get(key)
+    if encoded is None:
+        if len(_segments) >= _MAX_CACHED_STRINGS:
+            _segments.clear()
+        revenue = record.plan_revenue_usd
+        encoded = _segments[key] = (
+            (
+                f'"userId":{_text(record.user_id)}'
+                f',"feature":{_text(record.feature)}'
+                f',"planName":{_text(record.plan)}'
+                f',"planRevenueUsd":{"null" if revenue is None else _number(float(revenue))}'
+                f',"provider":{_text(record.provider)}'
+                f',"model":{_text(record.model)}'
+            ),
+            f',"status":{_text(record.status)},"source":{_text(record.source)}',
+        )
+    return encoded
+
+
+def encode_event(record: UsageRecord, cost: float | None) -> str:
+    """The record's wire payload as compact JSON text (see ``UsageRecord.to_wire``),
+    with ``cost`` as its ``costUsd``."""
+    who, how = _who(record)
+    latency = record.latency_ms
+    text = (
+        f'{{"eventId":{encode_basestring(record.event_id)}'
+        # isoformat() gives digits, "-", ":", ".", "+" and "T": nothing to escape.
+        f',"timestamp":"{record.timestamp.isoformat()}",{who}'
+        f',"inputTokens":{int(record.input_tokens)}'
+        f',"outputTokens":{int(record.output_tokens)}'
+        f',"cachedInputTokens":{int(record.cached_input_tokens)}'
+        f',"cacheCreationTokens":{int(record.cache_creation_tokens)}'
+        f',"reasoningTokens":{int(record.reasoning_tokens)}'
+        f',"costUsd":{"null" if cost is None else _number(cost)}'
+        f',"latencyMs":{"null" if latency is None else int(latency)}{how}'
+    )
+    if (
+        record.requested_model is None
+        and record.error_type is None
+        and record.run_id is None
+        and record.agent is None
+        and record.task is None
+        and record.step is None
+        and not record.tags
+        and record.usage_reported
+        and record.parent_run_id is None
+    ):
+        return text + "}"
+    optional = ""
+    if record.requested_model is not None:
+        optional += f',"requestedModel":{_text(record.requested_model)}'
+    if record.error_type is not None:
+        optional += f',"errorType":{_text(record.error_type)}'
+    if record.run_id is not None:
+        optional += f',"runId":{_text(record.run_id)}'
+    if record.parent_run_id is not None:
+        optional += f',"parentRunId":{_text(record.parent_run_id)}'
+    if record.agent is not None:
+        optional += f',"agent":{_text(record.agent)}'
+    if record.task is not None:
+        optional += f',"task":{_text(record.task)}'
+    if record.step is not None:
+        optional += f',"step":{_text(record.step)}'
+    if record.tags:
+        optional += f',"tags":[{",".join(_text(tag) for tag in record.tags)}]'
+    if not record.usage_reported:
+        optional += ',"usageReported":false'
+    return text + optional + "}"
+
+
+def encode_batch(events: Sequence[str]) -> bytes:
+    """The body of ``POST /api/v1/log/batch`` from encoded events."""
+    return ('{"events":[' + ",".join(events) + "]}").encode()
