@@ -19,7 +19,6 @@ checked against ``plans`` when ``plans`` was given.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -30,7 +29,7 @@ from weckr_core.backends import Backend, get_backend
 from weckr_core.context import current_attribution
 from weckr_core.errors import WeckrCapError, WeckrConfigError, warn_downgrade
 from weckr_core.pricing import preload_prices
-from weckr_core.records import Source, Status, TokenUsage, UsageRecord
+from weckr_core.records import Source, Status, TokenUsage, UsageRecord, new_event_id, utc_now
 from weckr_core.streaming import (
     AsyncRecordedStream,
     RecordedStream,
@@ -74,22 +73,6 @@ def _provider_of(client: Any) -> str:
         if (cls.__module__ or "").startswith(_SDK_MODULES):
             _provider_by_type[cls] = provider
     return provider
-
-
-_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
-_UUID4_SET = (0x4 << 76) | (0x2 << 62)
-
-
-def _event_id() -> str:
-    """A random (version 4) UUID string, without a system call.
-
-    ``uuid.uuid4()`` reads ``os.urandom``, which releases the GIL: with a backend's
-    sender thread waiting for it, the caller's thread can then wait milliseconds to
-    get it back. Event ids only need to be unique; ``random`` is seeded from the OS
-    and re-seeded after ``fork``.
-    """
-    digits = f"{(random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def _model_name(model: Any) -> str:
@@ -143,33 +126,43 @@ class _Call:
         self.plan_revenue = plan_revenue
         self.feature = feature
         self.tags = tags
-        self.event_id = _event_id()
+        self.event_id = new_event_id()
         self.started = time.perf_counter()
 
     def finish(
         self, usage: TokenUsage, model: str | None, error: BaseException | None = None
     ) -> None:
         status: Status = "ok" if error is None else "error"
+        # Positional, in the order of UsageRecord's fields: keyword matching of 20
+        # arguments costs more than the rest of this method, once per LLM call.
         record = UsageRecord(
-            event_id=self.event_id,
-            user_id=self.user_id,
-            feature=self.feature,
-            plan=self.plan,
-            plan_revenue_usd=self.plan_revenue,
-            provider=self.provider,
-            model=model or self.model,
-            requested_model=self.requested_model,
-            latency_ms=int((time.perf_counter() - self.started) * 1000),
-            status=status,
-            error_type=None if error is None else type(error).__name__,
-            source=self.source,
-            tags=self.tags,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cached_input_tokens=usage.cached_input_tokens,
-            cache_creation_tokens=usage.cache_creation_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            usage_reported=usage.reported,
+            self.event_id,
+            utc_now(),
+            self.user_id,
+            self.feature,
+            self.plan,
+            self.plan_revenue,
+            self.provider,
+            model or self.model,
+            self.requested_model,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cached_input_tokens,
+            usage.cache_creation_tokens,
+            usage.reasoning_tokens,
+            None,  # cost_usd: priced by the backend, off the caller's thread
+            True,  # priced
+            usage.reported,
+            int((time.perf_counter() - self.started) * 1000),
+            status,
+            None if error is None else type(error).__name__,
+            self.source,
+            None,  # run_id
+            None,  # parent_run_id
+            None,  # agent
+            None,  # task
+            None,  # step
+            self.tags,
         )
         self.weckr._deliver(self.backend, record)
 

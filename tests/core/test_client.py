@@ -93,6 +93,11 @@ def test_openai_chat_records_usage_with_cached_and_reasoning_tokens() -> None:
     assert (record.cached_input_tokens, record.reasoning_tokens) == (cached, reasoning)
     assert record.usage_reported and record.status == "ok" and record.source == "sdk"
     assert record.latency_ms is not None and record.latency_ms >= 0
+    assert record.timestamp.tzinfo is not None and record.event_id == wk.last_event_id
+    assert (record.error_type, record.tags) == (None, ())
+    assert (record.run_id, record.parent_run_id, record.agent, record.task, record.step) == (
+        (None,) * 5
+    )
     # Our own keys never reach the provider.
     assert fake.last_body == {"model": "gpt-4o-mini", "messages": MESSAGES}
 
