@@ -1,9 +1,29 @@
 """Overhead of WeckrHandler on a LangChain chat model call.
 
-Run: ``.venv/bin/python -m bench.bench_langchain``. Times ``invoke`` of a fake chat
-model (no network) with no handler, with a do-nothing ``BaseCallbackHandler`` (the
-price of LangChain's callback machinery itself) and with ``WeckrHandler`` doing a
-cap check and recording. Reports the median of several interleaved rounds.
+Run: ``.venv/bin/python -m bench.bench_langchain [--rounds N]``.
+
+Times ``invoke`` of a fake chat model (no network, usage and served model reported
+like a real integration) with no handler, with a do-nothing ``BaseCallbackHandler``
+(the price of LangChain's callback machinery itself), with a second, identical
+do-nothing handler (the control: its distance to the first is the method's noise
+floor) and with ``WeckrHandler`` doing a cap check and recording.
+
+The machines this runs on change speed by 20% or more within a fraction of a
+second, so the cases are interleaved call by call: each round runs one ``invoke``
+of each case, in a shuffled order, and each call is compared with the do-nothing
+handler's call of its own round. ``added`` is the median over the rounds of that
+difference, and the ratio is (do-nothing + added) / do-nothing. The order is
+shuffled rather than rotated: a call runs faster after a call of the same kind (the
+caches are warm for it), and a rotation gives each case the same predecessor every
+round, which put the control 2.5 us below the do-nothing handler. Long-lived
+objects are frozen out of the collector after the warm-up.
+
+The headline is WeckrHandler with a queue backend: a cached cap decision and the
+record handed to a queue, which is all a production backend does on the caller's
+thread (``HttpBackend`` and ``DjangoBackend`` price and deliver on a thread of
+their own). ``MemoryBackend`` is the test backend: it prices each record on the
+caller's thread, so its row is shown for reference only. So do loop guards with a
+``max_cost_usd``: that limit needs each call's price before the next call.
 """
 
 from __future__ import annotations
@@ -11,6 +31,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import random
 import statistics
 import time
 import uuid
@@ -24,11 +45,17 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import RunnableConfig
 
 from weckr_core import MemoryBackend
-from weckr_core.backends import CapDecision
+from weckr_core.backends import ALLOW, CapDecision
 from weckr_core.records import UsageRecord
 from weckr_langchain import WeckrHandler
+
+BASELINE = "do-nothing handler"
+CONTROL = "do-nothing handler (control)"
+HEADLINE = "WeckrHandler (queue backend)"
+GOAL = 1.15
 
 
 class BenchChatModel(BaseChatModel):
@@ -75,11 +102,10 @@ class QueueBackend:
     and a hand-off to a queue (delivery and pricing happen elsewhere)."""
 
     def __init__(self) -> None:
-        self.decision = CapDecision("allow")
         self.queue: deque[UsageRecord] = deque(maxlen=10_000)
 
     def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
-        return self.decision
+        return ALLOW
 
     def record(self, record: UsageRecord) -> None:
         self.queue.append(record)
@@ -88,73 +114,43 @@ class QueueBackend:
         return True
 
 
-def per_call_us(call: Callable[[], object], calls: int) -> float:
-    # CPU time of this process: on a shared machine, wall time mostly measures the
-    # neighbours.
-    gc.collect()
-    start = time.process_time()
-    for _ in range(calls):
-        call()
-    return (time.process_time() - start) / calls * 1e6
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--calls", type=int, default=500)
-    args = parser.parse_args()
-
-    warnings.simplefilter("ignore")
-    model = BenchChatModel()
+def configs() -> dict[str, RunnableConfig]:
     memory = MemoryBackend(max_records=10_000)
     memory.set_cap("pro", "1000")  # a cap to check, far from reached
-    cases: dict[str, Callable[[], object]] = {}
-    configs: dict[str, Any] = {
+    guarded = WeckrHandler(
+        backend=QueueBackend(), user_id="u1", plan="pro", max_llm_calls=25, max_cost_usd="5"
+    )
+    return {
         "no handler": {},
-        "do-nothing handler": {"callbacks": [NoopHandler()]},
+        BASELINE: {"callbacks": [NoopHandler()]},
+        CONTROL: {"callbacks": [NoopHandler()]},
+        HEADLINE: {"callbacks": [WeckrHandler(backend=QueueBackend(), user_id="u1", plan="pro")]},
         "WeckrHandler (MemoryBackend)": {
             "callbacks": [WeckrHandler(backend=memory, user_id="u1", plan="pro")]
         },
-        "WeckrHandler (queue backend)": {
-            "callbacks": [WeckrHandler(backend=QueueBackend(), user_id="u1", plan="pro")]
-        },
-        "WeckrHandler + loop guards": {
-            "callbacks": [
-                WeckrHandler(
-                    backend=QueueBackend(),
-                    user_id="u1",
-                    plan="pro",
-                    max_llm_calls=25,
-                    max_cost_usd="5",
-                )
-            ]
-        },
+        "WeckrHandler + loop guards": {"callbacks": [guarded]},
     }
-    for name, config in configs.items():
-        cases[name] = functools.partial(model.invoke, "hello", config)
 
-    for call in cases.values():  # warm up: imports, price cache
-        per_call_us(call, 200)
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(args.rounds):
-        for name, call in cases.items():
-            samples[name].append(per_call_us(call, args.calls))
 
-    medians = {name: statistics.median(values) for name, values in samples.items()}
-    noop = medians["do-nothing handler"]
-    print(
-        f"invoke of a fake chat model, CPU time: median of {args.rounds} rounds"
-        f" x {args.calls} calls"
-    )
-    for name, median in medians.items():
-        print(
-            f"  {name:30} {median:7.1f} us/call   x{median / noop:.3f}"
-            f"   {median - noop:+6.1f} us vs do-nothing"
-        )
-    headline = medians["WeckrHandler (MemoryBackend)"] / noop
-    print(f"WeckrHandler / do-nothing handler: {headline:.3f} (goal <= 1.15)")
-    callbacks = statistics.median(callback_us(model, args.calls) for _ in range(args.rounds))
-    print(f"WeckrHandler's own callbacks (start + end, queue backend): {callbacks:.1f} us/call")
+def interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """One call of each case per round, in a shuffled order, each timed on its own."""
+    names = list(cases)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    shuffle = random.Random(0).shuffle
+    clock = time.perf_counter
+    for _ in range(rounds):
+        shuffle(names)
+        for name in names:
+            call = cases[name]
+            start = clock()
+            call()
+            times[name].append(clock() - start)
+    return times
+
+
+def paired_added(values: list[float], baseline: list[float]) -> float:
+    """Median difference to the baseline's call of the same round."""
+    return statistics.median(v - b for v, b in zip(values, baseline, strict=True))
 
 
 class _Capture(BaseCallbackHandler):
@@ -165,19 +161,72 @@ class _Capture(BaseCallbackHandler):
         self.end = (args, kwargs)
 
 
-def callback_us(model: BenchChatModel, calls: int) -> float:
-    """The handler alone, replaying the events of one real invoke with fresh run ids."""
+def callback_us(model: BenchChatModel, calls: int = 2000, repeats: int = 9) -> float:
+    """The handler alone, replaying the events of one real invoke with fresh run ids
+    in a hot loop: median of ``repeats`` batches, in us per call."""
     capture = _Capture()
     model.invoke("hello", {"callbacks": [capture]})
     (start_args, start_kwargs), (end_args, end_kwargs) = capture.start, capture.end
     handler = WeckrHandler(backend=QueueBackend(), user_id="u1", plan="pro")
-    run_ids = [uuid.uuid4() for _ in range(calls)]
+    batches = []
+    for _ in range(repeats):
+        events = [
+            ({**start_kwargs, "run_id": run_id}, {**end_kwargs, "run_id": run_id})
+            for run_id in (uuid.uuid4() for _ in range(calls))
+        ]
+        begin = time.perf_counter()
+        for start, end in events:
+            handler.on_chat_model_start(*start_args, **start)
+            handler.on_llm_end(*end_args, **end)
+        batches.append((time.perf_counter() - begin) / calls * 1e6)
+    return statistics.median(batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4000, help="calls per case")
+    parser.add_argument("--warmup", type=int, default=300, help="untimed calls per case")
+    args = parser.parse_args()
+
+    warnings.simplefilter("ignore")
+    model = BenchChatModel()
+    cases: dict[str, Callable[[], object]] = {
+        name: functools.partial(model.invoke, "hello", config) for name, config in configs().items()
+    }
+    for call in cases.values():  # imports, price cache, LangChain's own caches
+        for _ in range(args.warmup):
+            call()
+    # Long-lived objects out of the collector's way, so a collection costs what the
+    # calls allocate, not what was imported.
     gc.collect()
-    begin = time.process_time()
-    for run_id in run_ids:
-        handler.on_chat_model_start(*start_args, **{**start_kwargs, "run_id": run_id})
-        handler.on_llm_end(*end_args, **{**end_kwargs, "run_id": run_id})
-    return (time.process_time() - begin) / calls * 1e6
+    gc.freeze()
+    times = interleaved(cases, args.rounds)
+
+    baseline = times[BASELINE]
+    noop = statistics.median(baseline)
+    print(
+        f"invoke of a fake chat model: {args.rounds} rounds, one call of each case per "
+        "round in a shuffled order; us per call"
+    )
+    print(f"added: median difference to the {BASELINE}'s call of the same round")
+    print(f"{'case':<32}{'median':>8}{'added':>8}{'ratio':>7}")
+    added = {name: paired_added(values, baseline) for name, values in times.items()}
+    ratios = {name: (noop + value) / noop for name, value in added.items()}
+    for name, values in times.items():
+        print(
+            f"{name:<32}{statistics.median(values) * 1e6:>8.1f}{added[name] * 1e6:>+8.1f}"
+            f"{ratios[name]:>7.3f}"
+        )
+    print(
+        f"noise floor (control vs {BASELINE}): {added[CONTROL] * 1e6:+.1f} us,"
+        f" {ratios[CONTROL] - 1:+.3f}"
+    )
+    print(f"{HEADLINE} / {BASELINE}: {ratios[HEADLINE]:.3f} (goal <= {GOAL})")
+    gc.unfreeze()
+    print(
+        "WeckrHandler's own callbacks (start + end, queue backend, replayed in a hot "
+        f"loop): {callback_us(model):.1f} us per call"
+    )
 
 
 if __name__ == "__main__":

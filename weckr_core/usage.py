@@ -122,19 +122,28 @@ def usage_from_langchain(usage_metadata: Any) -> TokenUsage:
     kind, cache writes included, so those are taken back out of input here."""
     if not usage_metadata:
         return NOT_REPORTED
-    input_total = count(field(usage_metadata, "input_tokens"))
-    output_tokens = count(field(usage_metadata, "output_tokens"))
-    input_details = field(usage_metadata, "input_token_details") or {}
-    output_details = field(usage_metadata, "output_token_details") or {}
+    if type(usage_metadata) is dict:  # UsageMetadata is a TypedDict: the hot case
+        input_total = count(usage_metadata.get("input_tokens"))
+        output_tokens = count(usage_metadata.get("output_tokens"))
+        input_details = usage_metadata.get("input_token_details")
+        output_details = usage_metadata.get("output_token_details")
+    else:
+        input_total = count(field(usage_metadata, "input_tokens"))
+        output_tokens = count(field(usage_metadata, "output_tokens"))
+        input_details = field(usage_metadata, "input_token_details")
+        output_details = field(usage_metadata, "output_token_details")
     cache_read = count(field(input_details, "cache_read"))
     cache_creation = count(field(input_details, "cache_creation"))
     cache_creation = min(cache_creation, max(0, input_total - cache_read))
+    input_tokens = input_total - cache_creation
+    # Positional (input, output, cached input, cache creation, reasoning): this runs
+    # once per LangChain model call.
     return TokenUsage(
-        input_tokens=input_total - cache_creation,
-        output_tokens=output_tokens,
-        cached_input_tokens=min(cache_read, input_total - cache_creation),
-        cache_creation_tokens=cache_creation,
-        reasoning_tokens=min(count(field(output_details, "reasoning")), output_tokens),
+        input_tokens,
+        output_tokens,
+        min(cache_read, input_tokens),
+        cache_creation,
+        min(count(field(output_details, "reasoning")), output_tokens),
     )
 
 

@@ -141,7 +141,7 @@ class WeckrHandler(_WeckrOptions, BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        self.tracker.llm_failed(run_id, parent_run_id, error, kwargs.get("response"))
+        self.tracker.llm_ended(run_id, parent_run_id, kwargs.get("response"), error)
 
     def on_chain_start(
         self,
@@ -272,7 +272,7 @@ class AsyncWeckrHandler(_WeckrOptions, AsyncCallbackHandler):
         **kwargs: Any,
     ) -> None:
         await asyncio.to_thread(
-            self.tracker.llm_failed, run_id, parent_run_id, error, kwargs.get("response")
+            self.tracker.llm_ended, run_id, parent_run_id, kwargs.get("response"), error
         )
 
     # Run-tree bookkeeping is in-memory only, so it stays on the event loop.

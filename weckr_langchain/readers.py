@@ -8,7 +8,7 @@ from typing import Any
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import LLMResult
 
-from weckr_core.records import TokenUsage
+from weckr_core.records import UsageRecord
 from weckr_core.usage import NOT_REPORTED, usage_from_langchain, usage_from_litellm
 
 # Where chat model classes keep the model name, in invocation params and in
@@ -37,14 +37,16 @@ def requested_model(
     per-call ``model=`` overrides), then the invocation params, then the serialized
     constructor kwargs. Unknown parts are ``"unknown"``.
     """
+    asked = metadata.get("ls_model_name") if metadata else None
     model = (
-        _first_str(metadata, ("ls_model_name",))
-        or _first_str(invocation_params, _MODEL_KEYS)
+        asked
+        if isinstance(asked, str) and asked
+        else _first_str(invocation_params, _MODEL_KEYS)
         or _first_str(_kwargs_of(serialized), _MODEL_KEYS)
         or "unknown"
     )
-    provider = _first_str(metadata, ("ls_provider",))
-    if provider is None:
+    provider = metadata.get("ls_provider") if metadata else None
+    if not isinstance(provider, str) or not provider:
         # ``_type`` is "openai-chat", "anthropic-chat"...
         kind = _first_str(invocation_params, ("_type",))
         provider = kind.split("-", 1)[0] if kind else "unknown"
@@ -72,39 +74,51 @@ def run_name(serialized: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) ->
     return None
 
 
-def result_usage(response: LLMResult | None) -> tuple[TokenUsage, str | None, str | None]:
-    """``(usage, served model, provider)`` of a finished LLM run.
+def record_result(record: UsageRecord, response: LLMResult | None) -> None:
+    """Set a finished LLM run's usage on its record, and the served model and
+    provider where the response names them.
 
-    ``AIMessage.usage_metadata`` of the first generation that carries it (with
-    ``n > 1`` every generation repeats the call's total, so they are not summed),
-    else the legacy ``llm_output["token_usage"]``. The served model comes from the
-    message's ``response_metadata`` (``model_name`` / ``model``), else ``llm_output``.
+    Usage is ``AIMessage.usage_metadata`` of the first generation that carries it
+    (with ``n > 1`` every generation repeats the call's total, so they are not
+    summed), else the legacy ``llm_output["token_usage"]``. The served model comes
+    from the message's ``response_metadata`` (``model_name`` / ``model``), else
+    ``llm_output``.
     """
     if response is None:
-        return NOT_REPORTED, None, None
-    model: str | None = None
-    provider: str | None = None
+        record.apply_usage(NOT_REPORTED)
+        return
+    model: Any = None
+    provider: Any = None
     for generations in response.generations:
         for generation in generations:
             message = getattr(generation, "message", None)
-            if not isinstance(message, AIMessage):
+            # ``type() is`` first: pydantic classes make isinstance an ABC check.
+            if type(message) is not AIMessage and not isinstance(message, AIMessage):
                 continue
             meta = message.response_metadata
             if meta:
                 model = model or meta.get("model_name") or meta.get("model")
                 provider = provider or meta.get("model_provider")
-            if message.usage_metadata:
-                return usage_from_langchain(message.usage_metadata), _str(model), _str(provider)
+            usage = message.usage_metadata
+            if usage:
+                record.apply_usage(usage_from_langchain(usage))
+                _apply_served(record, model, provider)
+                return
     llm_output = response.llm_output or {}
     model = model or _first_str(llm_output, ("model_name", "model"))
     token_usage = llm_output.get("token_usage") or llm_output.get("usage")
     if isinstance(token_usage, Mapping) and token_usage:
-        return usage_from_litellm(dict(token_usage)), _str(model), _str(provider)
-    return NOT_REPORTED, _str(model), _str(provider)
+        record.apply_usage(usage_from_litellm(dict(token_usage)))
+    else:
+        record.apply_usage(NOT_REPORTED)
+    _apply_served(record, model, provider)
 
 
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _apply_served(record: UsageRecord, model: object, provider: object) -> None:
+    if isinstance(model, str) and model:
+        record.model = model
+    if isinstance(provider, str) and provider:
+        record.provider = provider
 
 
 def step_of(metadata: Mapping[str, Any] | None) -> str | None:

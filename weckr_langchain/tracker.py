@@ -17,13 +17,13 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from uuid import UUID
 
 from langchain_core.outputs import LLMResult
 
-from weckr_core.backends import Backend, CapDecision, RunStop, get_backend, report_run_stop
+from weckr_core.backends import ALLOW, Backend, RunStop, get_backend, report_run_stop
 from weckr_core.context import EMPTY, Attribution, current_attribution
 from weckr_core.errors import (
     WeckrCapError,
@@ -33,8 +33,8 @@ from weckr_core.errors import (
     is_weckr_config_error,
 )
 from weckr_core.guards import RunGuard, RunLimits
-from weckr_core.records import UsageRecord
-from weckr_langchain.readers import agent_of, requested_model, result_usage, step_of
+from weckr_core.records import UsageRecord, utc_now
+from weckr_langchain.readers import agent_of, record_result, requested_model, step_of
 from weckr_langchain.totals import UsageTotals
 
 logger = logging.getLogger("weckr_langchain")
@@ -53,7 +53,8 @@ def _propagates(error: BaseException) -> bool:
 
 
 def guarded(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P], R | None]:
-    """Log and swallow a bug in a callback body; let cap, loop and config errors out."""
+    """Log and swallow a bug in a callback body; let cap, loop and config errors out.
+    (The LLM callbacks, the hot path, inline the same ``try`` instead.)"""
 
     @functools.wraps(method)
     def wrapper(self: T, /, *args: P.args, **kwargs: P.kwargs) -> R | None:
@@ -62,10 +63,15 @@ def guarded(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P
         except Exception as error:
             if _propagates(error):
                 raise
-            logger.exception("Weckr: error in LangChain callback %s, ignored", method.__name__)
+            _log_bug(method.__name__)
             return None
 
     return wrapper
+
+
+def _log_bug(callback: str) -> None:
+    # Called from an ``except`` block: logs the exception being handled.
+    logger.exception("Weckr: error in LangChain callback %s, ignored", callback)
 
 
 class _RecordedRuns:
@@ -78,8 +84,8 @@ class _RecordedRuns:
         self._size = size
         self._lock = threading.Lock()
 
-    def claim(self, run_id: UUID) -> bool:
-        key = run_id.int
+    def claim(self, key: int) -> bool:
+        """``key`` is the run id's ``UUID.int``."""
         with self._lock:
             if key in self._ids:
                 return False
@@ -96,15 +102,13 @@ _warned_lock = threading.Lock()
 
 @dataclass(slots=True, eq=False)
 class _Root:
-    run_id: UUID
+    key: int  # run_id.int
+    id: str  # str(run_id)
     context: Attribution
     guard: RunGuard | None
-    id: str = ""
-    tools: list[str] = field(default_factory=list)
-    runs: set[int] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self.id = str(self.run_id)
+    tools: tuple[str, ...] = ()
+    # Keys of the runs below the root, made on the first one (a bare model call has none).
+    runs: set[int] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -173,14 +177,17 @@ class RunTracker:
             if parent is None:
                 root = self._roots.get(key)
                 if root is None:
-                    root = self._roots[key] = _Root(run_id, current_attribution(), None)
-                    if self._guards_on:
-                        root.guard = RunGuard(self.limits, run_id=root.id)
-                parent_name = None
+                    id_ = str(run_id)
+                    guard = RunGuard(self.limits, run_id=id_) if self._guards_on else None
+                    root = self._roots[key] = _Root(key, id_, current_attribution(), guard)
+                run = self._runs[key] = _Run(root, name, None)
             else:
-                root, parent_name = parent.root, parent.name
-            run = self._runs[key] = _Run(root, name, parent_name)
-            root.runs.add(key)
+                root = parent.root
+                run = self._runs[key] = _Run(root, name, parent.name)
+                if root.runs is None:
+                    root.runs = {key}
+                else:
+                    root.runs.add(key)
         return run
 
     def _exit(self, run_id: UUID) -> None:
@@ -193,13 +200,15 @@ class RunTracker:
         if run is None:
             return None
         root = run.root
-        root.runs.discard(key)
-        if root.run_id.int == key:
+        if root.key == key:
             # The root ended (or failed): forget whatever of its tree is left.
             self._roots.pop(key, None)
-            for child in root.runs:
-                self._runs.pop(child, None)
-            root.runs.clear()
+            if root.runs:
+                for child in root.runs:
+                    self._runs.pop(child, None)
+                root.runs.clear()
+        elif root.runs is not None:
+            root.runs.discard(key)
         return run
 
     @guarded
@@ -216,9 +225,9 @@ class RunTracker:
         with self._lock:
             return len(self._runs) + len(self._roots)
 
-    # LLM runs.
+    # LLM runs. The callbacks below run on every model call: they inline what
+    # ``guarded`` does and keep function calls and temporary objects few.
 
-    @guarded
     def llm_started(
         self,
         run_id: UUID,
@@ -227,14 +236,18 @@ class RunTracker:
         metadata: Mapping[str, Any] | None,
         invocation_params: Mapping[str, Any] | None,
     ) -> None:
-        run = self._enter(run_id, parent_run_id, None)
         try:
-            call = self._admit(run, parent_run_id, serialized, metadata, invocation_params)
-        except BaseException:
-            # Refused before the provider was called: LangChain sends no end event.
-            self._exit(run_id)
-            raise
-        run.call = call
+            run = self._enter(run_id, parent_run_id, None)
+            try:
+                run.call = self._admit(run, parent_run_id, serialized, metadata, invocation_params)
+            except BaseException:
+                # Refused before the provider was called: LangChain sends no end event.
+                self._exit(run_id)
+                raise
+        except Exception as error:
+            if _propagates(error):
+                raise
+            _log_bug("llm_started")
 
     def _admit(
         self,
@@ -246,11 +259,13 @@ class RunTracker:
     ) -> _LlmCall:
         root = run.root
         model, provider = requested_model(serialized, metadata, invocation_params)
-        context = root.context if root.context is not EMPTY else current_attribution()
+        context = root.context
+        if context is EMPTY:
+            context = current_attribution()
         user_id = self.user_id or _meta_str(metadata, "user_id") or context.user_id
         plan = self.plan or _meta_str(metadata, "plan") or context.plan
         feature = self.feature or _meta_str(metadata, "feature") or context.feature
-        tags = (*self.tags, *context.tags)
+        tags = self.tags + context.tags if context.tags else self.tags
 
         guard = root.guard
         if guard is not None:
@@ -269,98 +284,129 @@ class RunTracker:
                     run_id=root.id,
                 )
 
-        decision = self._check(user_id, plan, model)
-        if decision.action == "block" or (
-            decision.action == "downgrade" and self.downgrade_as_block
-        ):
-            raise WeckrCapError(
-                user_id=user_id,
-                plan_name=plan,
-                current_spend=decision.current_spend,
-                cap=decision.cap,
-            )
-        if decision.action == "downgrade":
-            _warn_downgrade_skipped(user_id, plan, model, decision.alternative_model)
-            tags = (*tags, DOWNGRADE_SKIPPED_TAG)
+        try:
+            decision = (self.backend or get_backend()).check(user_id, plan, model)
+        except Exception as error:
+            if _propagates(error):
+                raise
+            # Fail open: an unreachable backend must not take the product down.
+            logger.warning("Weckr: cap check failed (%r); allowing the call", error)
+            decision = ALLOW
+        action = decision.action
+        if action != "allow":
+            if action == "block" or (action == "downgrade" and self.downgrade_as_block):
+                raise WeckrCapError(
+                    user_id=user_id,
+                    plan_name=plan,
+                    current_spend=decision.current_spend,
+                    cap=decision.cap,
+                )
+            if action == "downgrade":
+                _warn_downgrade_skipped(user_id, plan, model, decision.alternative_model)
+                tags = (*tags, DOWNGRADE_SKIPPED_TAG)
 
+        if metadata and (
+            "langgraph_node" in metadata
+            or "langgraph_step" in metadata
+            or "lc_agent_name" in metadata
+        ):
+            step, agent = step_of(metadata), agent_of(metadata, run.parent_name)
+        else:
+            step, agent = None, run.parent_name
         if guard is not None:
             try:
                 guard.before_llm_call()
             except WeckrLoopError as error:
-                self._report_stop(error, feature, agent_of(metadata, run.parent_name))
+                self._report_stop(error, feature, agent)
                 raise
+        # Positional: a dataclass's __init__ takes keywords at twice the cost.
         return _LlmCall(
-            root=root,
-            parent_run_id=parent_run_id,
-            started=time.perf_counter(),
-            model=model,
-            provider=provider,
-            user_id=user_id,
-            plan=plan,
-            feature=feature,
-            step=step_of(metadata),
-            agent=agent_of(metadata, run.parent_name),
-            tags=tags,
+            root,
+            parent_run_id,
+            time.perf_counter(),
+            model,
+            provider,
+            user_id,
+            plan,
+            feature,
+            step,
+            agent,
+            tags,
         )
 
     def _report_stop(self, error: WeckrLoopError, feature: str | None, agent: str | None) -> None:
         stop = RunStop.from_error(error, source="langchain", feature=feature, agent=agent)
         report_run_stop(self.backend or get_backend(), stop)
 
-    def _check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
-        backend = self.backend or get_backend()
-        try:
-            return backend.check(user_id, plan, model)
-        except Exception as error:
-            if _propagates(error):
-                raise
-            # Fail open: an unreachable backend must not take the product down.
-            logger.warning("Weckr: cap check failed (%r); allowing the call", error)
-            return CapDecision()
-
-    @guarded
     def llm_ended(
-        self, run_id: UUID, parent_run_id: UUID | None, response: LLMResult | None
-    ) -> None:
-        self._finish(run_id, parent_run_id, response, None)
-
-    @guarded
-    def llm_failed(
-        self,
-        run_id: UUID,
-        parent_run_id: UUID | None,
-        error: BaseException,
-        response: LLMResult | None,
-    ) -> None:
-        self._finish(run_id, parent_run_id, response, error)
-
-    def _finish(
         self,
         run_id: UUID,
         parent_run_id: UUID | None,
         response: LLMResult | None,
-        error: BaseException | None,
+        error: BaseException | None = None,
     ) -> None:
-        with self._lock:
-            run = self._forget(run_id.int)
-        call = run.call if run is not None else None
-        if call is None:
-            # No (usable) start event: record what is known rather than drop the row.
-            call = self._orphan_call(run_id, run, parent_run_id)
-        record = self._record_of(run_id, call, response, error)
-        guard = call.root.guard
-        if guard is not None:
-            if guard.limits.max_cost_usd is not None:
-                record.ensure_priced()
-            guard.after_llm_call(record.total_tokens, record.cost_usd)
-        if self.totals is not None:
-            self.totals.add(record.ensure_priced())
-        if _recorded.claim(run_id):
-            (self.backend or get_backend()).record(record)
+        """The LLM run finished, or failed with ``error``: one record."""
+        try:
+            key = run_id.int
+            with self._lock:
+                run = self._forget(key)
+            call = run.call if run is not None else None
+            if call is None:
+                # No (usable) start event: record what is known rather than drop the row.
+                call = self._orphan_call(run_id, run, parent_run_id)
+            root = call.root
+            tags = call.tags
+            if root.tools:
+                tags = tuple(dict.fromkeys((*tags, *(f"tool:{name}" for name in root.tools))))
+            # Positional, in the order of UsageRecord's fields (keywords cost more).
+            record = UsageRecord(
+                # The LLM run's id: a retried delivery or a second handler cannot add a row.
+                root.id if root.key == key else str(run_id),
+                utc_now(),
+                call.user_id,
+                call.feature,
+                call.plan,
+                None,  # plan_revenue_usd: the server knows the plan's price
+                call.provider,
+                call.model,
+                None,  # requested_model
+                0,  # token counts: set by record_result
+                0,
+                0,
+                0,
+                0,
+                None,  # cost_usd
+                True,  # priced
+                True,  # usage_reported
+                int((time.perf_counter() - call.started) * 1000),
+                "ok" if error is None else "error",
+                None if error is None else type(error).__name__,
+                "langchain",
+                root.id,
+                None if call.parent_run_id is None else str(call.parent_run_id),
+                call.agent,
+                None,  # task
+                call.step,
+                tags,
+            )
+            record_result(record, response)
+            guard = root.guard
+            if guard is not None:
+                if guard.limits.max_cost_usd is not None:
+                    record.ensure_priced()
+                guard.after_llm_call(record.total_tokens, record.cost_usd)
+            if self.totals is not None:
+                self.totals.add(record.ensure_priced())
+            if _recorded.claim(key):
+                (self.backend or get_backend()).record(record)
+        except Exception as bug:
+            if _propagates(bug):
+                raise
+            _log_bug("llm_ended" if error is None else "llm_failed")
 
     def _orphan_call(self, run_id: UUID, run: _Run | None, parent_run_id: UUID | None) -> _LlmCall:
         context = current_attribution()
-        root = run.root if run is not None else _Root(run_id, context, None)
+        root = run.root if run is not None else _Root(run_id.int, str(run_id), context, None)
         return _LlmCall(
             root=root,
             parent_run_id=parent_run_id,
@@ -373,44 +419,6 @@ class RunTracker:
             step=None,
             agent=run.parent_name if run is not None else None,
             tags=(*self.tags, *context.tags),
-        )
-
-    def _record_of(
-        self,
-        run_id: UUID,
-        call: _LlmCall,
-        response: LLMResult | None,
-        error: BaseException | None,
-    ) -> UsageRecord:
-        usage, served_model, served_provider = result_usage(response)
-        tags = call.tags
-        if call.root.tools:
-            tools = (f"tool:{name}" for name in call.root.tools)
-            tags = tuple(dict.fromkeys((*tags, *tools)))
-        root = call.root
-        return UsageRecord(
-            # The LLM run's id: a retried delivery or a second handler cannot add a row.
-            event_id=root.id if root.run_id.int == run_id.int else str(run_id),
-            user_id=call.user_id,
-            feature=call.feature,
-            plan=call.plan,
-            provider=served_provider or call.provider,
-            model=served_model or call.model,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cached_input_tokens=usage.cached_input_tokens,
-            cache_creation_tokens=usage.cache_creation_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            usage_reported=usage.reported,
-            latency_ms=int((time.perf_counter() - call.started) * 1000),
-            status="ok" if error is None else "error",
-            error_type=None if error is None else type(error).__name__,
-            source="langchain",
-            run_id=root.id,
-            parent_run_id=None if call.parent_run_id is None else str(call.parent_run_id),
-            agent=call.agent,
-            step=call.step,
-            tags=tags,
         )
 
     # Tool runs.
@@ -438,7 +446,7 @@ class RunTracker:
                 raise
         with self._lock:
             if tool not in run.root.tools:
-                run.root.tools.append(tool)
+                run.root.tools += (tool,)
 
 
 def _warn_downgrade_skipped(
