@@ -39,7 +39,7 @@ from django.utils import timezone  # noqa: E402
 
 from example_project.saas.models import Profile  # noqa: E402
 from weckr_core.pricing import cheaper_alternative, price_record  # noqa: E402
-from weckr_core.records import UsageRecord  # noqa: E402
+from weckr_core.records import Source, UsageRecord  # noqa: E402
 from weckr_django import reports  # noqa: E402
 from weckr_django.caps import decide  # noqa: E402
 from weckr_django.ingest import ingest_records  # noqa: E402
@@ -103,6 +103,10 @@ class Customer:
     calls_per_day: float
     features: tuple[tuple[str, int], ...]  # (feature, weight)
     note: str
+    #: AI cost this customer reaches in the current month on any date: early in a
+    #: month, extra calls over the days so far make it up, so the story (a loss, a
+    #: cap reached) shows on the 2nd as on the 28th.
+    month_to_date_usd: str | None = None
 
 
 CUSTOMERS = (
@@ -112,6 +116,7 @@ CUSTOMERS = (
         125,
         (("research-agent", 6), ("data-analysis", 2), ("summarize", 2)),
         "team power user running agents all day: costs more than the plan earns",
+        month_to_date_usd="130",
     ),
     Customer(
         "ben",
@@ -119,6 +124,7 @@ CUSTOMERS = (
         100,
         (("chat-assistant", 5), ("research-agent", 1), ("draft-email", 2)),
         "heavy pro user: passes the $25 cap, then is downgraded to cheaper models",
+        month_to_date_usd="25",
     ),
     Customer(
         "cleo",
@@ -126,6 +132,7 @@ CUSTOMERS = (
         25,
         (("chat-assistant", 3), ("summarize", 3)),
         "free user who hits the $0.50 cap and is blocked",
+        month_to_date_usd="0.50",
     ),
     Customer(
         "dan", "pro", 6, (("summarize", 3), ("draft-email", 2), ("classify", 1)), "light pro user"
@@ -136,6 +143,7 @@ CUSTOMERS = (
         95,
         (("chat-assistant", 4), ("data-analysis", 1), ("summarize", 2)),
         "busy pro user close to the cap: on watch",
+        month_to_date_usd="21",
     ),
     Customer(
         "finn",
@@ -221,37 +229,68 @@ def generate(user_ids: dict[str, str], now: datetime) -> Iterator[UsageRecord]:
     """A month of calls per customer, in time order, with their plan's cap applied as a
     real app would have: blocked calls never happen, downgraded ones use the cheaper
     model."""
-    caps = {name: (Decimal(cap), action) for name, _, cap, action in PLANS}
-    prices = {name: Decimal(price) for name, price, _, _ in PLANS}
-    today = now.date()
+    plans = {name: (Decimal(price), Decimal(cap), action) for name, price, cap, action in PLANS}
     for customer in CUSTOMERS:
-        rng = random.Random(f"{SEED}-{customer.username}")
-        spend: dict[date, Decimal] = {}
-        names = [name for name, _ in customer.features]
-        weights = [weight for _, weight in customer.features]
-        cap, action = caps[customer.plan]
-        for offset in range(DAYS - 1, -1, -1):
-            day = today - timedelta(days=offset)
-            weekday_factor = 0.35 if day.weekday() >= 5 else 1.0
-            count = max(0, round(rng.gauss(customer.calls_per_day, customer.calls_per_day / 4)))
-            count = round(count * weekday_factor)
-            for index, moment in enumerate(_call_times(rng, day, count, now)):
-                feature = FEATURES[rng.choices(names, weights)[0]]
-                month = day.replace(day=1)
-                model, requested = feature.model, None
-                if spend.get(month, Decimal(0)) >= cap:
-                    if action == Plan.CapAction.BLOCK:
-                        continue
-                    requested, model = model, cheaper_alternative(model) or model
-                record = _record(rng, feature, model, moment)
-                record.event_id = f"{EVENT_PREFIX}{customer.username}-{day:%Y%m%d}-{index}"
-                record.user_id = user_ids[customer.username]
-                record.plan = customer.plan
-                record.plan_revenue_usd = prices[customer.plan]
-                record.requested_model = requested
-                record.source = "wrap" if index % 3 else "sdk"
-                spend[month] = spend.get(month, Decimal(0)) + _cost(record)
+        yield from _customer_calls(customer, user_ids[customer.username], plans[customer.plan], now)
+
+
+def _customer_calls(
+    customer: Customer, user_id: str, plan: tuple[Decimal, Decimal, str], now: datetime
+) -> Iterator[UsageRecord]:
+    price, cap, action = plan
+    rng = random.Random(f"{SEED}-{customer.username}")
+    spend: dict[date, Decimal] = {}
+    names = [name for name, _ in customer.features]
+    weights = [weight for _, weight in customer.features]
+
+    def call(moment: datetime, event_id: str, source: Source) -> UsageRecord | None:
+        """One call of the customer's, or None when the plan's cap blocks it."""
+        feature = FEATURES[rng.choices(names, weights)[0]]
+        month = moment.date().replace(day=1)
+        model, requested = feature.model, None
+        if spend.get(month, Decimal(0)) >= cap:
+            if action == Plan.CapAction.BLOCK:
+                return None
+            requested, model = model, cheaper_alternative(model) or model
+        record = _record(rng, feature, model, moment)
+        record.event_id = event_id
+        record.user_id = user_id
+        record.plan = customer.plan
+        record.plan_revenue_usd = price
+        record.requested_model = requested
+        record.source = source
+        spend[month] = spend.get(month, Decimal(0)) + _cost(record)
+        return record
+
+    today = now.date()
+    for offset in range(DAYS - 1, -1, -1):
+        day = today - timedelta(days=offset)
+        weekday_factor = 0.35 if day.weekday() >= 5 else 1.0
+        count = max(0, round(rng.gauss(customer.calls_per_day, customer.calls_per_day / 4)))
+        count = round(count * weekday_factor)
+        for index, moment in enumerate(_call_times(rng, day, count, now)):
+            event_id = f"{EVENT_PREFIX}{customer.username}-{day:%Y%m%d}-{index}"
+            record = call(moment, event_id, "wrap" if index % 3 else "sdk")
+            if record is not None:
                 yield record
+
+    # Early in a month the days so far cannot reach the customer's story: make up the
+    # difference with calls spread over them.
+    if customer.month_to_date_usd is None:
+        return
+    target = Decimal(customer.month_to_date_usd)
+    this_month = today.replace(day=1)
+    start = datetime.combine(this_month, time.min, tzinfo=UTC)
+    end = now - timedelta(minutes=10)
+    extra: list[UsageRecord] = []
+    while end > start and spend.get(this_month, Decimal(0)) < target and len(extra) < 5000:
+        moment = start + (end - start) * rng.random()
+        event_id = f"{EVENT_PREFIX}{customer.username}-{this_month:%Y%m}-extra-{len(extra)}"
+        record = call(moment, event_id, "wrap")
+        if record is None:
+            break
+        extra.append(record)
+    yield from sorted(extra, key=lambda record: record.timestamp)
 
 
 def _record(rng: random.Random, feature: Feature, model: str, moment: datetime) -> UsageRecord:

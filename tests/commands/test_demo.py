@@ -176,3 +176,51 @@ def test_the_pages_call_the_fake_llm_through_weckr(demo: tuple[Path, str, str]) 
         ["summarize", "sdk", "pro", "gpt-4o", True],
     ]
     assert all(event[5] > 0 for event in events)
+
+
+_MONTH_TO_DATE_SCRIPT = """
+import json, sys
+from datetime import UTC, datetime
+from decimal import Decimal
+sys.argv = ["demo.py"]
+import demo
+from django.core.management import call_command
+from weckr_core.pricing import price_record
+
+call_command("migrate", verbosity=0)  # prices can be overridden in the database
+
+spends = {}
+for now in (datetime(2026, 12, 1, 9, 30, tzinfo=UTC), datetime(2026, 12, 2, 0, 30, tzinfo=UTC)):
+    users = {customer.username: customer.username for customer in demo.CUSTOMERS}
+    month = {}
+    for record in demo.generate(users, now):
+        if record.timestamp >= datetime(2026, 12, 1, tzinfo=UTC):
+            assert record.timestamp < now
+            month[record.user_id] = month.get(record.user_id, Decimal(0)) + price_record(record).usd
+    spends[now.isoformat()] = {user: float(cost) for user, cost in month.items()}
+print(json.dumps(spends))
+"""
+
+
+def test_the_demo_story_holds_on_the_first_days_of_a_month(tmp_path: Path) -> None:
+    """Caps and margins are per calendar month: loaded on the 1st, the demo's month
+    so far must already show the loss, the caps reached and the user on watch."""
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'unused.sqlite3'}"
+    result = subprocess.run(
+        [sys.executable, "-c", _MONTH_TO_DATE_SCRIPT],
+        cwd=ROOT / "example_project",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+    for moment, spend in json.loads(result.stdout).items():
+        assert spend["ada"] > 99, moment  # the team plan's price: a loss
+        assert spend["ben"] >= 25, moment  # the pro cap: downgraded
+        assert spend["cleo"] >= 0.5, moment  # the free cap: blocked
+        assert 29 * 0.7 <= spend["eve"] < 25, moment  # on watch, under the cap
+        assert spend.get("dan", 0) < 29 * 0.7, moment  # light and profitable
