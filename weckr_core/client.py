@@ -459,6 +459,8 @@ class Weckr:
         except BaseException as error:
             call.fail(error)
             raise
+        if endpoint.raw:
+            return self._record_raw(call, endpoint, stream, result, RecordedStream)
         if stream:
             return RecordedStream(result, endpoint.stream_usage(), call.finish_stream)
         call.finish_response(endpoint, result)
@@ -479,10 +481,40 @@ class Weckr:
         except BaseException as error:
             call.fail(error)
             raise
+        if endpoint.raw:
+            return self._record_raw(call, endpoint, stream, result, AsyncRecordedStream)
         if stream:
             return AsyncRecordedStream(result, endpoint.stream_usage(), call.finish_stream)
         call.finish_response(endpoint, result)
         return result
+
+    def _record_raw(
+        self,
+        call: _Call,
+        endpoint: Endpoint,
+        stream: bool,
+        raw: Any,
+        recorded_stream: type[RecordedStream[Any]] | type[AsyncRecordedStream[Any]],
+    ) -> Any:
+        """A ``with_raw_response`` call: records from the parsed result, which the SDK
+        caches for the caller's own ``raw.parse()``; a stream is handed out recorded."""
+        try:
+            parsed = raw.parse()
+        except Exception as error:  # the caller's own parse() will say what is wrong
+            self._report(error)
+            call.finish(NOT_REPORTED, None)  # the call was made: keep its row
+            return raw
+        if not stream:
+            call.finish_response(endpoint, parsed)
+            return raw
+        recorded = recorded_stream(parsed, endpoint.stream_usage(), call.finish_stream)
+        parse = raw.parse
+
+        def parse_recorded(*, to: Any = None) -> Any:
+            return recorded if to is None else parse(to=to)
+
+        raw.parse = parse_recorded
+        return raw
 
     def _prepare_chat(
         self, client: Any, params: Mapping[str, Any], is_async: bool

@@ -10,14 +10,17 @@ through to the real client::
 Intercepted: ``chat.completions.create`` / ``.stream`` and ``responses.create`` /
 ``.stream`` (OpenAI), ``messages.create`` / ``.stream`` (Anthropic, also under
 ``beta``), ``models.generate_content`` and ``models.generate_content_stream``
-(google-genai, also under ``aio``). ``with_options()`` / ``copy()`` return wrapped
-clients. Not intercepted (they pass through unrecorded): ``with_raw_response`` and
+(google-genai, also under ``aio``), and the same OpenAI and Anthropic calls through
+``with_raw_response`` (the raw response is returned; its ``parse()`` gives the
+result, a recorded stream for ``stream=True``). ``with_options()`` / ``copy()``
+return wrapped clients. Not intercepted (they pass through unrecorded):
 ``with_streaming_response`` views, OpenAI's ``.parse()`` helpers, and google-genai's
 ``chats``. ``isinstance(wrapped, openai.OpenAI)`` is False.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Mapping
@@ -69,6 +72,10 @@ class Endpoint:
     # A ``.stream(...)`` helper: returns a context manager, whose stream's own
     # accumulation gives the usage on exit.
     final_usage: FinalUsage | None = None
+    # A ``with_raw_response`` view: returns the SDK's raw response, whose ``parse()``
+    # gives the usual result (the SDK caches it, so parsing it here costs the
+    # caller nothing).
+    raw: bool = False
 
     def model_of(self, response: Any) -> str | None:
         model = getattr(response, self.model_field, None)
@@ -138,18 +145,40 @@ _GEMINI_MODELS: Route = {
     "generate_content": GEMINI,
     "generate_content_stream": GEMINI_STREAM,
 }
-_ANTHROPIC_MESSAGES: Route = {"create": ANTHROPIC_MESSAGES, "stream": ANTHROPIC_STREAM_HELPER}
+_OPENAI_CHAT_RAW: Route = {"create": dataclasses.replace(OPENAI_CHAT, raw=True)}
+_OPENAI_RESPONSES_RAW: Route = {"create": dataclasses.replace(OPENAI_RESPONSES, raw=True)}
+_ANTHROPIC_MESSAGES_RAW: Route = {"create": dataclasses.replace(ANTHROPIC_MESSAGES, raw=True)}
+_ANTHROPIC_MESSAGES: Route = {
+    "create": ANTHROPIC_MESSAGES,
+    "stream": ANTHROPIC_STREAM_HELPER,
+    "with_raw_response": _ANTHROPIC_MESSAGES_RAW,
+}
 
 ROUTES: dict[str, Route] = {
     "openai": {
-        "chat": {"completions": {"create": OPENAI_CHAT, "stream": OPENAI_CHAT_STREAM_HELPER}},
-        "responses": {"create": OPENAI_RESPONSES, "stream": OPENAI_RESPONSES_STREAM_HELPER},
+        "chat": {
+            "completions": {
+                "create": OPENAI_CHAT,
+                "stream": OPENAI_CHAT_STREAM_HELPER,
+                "with_raw_response": _OPENAI_CHAT_RAW,
+            }
+        },
+        "responses": {
+            "create": OPENAI_RESPONSES,
+            "stream": OPENAI_RESPONSES_STREAM_HELPER,
+            "with_raw_response": _OPENAI_RESPONSES_RAW,
+        },
+        "with_raw_response": {
+            "chat": {"completions": _OPENAI_CHAT_RAW},
+            "responses": _OPENAI_RESPONSES_RAW,
+        },
         "with_options": REWRAP,
         "copy": REWRAP,
     },
     "anthropic": {
         "messages": _ANTHROPIC_MESSAGES,
         "beta": {"messages": _ANTHROPIC_MESSAGES},
+        "with_raw_response": {"messages": _ANTHROPIC_MESSAGES_RAW},
         "with_options": REWRAP,
         "copy": REWRAP,
     },

@@ -323,3 +323,77 @@ def test_legacy_gemini_objects_point_to_chat() -> None:
 
     with pytest.raises(TypeError, match=r"wk\.chat"):
         wrap(legacy_genai.GenerativeModel("gemini-1.5-flash"))  # type: ignore[attr-defined]
+
+
+# -- with_raw_response ---------------------------------------------------------------
+
+
+def test_openai_with_raw_response_is_recorded_and_parses_as_usual() -> None:
+    fake, backend, wk = setup(p.openai_chat_body("gpt-4o-mini", p.openai_usage(40, 8, 16)))
+    client = wk.wrap(p.openai_client(fake))
+
+    with attribute(user_id="u1", plan="pro"):
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+        client.with_raw_response.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert raw.headers["content-type"] == "application/json"
+    assert raw.parse().choices[0].message.content == "ok"
+    records = backend.records
+    assert len(records) == 2 and fake.hits == 2
+    assert {
+        (r.user_id, r.input_tokens, r.cached_input_tokens, r.output_tokens) for r in records
+    } == {("u1", 40, 16, 8)}
+
+
+def test_openai_raw_response_stream_is_recorded_when_it_ends() -> None:
+    backend = MemoryBackend()
+    fake = p.FakeProvider(events=p.openai_chat_stream("gpt-4o-mini", p.openai_usage(30, 6)))
+    client = Weckr(backend=backend).wrap(p.openai_client(fake))
+
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    assert backend.records == []
+    chunks = list(raw.parse())
+
+    assert fake.last_body["stream_options"] == {"include_usage": True}
+    assert chunks[-1].usage is not None
+    assert (only_record(backend).input_tokens, only_record(backend).output_tokens) == (30, 6)
+
+
+def test_responses_and_anthropic_raw_responses_are_recorded() -> None:
+    usage = p.openai_responses_usage(800, 400, cached=512, reasoning=256)
+    fake, backend, wk = setup(p.openai_response_body("gpt-5-2025-08-07", usage))
+    wk.wrap(p.openai_client(fake)).responses.with_raw_response.create(model="gpt-5", input="Hi")
+    assert (only_record(backend).input_tokens, only_record(backend).reasoning_tokens) == (800, 256)
+
+    fake, backend, wk = setup(
+        p.anthropic_message_body("claude-haiku-4-5", p.anthropic_usage(10, 20, 300, 40))
+    )
+    client = wk.wrap(p.anthropic_client(fake))
+    raw = client.messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES
+    )
+    client.with_raw_response.messages.create(
+        model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES
+    )
+
+    assert raw.parse().usage.output_tokens == 20
+    assert [(r.input_tokens, r.cache_creation_tokens) for r in backend.records] == [(310, 40)] * 2
+
+
+def test_async_openai_with_raw_response() -> None:
+    fake, backend, wk = setup(p.openai_chat_body("gpt-4o-mini", p.openai_usage(9, 2)))
+    client = wk.wrap(p.async_openai_client(fake))
+
+    async def call() -> Any:
+        return await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+
+    raw = asyncio.run(call())
+
+    assert raw.parse().usage.prompt_tokens == 9
+    assert only_record(backend).input_tokens == 9
