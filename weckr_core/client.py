@@ -25,7 +25,7 @@ from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from weckr_core.backends import Backend, get_backend
+from weckr_core.backends import ALLOW, Backend, CapDecision, get_backend
 from weckr_core.context import current_attribution
 from weckr_core.errors import WeckrCapError, WeckrConfigError, warn_downgrade
 from weckr_core.pricing import preload_prices
@@ -254,7 +254,17 @@ class Weckr:
     async def achat(self, client: Any, params: Mapping[str, Any]) -> Any:
         """``chat`` for async clients (``AsyncOpenAI``, ``AsyncAnthropic``,
         google-genai's ``client.aio``)."""
-        call, endpoint, stream, method, args, kwargs = self._prepare_chat(client, params, True)
+        attribution = current_attribution()
+        user_id = params.get("user_id")
+        plan = params.get("plan")
+        decision = await self._adecide(
+            _user(user_id) if user_id is not None else attribution.user_id,
+            plan if plan is not None else attribution.plan,
+            _model_name(params.get("model")),
+        )
+        call, endpoint, stream, method, args, kwargs = self._prepare_chat(
+            client, params, True, decision
+        )
         return await self._ainvoke(call, endpoint, stream, method, args, kwargs)
 
     def wrap(self, client: C) -> C:
@@ -358,9 +368,11 @@ class Weckr:
         feature: str | None,
         tags: tuple[str, ...],
         stacklevel: int = 8,
+        decision: CapDecision | None = None,
     ) -> _Call:
         """Resolve the plan, enforce the cap (may raise before anything is spent).
 
+        ``decision`` is the cap decision when the async path already has it.
         ``stacklevel`` points a downgrade warning at the caller's own frame."""
         plan_revenue = self._plan_revenue(plan)
         backend = self._backend if self._backend is not None else get_backend()
@@ -368,7 +380,7 @@ class Weckr:
             self, backend, source, provider, model, user_id, plan, plan_revenue, feature, tags
         )
         if user_id and not self.disable_cap_check:
-            alternative = self._admit(backend, user_id, plan, model, stacklevel)
+            alternative = self._admit(backend, user_id, plan, model, stacklevel, decision)
             if alternative is not None:
                 call.requested_model = model
                 call.model = alternative
@@ -376,17 +388,24 @@ class Weckr:
         return call
 
     def _admit(
-        self, backend: Backend, user_id: str, plan: str | None, model: str, stacklevel: int
+        self,
+        backend: Backend,
+        user_id: str,
+        plan: str | None,
+        model: str,
+        stacklevel: int,
+        decision: CapDecision | None = None,
     ) -> str | None:
         """None to go ahead; a model name to use instead; raises to block."""
-        try:
-            decision = backend.check(user_id, plan, model)
-        except (WeckrCapError, WeckrConfigError):
-            raise
-        except Exception as error:
-            # Fail open on a broken check, loudly: the call itself must not fail.
-            self._report(error)
-            return None
+        if decision is None:
+            try:
+                decision = backend.check(user_id, plan, model)
+            except (WeckrCapError, WeckrConfigError):
+                raise
+            except Exception as error:
+                # Fail open on a broken check, loudly: the call itself must not fail.
+                self._report(error)
+                return None
         if decision.action == "allow":
             return None
         alternative = decision.alternative_model
@@ -411,8 +430,33 @@ class Weckr:
     async def _acall(
         self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        call, stream = self._start_wrapped(endpoint, kwargs)
+        attribution = current_attribution()
+        decision = await self._adecide(
+            attribution.user_id, attribution.plan, _model_name(kwargs.get("model"))
+        )
+        call, stream = self._start_wrapped(endpoint, kwargs, decision=decision)
         return await self._ainvoke(call, endpoint, stream, method, args, kwargs)
+
+    async def _adecide(
+        self, user_id: str | None, plan: str | None, model: str
+    ) -> CapDecision | None:
+        """The cap decision from the backend's ``acheck``, when it has one: an uncached
+        check then waits off the event loop. None leaves the check to ``_start``."""
+        if not user_id or self.disable_cap_check:
+            return None
+        acheck = getattr(self.backend, "acheck", None)
+        if acheck is None:
+            return None
+        self._plan_revenue(plan)  # an unknown plan fails before anything is asked
+        try:
+            decision: CapDecision = await acheck(user_id, plan, model)
+        except (WeckrCapError, WeckrConfigError):
+            raise
+        except Exception as error:
+            # Fail open on a broken check, loudly: the call itself must not fail.
+            self._report(error)
+            return ALLOW
+        return decision
 
     def _call_stream_helper(
         self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -425,7 +469,11 @@ class Weckr:
         )
 
     def _start_wrapped(
-        self, endpoint: Endpoint, kwargs: dict[str, Any], helper: bool = False
+        self,
+        endpoint: Endpoint,
+        kwargs: dict[str, Any],
+        helper: bool = False,
+        decision: CapDecision | None = None,
     ) -> tuple[_Call, bool]:
         attribution = current_attribution()
         call = self._start(
@@ -436,6 +484,7 @@ class Weckr:
             attribution.plan,
             attribution.feature,
             attribution.tags,
+            decision=decision,
         )
         if call.requested_model is not None:
             kwargs["model"] = call.model
@@ -517,7 +566,11 @@ class Weckr:
         return raw
 
     def _prepare_chat(
-        self, client: Any, params: Mapping[str, Any], is_async: bool
+        self,
+        client: Any,
+        params: Mapping[str, Any],
+        is_async: bool,
+        decision: CapDecision | None = None,
     ) -> tuple[_Call, Endpoint, bool, Any, tuple[Any, ...], dict[str, Any]]:
         client = unwrap(client)
         provider = _provider_of(client)
@@ -553,6 +606,7 @@ class Weckr:
             feature if feature is not None else attribution.feature,
             attribution.tags,
             stacklevel=7,
+            decision=decision,
         )
         if call.requested_model is not None:
             params["model"] = call.model

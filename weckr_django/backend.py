@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
@@ -198,6 +199,16 @@ class DjangoBackend:
                 self._decisions.clear()
             self._decisions[key] = (now + ttl, decision)
         return decision
+
+    async def acheck(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+        """``check`` for the async paths: a cached decision at once, else the query
+        through ``sync_to_async``, so the event loop goes on meanwhile."""
+        if user_id is None or not plan:
+            return ALLOW
+        cached = self._decisions.get((user_id, plan, model))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        return await sync_to_async(self.check)(user_id, plan, model)
 
     def forget_decisions(self, user_ids: Sequence[str | None] | None = None) -> None:
         """Drop cached decisions (of ``user_ids``, or all)."""

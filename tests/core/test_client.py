@@ -599,3 +599,42 @@ def test_a_broken_cap_check_fails_open_and_is_reported() -> None:
 
     assert [str(e) for e in errors] == ["cache down"]
     assert fake.hits == 1 and len(backend.records) == 1
+
+
+async def test_an_uncached_cap_check_does_not_block_the_event_loop() -> None:
+    fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(10, 5)))
+    block = {"allowed": False, "action": "block", "currentSpend": 12, "cap": 10}
+    params = {"model": "gpt-4o-mini", "messages": MESSAGES, "user_id": "u1", "plan": "pro"}
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    with FakeWeckrServer() as server:
+        # The server takes 0.3 s per check: an event loop blocked meanwhile would
+        # not tick at all.
+        server.set_reply(CHECK_PATH, Reply(200, block, delay=0.3))
+        wk = Weckr(api_key="wk_test", endpoint=server.log_url, check_endpoint=server.check_url)
+        wrapped = wk.wrap(p.async_openai_client(fake))
+        ticking = asyncio.create_task(ticker())
+        try:
+            with pytest.raises(WeckrCapError):
+                await wk.achat(p.async_openai_client(fake), params)
+            after_achat = ticks
+            with attribute(user_id="u2", plan="pro"), pytest.raises(WeckrCapError):
+                await wrapped.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            after_wrap = ticks - after_achat
+            # Cached now: decided at once, still refused.
+            with pytest.raises(WeckrCapError):
+                await wk.achat(p.async_openai_client(fake), params)
+        finally:
+            ticking.cancel()
+            wk.close()
+        checks = server.requests(CHECK_PATH)
+
+    assert after_achat >= 10 and after_wrap >= 10
+    assert [request.query["userId"] for request in checks] == ["u1", "u2"]
+    assert fake.hits == 0

@@ -4,6 +4,7 @@ import threading
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core import mail
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
@@ -13,7 +14,7 @@ import weckr_core
 from weckr_core.backends import RunStop
 from weckr_django.backend import DjangoBackend, install_default_backend
 from weckr_django.ingest import ingest_records
-from weckr_django.models import AlertLog, MonthlyUserSpend, Project, UsageEvent
+from weckr_django.models import AlertLog, MonthlyUserSpend, Plan, Project, UsageEvent
 
 from .helpers import make_plan, make_project, make_record
 
@@ -109,6 +110,26 @@ async def test_sync_delivery_works_from_async_code():
     project = await Project.objects.acreate(name="Acme")
     DjangoBackend(delivery="sync").record(make_record("e1"))
     assert await UsageEvent.objects.filter(project=project).acount() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_acheck_decides_off_the_event_loop_and_caches():
+    project = await Project.objects.acreate(name="Acme")
+    await sync_to_async(make_plan)(project, "pro", cap="0.001")
+    await sync_to_async(ingest_records)(project, [make_record("e1", input_tokens=100_000)])
+    backend = DjangoBackend(delivery="sync")
+
+    # On the event loop's thread Django refuses queries: acheck must not make one here.
+    decision = await backend.acheck("u1", "pro", "gpt-4o")
+    await Plan.objects.filter(project=project).aupdate(monthly_cap_usd=Decimal(100))
+    cached = await backend.acheck("u1", "pro", "gpt-4o")
+    backend.forget_decisions()
+    fresh = await backend.acheck("u1", "pro", "gpt-4o")
+
+    assert decision.action == cached.action == "block"
+    assert decision.current_spend is not None and decision.current_spend > Decimal("0.001")
+    assert fresh.allowed
+    assert (await backend.acheck(None, "pro", "gpt-4o")).allowed
 
 
 @pytest.mark.django_db(transaction=True)

@@ -45,6 +45,10 @@ class Backend(Protocol):
     fast (cached). ``record`` must not block on the network or the database: it
     hands the record to a queue or a task. ``flush`` waits until everything recorded
     so far is delivered, and returns False when the timeout ran out first.
+
+    A backend whose uncached ``check`` does I/O may also have ``async def
+    acheck(user_id, plan, model)``: the async client paths (``achat``, wrapped async
+    clients) await it instead, so that check never blocks an event loop.
     """
 
     def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision: ...

@@ -9,6 +9,7 @@ header and the payload are those of the published weckr-sdk.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import math
@@ -200,6 +201,17 @@ class HttpBackend:
             pending.decision = decision if decision is not None else ALLOW
             pending.done.set()
         return pending.decision
+
+    async def acheck(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+        """``check`` for the async paths: a cached decision at once, else the request
+        on a worker thread, so the event loop goes on meanwhile."""
+        if not user_id or not plan:
+            return ALLOW
+        with self._check_lock:
+            cached = self._decisions.get((user_id, plan, model))
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return await asyncio.to_thread(self.check, user_id, plan, model)
 
     def _cache_decision(self, key: _DecisionKey, decision: CapDecision) -> None:
         now = time.monotonic()
