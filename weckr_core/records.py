@@ -120,6 +120,17 @@ class UsageRecord:
     def total_tokens(self) -> int:
         return self.input_tokens + self.cache_creation_tokens + self.output_tokens
 
+    def token_usage(self) -> TokenUsage:
+        """The record's counts as a ``TokenUsage`` (the inverse of ``apply_usage``)."""
+        return TokenUsage(
+            self.input_tokens,
+            self.output_tokens,
+            self.cached_input_tokens,
+            self.cache_creation_tokens,
+            self.reasoning_tokens,
+            self.usage_reported,
+        )
+
     def apply_usage(self, usage: TokenUsage) -> None:
         self.input_tokens = usage.input_tokens
         self.output_tokens = usage.output_tokens
@@ -140,6 +151,19 @@ class UsageRecord:
 
     def replace(self, **changes: Any) -> UsageRecord:
         return dataclasses.replace(self, **changes)
+
+    def optional_wire_fields(self) -> tuple[tuple[str, str | None], ...]:
+        """Our text fields beyond weckr-sdk's payload, as (wire key, value); the wire
+        leaves out those that are None."""
+        return (
+            ("requestedModel", self.requested_model),
+            ("errorType", self.error_type),
+            ("runId", self.run_id),
+            ("parentRunId", self.parent_run_id),
+            ("agent", self.agent),
+            ("task", self.task),
+            ("step", self.step),
+        )
 
     def to_wire(self) -> dict[str, Any]:
         """The camelCase payload of ``POST /api/v1/log``: weckr-sdk's fields, always,
@@ -165,15 +189,7 @@ class UsageRecord:
             "status": self.status,
             "source": self.source,
         }
-        for key, value in (
-            ("requestedModel", self.requested_model),
-            ("errorType", self.error_type),
-            ("runId", self.run_id),
-            ("parentRunId", self.parent_run_id),
-            ("agent", self.agent),
-            ("task", self.task),
-            ("step", self.step),
-        ):
+        for key, value in self.optional_wire_fields():
             if value is not None:
                 payload[key] = value
         if self.tags:

@@ -15,13 +15,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_demo(database: Path) -> str:
+def demo_env(database: Path) -> dict[str, str]:
+    """This environment without the test settings, on a SQLite database of its own."""
     env = {
         key: value
         for key, value in os.environ.items()
         if key not in ("DJANGO_SETTINGS_MODULE", "CELERY_BROKER_URL", "WECKR_PROJECT")
     }
     env["DATABASE_URL"] = f"sqlite:///{database}"
+    return env
+
+
+def run_demo(database: Path) -> str:
+    env = demo_env(database)
     result = subprocess.run(
         [sys.executable, str(ROOT / "example_project" / "demo.py"), "--no-serve"],
         env=env,
@@ -205,12 +211,10 @@ print(json.dumps(spends))
 def test_the_demo_story_holds_on_the_first_days_of_a_month(tmp_path: Path) -> None:
     """Caps and margins are per calendar month: loaded on the 1st, the demo's month
     so far must already show the loss, the caps reached and the user on watch."""
-    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
-    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'unused.sqlite3'}"
     result = subprocess.run(
         [sys.executable, "-c", _MONTH_TO_DATE_SCRIPT],
         cwd=ROOT / "example_project",
-        env=env,
+        env=demo_env(tmp_path / "prices.sqlite3"),
         capture_output=True,
         text=True,
         timeout=120,

@@ -23,7 +23,7 @@ from tests.core.providers import (
     openai_client,
     openai_usage,
 )
-from weckr_core import MemoryBackend, TokenUsage, UsageRecord
+from weckr_core import MemoryBackend, UsageRecord
 from weckr_core.usage import usage_from_anthropic, usage_from_gemini, usage_from_openai
 from weckr_crewai import WeckrCrew
 
@@ -43,17 +43,6 @@ def completions(fake: FakeProvider, path: str) -> int:
     return sum(1 for url, _ in fake.requests if url.endswith(path))
 
 
-def tokens(record: UsageRecord) -> TokenUsage:
-    return TokenUsage(
-        input_tokens=record.input_tokens,
-        output_tokens=record.output_tokens,
-        cached_input_tokens=record.cached_input_tokens,
-        cache_creation_tokens=record.cache_creation_tokens,
-        reasoning_tokens=record.reasoning_tokens,
-        reported=record.usage_reported,
-    )
-
-
 def test_openai_with_cache_reads_and_reasoning() -> None:
     usage = openai_usage(1_000, 200, cached=600, reasoning=50)
     fake = FakeProvider(openai_chat_body("gpt-4o-mini", usage))
@@ -64,7 +53,7 @@ def test_openai_with_cache_reads_and_reasoning() -> None:
     record = run_one_call(llm, backend)
 
     assert completions(fake, "/chat/completions") == 1
-    assert tokens(record) == usage_from_openai(usage)
+    assert record.token_usage() == usage_from_openai(usage)
     assert (record.provider, record.model, record.agent, record.task) == (
         "openai",
         "gpt-4o-mini",
@@ -88,7 +77,7 @@ def test_anthropic_with_cache_reads_and_writes() -> None:
 
     assert completions(fake, "/messages") == 1
     # CrewAI folds reads and writes into input_tokens; writes come back out here.
-    assert tokens(record) == usage_from_anthropic(usage)
+    assert record.token_usage() == usage_from_anthropic(usage)
     assert (record.provider, record.model) == ("anthropic", "claude-sonnet-4-5")
     assert record.priced and record.cost_usd
 
@@ -105,5 +94,5 @@ def test_gemini_with_cached_content_and_thinking(monkeypatch: pytest.MonkeyPatch
     record = run_one_call(llm, backend)
 
     assert completions(fake, ":generateContent") == 1
-    assert tokens(record) == usage_from_gemini(usage)
+    assert record.token_usage() == usage_from_gemini(usage)
     assert (record.provider, record.model) == ("gemini", "gemini-2.5-flash")

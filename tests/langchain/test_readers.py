@@ -73,17 +73,6 @@ def response_with(usage_metadata: Any) -> LLMResult:
     return LLMResult(generations=[[ChatGeneration(message=message)]])
 
 
-def usage_of(record: UsageRecord) -> TokenUsage:
-    return TokenUsage(
-        input_tokens=record.input_tokens,
-        output_tokens=record.output_tokens,
-        cached_input_tokens=record.cached_input_tokens,
-        cache_creation_tokens=record.cache_creation_tokens,
-        reasoning_tokens=record.reasoning_tokens,
-        reported=record.usage_reported,
-    )
-
-
 @pytest.mark.parametrize(("shape", "counts"), CASES)
 def test_usage_metadata_is_read_in_our_convention(
     shape: Any, counts: tuple[int, int, int, int, int]
@@ -93,7 +82,7 @@ def test_usage_metadata_is_read_in_our_convention(
 
     record_result(record, response_with(shape))
 
-    assert usage_of(record) == expected
+    assert record.token_usage() == expected
     assert (record.model, record.provider) == ("gpt-4o-2024-08-06", "openai")
     # The dict fast path and the path for other mappings read the same.
     assert usage_from_langchain(shape) == usage_from_langchain(MappingProxyType(shape)) == expected

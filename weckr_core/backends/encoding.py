@@ -143,33 +143,10 @@ def encode_event(record: UsageRecord, cost: float | None) -> str:
         f',"costUsd":{"null" if cost is None else _number(cost)}'
         f',"latencyMs":{"null" if latency is None else int(latency)}{how}'
     )
-    if (
-        record.requested_model is None
-        and record.error_type is None
-        and record.run_id is None
-        and record.agent is None
-        and record.task is None
-        and record.step is None
-        and not record.tags
-        and record.usage_reported
-        and record.parent_run_id is None
-    ):
-        return text + "}"
     optional = ""
-    if record.requested_model is not None:
-        optional += f',"requestedModel":{_text(record.requested_model)}'
-    if record.error_type is not None:
-        optional += f',"errorType":{_text(record.error_type)}'
-    if record.run_id is not None:
-        optional += f',"runId":{_text(record.run_id)}'
-    if record.parent_run_id is not None:
-        optional += f',"parentRunId":{_text(record.parent_run_id)}'
-    if record.agent is not None:
-        optional += f',"agent":{_text(record.agent)}'
-    if record.task is not None:
-        optional += f',"task":{_text(record.task)}'
-    if record.step is not None:
-        optional += f',"step":{_text(record.step)}'
+    for key, value in record.optional_wire_fields():
+        if value is not None:
+            optional += f',"{key}":{_text(value)}'
     if record.tags:
         optional += f',"tags":[{",".join(_text(tag) for tag in record.tags)}]'
     if not record.usage_reported:
