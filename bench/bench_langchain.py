@@ -33,6 +33,7 @@ import functools
 import gc
 import random
 import statistics
+import threading
 import time
 import uuid
 import warnings
@@ -98,17 +99,31 @@ class NoopHandler(BaseCallbackHandler):
 
 
 class QueueBackend:
-    """What a production backend does on the caller's thread: a cached decision
-    and a hand-off to a queue (delivery and pricing happen elsewhere)."""
+    """What a production backend does on the caller's thread, as HttpBackend does
+    it: a decision from a cache under a lock, with its expiry checked, and the
+    record appended to a queue under a lock (delivery and pricing happen elsewhere)."""
 
     def __init__(self) -> None:
-        self.queue: deque[UsageRecord] = deque(maxlen=10_000)
+        self._lock = threading.Lock()
+        self._decisions: dict[tuple[str, str, str], tuple[CapDecision, float]] = {}
+        self.queue: deque[tuple[int, UsageRecord]] = deque(maxlen=10_000)
+        self._last_seq = 0
 
     def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+        if not user_id or not plan:
+            return ALLOW
+        key = (user_id, plan, model)
+        with self._lock:
+            cached = self._decisions.get(key)
+            if cached is not None and cached[1] > time.monotonic():
+                return cached[0]
+            self._decisions[key] = (ALLOW, time.monotonic() + 5.0)
         return ALLOW
 
     def record(self, record: UsageRecord) -> None:
-        self.queue.append(record)
+        with self._lock:
+            self._last_seq += 1
+            self.queue.append((self._last_seq, record))
 
     def flush(self, timeout: float = 5.0) -> bool:
         return True
