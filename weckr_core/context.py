@@ -16,6 +16,7 @@ inside an attributed block must carry the context along, for example::
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import ContextDecorator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
@@ -69,8 +70,8 @@ def unbind(token: Token[Attribution]) -> None:
     _current.reset(token)
 
 
-class attribute:
-    """Attribute every LLM call inside the block.
+class attribute(ContextDecorator):
+    """Attribute every LLM call inside the block (or, as a decorator, the function).
 
     Arguments left out keep the enclosing block's value; pass ``None`` to clear one.
     Blocks nest and the outer values come back on exit::
@@ -94,6 +95,11 @@ class attribute:
     ) -> None:
         self._attribution = (user_id, plan, feature, tags)
         self._token: Token[Attribution] | None = None
+
+    def _recreate_cm(self) -> attribute:
+        # As a decorator: a fresh block per call, so calls may overlap.
+        user_id, plan, feature, tags = self._attribution
+        return attribute(user_id=user_id, plan=plan, feature=feature, tags=tags)
 
     def __enter__(self) -> Attribution:
         if self._token is not None:

@@ -76,3 +76,18 @@ def test_threads_need_the_context_carried() -> None:
         carried.start()
         carried.join()
     assert results == [None, "u9"]
+
+
+def test_attribute_decorates_a_function_and_its_calls_may_overlap() -> None:
+    seen: list[tuple[str | None, str | None]] = []
+
+    @attribute(user_id="u7", plan="pro")
+    def work(depth: int) -> None:
+        seen.append((current_attribution().user_id, current_attribution().plan))
+        if depth:
+            work(depth - 1)  # a second block while the first is open
+
+    work(1)
+
+    assert seen == [("u7", "pro"), ("u7", "pro")]
+    assert current_attribution() == EMPTY
