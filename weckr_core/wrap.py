@@ -7,15 +7,16 @@ through to the real client::
     with attribute(user_id=request.user.pk, plan="pro", feature="summaries"):
         client.chat.completions.create(model="gpt-4o-mini", messages=[...])
 
-Intercepted: ``chat.completions.create`` / ``.stream`` and ``responses.create`` /
-``.stream`` (OpenAI), ``messages.create`` / ``.stream`` (Anthropic, also under
+Intercepted: ``chat.completions.create`` / ``.parse`` / ``.stream`` and
+``responses.create`` / ``.parse`` / ``.stream`` (OpenAI, ``.parse`` also under
+``beta``), ``messages.create`` / ``.stream`` (Anthropic, also under
 ``beta``), ``models.generate_content`` and ``models.generate_content_stream``
 (google-genai, also under ``aio``), and the same OpenAI and Anthropic calls through
 ``with_raw_response`` (the raw response is returned; its ``parse()`` gives the
 result, a recorded stream for ``stream=True``). ``with_options()`` / ``copy()``
 return wrapped clients. Not intercepted (they pass through unrecorded):
-``with_streaming_response`` views, OpenAI's ``.parse()`` helpers, and google-genai's
-``chats``. ``isinstance(wrapped, openai.OpenAI)`` is False.
+``with_streaming_response`` views and google-genai's ``chats``.
+``isinstance(wrapped, openai.OpenAI)`` is False.
 """
 
 from __future__ import annotations
@@ -145,8 +146,12 @@ _GEMINI_MODELS: Route = {
     "generate_content": GEMINI,
     "generate_content_stream": GEMINI_STREAM,
 }
-_OPENAI_CHAT_RAW: Route = {"create": dataclasses.replace(OPENAI_CHAT, raw=True)}
-_OPENAI_RESPONSES_RAW: Route = {"create": dataclasses.replace(OPENAI_RESPONSES, raw=True)}
+_OPENAI_CHAT_RAW: Route = dict.fromkeys(
+    ("create", "parse"), dataclasses.replace(OPENAI_CHAT, raw=True)
+)
+_OPENAI_RESPONSES_RAW: Route = dict.fromkeys(
+    ("create", "parse"), dataclasses.replace(OPENAI_RESPONSES, raw=True)
+)
 _ANTHROPIC_MESSAGES_RAW: Route = {"create": dataclasses.replace(ANTHROPIC_MESSAGES, raw=True)}
 _ANTHROPIC_MESSAGES: Route = {
     "create": ANTHROPIC_MESSAGES,
@@ -159,15 +164,19 @@ ROUTES: dict[str, Route] = {
         "chat": {
             "completions": {
                 "create": OPENAI_CHAT,
+                "parse": OPENAI_CHAT,
                 "stream": OPENAI_CHAT_STREAM_HELPER,
                 "with_raw_response": _OPENAI_CHAT_RAW,
             }
         },
         "responses": {
             "create": OPENAI_RESPONSES,
+            "parse": OPENAI_RESPONSES,
             "stream": OPENAI_RESPONSES_STREAM_HELPER,
             "with_raw_response": _OPENAI_RESPONSES_RAW,
         },
+        # Structured outputs under their older home.
+        "beta": {"chat": {"completions": {"parse": OPENAI_CHAT}}},
         "with_raw_response": {
             "chat": {"completions": _OPENAI_CHAT_RAW},
             "responses": _OPENAI_RESPONSES_RAW,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from pydantic import BaseModel
 
 from tests.core import providers as p
 from weckr_core import (
@@ -397,3 +399,48 @@ def test_async_openai_with_raw_response() -> None:
 
     assert raw.parse().usage.prompt_tokens == 9
     assert only_record(backend).input_tokens == 9
+
+
+# -- structured outputs (.parse) -----------------------------------------------------
+
+
+class Verdict(BaseModel):
+    label: str
+    score: float
+
+
+def test_openai_structured_output_parse_calls_are_recorded() -> None:
+    body = p.openai_chat_body("gpt-4o-2024-08-06", p.openai_usage(70, 12, 64))
+    body["choices"][0]["message"]["content"] = json.dumps({"label": "spam", "score": 0.9})
+    fake, backend, wk = setup(body)
+    client = wk.wrap(p.openai_client(fake))
+
+    with attribute(user_id="u1", plan="pro"):
+        parsed = client.chat.completions.parse(
+            model="gpt-4o", messages=MESSAGES, response_format=Verdict
+        )
+        client.beta.chat.completions.parse(
+            model="gpt-4o", messages=MESSAGES, response_format=Verdict
+        )
+        raw = client.chat.completions.with_raw_response.parse(
+            model="gpt-4o", messages=MESSAGES, response_format=Verdict
+        )
+
+    assert parsed.choices[0].message.parsed == Verdict(label="spam", score=0.9)
+    assert raw.parse().choices[0].message.parsed == Verdict(label="spam", score=0.9)
+    assert fake.hits == 3
+    assert [(r.user_id, r.input_tokens, r.cached_input_tokens) for r in backend.records] == [
+        ("u1", 70, 64)
+    ] * 3
+
+
+def test_openai_responses_parse_is_recorded() -> None:
+    usage = p.openai_responses_usage(300, 40, cached=128)
+    fake, backend, wk = setup(p.openai_response_body("gpt-5-2025-08-07", usage))
+
+    wk.wrap(p.openai_client(fake)).responses.parse(model="gpt-5", input="Hi")
+
+    assert (only_record(backend).input_tokens, only_record(backend).cached_input_tokens) == (
+        300,
+        128,
+    )
