@@ -183,6 +183,113 @@ class _Call:
         self.finish(NOT_REPORTED, None, error)
 
 
+class _StreamingResponse:
+    """A ``with_streaming_response`` call: the cap check and the request happen on
+    entry, as the SDK's own manager sends the request then; the call is recorded
+    when the caller parses the response (a stream when it ends), and with its usage
+    unreported when the block ends without a parse."""
+
+    def __init__(
+        self,
+        weckr: Weckr,
+        method: Any,
+        endpoint: Endpoint,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._weckr = weckr
+        self._method = method
+        self._endpoint = endpoint
+        self._args = args
+        self._kwargs = kwargs
+        self._manager: Any = None
+        self._call: _Call | None = None
+        self._recorded = False
+
+    def _request(self, decision: CapDecision | None) -> tuple[_Call, bool]:
+        call, stream = self._weckr._start_wrapped(self._endpoint, self._kwargs, decision=decision)
+        self._call = call
+        self._manager = self._method(*self._args, **self._kwargs)
+        call.started = time.perf_counter()
+        return call, stream
+
+    def _parsed(self, call: _Call, stream: bool, result: Any, async_stream: bool) -> Any:
+        """Record the first parse; a stream is handed on recorded."""
+        if self._recorded:
+            return result
+        self._recorded = True
+        if not stream:
+            call.finish_response(self._endpoint, result)
+            return result
+        stream_type = AsyncRecordedStream if async_stream else RecordedStream
+        return stream_type(result, self._endpoint.stream_usage(), call.finish_stream)
+
+    def _finish_unparsed(self) -> None:
+        if self._call is not None and not self._recorded:
+            self._recorded = True
+            self._call.finish(NOT_REPORTED, None)  # read some other way: usage unknown
+
+    def __enter__(self) -> Any:
+        call, stream = self._request(None)
+        try:
+            response = self._manager.__enter__()
+        except BaseException as error:
+            self._recorded = True
+            call.fail(error)
+            raise
+        parse = response.parse
+        parsed: list[Any] = []
+
+        def parse_recorded(*, to: Any = None) -> Any:
+            if to is not None:
+                return parse(to=to)
+            if not parsed:
+                parsed.append(self._parsed(call, stream, parse(), async_stream=False))
+            return parsed[0]
+
+        response.parse = parse_recorded
+        return response
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        try:
+            return self._manager.__exit__(*exc_info)
+        finally:
+            self._finish_unparsed()
+
+
+class _AsyncStreamingResponse(_StreamingResponse):
+    async def __aenter__(self) -> Any:
+        attribution = current_attribution()
+        decision = await self._weckr._adecide(
+            attribution.user_id, attribution.plan, _model_name(self._kwargs.get("model"))
+        )
+        call, stream = self._request(decision)
+        try:
+            response = await self._manager.__aenter__()
+        except BaseException as error:
+            self._recorded = True
+            call.fail(error)
+            raise
+        parse = response.parse
+        parsed: list[Any] = []
+
+        async def parse_recorded(*, to: Any = None) -> Any:
+            if to is not None:
+                return await parse(to=to)
+            if not parsed:
+                parsed.append(self._parsed(call, stream, await parse(), async_stream=True))
+            return parsed[0]
+
+        response.parse = parse_recorded
+        return response
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        try:
+            return await self._manager.__aexit__(*exc_info)
+        finally:
+            self._finish_unparsed()
+
+
 class Weckr:
     """Caps, attribution and usage records around LLM calls.
 
@@ -467,6 +574,18 @@ class Weckr:
         return RecordedStreamManager(
             method(*args, **kwargs), endpoint.final_usage, call.finish_stream
         )
+
+    def _streaming_response(
+        self,
+        method: Any,
+        endpoint: Endpoint,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        is_async: bool,
+    ) -> Any:
+        if is_async:
+            return _AsyncStreamingResponse(self, method, endpoint, args, kwargs)
+        return _StreamingResponse(self, method, endpoint, args, kwargs)
 
     def _start_wrapped(
         self,

@@ -13,9 +13,10 @@ Intercepted: ``chat.completions.create`` / ``.parse`` / ``.stream`` and
 ``beta``), ``models.generate_content`` and ``models.generate_content_stream``
 (google-genai, also under ``aio``), and the same OpenAI and Anthropic calls through
 ``with_raw_response`` (the raw response is returned; its ``parse()`` gives the
-result, a recorded stream for ``stream=True``). ``with_options()`` / ``copy()``
-return wrapped clients. Not intercepted (they pass through unrecorded):
-``with_streaming_response`` views and google-genai's ``chats``.
+result, a recorded stream for ``stream=True``) and ``with_streaming_response``
+(recorded when the caller parses the response; read any other way, the call is
+recorded with its usage unreported). ``with_options()`` / ``copy()`` return wrapped
+clients. Not intercepted (it passes through unrecorded): google-genai's ``chats``.
 ``isinstance(wrapped, openai.OpenAI)`` is False.
 """
 
@@ -77,6 +78,9 @@ class Endpoint:
     # gives the usual result (the SDK caches it, so parsing it here costs the
     # caller nothing).
     raw: bool = False
+    # A ``with_streaming_response`` view: returns a context manager that sends the
+    # request on entry; the usage is read when the caller parses the response.
+    streaming_response: bool = False
 
     def model_of(self, response: Any) -> str | None:
         model = getattr(response, self.model_field, None)
@@ -152,11 +156,21 @@ _OPENAI_CHAT_RAW: Route = dict.fromkeys(
 _OPENAI_RESPONSES_RAW: Route = dict.fromkeys(
     ("create", "parse"), dataclasses.replace(OPENAI_RESPONSES, raw=True)
 )
+_OPENAI_CHAT_STREAMING: Route = {
+    "create": dataclasses.replace(OPENAI_CHAT, streaming_response=True)
+}
+_OPENAI_RESPONSES_STREAMING: Route = {
+    "create": dataclasses.replace(OPENAI_RESPONSES, streaming_response=True)
+}
 _ANTHROPIC_MESSAGES_RAW: Route = {"create": dataclasses.replace(ANTHROPIC_MESSAGES, raw=True)}
+_ANTHROPIC_MESSAGES_STREAMING: Route = {
+    "create": dataclasses.replace(ANTHROPIC_MESSAGES, streaming_response=True)
+}
 _ANTHROPIC_MESSAGES: Route = {
     "create": ANTHROPIC_MESSAGES,
     "stream": ANTHROPIC_STREAM_HELPER,
     "with_raw_response": _ANTHROPIC_MESSAGES_RAW,
+    "with_streaming_response": _ANTHROPIC_MESSAGES_STREAMING,
 }
 
 ROUTES: dict[str, Route] = {
@@ -167,6 +181,7 @@ ROUTES: dict[str, Route] = {
                 "parse": OPENAI_CHAT,
                 "stream": OPENAI_CHAT_STREAM_HELPER,
                 "with_raw_response": _OPENAI_CHAT_RAW,
+                "with_streaming_response": _OPENAI_CHAT_STREAMING,
             }
         },
         "responses": {
@@ -174,12 +189,17 @@ ROUTES: dict[str, Route] = {
             "parse": OPENAI_RESPONSES,
             "stream": OPENAI_RESPONSES_STREAM_HELPER,
             "with_raw_response": _OPENAI_RESPONSES_RAW,
+            "with_streaming_response": _OPENAI_RESPONSES_STREAMING,
         },
         # Structured outputs under their older home.
         "beta": {"chat": {"completions": {"parse": OPENAI_CHAT}}},
         "with_raw_response": {
             "chat": {"completions": _OPENAI_CHAT_RAW},
             "responses": _OPENAI_RESPONSES_RAW,
+        },
+        "with_streaming_response": {
+            "chat": {"completions": _OPENAI_CHAT_STREAMING},
+            "responses": _OPENAI_RESPONSES_STREAMING,
         },
         "with_options": REWRAP,
         "copy": REWRAP,
@@ -188,6 +208,7 @@ ROUTES: dict[str, Route] = {
         "messages": _ANTHROPIC_MESSAGES,
         "beta": {"messages": _ANTHROPIC_MESSAGES},
         "with_raw_response": {"messages": _ANTHROPIC_MESSAGES_RAW},
+        "with_streaming_response": {"messages": _ANTHROPIC_MESSAGES_STREAMING},
         "with_options": REWRAP,
         "copy": REWRAP,
     },
@@ -247,6 +268,12 @@ class WeckrProxy:
 
 
 def _intercept(weckr: Weckr, method: Any, endpoint: Endpoint, is_async: bool) -> Any:
+    if endpoint.streaming_response:
+        # Not awaited, even on async clients: it returns a context manager.
+        def streaming_response(*args: Any, **kwargs: Any) -> Any:
+            return weckr._streaming_response(method, endpoint, args, kwargs, is_async)
+
+        return functools.update_wrapper(streaming_response, method)
     if endpoint.final_usage is not None:
 
         def stream_helper(*args: Any, **kwargs: Any) -> Any:

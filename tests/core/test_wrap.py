@@ -444,3 +444,90 @@ def test_openai_responses_parse_is_recorded() -> None:
         300,
         128,
     )
+
+
+# -- with_streaming_response ---------------------------------------------------------
+
+
+def test_openai_with_streaming_response_is_recorded_when_parsed() -> None:
+    fake, backend, wk = setup(p.openai_chat_body("gpt-4o-mini", p.openai_usage(25, 5, 8)))
+    client = wk.wrap(p.openai_client(fake))
+
+    with attribute(user_id="u1", plan="pro"):
+        manager = client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+        assert fake.hits == 0  # the request goes out on entry, as with the SDK's own
+        with manager as response:
+            assert response.headers["content-type"] == "application/json"
+            first, again = response.parse(), response.parse()
+        with client.with_streaming_response.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        ) as response:
+            response.read()  # never parsed: the usage is not known
+
+    assert first is again and first.choices[0].message.content == "ok"
+    assert [(r.user_id, r.input_tokens, r.usage_reported) for r in backend.records] == [
+        ("u1", 25, True),
+        ("u1", 0, False),
+    ]
+
+
+def test_openai_streaming_response_stream_is_recorded_when_it_ends() -> None:
+    backend = MemoryBackend()
+    fake = p.FakeProvider(events=p.openai_chat_stream("gpt-4o-mini", p.openai_usage(30, 6)))
+    client = Weckr(backend=backend).wrap(p.openai_client(fake))
+
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    ) as response:
+        chunks = list(response.parse())
+
+    assert fake.last_body["stream_options"] == {"include_usage": True}
+    assert chunks[-1].usage is not None
+    assert (only_record(backend).input_tokens, only_record(backend).output_tokens) == (30, 6)
+
+
+def test_streaming_response_of_a_capped_user_is_refused_on_entry() -> None:
+    fake, backend, wk = setup(p.openai_chat_body("gpt-4o-mini", p.openai_usage(25, 5)))
+    backend.set_cap("free", "0.10", "block")
+    backend.set_spend("u1", "0.10")
+    client = wk.wrap(p.openai_client(fake))
+
+    with attribute(user_id="u1", plan="free"), pytest.raises(WeckrCapError):  # noqa: SIM117
+        with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        ):
+            pass
+
+    assert fake.hits == 0 and backend.records == []
+
+
+def test_anthropic_and_async_streaming_responses_are_recorded() -> None:
+    fake, backend, wk = setup(
+        p.anthropic_message_body("claude-haiku-4-5", p.anthropic_usage(10, 20, 300, 40))
+    )
+    client = wk.wrap(p.anthropic_client(fake))
+    with client.messages.with_streaming_response.create(
+        model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES
+    ) as response:
+        assert response.parse().usage.output_tokens == 20
+    assert (only_record(backend).input_tokens, only_record(backend).cache_creation_tokens) == (
+        310,
+        40,
+    )
+
+    fake, backend, wk = setup(p.openai_chat_body("gpt-4o-mini", p.openai_usage(9, 2)))
+    async_client = wk.wrap(p.async_openai_client(fake))
+
+    async def call() -> Any:
+        with attribute(user_id="u2", plan="pro"):
+            async with async_client.chat.completions.with_streaming_response.create(
+                model="gpt-4o-mini", messages=MESSAGES
+            ) as response:
+                return await response.parse()
+
+    parsed = asyncio.run(call())
+
+    assert parsed.usage.prompt_tokens == 9
+    assert (only_record(backend).user_id, only_record(backend).input_tokens) == ("u2", 9)
