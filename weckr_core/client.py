@@ -290,6 +290,46 @@ class _AsyncStreamingResponse(_StreamingResponse):
             self._finish_unparsed()
 
 
+class _AsyncStreamHelper:
+    """An async client's ``.stream(...)`` helper: the SDK sends the request when the
+    ``async with`` block is entered, so the cap check is awaited there too."""
+
+    def __init__(
+        self,
+        weckr: Weckr,
+        method: Any,
+        endpoint: Endpoint,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._weckr = weckr
+        self._method = method
+        self._endpoint = endpoint
+        self._args = args
+        self._kwargs = kwargs
+        self._manager: RecordedStreamManager | None = None
+
+    async def __aenter__(self) -> Any:
+        attribution = current_attribution()
+        decision = await self._weckr._adecide(
+            attribution.user_id, attribution.plan, _model_name(self._kwargs.get("model"))
+        )
+        call, _ = self._weckr._start_wrapped(
+            self._endpoint, self._kwargs, helper=True, decision=decision
+        )
+        assert self._endpoint.final_usage is not None
+        self._manager = RecordedStreamManager(
+            self._method(*self._args, **self._kwargs),
+            self._endpoint.final_usage,
+            call.finish_stream,
+        )
+        return await self._manager.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._manager is not None:
+            await self._manager.__aexit__(*exc_info)
+
+
 class Weckr:
     """Caps, attribution and usage records around LLM calls.
 
@@ -566,8 +606,15 @@ class Weckr:
         return decision
 
     def _call_stream_helper(
-        self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        method: Any,
+        endpoint: Endpoint,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        is_async: bool = False,
     ) -> Any:
+        if is_async:
+            return _AsyncStreamHelper(self, method, endpoint, args, kwargs)
         call, _ = self._start_wrapped(endpoint, kwargs, helper=True)
         assert endpoint.final_usage is not None
         # The helper sends nothing until its ``with`` block is entered.

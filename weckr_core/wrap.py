@@ -277,7 +277,7 @@ def _intercept(weckr: Weckr, method: Any, endpoint: Endpoint, is_async: bool) ->
     if endpoint.final_usage is not None:
 
         def stream_helper(*args: Any, **kwargs: Any) -> Any:
-            return weckr._call_stream_helper(method, endpoint, args, kwargs)
+            return weckr._call_stream_helper(method, endpoint, args, kwargs, is_async)
 
         return functools.update_wrapper(stream_helper, method)
     if is_async:

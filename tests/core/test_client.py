@@ -602,6 +602,7 @@ def test_a_broken_cap_check_fails_open_and_is_reported() -> None:
 
 
 async def test_an_uncached_cap_check_does_not_block_the_event_loop() -> None:
+    """achat, a wrapped async client and its stream helper await the check."""
     fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(10, 5)))
     block = {"allowed": False, "action": "block", "currentSpend": 12, "cap": 10}
     params = {"model": "gpt-4o-mini", "messages": MESSAGES, "user_id": "u1", "plan": "pro"}
@@ -627,6 +628,10 @@ async def test_an_uncached_cap_check_does_not_block_the_event_loop() -> None:
             with attribute(user_id="u2", plan="pro"), pytest.raises(WeckrCapError):
                 await wrapped.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
             after_wrap = ticks - after_achat
+            with attribute(user_id="u3", plan="pro"), pytest.raises(WeckrCapError):
+                async with wrapped.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES):
+                    pass
+            after_helper = ticks - after_achat - after_wrap
             # Cached now: decided at once, still refused.
             with pytest.raises(WeckrCapError):
                 await wk.achat(p.async_openai_client(fake), params)
@@ -635,6 +640,6 @@ async def test_an_uncached_cap_check_does_not_block_the_event_loop() -> None:
             wk.close()
         checks = server.requests(CHECK_PATH)
 
-    assert after_achat >= 10 and after_wrap >= 10
-    assert [request.query["userId"] for request in checks] == ["u1", "u2"]
+    assert after_achat >= 10 and after_wrap >= 10 and after_helper >= 10
+    assert [request.query["userId"] for request in checks] == ["u1", "u2", "u3"]
     assert fake.hits == 0
