@@ -16,12 +16,14 @@ Intercepted: ``chat.completions.create`` / ``.parse`` / ``.stream`` and
 result, a recorded stream for ``stream=True``) and ``with_streaming_response``
 (recorded when the caller parses the response; read any other way, the call is
 recorded with its usage unreported). ``with_options()`` / ``copy()`` return wrapped
-clients. Not intercepted (it passes through unrecorded): google-genai's ``chats``.
+clients. google-genai's ``chats`` (also under ``aio``) give chats whose model
+calls are recorded.
 ``isinstance(wrapped, openai.OpenAI)`` is False.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -144,7 +146,14 @@ class _Rewrap:
 
 REWRAP = _Rewrap()
 
-Route = Mapping[str, "Route | Endpoint | _Rewrap"]
+
+class _Chats:
+    """Marks google-genai's ``chats``: its chats get models that record."""
+
+
+CHATS = _Chats()
+
+Route = Mapping[str, "Route | Endpoint | _Rewrap | _Chats"]
 
 _GEMINI_MODELS: Route = {
     "generate_content": GEMINI,
@@ -212,7 +221,11 @@ ROUTES: dict[str, Route] = {
         "with_options": REWRAP,
         "copy": REWRAP,
     },
-    "gemini": {"models": _GEMINI_MODELS, "aio": {"models": _GEMINI_MODELS}},
+    "gemini": {
+        "models": _GEMINI_MODELS,
+        "chats": CHATS,
+        "aio": {"models": _GEMINI_MODELS, "chats": CHATS},
+    },
 }
 
 
@@ -249,6 +262,9 @@ class WeckrProxy:
             proxy = _intercept(self._weckr, value, route, is_async)
         elif isinstance(route, _Rewrap):
             proxy = _rewrapping(self._weckr, value)
+        elif isinstance(route, _Chats):
+            models = _recording_models(self._weckr, target.models, self._weckr_async)
+            proxy = type(value)(modules=models)
         else:
             proxy = WeckrProxy(value, self._weckr, route)
         self.__dict__[name] = proxy
@@ -291,6 +307,41 @@ def _intercept(weckr: Weckr, method: Any, endpoint: Endpoint, is_async: bool) ->
         return weckr._call(method, endpoint, args, kwargs)
 
     return functools.update_wrapper(create, method)
+
+
+def _recording_models(weckr: Weckr, models: Any, is_async: bool) -> Any:
+    """A copy of google-genai's ``Models`` (or ``AsyncModels``) whose calls record.
+
+    A chat calls its models object directly and checks that it is a ``Models``, so a
+    proxy cannot stand in: this is an instance of a subclass, sharing the original's
+    API client.
+    """
+    base = type(models)
+    recording: type
+    if is_async:
+
+        class AsyncRecordingModels(base):  # type: ignore[valid-type, misc]
+            async def generate_content(self, *args: Any, **kwargs: Any) -> Any:
+                return await weckr._acall(super().generate_content, GEMINI, args, kwargs)
+
+            async def generate_content_stream(self, *args: Any, **kwargs: Any) -> Any:
+                method = super().generate_content_stream
+                return await weckr._acall(method, GEMINI_STREAM, args, kwargs)
+
+        recording = AsyncRecordingModels
+    else:
+
+        class RecordingModels(base):  # type: ignore[valid-type, misc]
+            def generate_content(self, *args: Any, **kwargs: Any) -> Any:
+                return weckr._call(super().generate_content, GEMINI, args, kwargs)
+
+            def generate_content_stream(self, *args: Any, **kwargs: Any) -> Any:
+                return weckr._call(super().generate_content_stream, GEMINI_STREAM, args, kwargs)
+
+        recording = RecordingModels
+    copied = copy.copy(models)
+    copied.__class__ = recording
+    return copied
 
 
 def _rewrapping(weckr: Weckr, method: Any) -> Any:

@@ -531,3 +531,53 @@ def test_anthropic_and_async_streaming_responses_are_recorded() -> None:
 
     assert parsed.usage.prompt_tokens == 9
     assert (only_record(backend).user_id, only_record(backend).input_tokens) == ("u2", 9)
+
+
+# -- google-genai chats ----------------------------------------------------------------
+
+
+def test_gemini_chats_are_recorded_sync_stream_and_aio() -> None:
+    backend = MemoryBackend()
+    wk = Weckr(backend=backend, plans={"pro": 29})
+    fake = p.FakeProvider(p.gemini_body("gemini-2.5-flash", p.gemini_usage(30, 6, 0, 9)))
+    client = wk.wrap(p.genai_client(fake))
+
+    with attribute(user_id="u1", plan="pro", feature="assistant"):
+        chat = client.chats.create(model="gemini-2.5-flash")
+        assert chat.send_message("Hi").text == "ok"
+        chat.send_message("And again?")
+
+        async def aio_chat() -> Any:
+            return await client.aio.chats.create(model="gemini-2.5-flash").send_message("Hi")
+
+        asyncio.run(aio_chat())
+
+    assert len(chat.get_history()) == 4  # the chat keeps its own history as usual
+    assert [(r.user_id, r.feature, r.input_tokens, r.output_tokens) for r in backend.records] == [
+        ("u1", "assistant", 30, 15)
+    ] * 3
+
+    streamed = MemoryBackend()
+    fake = p.FakeProvider(events=p.gemini_stream("gemini-2.5-flash", p.gemini_usage(40, 8)))
+    chunks = list(
+        Weckr(backend=streamed)
+        .wrap(p.genai_client(fake))
+        .chats.create(model="gemini-2.5-flash")
+        .send_message_stream("Hi")
+    )
+    assert chunks and (only_record(streamed).input_tokens, only_record(streamed).output_tokens) == (
+        40,
+        8,
+    )
+
+
+def test_a_capped_user_cannot_chat_with_gemini() -> None:
+    fake, backend, wk = setup(p.gemini_body("gemini-2.5-flash", p.gemini_usage(30, 6)))
+    backend.set_cap("free", "0.10", "block")
+    backend.set_spend("u1", "0.10")
+    chat = wk.wrap(p.genai_client(fake)).chats.create(model="gemini-2.5-flash")
+
+    with attribute(user_id="u1", plan="free"), pytest.raises(WeckrCapError):
+        chat.send_message("Hi")
+
+    assert fake.hits == 0 and backend.records == []
