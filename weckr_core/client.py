@@ -59,6 +59,8 @@ OnError = Callable[[BaseException], None]
 OnDowngrade = Callable[[dict[str, str]], None]
 
 _MAX_DOWNGRADES_REMEMBERED = 10_000
+# The stream class a recorded call hands back, of the client's kind (sync or async).
+_StreamType = type[RecordedStream[Any]] | type[AsyncRecordedStream[Any]]
 _SDK_MODULES = ("openai", "anthropic", "google.")
 # Provider per client class, for classes from the SDKs' own modules only: a generic
 # proxy class can stand in front of clients of different providers.
@@ -179,15 +181,21 @@ class _Call:
     def finish_stream(self, collected: StreamUsage, error: BaseException | None) -> None:
         self.finish(collected.usage, collected.model, error)
 
+    def finish_result(self, endpoint: Endpoint, result: Any, stream: _StreamType | None) -> Any:
+        """What the caller gets back: a response, recorded now, or (with ``stream``,
+        the stream class of the client's kind) the stream, recorded when it ends."""
+        if stream is not None:
+            return stream(result, endpoint.stream_usage(), self.finish_stream)
+        self.finish_response(endpoint, result)
+        return result
+
     def fail(self, error: BaseException) -> None:
         self.finish(NOT_REPORTED, None, error)
 
 
-class _StreamingResponse:
-    """A ``with_streaming_response`` call: the cap check and the request happen on
-    entry, as the SDK's own manager sends the request then; the call is recorded
-    when the caller parses the response (a stream when it ends), and with its usage
-    unreported when the block ends without a parse."""
+class _DeferredCall:
+    """A wrapped call the SDK sends when a ``with`` block is entered: the cap check
+    waits for the block too (awaited, on async clients)."""
 
     def __init__(
         self,
@@ -202,9 +210,17 @@ class _StreamingResponse:
         self._endpoint = endpoint
         self._args = args
         self._kwargs = kwargs
-        self._manager: Any = None
-        self._call: _Call | None = None
-        self._recorded = False
+
+
+class _StreamingResponse(_DeferredCall):
+    """A ``with_streaming_response`` call: the cap check and the request happen on
+    entry, as the SDK's own manager sends the request then; the call is recorded
+    when the caller parses the response (a stream when it ends), and with its usage
+    unreported when the block ends without a parse."""
+
+    _manager: Any = None
+    _call: _Call | None = None
+    _recorded = False
 
     def _request(self, decision: CapDecision | None) -> tuple[_Call, bool]:
         call, stream = self._weckr._start_wrapped(self._endpoint, self._kwargs, decision=decision)
@@ -213,16 +229,12 @@ class _StreamingResponse:
         call.started = time.perf_counter()
         return call, stream
 
-    def _parsed(self, call: _Call, stream: bool, result: Any, async_stream: bool) -> Any:
+    def _parsed(self, call: _Call, result: Any, stream: _StreamType | None) -> Any:
         """Record the first parse; a stream is handed on recorded."""
         if self._recorded:
             return result
         self._recorded = True
-        if not stream:
-            call.finish_response(self._endpoint, result)
-            return result
-        stream_type = AsyncRecordedStream if async_stream else RecordedStream
-        return stream_type(result, self._endpoint.stream_usage(), call.finish_stream)
+        return call.finish_result(self._endpoint, result, stream)
 
     def _finish_unparsed(self) -> None:
         if self._call is not None and not self._recorded:
@@ -244,7 +256,7 @@ class _StreamingResponse:
             if to is not None:
                 return parse(to=to)
             if not parsed:
-                parsed.append(self._parsed(call, stream, parse(), async_stream=False))
+                parsed.append(self._parsed(call, parse(), RecordedStream if stream else None))
             return parsed[0]
 
         response.parse = parse_recorded
@@ -259,11 +271,7 @@ class _StreamingResponse:
 
 class _AsyncStreamingResponse(_StreamingResponse):
     async def __aenter__(self) -> Any:
-        attribution = current_attribution()
-        decision = await self._weckr._adecide(
-            attribution.user_id, attribution.plan, _model_name(self._kwargs.get("model"))
-        )
-        call, stream = self._request(decision)
+        call, stream = self._request(await self._weckr._adecide_wrapped(self._kwargs))
         try:
             response = await self._manager.__aenter__()
         except BaseException as error:
@@ -277,7 +285,8 @@ class _AsyncStreamingResponse(_StreamingResponse):
             if to is not None:
                 return await parse(to=to)
             if not parsed:
-                parsed.append(self._parsed(call, stream, await parse(), async_stream=True))
+                result = await parse()
+                parsed.append(self._parsed(call, result, AsyncRecordedStream if stream else None))
             return parsed[0]
 
         response.parse = parse_recorded
@@ -290,30 +299,14 @@ class _AsyncStreamingResponse(_StreamingResponse):
             self._finish_unparsed()
 
 
-class _AsyncStreamHelper:
+class _AsyncStreamHelper(_DeferredCall):
     """An async client's ``.stream(...)`` helper: the SDK sends the request when the
     ``async with`` block is entered, so the cap check is awaited there too."""
 
-    def __init__(
-        self,
-        weckr: Weckr,
-        method: Any,
-        endpoint: Endpoint,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        self._weckr = weckr
-        self._method = method
-        self._endpoint = endpoint
-        self._args = args
-        self._kwargs = kwargs
-        self._manager: RecordedStreamManager | None = None
+    _manager: RecordedStreamManager | None = None
 
     async def __aenter__(self) -> Any:
-        attribution = current_attribution()
-        decision = await self._weckr._adecide(
-            attribution.user_id, attribution.plan, _model_name(self._kwargs.get("model"))
-        )
+        decision = await self._weckr._adecide_wrapped(self._kwargs)
         call, _ = self._weckr._start_wrapped(
             self._endpoint, self._kwargs, helper=True, decision=decision
         )
@@ -577,12 +570,16 @@ class Weckr:
     async def _acall(
         self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        attribution = current_attribution()
-        decision = await self._adecide(
-            attribution.user_id, attribution.plan, _model_name(kwargs.get("model"))
-        )
+        decision = await self._adecide_wrapped(kwargs)
         call, stream = self._start_wrapped(endpoint, kwargs, decision=decision)
         return await self._ainvoke(call, endpoint, stream, method, args, kwargs)
+
+    async def _adecide_wrapped(self, kwargs: Mapping[str, Any]) -> CapDecision | None:
+        """``_adecide`` for a wrapped client's call, attributed from the context."""
+        attribution = current_attribution()
+        return await self._adecide(
+            attribution.user_id, attribution.plan, _model_name(kwargs.get("model"))
+        )
 
     async def _adecide(
         self, user_id: str | None, plan: str | None, model: str
@@ -674,12 +671,10 @@ class Weckr:
         except BaseException as error:
             call.fail(error)
             raise
+        stream_type = RecordedStream if stream else None
         if endpoint.raw:
-            return self._record_raw(call, endpoint, stream, result, RecordedStream)
-        if stream:
-            return RecordedStream(result, endpoint.stream_usage(), call.finish_stream)
-        call.finish_response(endpoint, result)
-        return result
+            return self._record_raw(call, endpoint, raw=result, stream=stream_type)
+        return call.finish_result(endpoint, result, stream_type)
 
     async def _ainvoke(
         self,
@@ -696,20 +691,13 @@ class Weckr:
         except BaseException as error:
             call.fail(error)
             raise
+        stream_type = AsyncRecordedStream if stream else None
         if endpoint.raw:
-            return self._record_raw(call, endpoint, stream, result, AsyncRecordedStream)
-        if stream:
-            return AsyncRecordedStream(result, endpoint.stream_usage(), call.finish_stream)
-        call.finish_response(endpoint, result)
-        return result
+            return self._record_raw(call, endpoint, raw=result, stream=stream_type)
+        return call.finish_result(endpoint, result, stream_type)
 
     def _record_raw(
-        self,
-        call: _Call,
-        endpoint: Endpoint,
-        stream: bool,
-        raw: Any,
-        recorded_stream: type[RecordedStream[Any]] | type[AsyncRecordedStream[Any]],
+        self, call: _Call, endpoint: Endpoint, *, raw: Any, stream: _StreamType | None
     ) -> Any:
         """A ``with_raw_response`` call: records from the parsed result, which the SDK
         caches for the caller's own ``raw.parse()``; a stream is handed out recorded."""
@@ -719,16 +707,16 @@ class Weckr:
             self._report(error)
             call.finish(NOT_REPORTED, None)  # the call was made: keep its row
             return raw
-        if not stream:
-            call.finish_response(endpoint, parsed)
-            return raw
-        recorded = recorded_stream(parsed, endpoint.stream_usage(), call.finish_stream)
-        parse = raw.parse
+        if stream is not None:
+            recorded = call.finish_result(endpoint, parsed, stream)
+            parse = raw.parse
 
-        def parse_recorded(*, to: Any = None) -> Any:
-            return recorded if to is None else parse(to=to)
+            def parse_recorded(*, to: Any = None) -> Any:
+                return recorded if to is None else parse(to=to)
 
-        raw.parse = parse_recorded
+            raw.parse = parse_recorded
+        else:
+            call.finish_result(endpoint, parsed, None)
         return raw
 
     def _prepare_chat(
