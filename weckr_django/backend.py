@@ -178,11 +178,9 @@ class DjangoBackend:
         if user_id is None or not plan:
             return ALLOW
         key = (user_id, plan, model)
-        ttl = weckr_settings.CAP_CACHE_SECONDS
-        now = time.monotonic()
-        cached = self._decisions.get(key) if ttl > 0 else None
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        cached = self._fresh_decision(key)
+        if cached is not None:
+            return cached
         from weckr_django.caps import decide
 
         try:
@@ -194,10 +192,11 @@ class DjangoBackend:
             logger.exception("Weckr: cap check for user %s failed; allowing the call.", user_id)
             self._forget_project()
             return ALLOW
+        ttl = weckr_settings.CAP_CACHE_SECONDS
         if ttl > 0:
             if len(self._decisions) >= _MAX_CACHED_DECISIONS:
                 self._decisions.clear()
-            self._decisions[key] = (now + ttl, decision)
+            self._decisions[key] = (time.monotonic() + ttl, decision)
         return decision
 
     async def acheck(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
@@ -205,10 +204,16 @@ class DjangoBackend:
         through ``sync_to_async``, so the event loop goes on meanwhile."""
         if user_id is None or not plan:
             return ALLOW
-        cached = self._decisions.get((user_id, plan, model))
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+        cached = self._fresh_decision((user_id, plan, model))
+        if cached is not None:
+            return cached
         return await sync_to_async(self.check)(user_id, plan, model)
+
+    def _fresh_decision(self, key: tuple[str, str, str]) -> CapDecision | None:
+        if weckr_settings.CAP_CACHE_SECONDS <= 0:
+            return None
+        cached = self._decisions.get(key)
+        return cached[1] if cached is not None and cached[0] > time.monotonic() else None
 
     def forget_decisions(self, user_ids: Sequence[str | None] | None = None) -> None:
         """Drop cached decisions (of ``user_ids``, or all)."""

@@ -174,9 +174,9 @@ class HttpBackend:
             return ALLOW
         key = (user_id, plan, model)
         with self._check_lock:
-            cached = self._decisions.get(key)
-            if cached is not None and cached[1] > time.monotonic():
-                return cached[0]
+            cached = self._fresh_decision(key)
+            if cached is not None:
+                return cached
             pending = self._pending_checks.get(key)
             leader = pending is None
             if pending is None:
@@ -208,10 +208,15 @@ class HttpBackend:
         if not user_id or not plan:
             return ALLOW
         with self._check_lock:
-            cached = self._decisions.get((user_id, plan, model))
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
+            cached = self._fresh_decision((user_id, plan, model))
+        if cached is not None:
+            return cached
         return await asyncio.to_thread(self.check, user_id, plan, model)
+
+    def _fresh_decision(self, key: _DecisionKey) -> CapDecision | None:
+        # Called with self._check_lock held.
+        cached = self._decisions.get(key)
+        return cached[0] if cached is not None and cached[1] > time.monotonic() else None
 
     def _cache_decision(self, key: _DecisionKey, decision: CapDecision) -> None:
         now = time.monotonic()
