@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     from weckr_core.records import UsageRecord
@@ -24,6 +24,7 @@ _MILLION = Decimal(1_000_000)
 _ZERO = Decimal(0)
 
 PriceSource = Literal["genai-prices", "override", "unknown"]
+N = TypeVar("N", Decimal, float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +37,32 @@ class Rate:
     tiers: tuple[tuple[int, Decimal], ...] = ()
 
     def per_mtok(self, prompt_tokens: int) -> Decimal:
-        for start, price in reversed(self.tiers):
-            if prompt_tokens > start:
-                return price
-        return self.base
+        return tier_price(self.base, self.tiers, prompt_tokens)
+
+
+def tier_price(base: N, tiers: tuple[tuple[int, N], ...], prompt_tokens: int) -> N:
+    """The price per million tokens for a prompt this long: the highest tier it is
+    over, else the base price."""
+    for start, price in reversed(tiers):
+        if prompt_tokens > start:
+            return price
+    return base
+
+
+def billable_tokens(
+    input_tokens: int,
+    output_tokens: int,
+    cached_input_tokens: int,
+    cache_creation_tokens: int,
+    reasoning_tokens: int,
+) -> tuple[int, int, int, int, int]:
+    """``(uncached input, cache reads, cache writes, output, prompt size)`` as billed,
+    from counts in our convention (see ``price_usage``)."""
+    input_tokens = max(0, input_tokens)
+    cached = max(0, min(cached_input_tokens, input_tokens))
+    writes = max(0, cache_creation_tokens)
+    output = max(0, output_tokens, reasoning_tokens)
+    return input_tokens - cached, cached, writes, output, input_tokens + writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,16 +301,14 @@ def price_usage(
     reports reasoning apart from a smaller output count is billed for the larger.
     """
     pricing = resolve_pricing(model, provider)
-    input_tokens = max(0, input_tokens)
-    cached = max(0, min(cached_input_tokens, input_tokens))
-    writes = max(0, cache_creation_tokens)
-    billed_output = max(0, output_tokens, reasoning_tokens)
-    prompt = input_tokens + writes
+    uncached, cached, writes, output, prompt = billable_tokens(
+        input_tokens, output_tokens, cached_input_tokens, cache_creation_tokens, reasoning_tokens
+    )
     usd = (
-        (input_tokens - cached) * pricing.input.per_mtok(prompt)
+        uncached * pricing.input.per_mtok(prompt)
         + cached * pricing.cached_input.per_mtok(prompt)
         + writes * pricing.cache_write.per_mtok(prompt)
-        + billed_output * pricing.output.per_mtok(prompt)
+        + output * pricing.output.per_mtok(prompt)
     ) / _MILLION
     return Cost(usd=usd, priced=pricing.priced, model=pricing.model)
 

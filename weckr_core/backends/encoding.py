@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from json.encoder import encode_basestring  # json.dumps(str, ensure_ascii=False), in C
 from typing import Final
 
-from weckr_core.pricing import ModelPricing, Rate, resolve_pricing
+from weckr_core.pricing import ModelPricing, Rate, billable_tokens, resolve_pricing, tier_price
 from weckr_core.records import UsageRecord
 
 _MAX_CACHED_STRINGS: Final = 4096
@@ -56,14 +56,6 @@ def _float_rate(rate: Rate) -> _FloatRate:
     return float(rate.base), tuple((start, float(price)) for start, price in rate.tiers)
 
 
-def _per_mtok(rate: _FloatRate, prompt_tokens: int) -> float:
-    base, tiers = rate
-    for start, price in reversed(tiers):
-        if prompt_tokens > start:
-            return price
-    return base
-
-
 def cost_usd(record: UsageRecord) -> float:
     """``price_record(record).usd`` as a float, from rates converted once per model."""
     key = (record.model, record.provider)
@@ -80,17 +72,18 @@ def cost_usd(record: UsageRecord) -> float:
             _float_rate(pricing.output),
         )
     _, input_rate, cached_rate, write_rate, output_rate = cached
-    # The same arithmetic as weckr_core.pricing.price_usage.
-    input_tokens = max(0, record.input_tokens)
-    cached_tokens = max(0, min(record.cached_input_tokens, input_tokens))
-    writes = max(0, record.cache_creation_tokens)
-    output = max(0, record.output_tokens, record.reasoning_tokens)
-    prompt = input_tokens + writes
+    uncached, cached_tokens, writes, output, prompt = billable_tokens(
+        record.input_tokens,
+        record.output_tokens,
+        record.cached_input_tokens,
+        record.cache_creation_tokens,
+        record.reasoning_tokens,
+    )
     return (
-        (input_tokens - cached_tokens) * _per_mtok(input_rate, prompt)
-        + cached_tokens * _per_mtok(cached_rate, prompt)
-        + writes * _per_mtok(write_rate, prompt)
-        + output * _per_mtok(output_rate, prompt)
+        uncached * tier_price(*input_rate, prompt)
+        + cached_tokens * tier_price(*cached_rate, prompt)
+        + writes * tier_price(*write_rate, prompt)
+        + output * tier_price(*output_rate, prompt)
     ) / 1e6
 
 
