@@ -33,7 +33,6 @@ import argparse
 import gc
 import json
 import multiprocessing
-import random
 import statistics
 import time
 from collections import deque
@@ -46,6 +45,7 @@ from typing import Any
 import httpx
 import openai
 
+from bench.interleave import interleaved, paired_added
 from tests.core.http_server import CHECK_PATH, LOG_PATH, FakeWeckrServer
 from weckr_core import Weckr, attribute
 from weckr_core.backends import ALLOW, CapDecision
@@ -141,36 +141,16 @@ def loopback_weckr_server() -> Iterator[tuple[str, Callable[[], dict[str, int]]]
         process.join(10)
 
 
-def interleaved(
+def interleaved_with_delivery(
     modes: dict[str, Callable[[], Any]], rounds: int, finish: Callable[[], Any]
 ) -> tuple[dict[str, list[float]], float]:
-    """Runs one call of each mode per round, in a random order (a fixed or rotating
-    order would give each mode the same predecessor, whose leftovers in the CPU's
-    caches it would pay for), timing each call. Returns the per-call times by mode and
-    the CPU time the process's other threads spent, until ``finish`` (the final
-    flush) returned."""
-    names = list(modes)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    order = random.Random(2026)
-    clock = time.perf_counter
+    """``interleaved`` plus the CPU time the process's other threads spent, until
+    ``finish`` (the final flush) returned."""
     process_start, thread_start = time.process_time(), time.thread_time()
-    for _ in range(rounds):
-        order.shuffle(names)
-        for name in names:
-            call = modes[name]
-            start = clock()
-            call()
-            times[name].append(clock() - start)
+    times = interleaved(modes, rounds)
     finish()
     other_threads = (time.process_time() - process_start) - (time.thread_time() - thread_start)
     return times, max(0.0, other_threads)
-
-
-def paired_added(values: list[float], baseline: list[float]) -> float:
-    """Median difference to the direct call of the same round: robust to the
-    machine's drift, and to the rare call that a background thread's burst hits
-    (that thread's CPU is charged separately, as delivery)."""
-    return statistics.median(v - b for v, b in zip(values, baseline, strict=True))
 
 
 def own_work(repeats: int = 7, calls: int = 20_000) -> dict[str, float]:
@@ -272,7 +252,7 @@ def main() -> None:
         # collection costs what the calls allocate, not what was imported.
         gc.collect()
         gc.freeze()
-        times, other_cpu = interleaved(ours, rounds, lambda: wk.flush(60))
+        times, other_cpu = interleaved_with_delivery(ours, rounds, lambda: wk.flush(60))
         rows = rows_of(times, other_cpu, rounds)
         wk.close()
 
@@ -291,7 +271,7 @@ def main() -> None:
             warm_up(theirs, args.warmup)
             sdk.flush(timeout_seconds=30)
             sdk_rounds = max(1, rounds // 3)
-            times, other_cpu = interleaved(
+            times, other_cpu = interleaved_with_delivery(
                 theirs, sdk_rounds, lambda: sdk.flush(timeout_seconds=60)
             )
             rows += rows_of(times, other_cpu, sdk_rounds)

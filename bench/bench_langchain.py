@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import random
 import statistics
 import threading
 import time
@@ -48,6 +47,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
 
+from bench.interleave import interleaved, paired_added
 from weckr_core import MemoryBackend
 from weckr_core.backends import ALLOW, CapDecision
 from weckr_core.records import UsageRecord
@@ -147,27 +147,6 @@ def configs() -> dict[str, RunnableConfig]:
     }
 
 
-def interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """One call of each case per round, in a shuffled order, each timed on its own."""
-    names = list(cases)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    shuffle = random.Random(0).shuffle
-    clock = time.perf_counter
-    for _ in range(rounds):
-        shuffle(names)
-        for name in names:
-            call = cases[name]
-            start = clock()
-            call()
-            times[name].append(clock() - start)
-    return times
-
-
-def paired_added(values: list[float], baseline: list[float]) -> float:
-    """Median difference to the baseline's call of the same round."""
-    return statistics.median(v - b for v, b in zip(values, baseline, strict=True))
-
-
 class _Capture(BaseCallbackHandler):
     def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
         self.start = (args, kwargs)
@@ -215,7 +194,7 @@ def main() -> None:
     # calls allocate, not what was imported.
     gc.collect()
     gc.freeze()
-    times = interleaved(cases, args.rounds)
+    times = interleaved(cases, args.rounds, seed=0)
 
     baseline = times[BASELINE]
     noop = statistics.median(baseline)
