@@ -4,7 +4,7 @@ paginated), so a page costs a handful of indexed queries at any event volume."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import wraps
@@ -94,6 +94,19 @@ def dashboard_page(page: str) -> Callable[[ProjectView], View]:
         return staff_only
 
     return decorate
+
+
+def _cost_table(
+    rows: Sequence[reports.FeatureCost] | Sequence[reports.ModelCost],
+    models: Sequence[reports.ModelCost],
+) -> dict[str, Any]:
+    """A cost table's context: its rows, their totals, and the models with no price."""
+    return {
+        "rows": rows,
+        "total_cost": sum((row.cost_usd for row in rows), Decimal(0)),
+        "total_calls": sum(row.calls for row in rows),
+        "unpriced": [model for model in models if model.unpriced],
+    }
 
 
 def _base(request: HttpRequest, project: Project | None = None, **context: Any) -> dict[str, Any]:
@@ -292,10 +305,7 @@ def features(request: HttpRequest, project: Project) -> HttpResponse:
         _base(
             request,
             project,
-            rows=rows,
-            total_cost=sum((row.cost_usd for row in rows), Decimal(0)),
-            total_calls=sum(row.calls for row in rows),
-            unpriced=[item for item in models if item.unpriced],
+            **_cost_table(rows, models),
         ),
     )
 
@@ -310,10 +320,7 @@ def models(request: HttpRequest, project: Project) -> HttpResponse:
         _base(
             request,
             project,
-            rows=rows,
-            total_cost=sum((row.cost_usd for row in rows), Decimal(0)),
-            total_calls=sum(row.calls for row in rows),
-            unpriced=[item for item in rows if item.unpriced],
+            **_cost_table(rows, rows),
         ),
     )
 
