@@ -43,7 +43,7 @@ from weckr_core.wrap import (
     GEMINI_STREAM,
     OPENAI_CHAT,
     Endpoint,
-    unwrap,
+    WeckrProxy,
     wrap_with,
 )
 
@@ -166,17 +166,10 @@ class _Call:
             None,  # step
             self.tags,
         )
-        self.weckr._deliver(self.backend, record)
-
-    def finish_response(self, endpoint: Endpoint, response: Any) -> None:
         try:
-            usage = endpoint.usage(response)
-            model = endpoint.model_of(response)
+            self.backend.record(record)
         except Exception as error:
-            # Keep the row; an unreadable usage is recorded as not reported.
-            self.weckr._report(error)
-            usage, model = NOT_REPORTED, None
-        self.finish(usage, model)
+            self.weckr._refused(record, error)
 
     def finish_stream(self, collected: StreamUsage, error: BaseException | None) -> None:
         self.finish(collected.usage, collected.model, error)
@@ -186,7 +179,14 @@ class _Call:
         the stream class of the client's kind) the stream, recorded when it ends."""
         if stream is not None:
             return stream(result, endpoint.stream_usage(), self.finish_stream)
-        self.finish_response(endpoint, result)
+        try:
+            usage = endpoint.usage(result)
+            model = getattr(result, endpoint.model_field, None)
+        except Exception as error:
+            # Keep the row; an unreadable usage is recorded as not reported.
+            self.weckr._report(error)
+            usage, model = NOT_REPORTED, None
+        self.finish(usage, model if type(model) is str else None)
         return result
 
     def fail(self, error: BaseException) -> None:
@@ -474,7 +474,10 @@ class Weckr:
         )
         record.apply_usage(TokenUsage(**counts, reported=usage_reported))
         self._last_event_id.set(record.event_id)
-        self._deliver(self.backend, record)
+        try:
+            self.backend.record(record)
+        except Exception as error:
+            self._refused(record, error)
         return record.event_id
 
     def flush(self, timeout_seconds: float = 5.0) -> bool:
@@ -513,41 +516,46 @@ class Weckr:
         """Resolve the plan, enforce the cap (may raise before anything is spent).
 
         ``decision`` is the cap decision when the async path already has it.
-        ``stacklevel`` points a downgrade warning at the caller's own frame."""
-        plan_revenue = self._plan_revenue(plan)
+        ``stacklevel`` points a downgrade warning at the caller's own frame.
+        The usual case (a known plan, an allowing decision) calls no helper of ours:
+        this runs once per LLM call, on caches the SDK's request left cold."""
+        plan_revenue = None
+        if plan is not None and self.plans is not None:
+            plan_revenue = self.plans.get(plan)
+            if plan_revenue is None:
+                self._plan_revenue(plan)  # raises: unknown plan
         backend = self._backend if self._backend is not None else get_backend()
         call = _Call(
             self, backend, source, provider, model, user_id, plan, plan_revenue, feature, tags
         )
         if user_id and not self.disable_cap_check:
-            alternative = self._admit(backend, user_id, plan, model, stacklevel, decision)
-            if alternative is not None:
-                call.requested_model = model
-                call.model = alternative
+            if decision is None:
+                try:
+                    decision = backend.check(user_id, plan, model)
+                except (WeckrCapError, WeckrConfigError):
+                    raise
+                except Exception as error:
+                    # Fail open on a broken check, loudly: the call itself must not fail.
+                    self._report(error)
+                    decision = ALLOW
+            if decision.action != "allow":
+                alternative = self._enforce(decision, user_id, plan, model, stacklevel)
+                if alternative is not None:
+                    call.requested_model = model
+                    call.model = alternative
         self._last_event_id.set(call.event_id)
         return call
 
-    def _admit(
+    def _enforce(
         self,
-        backend: Backend,
+        decision: CapDecision,
         user_id: str,
         plan: str | None,
         model: str,
         stacklevel: int,
-        decision: CapDecision | None = None,
     ) -> str | None:
-        """None to go ahead; a model name to use instead; raises to block."""
-        if decision is None:
-            try:
-                decision = backend.check(user_id, plan, model)
-            except (WeckrCapError, WeckrConfigError):
-                raise
-            except Exception as error:
-                # Fail open on a broken check, loudly: the call itself must not fail.
-                self._report(error)
-                return None
-        if decision.action == "allow":
-            return None
+        """For a decision other than allow: None to go ahead, a model name to use
+        instead; raises to block."""
         alternative = decision.alternative_model
         if decision.action == "downgrade" and alternative:
             if alternative == model:
@@ -726,8 +734,9 @@ class Weckr:
         is_async: bool,
         decision: CapDecision | None = None,
     ) -> tuple[_Call, Endpoint, bool, Any, tuple[Any, ...], dict[str, Any]]:
-        client = unwrap(client)
-        provider = _provider_of(client)
+        if type(client) is WeckrProxy:
+            client = client.__dict__["__wrapped__"]
+        provider = _provider_by_type.get(type(client)) or _provider_of(client)
         params = dict(params)
         attribution = current_attribution()
         user_id = params.pop("user_id", None)
@@ -807,18 +816,15 @@ class Weckr:
         self._downgrades_seen.add(key)
         warn_downgrade(user_id, from_model, to_model, stacklevel=stacklevel)
 
-    def _deliver(self, backend: Backend, record: UsageRecord) -> None:
-        try:
-            backend.record(record)
-        except Exception as error:
-            logger.error(
-                "Weckr: the backend refused usage record %s (%s, %s)",
-                record.event_id,
-                record.model,
-                record.user_id,
-                exc_info=True,
-            )
-            self._report(error)
+    def _refused(self, record: UsageRecord, error: Exception) -> None:
+        logger.error(
+            "Weckr: the backend refused usage record %s (%s, %s)",
+            record.event_id,
+            record.model,
+            record.user_id,
+            exc_info=error,
+        )
+        self._report(error)
 
     def _report(self, error: BaseException) -> None:
         if self.on_error is None:
