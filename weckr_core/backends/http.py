@@ -277,8 +277,10 @@ class HttpBackend:
                     self._dropped.append(self._queue.popleft()[1].event_id)
                 self._last_seq += 1
                 self._queue.append((self._last_seq, record))
-                self._start_sender()
-                if len(self._queue) == 1 or len(self._queue) >= self._max_batch_size:
+                if self._sender is None:
+                    self._start_sender()
+                queued = len(self._queue)
+                if queued == 1 or queued >= self._max_batch_size:
                     self._has_work.notify()
         if closed:
             self._report(
@@ -341,15 +343,14 @@ class HttpBackend:
         return (sending is None or sending > seq) and (not self._queue or self._queue[0][0] > seq)
 
     def _start_sender(self) -> None:
-        # Called with self._lock held. The sender clears ``_sender`` when it ends, and
-        # a forked child starts with none.
-        if self._sender is None:
-            self._sender = threading.Thread(target=self._run, name="weckr-sender", daemon=True)
-            try:
-                self._sender.start()
-            except RuntimeError:  # interpreter shutting down: the event stays queued
-                self._sender = None
-                logger.warning("Weckr: could not start the sender thread.", exc_info=True)
+        # Called with self._lock held, when ``_sender`` is None: the sender clears it
+        # when it ends, and a forked child starts with none.
+        self._sender = threading.Thread(target=self._run, name="weckr-sender", daemon=True)
+        try:
+            self._sender.start()
+        except RuntimeError:  # interpreter shutting down: the event stays queued
+            self._sender = None
+            logger.warning("Weckr: could not start the sender thread.", exc_info=True)
 
     def _run(self) -> None:
         try:
