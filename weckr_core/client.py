@@ -43,7 +43,7 @@ from weckr_core.wrap import (
     GEMINI_STREAM,
     OPENAI_CHAT,
     Endpoint,
-    WeckrProxy,
+    unwrap,
     wrap_with,
 )
 
@@ -186,7 +186,7 @@ class _Call:
             # Keep the row; an unreadable usage is recorded as not reported.
             self.weckr._report(error)
             usage, model = NOT_REPORTED, None
-        self.finish(usage, model if type(model) is str else None)
+        self.finish(usage, model if isinstance(model, str) else None)
         return result
 
     def fail(self, error: BaseException) -> None:
@@ -517,13 +517,10 @@ class Weckr:
 
         ``decision`` is the cap decision when the async path already has it.
         ``stacklevel`` points a downgrade warning at the caller's own frame.
-        The usual case (a known plan, an allowing decision) calls no helper of ours:
-        this runs once per LLM call, on caches the SDK's request left cold."""
-        plan_revenue = None
-        if plan is not None and self.plans is not None:
-            plan_revenue = self.plans.get(plan)
-            if plan_revenue is None:
-                self._plan_revenue(plan)  # raises: unknown plan
+        The cap check is made here rather than in a helper, and an allowing decision
+        goes no further: this runs once per LLM call, on caches the SDK's request
+        left cold, where each call of ours costs about a microsecond."""
+        plan_revenue = self._plan_revenue(plan)
         backend = self._backend if self._backend is not None else get_backend()
         call = _Call(
             self, backend, source, provider, model, user_id, plan, plan_revenue, feature, tags
@@ -734,9 +731,8 @@ class Weckr:
         is_async: bool,
         decision: CapDecision | None = None,
     ) -> tuple[_Call, Endpoint, bool, Any, tuple[Any, ...], dict[str, Any]]:
-        if type(client) is WeckrProxy:
-            client = client.__dict__["__wrapped__"]
-        provider = _provider_by_type.get(type(client)) or _provider_of(client)
+        client = unwrap(client)
+        provider = _provider_of(client)
         params = dict(params)
         attribution = current_attribution()
         user_id = params.pop("user_id", None)

@@ -89,13 +89,7 @@ def _detail(details: Any, name: str) -> int:
     """A count from a usage details object (a pydantic model, or a dict), else 0."""
     if details is None:
         return 0
-    if type(details) is dict:
-        value = details.get(name)
-    else:
-        values = getattr(details, "__dict__", None)
-        value = values.get(name) if type(values) is dict else None
-        if value is None:
-            value = field(details, name)
+    value = details.get(name) if type(details) is dict else field(details, name)
     if type(value) is int:  # the hot case, checked here to spare a call
         return value if value > 0 else 0
     return count(value)
