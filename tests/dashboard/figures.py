@@ -7,9 +7,11 @@ from decimal import ROUND_HALF_UP, Decimal
 
 
 def amount(value: Decimal, places: int = 2) -> str:
-    """``1,234.57`` (half up), as in the tables; ``-3.20`` for negatives."""
+    """``1,234.57`` (half up), as in the tables; ``-3.20`` for negatives, and
+    ``0.00`` for a loss that rounds to nothing (Django's floatformat writes no "-0")."""
     quantum = Decimal(1).scaleb(-places)
-    return f"{Decimal(value).quantize(quantum, rounding=ROUND_HALF_UP):,.{places}f}"
+    rounded = Decimal(value).quantize(quantum, rounding=ROUND_HALF_UP)
+    return f"{abs(rounded) if rounded.is_zero() else rounded:,.{places}f}"
 
 
 def dollars(value: Decimal) -> str:
