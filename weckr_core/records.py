@@ -167,6 +167,21 @@ class UsageRecord:
             ("step", self.step),
         )
 
+    def plain_on_wire(self) -> bool:
+        """True when the payload has none of the fields that ``to_wire`` leaves out
+        at their defaults (most LLM calls): no optional field, no tags, usage reported."""
+        return (
+            self.requested_model is None
+            and self.error_type is None
+            and self.run_id is None
+            and self.parent_run_id is None
+            and self.agent is None
+            and self.task is None
+            and self.step is None
+            and not self.tags
+            and self.usage_reported
+        )
+
     def to_wire(self) -> dict[str, Any]:
         """The camelCase payload of ``POST /api/v1/log``: weckr-sdk's fields, always,
         and ours where they differ from the server's defaults (absent means None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -35,7 +35,16 @@ def random_record(rng: random.Random) -> UsageRecord:
     output_tokens = rng.choice([0, 80, 4000])
     return UsageRecord(
         event_id=rng.choice(["e1", f"{rng.getrandbits(64):x}", "a.b:c-d_e"]),
-        timestamp=datetime(2026, 11, 22, 10, 11, 12, rng.choice([0, 123456]), tzinfo=UTC),
+        timestamp=datetime(
+            2026,
+            11,
+            22,
+            10,
+            rng.choice([11, 59]),
+            rng.randint(0, 59),
+            rng.choice([0, 7, 123456, 999999]),
+            tzinfo=rng.choice([UTC, UTC, None, timezone(timedelta(hours=5, minutes=30))]),
+        ),
         user_id=maybe(rng.choice(["u1", "42", *AWKWARD])),  # type: ignore[arg-type]
         feature=maybe(rng.choice(["summary", *AWKWARD])),  # type: ignore[arg-type]
         plan=maybe(rng.choice(["pro", "free"])),  # type: ignore[arg-type]
@@ -115,3 +124,20 @@ def test_cost_follows_price_overrides(overrides: None) -> None:
     )
 
     assert cost_usd(record) == 2.0 != before
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),
+        datetime(2026, 1, 1, 0, 0, 0, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 6, 1, 12, 0, 0, 1, tzinfo=timezone(timedelta(hours=-7))),
+    ],
+)
+def test_timestamps_are_written_as_isoformat_writes_them(moment: datetime) -> None:
+    record = UsageRecord(timestamp=moment)
+
+    assert json.loads(encode_event(record, None))["timestamp"] == moment.isoformat()
+    # Twice: the second time from the cache of seconds already written.
+    assert json.loads(encode_event(record, None))["timestamp"] == moment.isoformat()

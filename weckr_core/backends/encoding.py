@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from json.encoder import encode_basestring  # json.dumps(str, ensure_ascii=False), in C
 from typing import Final
 
@@ -24,11 +25,22 @@ _MAX_CACHED_STRINGS: Final = 4096
 _MAX_CACHED_PRICES: Final = 1024
 
 _FloatRate = tuple[float, tuple[tuple[int, float], ...]]
-_FloatPricing = tuple[ModelPricing, _FloatRate, _FloatRate, _FloatRate, _FloatRate]
+# The pricing it came from; the four rates; the four base prices when no rate has
+# tiers (the usual case: the cost is then one sum of products).
+_FloatPricing = tuple[
+    ModelPricing,
+    _FloatRate,
+    _FloatRate,
+    _FloatRate,
+    _FloatRate,
+    tuple[float, float, float, float] | None,
+]
 
 _strings: dict[str, str] = {}
 _segments: dict[tuple[object, ...], tuple[str, str]] = {}
 _prices: dict[tuple[str, str], _FloatPricing] = {}
+# "2026-11-22T10:11:12" by (year, month, day, hour, minute, second), for UTC times.
+_seconds: dict[tuple[int, int, int, int, int, int], str] = {}
 
 
 def _text(value: str | None) -> str:
@@ -56,6 +68,15 @@ def _float_rate(rate: Rate) -> _FloatRate:
     return float(rate.base), tuple((start, float(price)) for start, price in rate.tiers)
 
 
+def _float_pricing(pricing: ModelPricing) -> _FloatPricing:
+    rates = tuple(
+        _float_rate(rate)
+        for rate in (pricing.input, pricing.cached_input, pricing.cache_write, pricing.output)
+    )
+    flat = None if any(tiers for _, tiers in rates) else tuple(base for base, _ in rates)
+    return (pricing, *rates, flat)  # type: ignore[return-value]
+
+
 def cost_usd(record: UsageRecord) -> float:
     """``price_record(record).usd`` as a float, from rates converted once per model."""
     key = (record.model, record.provider)
@@ -64,14 +85,7 @@ def cost_usd(record: UsageRecord) -> float:
     if cached is None or cached[0] is not pricing:  # new model, or prices changed
         if len(_prices) >= _MAX_CACHED_PRICES:
             _prices.clear()
-        cached = _prices[key] = (
-            pricing,
-            _float_rate(pricing.input),
-            _float_rate(pricing.cached_input),
-            _float_rate(pricing.cache_write),
-            _float_rate(pricing.output),
-        )
-    _, input_rate, cached_rate, write_rate, output_rate = cached
+        cached = _prices[key] = _float_pricing(pricing)
     uncached, cached_tokens, writes, output, prompt = billable_tokens(
         record.input_tokens,
         record.output_tokens,
@@ -79,12 +93,33 @@ def cost_usd(record: UsageRecord) -> float:
         record.cache_creation_tokens,
         record.reasoning_tokens,
     )
+    flat = cached[5]
+    if flat is not None:
+        return (
+            uncached * flat[0] + cached_tokens * flat[1] + writes * flat[2] + output * flat[3]
+        ) / 1e6
+    _, input_rate, cached_rate, write_rate, output_rate, _ = cached
     return (
         uncached * tier_price(*input_rate, prompt)
         + cached_tokens * tier_price(*cached_rate, prompt)
         + writes * tier_price(*write_rate, prompt)
         + output * tier_price(*output_rate, prompt)
     ) / 1e6
+
+
+def _timestamp(moment: datetime) -> str:
+    """``moment.isoformat()``; for UTC times the date and time to the second come
+    from a cache, as records made around the same time share them."""
+    if moment.tzinfo is not UTC:
+        return moment.isoformat()
+    second = (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
+    prefix = _seconds.get(second)
+    if prefix is None:
+        if len(_seconds) >= _MAX_CACHED_STRINGS:
+            _seconds.clear()
+        prefix = _seconds[second] = moment.replace(microsecond=0, tzinfo=None).isoformat()
+    micro = moment.microsecond
+    return f"{prefix}.{micro:06d}+00:00" if micro else f"{prefix}+00:00"
 
 
 def _who(record: UsageRecord) -> tuple[str, str]:
@@ -127,7 +162,7 @@ def encode_event(record: UsageRecord, cost: float | None) -> str:
     text = (
         f'{{"eventId":{encode_basestring(record.event_id)}'
         # isoformat() gives digits, "-", ":", ".", "+" and "T": nothing to escape.
-        f',"timestamp":"{record.timestamp.isoformat()}",{who}'
+        f',"timestamp":"{_timestamp(record.timestamp)}",{who}'
         f',"inputTokens":{int(record.input_tokens)}'
         f',"outputTokens":{int(record.output_tokens)}'
         f',"cachedInputTokens":{int(record.cached_input_tokens)}'
@@ -136,6 +171,8 @@ def encode_event(record: UsageRecord, cost: float | None) -> str:
         f',"costUsd":{"null" if cost is None else _number(cost)}'
         f',"latencyMs":{"null" if latency is None else int(latency)}{how}'
     )
+    if record.plain_on_wire():
+        return text + "}"
     optional = ""
     for key, value in record.optional_wire_fields():
         if value is not None:
