@@ -759,6 +759,251 @@ def test_pending_events_are_flushed_at_interpreter_exit(server: FakeWeckrServer)
     assert [e["userId"] for e in server.accepted_events] == ["u1"]
 
 
+# -- sending on the recording threads ------------------------------------------
+# With a long linger, the sender thread leaves a batch alone for at least twice as
+# long: a batch that arrives sooner was sent by the thread whose record() made it due.
+
+INLINE = {"linger_seconds": 30.0, "max_batch_size": 5}
+
+
+def wait_for_lane(backend: HttpBackend) -> None:
+    """Until the sender has connected and let go of the connection."""
+    wait_until(lambda: backend._lane is not None and backend._lane.usable())
+
+
+def test_the_thread_that_fills_a_batch_sends_it(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend(**INLINE)
+    backend.record(usage())
+    wait_for_lane(backend)
+    records = [usage() for _ in range(4)]
+
+    for record in records:
+        backend.record(record)
+    wait_until(lambda: len(server.accepted_events) == 5)
+
+    assert backend.delivers_inline
+    [request] = server.requests(BATCH_PATH)
+    assert request.headers["x-api-key"] == API_KEY
+    assert request.headers["content-type"] == "application/json"
+    assert [e["eventId"] for e in request.events][1:] == [r.event_id for r in records]
+    assert request.events[1] == {
+        **records[0].to_wire(),
+        "costUsd": pytest.approx(float(price_record(records[0]).usd)),
+    }
+    assert backend.flush(timeout=2)
+    assert errors == []
+
+
+def test_a_batch_lingered_long_enough_goes_with_the_next_record(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    backend = make_backend(linger_seconds=0.3)
+    first = usage()
+    backend.record(first)
+    wait_for_lane(backend)
+    time.sleep(0.35)
+    second = usage()
+
+    backend.record(second)  # the first has lingered: both go now, from this thread
+    wait_until(lambda: len(server.accepted_events) == 2, timeout=0.25)
+
+    assert [len(r.events) for r in log_requests(server)] == [2]
+
+
+def test_batches_keep_one_connection_and_answers_are_read_on_later_calls(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend(**INLINE)
+    backend.record(usage())
+    wait_for_lane(backend)
+
+    for _ in range(24):
+        backend.record(usage())
+        time.sleep(0.002)
+    assert backend.flush(timeout=2)
+
+    assert [len(r.events) for r in server.requests(BATCH_PATH)] == [5] * 5
+    assert len({r.client_port for r in log_requests(server)}) == 1
+    assert len(server.accepted_events) == 25
+    assert errors == []
+
+
+def test_events_rejected_in_a_batch_sent_inline_are_reported(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend(**INLINE)
+    backend.record(usage())
+    wait_for_lane(backend)
+    bad = usage(model="")
+    server.enqueue(
+        BATCH_PATH,
+        Reply(
+            body={
+                "accepted": 4,
+                "duplicates": 0,
+                "rejected": [{"index": 4, "eventId": bad.event_id, "error": "model is required"}],
+            }
+        ),
+    )
+
+    for record in [usage(), usage(), usage(), bad]:
+        backend.record(record)
+    assert backend.flush(timeout=2)
+
+    assert len(server.requests(BATCH_PATH)) == 1
+    assert reported_ids(errors) == [bad.event_id]
+    assert "model is required" in str(errors[0])
+
+
+@pytest.mark.parametrize("failure", [500, 429])
+def test_a_batch_that_failed_inline_is_retried_by_the_sender(
+    server: FakeWeckrServer,
+    make_backend: BackendFactory,
+    errors: list[BaseException],
+    failure: int,
+) -> None:
+    backend = make_backend(**INLINE)
+    backend.record(usage())
+    wait_for_lane(backend)
+    server.enqueue(BATCH_PATH, failure)
+
+    for _ in range(4):
+        backend.record(usage())
+    assert backend.flush(timeout=3)
+
+    # The inline attempt was the first of the retries, not an extra one.
+    assert [r.status for r in server.requests(BATCH_PATH)] == [failure, 200]
+    assert len(server.accepted_events) == 5
+    assert errors == []
+
+
+def test_a_batch_refused_inline_as_too_large_is_split_by_the_sender(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend(**INLINE)
+    backend.record(usage())
+    wait_for_lane(backend)
+    server.enqueue(BATCH_PATH, 413)
+
+    for _ in range(4):
+        backend.record(usage())
+    assert backend.flush(timeout=3)
+
+    assert [len(r.events) for r in server.requests(BATCH_PATH)] == [5, 2, 3]
+    assert len(server.accepted_events) == 5
+    assert errors == []
+
+
+def test_a_server_without_batch_support_answering_inline_gets_events_one_by_one(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    server.set_reply(BATCH_PATH, 404)
+    backend = make_backend(**INLINE)
+    backend.record(usage())
+    wait_for_lane(backend)
+
+    for _ in range(4):
+        backend.record(usage())
+    assert backend.flush(timeout=3)
+
+    assert len(server.requests(BATCH_PATH)) == 1
+    assert len(server.requests(LOG_PATH)) == 5
+    assert len(server.accepted_events) == 5
+    assert errors == []
+
+
+def test_a_connection_the_server_closed_is_reopened_by_the_sender(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend(**INLINE)
+    backend.record(usage())
+    wait_for_lane(backend)
+    server.enqueue(BATCH_PATH, Reply(headers={"connection": "close"}))
+
+    for _ in range(9):
+        backend.record(usage())
+        time.sleep(0.01)
+    assert backend.flush(timeout=3)
+
+    assert [len(r.events) for r in server.requests(BATCH_PATH)] == [5, 5]
+    assert len({r.client_port for r in server.requests(BATCH_PATH)}) == 2
+    assert len(server.accepted_events) == 10
+    assert errors == []
+
+
+def test_many_threads_recording_at_once_lose_and_repeat_nothing(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend(max_batch_size=50)
+    records = [[usage(user_id=f"t{t}") for _ in range(500)] for t in range(8)]
+
+    def work(mine: list[UsageRecord]) -> None:
+        for record in mine:
+            backend.record(record)
+
+    threads = [threading.Thread(target=work, args=(mine,)) for mine in records]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert backend.flush(timeout=10)
+
+    assert sorted(accepted_ids(server)) == sorted(r.event_id for mine in records for r in mine)
+    assert server.duplicates == 0
+    assert errors == []
+
+
+def test_close_reports_a_batch_whose_answer_never_came(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend(**INLINE)
+    backend.record(usage())
+    wait_for_lane(backend)
+    server.enqueue(BATCH_PATH, Reply(delay=5.0))
+    records = [usage() for _ in range(4)]
+    for record in records:
+        backend.record(record)
+    wait_until(lambda: len(server.requests(BATCH_PATH)) == 1)
+
+    started = time.monotonic()
+    backend.close(timeout=0.2)
+    assert time.monotonic() - started < 1.0
+
+    # Reported once the request has timed out (send_timeout_seconds=2), as a request
+    # the sender thread had in flight would be.
+    wait_until(lambda: {r.event_id for r in records} <= set(reported_ids(errors)), timeout=4)
+    assert "backend closed" in str(errors[-1])
+
+
+def test_without_deliver_inline_only_the_sender_sends(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    backend = make_backend(deliver_inline=False, **INLINE)
+    for _ in range(5):
+        backend.record(usage())  # a full batch: the sender is woken to send it
+
+    wait_until(lambda: len(server.accepted_events) == 5)
+    assert not backend.delivers_inline
+
+
+def test_behind_a_proxy_only_the_sender_sends(
+    server: FakeWeckrServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = HttpBackend(API_KEY, server.log_url, server.check_url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    bypassed = HttpBackend(API_KEY, server.log_url, server.check_url)
+
+    assert not proxied.delivers_inline
+    assert bypassed.delivers_inline
+    proxied.close(timeout=0)
+    bypassed.close(timeout=0)
+
+
 # -- against the real weckr_django API -----------------------------------------
 
 

@@ -1,20 +1,30 @@
 """Client of the Weckr wire protocol, for processes that run outside Django.
 
 ``check`` asks ``GET /api/v1/check`` (cached per user, plan and model). ``record``
-only queues the event; one background thread delivers the queue in batches to
-``POST /api/v1/log/batch`` (or one by one to ``POST /api/v1/log``) over a
-keep-alive connection, retrying transient failures. Endpoints, the ``x-api-key``
-header and the payload are those of the published weckr-sdk.
+queues the event; batches go to ``POST /api/v1/log/batch`` (or one by one to
+``POST /api/v1/log``) over one keep-alive connection, transient failures retried.
+Endpoints, the ``x-api-key`` header and the payload are those of the published
+weckr-sdk.
+
+Who sends: while the process records usage, the recording threads send each due
+batch themselves without waiting on the network (``Lane``: the request goes out as
+the socket takes it and the answer is read on a later call), because a background
+thread that wakes up to send while they run Python costs them far more (see
+``weckr_core/backends/lane.py``). The background sender thread connects, retries
+what failed, serves ``flush`` and sends what is left once traffic stops; while the
+recording threads keep up it wakes every few seconds at most.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
 import threading
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -25,6 +35,7 @@ import httpx
 from weckr_core.backends import lifecycle
 from weckr_core.backends.base import ALLOW, CapDecision
 from weckr_core.backends.encoding import cost_usd, encode_batch, encode_event
+from weckr_core.backends.lane import Lane
 from weckr_core.backends.lifecycle import ATEXIT_FLUSH_SECONDS
 from weckr_core.errors import WeckrConfigError
 from weckr_core.pricing import preload_prices
@@ -36,6 +47,10 @@ SERVER_MAX_BATCH_SIZE: Final = 500
 # weckr_django refuses request bodies over 1 MiB (413); batches stay under this.
 MAX_BATCH_BYTES: Final = 900_000
 MAX_RETRY_AFTER_SECONDS: Final = 30.0
+# How long, at most, the sender leaves a partial batch to the recording threads
+# before sending it itself (it starts at twice the linger and doubles while they
+# keep delivering): its wake-ups are what a busy process pays for.
+MAX_SENDER_PATIENCE_SECONDS: Final = 5.0
 _MAX_CACHED_DECISIONS: Final = 10_000
 
 logger = logging.getLogger("weckr")
@@ -43,6 +58,8 @@ logger = logging.getLogger("weckr")
 ErrorHandler = Callable[[BaseException], None]
 _DecisionKey = tuple[str, str, str]
 _Event = tuple[str, str]  # event id, JSON text
+# What became of a request already made for a batch: its answer, or the error.
+_Outcome = httpx.Response | httpx.TransportError
 
 
 class WeckrBackendError(Exception):
@@ -73,6 +90,19 @@ class _PendingCheck:
         self.error: WeckrConfigError | None = None
 
 
+class _Batch:
+    """Events taken from the queue, from when they leave it until they are settled:
+    delivered, or reported as not delivered."""
+
+    __slots__ = ("events", "first_seq", "outcome", "started")
+
+    def __init__(self, first_seq: int, events: list[_Event]) -> None:
+        self.first_seq = first_seq
+        self.events = events
+        self.outcome: _Outcome | None = None  # of the request made on a recording thread
+        self.started = time.monotonic()
+
+
 class HttpBackend:
     """Backend that talks to a Weckr server (weckr_django or app.useweckr.com).
 
@@ -92,6 +122,12 @@ class HttpBackend:
     ``backoff_seconds[i]`` (the last value repeats). ``close()``, or leaving a
     ``with`` block, flushes and releases the connections; at interpreter exit
     pending events get ``ATEXIT_FLUSH_SECONDS`` to go out.
+
+    With ``deliver_inline`` (the default), a thread whose ``record`` makes a batch
+    due sends it without waiting (see the module's docstring); each such call
+    costs that thread the batch's JSON, a few microseconds per event. False leaves
+    every send to the sender thread. Through an HTTP proxy (``HTTPS_PROXY`` and the
+    like) the sender thread sends everything, through httpx.
     """
 
     def __init__(
@@ -109,6 +145,7 @@ class HttpBackend:
         max_retries: int = 3,
         backoff_seconds: Sequence[float] = (0.5, 2.0, 8.0),
         linger_seconds: float = 0.5,
+        deliver_inline: bool = True,
         on_error: ErrorHandler | None = None,
     ) -> None:
         if not api_key:
@@ -135,6 +172,7 @@ class HttpBackend:
         self._max_retries = max_retries
         self._backoff = tuple(backoff_seconds)
         self._linger = linger_seconds
+        self._deliver_inline = deliver_inline
         self._on_error = on_error
         # The sender thread prices records; importing the price database there would
         # race with SDKs that read sys.modules without the import lock on other threads.
@@ -154,18 +192,52 @@ class HttpBackend:
         self._progress = threading.Condition(self._lock)
         self._queue: deque[tuple[int, UsageRecord]] = deque()
         self._last_seq = 0
-        self._sending_from_seq: int | None = None  # first sequence number of the batch in flight
+        self._oldest_at = 0.0  # when the oldest queued event was queued (about)
+        self._in_flight: list[int] = []  # first sequence numbers of unsettled batches
+        self._handoffs: deque[_Batch] = deque()  # for the sender: retry, split, report
         self._sender: threading.Thread | None = None
+        self._sender_asleep = False  # waiting without a timeout: record() wakes it
         self._dropped: list[str] = []  # ids of events pushed out of the full queue
         self._stopping = threading.Event()
         self._closed = False
         self._flushing = 0  # callers waiting in flush(): the sender does not linger
+        # The log connection: one thread at a time (the sender, or a recording thread
+        # that found it free), in this order: _lane_lock, then _lock.
+        self._lane_lock = threading.Lock()
+        self._lane = self._new_lane()
+        self._lane_batch: _Batch | None = None  # sent on a recording thread, answer unread
+        self._inline_sends = 0  # batches sent on recording threads so far
+
+    @property
+    def delivers_inline(self) -> bool:
+        """True when threads that call ``record`` send due batches themselves (see
+        ``deliver_inline``); False when the sender thread sends everything."""
+        return self._lane is not None
 
     def _after_fork_in_child(self) -> None:
         # The parent keeps delivering its own queue and owns the sockets.
         decisions, closed = self._decisions, self._closed
         self._init_state()
         self._decisions, self._closed = decisions, closed
+
+    def _new_lane(self) -> Lane | None:
+        """The connection recording threads may send on; None when only the sender
+        thread sends (turned off, behind a proxy, or endpoints on two origins)."""
+        if not self._deliver_inline:
+            return None
+        try:
+            lane = Lane(self.endpoint)
+        except ValueError:
+            return None
+        if self.batch_endpoint is not None and not lane.serves(self.batch_endpoint):
+            return None
+        # httpx (the sender's client) takes its proxy from the same variables.
+        proxies = urllib.request.getproxies_environment()
+        if (proxies.get(lane.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(
+            lane.host
+        ):
+            return None
+        return lane
 
     # -- cap checks --------------------------------------------------------------
 
@@ -269,6 +341,8 @@ class HttpBackend:
     # -- usage events ------------------------------------------------------------
 
     def record(self, record: UsageRecord) -> None:
+        now = time.monotonic()
+        due = False
         with self._lock:
             closed = self._closed
             if not closed:
@@ -280,13 +354,22 @@ class HttpBackend:
                 if self._sender is None:
                     self._start_sender()
                 queued = len(self._queue)
-                if queued == 1 or queued >= self._max_batch_size:
-                    self._has_work.notify()
+                if queued == 1:
+                    self._oldest_at = now
+                    if self._sender_asleep:
+                        self._sender_asleep = False
+                        self._has_work.notify()
+                if self._lane is not None:
+                    due = queued >= self._max_batch_size or now - self._oldest_at >= self._linger
+                elif queued >= self._max_batch_size:
+                    self._has_work.notify()  # the sender lingers for a full batch
         if closed:
             self._report(
                 f"Weckr: backend is closed; event {record.event_id} not sent.",
                 event_ids=[record.event_id],
             )
+        elif due:
+            self._send_inline()
 
     def flush(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -306,13 +389,15 @@ class HttpBackend:
 
     def close(self, timeout: float = ATEXIT_FLUSH_SECONDS) -> None:
         """Flush for up to ``timeout`` seconds, then stop the sender and release the
-        connections. Events still queued are reported as not sent."""
+        connections. Events not delivered by then are reported as not sent."""
         deadline = time.monotonic() + timeout
         self.flush(timeout)
         with self._lock:
             self._closed = True
             leftovers = [record.event_id for _, record in self._queue]
+            leftovers += [event_id for batch in self._handoffs for event_id, _ in batch.events]
             self._queue.clear()
+            self._handoffs.clear()
             self._has_work.notify_all()
             self._progress.notify_all()
             sender = self._sender
@@ -326,6 +411,7 @@ class HttpBackend:
             )
         if sender is not None and sender is not threading.current_thread():
             sender.join(max(0.0, deadline - time.monotonic()))
+        self._close_lane(max(0.0, deadline - time.monotonic()))
         with self._check_lock:
             client, self._check_client = self._check_client, None
         if client is not None:
@@ -339,8 +425,142 @@ class HttpBackend:
 
     def _done_through(self, seq: int) -> bool:
         """True when every event up to sequence number ``seq`` is delivered or given up."""
-        sending = self._sending_from_seq
-        return (sending is None or sending > seq) and (not self._queue or self._queue[0][0] > seq)
+        return all(first > seq for first in self._in_flight) and (
+            not self._queue or self._queue[0][0] > seq
+        )
+
+    def _take_batch(self, now: float) -> tuple[int, list[UsageRecord]]:
+        """The oldest queued events, up to a batch; called with self._lock held."""
+        count = min(len(self._queue), self._max_batch_size)
+        taken = [self._queue.popleft() for _ in range(count)]
+        self._in_flight.append(taken[0][0])
+        self._oldest_at = now  # of what is left: not older than now
+        return taken[0][0], [record for _, record in taken]
+
+    def _settled(self, batch: _Batch | int) -> None:
+        first_seq = batch if isinstance(batch, int) else batch.first_seq
+        with self._lock:
+            self._in_flight.remove(first_seq)
+            self._progress.notify_all()
+
+    def _hand_off(self, batch: _Batch) -> None:
+        """Give a batch to the sender thread, which retries, splits or reports it."""
+        with self._lock:
+            self._handoffs.append(batch)
+            self._sender_asleep = False
+            self._has_work.notify()
+
+    # -- sending on the recording threads -----------------------------------------------
+
+    def _send_inline(self) -> None:
+        """Called by ``record`` when a batch is due: on this thread, without waiting,
+        read the answer to the batch sent before, then send the next. Does nothing
+        while another thread uses the connection."""
+        if not self._lane_lock.acquire(blocking=False):
+            return
+        try:
+            if self._lane_batch is None or self._read_inline_answer(block=False):
+                self._start_inline_batch()
+        except Exception as error:  # a bug here must not reach the caller's LLM call
+            self._report("Weckr: unexpected error sending usage events.", error)
+        finally:
+            self._lane_lock.release()
+
+    def _read_inline_answer(self, *, block: bool) -> bool:
+        """Settle the batch sent on a recording thread if its answer is in (waiting
+        for it with ``block``); False while it is not. Needs self._lane_lock."""
+        batch, lane = self._lane_batch, self._lane
+        assert batch is not None and lane is not None
+        outcome: _Outcome | None
+        try:
+            outcome = lane.finish() if block else lane.advance()
+        except httpx.TransportError as error:
+            outcome = error
+        if outcome is None:
+            return False
+        self._lane_batch = None
+        if isinstance(outcome, httpx.Response) and outcome.is_success:
+            try:
+                if len(batch.events) > 1:
+                    event_ids = [event_id for event_id, _ in batch.events]
+                    self._report_rejected_events(outcome, event_ids)
+            finally:
+                self._settled(batch)
+        else:
+            batch.outcome = outcome  # the sender takes it from there, as if it had sent it
+            self._hand_off(batch)
+        return True
+
+    def _start_inline_batch(self) -> None:
+        lane = self._lane
+        assert lane is not None and self._lane_batch is None
+        now = time.monotonic()
+        with self._lock:
+            queued = len(self._queue)
+            if not queued or (
+                queued < self._max_batch_size and now - self._oldest_at < self._linger
+            ):
+                return
+            first_seq, records = self._take_batch(now)
+        batch = _Batch(first_seq, self._encode(records))
+        if not batch.events:
+            self._settled(batch)
+            return
+        try:
+            request = self._inline_request(batch.events)
+            if request is None or not lane.usable():
+                self._hand_off(batch)  # the sender connects, or splits the batch
+                return
+            target, body = request
+            headers = self._inline_headers(lane, len(body))
+            lane.begin(b"POST", target, headers, body, self._send_timeout)
+        except BaseException:
+            self._hand_off(batch)  # taken from the queue: not to be lost
+            raise
+        self._lane_batch = batch
+        self._inline_sends += 1
+        self._read_inline_answer(block=False)
+
+    def _inline_request(self, events: list[_Event]) -> tuple[bytes, bytes] | None:
+        """Target and body of the one request the sender would make first for
+        ``events``; None when it would take more (splits, or one POST per event)."""
+        if len(events) == 1:
+            return httpx.URL(self.endpoint).raw_path, events[0][1].encode()
+        if self.batch_endpoint is None:
+            return None
+        body = encode_batch([text for _, text in events])
+        if len(body) > MAX_BATCH_BYTES:
+            return None
+        return httpx.URL(self.batch_endpoint).raw_path, body
+
+    def _inline_headers(self, lane: Lane, length: int) -> list[tuple[bytes, bytes]]:
+        default_port = 443 if lane.scheme == "https" else 80
+        host = lane.host if lane.port == default_port else f"{lane.host}:{lane.port}"
+        return [
+            (b"host", host.encode("idna")),
+            *((name.encode(), value.encode()) for name, value in self._headers.items()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(length).encode()),
+        ]
+
+    def _close_lane(self, timeout: float) -> None:
+        if not self._lane_lock.acquire(timeout=timeout):
+            return  # the sender is on it, and closes it (its client's transport) when done
+        try:
+            batch, self._lane_batch = self._lane_batch, None
+            if self._lane is not None:
+                self._lane.close()
+        finally:
+            self._lane_lock.release()
+        if batch is not None:
+            self._report(
+                f"Weckr: backend closed before the server answered for {len(batch.events)} "
+                "event(s); they may not have been delivered.",
+                event_ids=[event_id for event_id, _ in batch.events],
+            )
+            self._settled(batch)
+
+    # -- the sender thread ----------------------------------------------------------------
 
     def _start_sender(self) -> None:
         # Called with self._lock held, when ``_sender`` is None: the sender clears it
@@ -361,41 +581,85 @@ class HttpBackend:
                     self._sender = None
 
     def _send_until_closed(self) -> None:
-        with httpx.Client(headers=self._headers, timeout=self._send_timeout) as client:
+        lane = self._lane
+        transport: httpx.BaseTransport | None = lane
+        with httpx.Client(
+            headers=self._headers, timeout=self._send_timeout, transport=transport
+        ) as client:
+            if lane is not None:
+                # Ready for the recording threads' first batch; on failure the first
+                # send connects again, and reports.
+                with self._lane_lock, contextlib.suppress(httpx.TransportError):
+                    lane.connect(self._send_timeout)
+            patience = _Patience(self._linger, lane is not None)
             while True:
                 with self._lock:
-                    while not self._queue and not self._closed:
-                        self._has_work.wait()
-                    if not self._queue:
-                        return
-                    self._linger_for_a_fuller_batch()
-                    count = min(len(self._queue), self._max_batch_size)
-                    batch = [self._queue.popleft() for _ in range(count)]
-                    self._sending_from_seq = batch[0][0]
-                records = [record for _, record in batch]
-                try:
-                    self._deliver(client, records)
-                except Exception as error:  # a bug here must not stop delivery for good
-                    self._report(
-                        f"Weckr: unexpected error sending {count} event(s).",
-                        error,
-                        event_ids=[record.event_id for record in records],
-                    )
-                finally:
-                    self._report_dropped()
-                    with self._lock:
-                        self._sending_from_seq = None
-                        self._progress.notify_all()
+                    job = self._next_job(patience)
+                if job is None:
+                    return
+                with self._lane_lock:
+                    try:
+                        if self._lane_batch is not None:  # the connection is needed now
+                            self._read_inline_answer(block=True)
+                        job(client)
+                    except Exception as error:  # a bug here must not stop delivery for good
+                        self._report("Weckr: unexpected error sending usage events.", error)
+                    finally:
+                        self._report_dropped()
 
-    def _linger_for_a_fuller_batch(self) -> None:
-        """Wait briefly for more events so that steady traffic goes out in batches,
-        not one POST per event. Called with the lock held; flush and close cut it short."""
-        until = time.monotonic() + self._linger
-        while len(self._queue) < self._max_batch_size and not self._closed and not self._flushing:
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                return
-            self._has_work.wait(remaining)
+    def _next_job(self, patience: _Patience) -> Callable[[httpx.Client], None] | None:
+        """Wait for something the sender must do; None once closed and done.
+        Called with self._lock held, right after the previous job (or the start)."""
+        awake = True  # and holding the GIL anyway: no wake-up to spare the callers
+        while True:
+            now = time.monotonic()
+            hurry = self._flushing > 0 or self._closed
+            if self._handoffs:
+                return self._handoff_job(self._handoffs.popleft())
+            timeout: float | None = None
+            batch = self._lane_batch  # read without _lane_lock: the job checks again
+            if batch is not None:
+                waited = now - batch.started
+                if hurry or waited >= patience.seconds:
+                    return _nothing_more  # the answer is read before every job
+                timeout = patience.seconds - waited
+            if self._queue:
+                waited = now - self._oldest_at
+                due = len(self._queue) >= self._max_batch_size or (
+                    waited >= (self._linger if awake else patience.seconds)
+                )
+                if hurry or due:
+                    return self._queue_job(*self._take_batch(now))
+                timeout = min(timeout or math.inf, patience.seconds - waited)
+            elif self._closed:
+                return None
+            elif timeout is None:
+                timeout = patience.idle_timeout()
+            self._sender_asleep = timeout is None
+            seen = self._inline_sends
+            woken = self._has_work.wait(timeout)
+            self._sender_asleep = False
+            awake = False
+            if not woken:
+                patience.observe(callers_sent=self._inline_sends != seen)
+
+    def _handoff_job(self, batch: _Batch) -> Callable[[httpx.Client], None]:
+        def job(client: httpx.Client) -> None:
+            try:
+                self._send_events(client, batch.events, batch.outcome)
+            finally:
+                self._settled(batch)
+
+        return job
+
+    def _queue_job(self, first_seq: int, records: list[UsageRecord]) -> Callable[..., None]:
+        def job(client: httpx.Client) -> None:
+            try:
+                self._send_events(client, self._encode(records))
+            finally:
+                self._settled(first_seq)
+
+        return job
 
     def _report_dropped(self) -> None:
         with self._lock:
@@ -407,7 +671,8 @@ class HttpBackend:
                 event_ids=dropped,
             )
 
-    def _deliver(self, client: httpx.Client, records: list[UsageRecord]) -> None:
+    def _encode(self, records: list[UsageRecord]) -> list[_Event]:
+        """The records as wire events, priced; a record that cannot be is reported."""
         events: list[_Event] = []
         for record in records:
             cost: float | None = None
@@ -427,19 +692,29 @@ class HttpBackend:
                     error,
                     event_ids=[record.event_id],
                 )
+        return events
+
+    def _send_events(
+        self, client: httpx.Client, events: list[_Event], first: _Outcome | None = None
+    ) -> None:
+        """Deliver ``events``; ``first`` is the outcome of the first request this
+        would make (sent on a recording thread), which is then not made again."""
         batch_endpoint = self.batch_endpoint
         if (
             len(events) > 1
             and batch_endpoint is not None
-            and self._send_batch(client, batch_endpoint, events)
+            and self._send_batch(client, batch_endpoint, events, first)
         ):
             return
+        if len(events) > 1:
+            first = None  # that was the batch request, answered 404
         for event in events:
-            self._send_one(client, event)
+            self._send_one(client, event, first)
+            first = None
 
-    def _send_one(self, client: httpx.Client, event: _Event) -> None:
+    def _send_one(self, client: httpx.Client, event: _Event, first: _Outcome | None = None) -> None:
         event_id, text = event
-        response = self._post(client, self.endpoint, text.encode(), [event_id])
+        response = self._post(client, self.endpoint, text.encode(), [event_id], first)
         if response is not None and not response.is_success:
             self._report(
                 f"Weckr: server rejected event {event_id} with HTTP {response.status_code}: "
@@ -448,7 +723,9 @@ class HttpBackend:
                 event_ids=[event_id],
             )
 
-    def _send_batch(self, client: httpx.Client, url: str, events: list[_Event]) -> bool:
+    def _send_batch(
+        self, client: httpx.Client, url: str, events: list[_Event], first: _Outcome | None = None
+    ) -> bool:
         """Sends one batch, split in halves while its body is over ``MAX_BATCH_BYTES``
         or the server answers 413. False when the server has no batch endpoint (the
         caller sends the events singly)."""
@@ -456,7 +733,7 @@ class HttpBackend:
         if len(body) > MAX_BATCH_BYTES and len(events) > 1:
             return self._send_halves(client, url, events)
         event_ids = [event_id for event_id, _ in events]
-        response = self._post(client, url, body, event_ids)
+        response = self._post(client, url, body, event_ids, first)
         if response is None:
             return True
         status = response.status_code
@@ -511,17 +788,29 @@ class HttpBackend:
             )
 
     def _post(
-        self, client: httpx.Client, url: str, body: bytes, event_ids: list[str]
+        self,
+        client: httpx.Client,
+        url: str,
+        body: bytes,
+        event_ids: list[str],
+        first: _Outcome | None = None,
     ) -> httpx.Response | None:
         """POSTs a JSON body with bounded retries on 429, 5xx, network errors and
-        timeouts (waiting at least the server's Retry-After). Returns the final
-        response, or None (reported) when the events are given up."""
+        timeouts (waiting at least the server's Retry-After). ``first`` is the
+        outcome of an attempt already made. Returns the final response, or None
+        (reported) when the events are given up."""
         attempt = 0
         while True:
             cause: BaseException | None = None
             delay = self._backoff[min(attempt, len(self._backoff) - 1)]
             try:
-                response = client.post(url, content=body, headers=_JSON_CONTENT)
+                if first is None:
+                    response = client.post(url, content=body, headers=_JSON_CONTENT)
+                elif isinstance(first, httpx.Response):
+                    response, first = first, None
+                else:
+                    error, first = first, None
+                    raise error
             except httpx.TransportError as error:
                 cause, failure, status = error, _describe(error), None
             else:
@@ -561,7 +850,42 @@ class HttpBackend:
             logger.exception("Weckr: the on_error handler raised.")
 
 
+class _Patience:
+    """How long the sender leaves queued events to the recording threads.
+
+    Without a lane the sender sends a batch once it is full or ``linger`` old, and
+    sleeps until ``record`` wakes it when there is nothing to send. With one, the
+    recording threads send due batches themselves, and every wake-up of the sender
+    costs them while they run Python, so it never lets ``record`` wake it: it looks
+    every ``MAX_SENDER_PATIENCE_SECONDS`` when nothing is queued, and leaves queued
+    events to the recording threads for twice the linger, doubled (up to that
+    maximum) each time it wakes to find they sent something meanwhile.
+    """
+
+    def __init__(self, linger: float, callers_send: bool) -> None:
+        self._callers_send = callers_send
+        self._shortest = min(max(2 * linger, 0.05), MAX_SENDER_PATIENCE_SECONDS)
+        self.seconds = self._shortest if callers_send else linger
+
+    def observe(self, *, callers_sent: bool) -> None:
+        """After a wake-up on the timeout: did the recording threads send since?"""
+        if self._callers_send:
+            self.seconds = (
+                min(2 * self.seconds, MAX_SENDER_PATIENCE_SECONDS)
+                if callers_sent
+                else self._shortest
+            )
+
+    def idle_timeout(self) -> float | None:
+        """How long to wait with nothing queued; None: until ``record`` wakes it."""
+        return MAX_SENDER_PATIENCE_SECONDS if self._callers_send else None
+
+
 _JSON_CONTENT: Final = {"content-type": "application/json"}
+
+
+def _nothing_more(client: httpx.Client) -> None:
+    """A job that is only the answer to read before it."""
 
 
 def _is_retryable(status: int) -> bool:
