@@ -18,13 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import ContextDecorator
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _UNSET: object = object()
 
 
-@dataclass(frozen=True, slots=True)
-class Attribution:
+class Attribution(NamedTuple):
+    """Immutable; a tuple so that a block costs little to enter (once per request or
+    per LLM call)."""
+
     user_id: str | None = None
     plan: str | None = None
     feature: str | None = None
