@@ -10,8 +10,9 @@
     })
 
 Differences from weckr-sdk 0.3.0, all on purpose: records go to a Backend (a
-queue drained by one sender thread, never a thread per call); calls are priced off
-the caller's thread; streams are recorded with their real usage; ``user_id``,
+queue sent in batches, never a thread per call; nothing on the caller's thread
+waits on the network but an uncached cap check); a call is priced when its batch
+is sent, not during the call; streams are recorded with their real usage; ``user_id``,
 ``feature`` and ``plan`` fall back to the attribution context; a plan is only
 checked against ``plans`` when ``plans`` was given.
 """
@@ -152,7 +153,7 @@ class _Call:
             usage.cached_input_tokens,
             usage.cache_creation_tokens,
             usage.reasoning_tokens,
-            None,  # cost_usd: priced by the backend, off the caller's thread
+            None,  # cost_usd: priced by the backend when it sends the batch
             True,  # priced
             usage.reported,
             int((time.perf_counter() - self.started) * 1000),

@@ -3,10 +3,11 @@
 ``encode_event(record)`` gives the same JSON object as ``json.dumps(record.to_wire())``
 (``costUsd`` aside, computed here in float from the cached rates rather than in
 ``Decimal``: the server reprices every call and the wire carries a float anyway).
-It runs on the HttpBackend's sender thread, whose CPU time the caller's thread pays
-for under the GIL, for every record a busy process makes: the text is assembled
-from pieces that repeat from one call to the next (a user's id, the feature, the
-model) and are encoded once, instead of building and encoding a dict per record.
+It runs for every record a busy process makes, on the thread that sends the batch
+(most often a thread that records usage, see ``HttpBackend``): the text is
+assembled from pieces that repeat from one call to the next (a user's id, the
+feature, the model, the second) and are encoded once, instead of building and
+encoding a dict per record.
 """
 
 from __future__ import annotations

@@ -174,8 +174,9 @@ class HttpBackend:
         self._linger = linger_seconds
         self._deliver_inline = deliver_inline
         self._on_error = on_error
-        # The sender thread prices records; importing the price database there would
-        # race with SDKs that read sys.modules without the import lock on other threads.
+        # Batches are priced on whichever thread sends them; importing the price
+        # database there would race with SDKs that read sys.modules without the
+        # import lock on other threads.
         preload_prices()
         self._init_state()
         lifecycle.watch(self)
