@@ -1,6 +1,6 @@
 """Overhead of ``Weckr.chat`` and ``wrap(client)`` on a real OpenAI client.
 
-Run: ``.venv/bin/python -m bench.bench_client [--rounds N]``.
+Run: ``.venv/bin/python -m bench.bench_client [--calls N] [--cycles N]``.
 
 Times ``client.chat.completions.create`` of a real ``openai.OpenAI`` client whose
 HTTP goes to an ``httpx.MockTransport`` (so the SDK's own request building and
@@ -9,30 +9,24 @@ parsing run, without a network), then the same call through ``wk.chat`` and thro
 that answers ``/check`` (the cap decision is cached after the first call) and takes
 the usage events, which the benchmark checks all arrived; the server runs in its own
 process so its CPU is not charged to the client. When the published weckr-sdk is
-installed, its ``Weckr.chat`` against the same server is timed too, in a phase of
-its own so its thread per POST does not land on the other modes' calls.
+installed, its ``Weckr.chat`` against the same server is timed too.
 
-The machines this runs on change speed by 20% or more within a fraction of a
-second, so the modes are interleaved call by call (one call of each mode per round,
-in a random order) and each call is compared with the direct call of its own
-round. What a call costs is then two parts, both measured:
+Method: blocks. Each mode runs alone for a block of ``--calls`` calls, ended by a
+flush that waits until the server has taken every event of the block, so whatever
+the mode makes the process do (sending on the recording thread, a background
+thread's GIL traffic, its records' memory) lands in its own block. Each block is
+paired with a block of direct calls run just before or just after it (in turn,
+which cancels a steady drift of the machine's speed), and a mode's figure is the
+median over the cycles of its block's time per call minus its direct block's.
+"direct again" pairs direct blocks with direct blocks: the noise floor. CPU is the
+process's CPU time (all threads) per call, paired the same way.
 
-- caller: the median over the rounds of the call's time minus the direct call's,
-  which is what the caller's thread spends on Weckr;
-- delivery: the CPU time the process's other threads spend per call (the
-  HttpBackend's sender: pricing, JSON, HTTP; or weckr-sdk's thread per POST),
-  including finishing the delivery at the end. Under the GIL that time is taken
-  from the caller's thread, so it is charged in full.
-
-added = caller + delivery, and the ratio is (direct + added) / direct.
-
-Most of the delivery share is the sender waiting for the GIL, not working. The
-caller's thread here runs Python without pause and lets go of the GIL only for a
-moment per call (the SDK reads ``os.urandom``); each time, the waiting sender is
-woken, finds the GIL taken again and sleeps on, so it never waits out the switch
-interval that would make the caller hand the GIL over. ``--switch-interval 0.0005``
-runs the same benchmark with an interval shorter than the gap between those
-moments.
+Why not calls interleaved one by one, the method here until December 2026: a
+background thread's cost, and the caches a call leaves cold for the next one, land
+on whichever call runs next, the direct calls included, so interleaving hides them.
+Interleaved with HttpBackend's former sender thread, direct calls ran 58 us slower
+than without it; that benchmark said the sender cost 19 us per call, and blocks
+showed 60 to 90.
 """
 
 from __future__ import annotations
@@ -41,8 +35,8 @@ import argparse
 import gc
 import json
 import multiprocessing
+import random
 import statistics
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -54,11 +48,13 @@ from typing import Any
 import httpx
 import openai
 
-from bench.interleave import interleaved, paired_added
 from tests.core.http_server import CHECK_PATH, LOG_PATH, FakeWeckrServer
 from weckr_core import Weckr, attribute
 from weckr_core.backends import ALLOW, CapDecision
 from weckr_core.records import UsageRecord
+
+GOAL_ADDED_US = 30.0
+GOAL_RATIO = 1.05
 
 MODEL = "gpt-4o-mini"
 MESSAGES: Any = [{"role": "user", "content": "Summarize this."}]
@@ -150,18 +146,6 @@ def loopback_weckr_server() -> Iterator[tuple[str, Callable[[], dict[str, int]]]
         process.join(10)
 
 
-def interleaved_with_delivery(
-    modes: dict[str, Callable[[], Any]], rounds: int, finish: Callable[[], Any]
-) -> tuple[dict[str, list[float]], float]:
-    """``interleaved`` plus the CPU time the process's other threads spent, until
-    ``finish`` (the final flush) returned."""
-    process_start, thread_start = time.process_time(), time.thread_time()
-    times = interleaved(modes, rounds)
-    finish()
-    other_threads = (time.process_time() - process_start) - (time.thread_time() - thread_start)
-    return times, max(0.0, other_threads)
-
-
 def own_work(repeats: int = 7, calls: int = 20_000) -> dict[str, float]:
     """Weckr's own work per call on the caller's thread, without the SDK's request:
     ``chat.completions.create`` of a real client replaced by one returning a canned,
@@ -193,54 +177,82 @@ def own_work(repeats: int = 7, calls: int = 20_000) -> dict[str, float]:
     return best
 
 
-@dataclass
-class Row:
+@dataclass(frozen=True)
+class Mode:
     name: str
-    direct: float  # the direct call's median time in the same phase, seconds
-    caller: float
-    delivery: float
+    call: Callable[[], Any]
+    finish: Callable[[], Any] = lambda: None  # waits until the block's events are in
+
+
+@dataclass
+class Figures:
+    name: str
+    direct: list[float]  # per-call seconds of the paired direct blocks
+    wall: list[float]  # per-call seconds of this mode's blocks, cycle by cycle
+    direct_cpu: list[float]
+    cpu: list[float]
+
+    @property
+    def direct_per_call(self) -> float:
+        return statistics.median(self.direct)
 
     @property
     def added(self) -> float:
-        return self.caller + self.delivery
+        return statistics.median(m - d for m, d in zip(self.wall, self.direct, strict=True))
+
+    @property
+    def cpu_added(self) -> float:
+        return statistics.median(m - d for m, d in zip(self.cpu, self.direct_cpu, strict=True))
 
     @property
     def ratio(self) -> float:
-        return (self.direct + self.added) / self.direct
+        return (self.direct_per_call + self.added) / self.direct_per_call
 
 
-def rows_of(times: dict[str, list[float]], other_threads_cpu: float, rounds: int) -> list[Row]:
-    direct = times.pop("direct")
-    direct_median = statistics.median(direct)
-    # Every mode but direct makes one record (or one POST) per call; the background
-    # threads' CPU is theirs, shared out per call.
-    delivery = other_threads_cpu / (rounds * len(times))
-    return [
-        Row(name, direct_median, paired_added(values, direct), delivery)
-        for name, values in times.items()
-    ]
+def block(mode: Mode, calls: int) -> tuple[float, float]:
+    """Wall and process CPU seconds per call of ``calls`` calls and the flush."""
+    call = mode.call
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        call()
+    mode.finish()
+    return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
 
 
-def warm_up(modes: dict[str, Callable[[], Any]], calls: int) -> None:
-    for call in modes.values():
+def paired_blocks(direct: Mode, modes: list[Mode], calls: int, cycles: int) -> list[Figures]:
+    figures = {mode.name: Figures(mode.name, [], [], [], []) for mode in modes}
+    order = list(modes)
+    shuffle = random.Random(2026).shuffle
+    for cycle in range(cycles):
+        shuffle(order)
+        for index, mode in enumerate(order):
+            first_direct = (cycle + index) % 2 == 0
+            if first_direct:
+                direct_wall, direct_cpu = block(direct, calls)
+            wall, cpu = block(mode, calls)
+            if not first_direct:
+                direct_wall, direct_cpu = block(direct, calls)
+            row = figures[mode.name]
+            row.direct.append(direct_wall)
+            row.direct_cpu.append(direct_cpu)
+            row.wall.append(wall)
+            row.cpu.append(cpu)
+    return [figures[mode.name] for mode in modes]
+
+
+def warm_up(modes: list[Mode], calls: int) -> None:
+    for mode in modes:
         for _ in range(calls):
-            call()
+            mode.call()
+        mode.finish()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5000, help="calls per mode")
+    parser.add_argument("--calls", type=int, default=2000, help="calls per block")
+    parser.add_argument("--cycles", type=int, default=12, help="blocks per mode")
     parser.add_argument("--warmup", type=int, default=500, help="untimed calls per mode")
-    parser.add_argument(
-        "--switch-interval",
-        type=float,
-        default=None,
-        help="sys.setswitchinterval for the run, in seconds (Python's default: 0.005)",
-    )
     args = parser.parse_args()
-    rounds = args.rounds
-    if args.switch_interval is not None:
-        sys.setswitchinterval(args.switch_interval)
 
     with loopback_weckr_server() as (server_url, stop_server):
         log_url, check_url = server_url + LOG_PATH, server_url + CHECK_PATH
@@ -258,21 +270,14 @@ def main() -> None:
             with attribute(user_id="u1", plan="pro"):
                 return wrapped.chat.completions.create(model=MODEL, messages=MESSAGES)
 
-        ours: dict[str, Callable[[], Any]] = {
-            "direct": direct,
-            "wk.chat": lambda: wk.chat(client, chat_params),
-            "wrap(client)": via_wrap,
-        }
-        warm_up(ours, args.warmup)
-        wk.flush(30)
-        # Long-lived objects (modules, clients) out of the collector's way, so a full
-        # collection costs what the calls allocate, not what was imported.
-        gc.collect()
-        gc.freeze()
-        times, other_cpu = interleaved_with_delivery(ours, rounds, lambda: wk.flush(60))
-        rows = rows_of(times, other_cpu, rounds)
-        wk.close()
+        def flush_weckr() -> None:
+            assert wk.flush(60), "Weckr's events did not all arrive"
 
+        modes = [
+            Mode("direct again", direct),
+            Mode("wk.chat", lambda: wk.chat(client, chat_params), flush_weckr),
+            Mode("wrap(client)", via_wrap, flush_weckr),
+        ]
         try:
             import weckr  # the published weckr-sdk
         except ImportError:
@@ -281,41 +286,43 @@ def main() -> None:
             sdk = weckr.Weckr(
                 "wk_bench", plans={"pro": 29}, endpoint=log_url, check_endpoint=check_url
             )
-            theirs: dict[str, Callable[[], Any]] = {
-                "direct": direct,
-                "weckr-sdk 0.3.0 chat": lambda: sdk.chat(client, chat_params),
-            }
-            warm_up(theirs, args.warmup)
-            sdk.flush(timeout_seconds=30)
-            sdk_rounds = max(1, rounds // 3)
-            times, other_cpu = interleaved_with_delivery(
-                theirs, sdk_rounds, lambda: sdk.flush(timeout_seconds=60)
+
+            def flush_sdk() -> None:
+                sdk.flush(timeout_seconds=60)  # returns nothing: the server's count tells
+
+            modes.append(
+                Mode("weckr-sdk 0.3.0 chat", lambda: sdk.chat(client, chat_params), flush_sdk)
             )
-            rows += rows_of(times, other_cpu, sdk_rounds)
+        direct_mode = Mode("direct", direct)
+        warm_up([direct_mode, *modes], args.warmup)
+        # Long-lived objects (modules, clients) out of the collector's way, so a full
+        # collection costs what the calls allocate, not what was imported.
+        gc.collect()
+        gc.freeze()
+        rows = paired_blocks(direct_mode, modes, args.calls, args.cycles)
+        wk.close()
         delivered = stop_server()
 
     print(
-        "real openai.OpenAI over httpx.MockTransport, records delivered to a loopback "
-        f"Weckr server; {rounds} rounds, one call of each mode per round; us per call; "
-        f"GIL switch interval {sys.getswitchinterval() * 1000:g} ms"
+        "real openai.OpenAI over httpx.MockTransport, usage events delivered to a loopback "
+        f"Weckr server; blocks of {args.calls} calls, each with its own flush, paired with "
+        f"a block of direct calls; median of {args.cycles} cycles; us per call"
     )
-    print(
-        "caller: median extra time on the caller's thread, paired with the direct call "
-        "of the same round; delivery: CPU of the background threads per call"
-    )
-    print(f"{'mode':<22}{'direct':>8}{'caller':>8}{'delivery':>10}{'added':>8}{'ratio':>7}")
+    print(f"{'mode':<22}{'per call':>9}{'added':>8}{'ratio':>7}{'CPU added':>11}")
+    print(f"{'direct':<22}{statistics.median(r.direct_per_call for r in rows) * 1e6:>9.1f}")
     for row in rows:
         print(
-            f"{row.name:<22}{row.direct * 1e6:>8.1f}{row.caller * 1e6:>8.1f}"
-            f"{row.delivery * 1e6:>10.1f}{row.added * 1e6:>8.1f}{row.ratio:>7.3f}"
+            f"{row.name:<22}{(row.direct_per_call + row.added) * 1e6:>9.1f}"
+            f"{row.added * 1e6:>+8.1f}{row.ratio:>7.3f}{row.cpu_added * 1e6:>+11.1f}"
         )
+    print(f"goal: added <= {GOAL_ADDED_US:g} us and ratio <= {GOAL_RATIO} per call")
     own = own_work()
     print("\nWeckr's own work on the caller's thread (SDK request replaced by a canned response)")
     for name in ("wk.chat", "wrap(client)"):
         print(f"{name:<22}{(own[name] - own['canned create']) * 1e6:>8.1f} us per call")
+    calls_per_mode = args.warmup + args.calls * args.cycles
     print(
-        f"usage events the loopback server took ({args.warmup} warm-up calls + the rounds "
-        "per mode): "
+        f"usage events the loopback server took ({calls_per_mode} calls per mode): "
         + ", ".join(f"{source} {count}" for source, count in sorted(delivered.items()))
     )
 
