@@ -246,6 +246,11 @@ class HttpBackend:
         if not user_id or not plan:
             return ALLOW
         key = (user_id, plan, model)
+        # Once per LLM call: a fresh decision is read without the lock (a dict read is
+        # atomic, and the entries are immutable tuples); misses take it.
+        entry = self._decisions.get(key)
+        if entry is not None and entry[1] > time.monotonic():
+            return entry[0]
         with self._check_lock:
             cached = self._fresh_decision(key)
             if cached is not None:
