@@ -508,7 +508,13 @@ class HttpBackend:
             ):
                 return
             first_seq, records = self._take_batch(now)
-        batch = _Batch(first_seq, self._encode(records))
+        try:
+            events = self._encode(records)
+        except Exception as error:  # taken from the queue: reported, not lost silently
+            self._report_unexpected(error, [record.event_id for record in records])
+            self._settled(first_seq)
+            return
+        batch = _Batch(first_seq, events)
         if not batch.events:
             self._settled(batch)
             return
@@ -636,7 +642,8 @@ class HttpBackend:
                 )
                 if hurry or due:
                     return self._queue_job(*self._take_batch(now))
-                timeout = min(timeout or math.inf, patience.seconds - waited)
+                wait_for_queue = patience.seconds - waited
+                timeout = wait_for_queue if timeout is None else min(timeout, wait_for_queue)
             elif self._closed:
                 return None
             elif timeout is None:
@@ -653,6 +660,8 @@ class HttpBackend:
         def job(client: httpx.Client) -> None:
             try:
                 self._send_events(client, batch.events, batch.outcome)
+            except Exception as error:  # a bug here must not lose the events unreported
+                self._report_unexpected(error, [event_id for event_id, _ in batch.events])
             finally:
                 self._settled(batch)
 
@@ -662,10 +671,19 @@ class HttpBackend:
         def job(client: httpx.Client) -> None:
             try:
                 self._send_events(client, self._encode(records))
+            except Exception as error:  # a bug here must not lose the events unreported
+                self._report_unexpected(error, [record.event_id for record in records])
             finally:
                 self._settled(first_seq)
 
         return job
+
+    def _report_unexpected(self, error: Exception, event_ids: list[str]) -> None:
+        self._report(
+            f"Weckr: unexpected error sending {len(event_ids)} event(s).",
+            error,
+            event_ids=event_ids,
+        )
 
     def _report_dropped(self) -> None:
         with self._lock:
