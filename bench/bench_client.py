@@ -132,18 +132,19 @@ def loopback_weckr_server() -> Iterator[tuple[str, Callable[[], dict[str, int]]]
     )
     process.start()
     url: str = ours.recv()
-    result: dict[str, int] = {}
+    result: dict[str, int] | None = None
 
     def stop() -> dict[str, int]:
-        ours.send(None)
-        result.update(ours.recv())
+        nonlocal result
+        if result is None:
+            ours.send(None)
+            result = ours.recv()
         return result
 
     try:
         yield url, stop
     finally:
-        if not result:
-            stop()
+        stop()
         process.join(10)
 
 
