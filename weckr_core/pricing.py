@@ -158,6 +158,9 @@ AlternativeOverrideHook = Callable[[str], "str | None"]
 
 _lock = threading.Lock()
 _cache: dict[tuple[str, str | None], ModelPricing] = {}
+# Counts the changes that can alter what ``resolve_pricing`` answers (a hook set, the
+# cache cleared): code that keeps rates derived from its answers compares it.
+prices_version = 0
 _price_override: PriceOverrideHook | None = None
 _alternative_override: AlternativeOverrideHook | None = None
 
@@ -165,10 +168,11 @@ _alternative_override: AlternativeOverrideHook | None = None
 def set_price_overrides(hook: PriceOverrideHook | None) -> None:
     """Install a function ``model -> ModelPricing | None`` consulted before the
     price database. Replaces any previous hook and empties the cache."""
-    global _price_override
+    global _price_override, prices_version
     with _lock:
         _price_override = hook
         _cache.clear()
+        prices_version += 1
 
 
 def set_alternative_overrides(hook: AlternativeOverrideHook | None) -> None:
@@ -180,8 +184,10 @@ def set_alternative_overrides(hook: AlternativeOverrideHook | None) -> None:
 
 def clear_pricing_cache() -> None:
     """Forget resolved prices, for example after an override was edited."""
+    global prices_version
     with _lock:
         _cache.clear()
+        prices_version += 1
 
 
 def _split_provider(model: str, provider: str | None) -> tuple[str, str | None]:

@@ -10,8 +10,13 @@ from decimal import Decimal
 
 import pytest
 
-from weckr_core.backends.encoding import cost_usd, encode_batch, encode_event
-from weckr_core.pricing import ModelPricing, price_record, set_price_overrides
+from weckr_core.backends.encoding import cost_usd, encode_batch, encode_event, encode_plain
+from weckr_core.pricing import (
+    ModelPricing,
+    clear_pricing_cache,
+    price_record,
+    set_price_overrides,
+)
 from weckr_core.records import SOURCES, UsageRecord
 
 # Strings that need escaping in JSON, or are not ASCII.
@@ -141,3 +146,90 @@ def test_timestamps_are_written_as_isoformat_writes_them(moment: datetime) -> No
     assert json.loads(encode_event(record, None))["timestamp"] == moment.isoformat()
     # Twice: the second time from the cache of seconds already written.
     assert json.loads(encode_event(record, None))["timestamp"] == moment.isoformat()
+
+
+def plain_record(rng: random.Random) -> UsageRecord:
+    """A record as an LLM call through the client makes it: counts normalised."""
+    input_tokens = rng.choice([0, 5, 1200, 250_000])
+    output_tokens = rng.choice([0, 80, 4000])
+    return random_record(rng).replace(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_input_tokens=rng.choice([0, input_tokens // 2, input_tokens]),
+        reasoning_tokens=rng.choice([0, output_tokens // 4, output_tokens]),
+        requested_model=None,
+        error_type=None,
+        run_id=None,
+        parent_run_id=None,
+        agent=None,
+        task=None,
+        step=None,
+        tags=(),
+        usage_reported=True,
+        latency_ms=rng.choice([None, 0, 850]),
+    )
+
+
+def test_the_one_pass_encoding_is_the_priced_encoding() -> None:
+    rng = random.Random(13)
+    taken = 0
+    for _ in range(3000):
+        record = plain_record(rng)
+
+        text = encode_plain(record)
+
+        if record.model in ("gemini-2.5-pro", "claude-sonnet-4-5"):
+            assert text is None  # tiered prices: left to the general way
+        else:
+            assert text == encode_event(record, cost_usd(record))
+            taken += 1
+    assert taken > 2000
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"cost_usd": Decimal("0.5")},  # priced already
+        {"agent": "researcher"},  # a field beyond weckr-sdk's
+        {"tags": ("web",)},
+        {"usage_reported": False},
+        {"cached_input_tokens": 2000},  # more than the input: billed clamped
+        {"reasoning_tokens": 90},  # more than the output
+        {"input_tokens": -1, "cached_input_tokens": -1},
+        {"input_tokens": 1200.0},  # not an int
+        {"input_tokens": True},
+    ],
+)
+def test_records_out_of_the_usual_are_left_to_the_general_way(changes: dict[str, object]) -> None:
+    usual = UsageRecord(model="gpt-4o-mini", provider="openai", input_tokens=1200, output_tokens=80)
+    assert encode_plain(usual) == encode_event(usual, cost_usd(usual))
+
+    assert encode_plain(usual.replace(**changes)) is None
+
+
+def test_the_one_pass_encoding_follows_price_changes(overrides: None) -> None:
+    record = UsageRecord(model="gpt-4o-mini", provider="openai", input_tokens=1_000_000)
+    before = json.loads(encode_plain(record) or "")["costUsd"]
+
+    set_price_overrides(
+        lambda name: (
+            ModelPricing.flat(name, input="2", output="8") if name == "gpt-4o-mini" else None
+        )
+    )
+    overridden = json.loads(encode_plain(record) or "")["costUsd"]
+    set_price_overrides(None)
+    clear_pricing_cache()
+
+    assert overridden == 2.0 != before
+    assert json.loads(encode_plain(record) or "")["costUsd"] == before
+
+
+def test_timestamps_around_second_boundaries_in_any_order() -> None:
+    start = datetime(2026, 12, 31, 23, 59, 58, 999_000, tzinfo=UTC)
+    moments = [start + timedelta(microseconds=step * 250) for step in range(-8, 4000, 37)]
+    random.Random(5).shuffle(moments)
+
+    for moment in moments:
+        assert json.loads(encode_event(UsageRecord(timestamp=moment), None))["timestamp"] == (
+            moment.isoformat()
+        )

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring  # json.dumps(str, ensure_ascii=False), in C
 from typing import Final
 
+from weckr_core import pricing
 from weckr_core.pricing import ModelPricing, Rate, billable_tokens, resolve_pricing, tier_price
 from weckr_core.records import UsageRecord
 
@@ -37,11 +39,17 @@ _FloatPricing = tuple[
     tuple[float, float, float, float] | None,
 ]
 
+_WhoKey = tuple[object, ...]
+# For ``encode_plain``: the ``pricing.prices_version`` the rates are of, the text
+# before the token counts and after ``latencyMs``, the four base rates.
+_PlainEntry = tuple[int, str, str, float, float, float, float]
+
 _strings: dict[str, str] = {}
+_plain: dict[_WhoKey, _PlainEntry] = {}
 _segments: dict[tuple[object, ...], tuple[str, str]] = {}
 _prices: dict[tuple[str, str], _FloatPricing] = {}
-# "2026-11-22T10:11:12" by (year, month, day, hour, minute, second), for UTC times.
-_seconds: dict[tuple[int, int, int, int, int, int], str] = {}
+# The last UTC second a timestamp was written for, and its "2026-11-22T10:11:12".
+_last_second: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")
 
 
 def _text(value: str | None) -> str:
@@ -81,12 +89,12 @@ def _float_pricing(pricing: ModelPricing) -> _FloatPricing:
 def cost_usd(record: UsageRecord) -> float:
     """``price_record(record).usd`` as a float, from rates converted once per model."""
     key = (record.model, record.provider)
-    pricing = resolve_pricing(*key)
+    model_pricing = resolve_pricing(*key)
     cached = _prices.get(key)
-    if cached is None or cached[0] is not pricing:  # new model, or prices changed
+    if cached is None or cached[0] is not model_pricing:  # new model, or prices changed
         if len(_prices) >= _MAX_CACHED_PRICES:
             _prices.clear()
-        cached = _prices[key] = _float_pricing(pricing)
+        cached = _prices[key] = _float_pricing(model_pricing)
     uncached, cached_tokens, writes, output, prompt = billable_tokens(
         record.input_tokens,
         record.output_tokens,
@@ -109,33 +117,35 @@ def cost_usd(record: UsageRecord) -> float:
 
 
 def _timestamp(moment: datetime) -> str:
-    """``moment.isoformat()``; for UTC times the date and time to the second come
-    from a cache, as records made around the same time share them."""
+    """``moment.isoformat()``; for UTC times the date and time to the second are
+    kept from the last call, as records made around the same time share them."""
     if moment.tzinfo is not UTC:
         return moment.isoformat()
-    second = (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
-    prefix = _seconds.get(second)
-    if prefix is None:
-        if len(_seconds) >= _MAX_CACHED_STRINGS:
-            _seconds.clear()
-        prefix = _seconds[second] = moment.replace(microsecond=0, tzinfo=None).isoformat()
-    micro = moment.microsecond
-    return f"{prefix}.{micro:06d}+00:00" if micro else f"{prefix}+00:00"
+    global _last_second
+    start, prefix = _last_second
+    since = moment - start
+    if since.days or since.seconds:  # not within the second written last
+        start = moment.replace(microsecond=0)
+        prefix = start.replace(tzinfo=None).isoformat()
+        _last_second = (start, prefix)  # replaced whole: safe across threads
+        micro = moment.microsecond
+    else:
+        micro = since.microseconds
+    return f"{prefix}.{micro:06d}+00:00" if micro else prefix + "+00:00"
 
 
-def _who(record: UsageRecord) -> tuple[str, str]:
-    """The fields that are the same for all of a user's calls of one feature and
-    model, encoded once per combination."""
-    key = (
-        record.user_id,
-        record.feature,
-        record.plan,
-        record.plan_revenue_usd,
-        record.provider,
-        record.model,
-        record.status,
-        record.source,
-    )
+# The fields that are the same for all of a user's calls of one feature and model,
+# as a tuple; a C getter, as it runs for every record.
+_who_key: Callable[[UsageRecord], _WhoKey] = operator.attrgetter(
+    "user_id", "feature", "plan", "plan_revenue_usd", "provider", "model", "status", "source"
+)
+
+
+def _who(record: UsageRecord, key: _WhoKey | None = None) -> tuple[str, str]:
+    """The fields of ``_who_key``, encoded once per combination: the text between
+    ``timestamp`` and ``inputTokens``, and the text after ``latencyMs``."""
+    if key is None:
+        key = _who_key(record)
     encoded = _segments.get(key)
     if encoded is None:
         if len(_segments) >= _MAX_CACHED_STRINGS:
@@ -183,6 +193,74 @@ def encode_event(record: UsageRecord, cost: float | None) -> str:
     if not record.usage_reported:
         optional += ',"usageReported":false'
     return text + optional + "}"
+
+
+def encode_plain(record: UsageRecord) -> str | None:
+    """``encode_event(record, cost_usd(record))`` in one go, for the usual record: not
+    priced yet, nothing beyond weckr-sdk's fields (``plain_on_wire``), counts that
+    need no clamping, a model with flat prices. None for any other record.
+
+    This runs for nearly every record a busy process makes; the text around the
+    counts and the model's rates as floats are kept per user, feature and model."""
+    if record.cost_usd is not None or not record.plain_on_wire():
+        return None
+    key = _who_key(record)
+    entry = _plain.get(key)
+    if entry is None or entry[0] != pricing.prices_version:
+        new_entry = _plain_entry(record, key)
+        if new_entry is None:
+            return None
+        entry = new_entry
+    _, head, tail, input_rate, cached_rate, write_rate, output_rate = entry
+    input_tokens = record.input_tokens
+    cached = record.cached_input_tokens
+    writes = record.cache_creation_tokens
+    output = record.output_tokens
+    reasoning = record.reasoning_tokens
+    # Plain ints (written as they are), counts that ``billable_tokens`` would not clamp.
+    if not (
+        type(input_tokens) is type(cached) is type(writes) is type(output) is int
+        and type(reasoning) is int
+        and 0 <= cached <= input_tokens
+        and writes >= 0
+        and output >= 0
+        and output >= reasoning
+    ):
+        return None
+    cost = (
+        (input_tokens - cached) * input_rate
+        + cached * cached_rate
+        + writes * write_rate
+        + output * output_rate
+    ) / 1e6
+    if not math.isfinite(cost):
+        return None
+    latency = record.latency_ms
+    return (
+        f'{{"eventId":{encode_basestring(record.event_id)}'
+        f',"timestamp":"{_timestamp(record.timestamp)}",{head}'
+        f',"inputTokens":{input_tokens}'
+        f',"outputTokens":{output}'
+        f',"cachedInputTokens":{cached}'
+        f',"cacheCreationTokens":{writes}'
+        f',"reasoningTokens":{reasoning}'
+        f',"costUsd":{cost!r}'
+        f',"latencyMs":{"null" if latency is None else int(latency)}{tail}'
+    )
+
+
+def _plain_entry(record: UsageRecord, key: _WhoKey) -> _PlainEntry | None:
+    """What ``encode_plain`` keeps for records like this one; None when the model's
+    prices have tiers."""
+    version = pricing.prices_version  # read first: a change meanwhile is seen next time
+    flat = _float_pricing(resolve_pricing(record.model, record.provider))[5]
+    if flat is None:
+        return None
+    if len(_plain) >= _MAX_CACHED_STRINGS:
+        _plain.clear()
+    who, how = _who(record, key)
+    entry = _plain[key] = (version, who, how + "}", *flat)
+    return entry
 
 
 def encode_batch(events: Sequence[str]) -> bytes:

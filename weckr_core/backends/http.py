@@ -34,7 +34,7 @@ import httpx
 
 from weckr_core.backends import lifecycle
 from weckr_core.backends.base import ALLOW, CapDecision
-from weckr_core.backends.encoding import cost_usd, encode_batch, encode_event
+from weckr_core.backends.encoding import cost_usd, encode_batch, encode_event, encode_plain
 from weckr_core.backends.lane import Lane
 from weckr_core.backends.lifecycle import ATEXIT_FLUSH_SECONDS
 from weckr_core.errors import WeckrConfigError
@@ -699,6 +699,13 @@ class HttpBackend:
         """The records as wire events, priced; a record that cannot be is reported."""
         events: list[_Event] = []
         for record in records:
+            try:
+                text = encode_plain(record)
+            except Exception:  # the general way below says what is wrong with it
+                text = None
+            if text is not None:
+                events.append((record.event_id, text))
+                continue
             cost: float | None = None
             try:
                 cost = float(record.cost_usd) if record.cost_usd is not None else cost_usd(record)
