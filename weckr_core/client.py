@@ -63,19 +63,20 @@ _MAX_DOWNGRADES_REMEMBERED = 10_000
 # The stream class a recorded call hands back, of the client's kind (sync or async).
 _StreamType = type[RecordedStream[Any]] | type[AsyncRecordedStream[Any]]
 _SDK_MODULES = ("openai", "anthropic", "google.")
-# Provider per client class, for classes from the SDKs' own modules only: a generic
-# proxy class can stand in front of clients of different providers.
-_provider_by_type: dict[type, str] = {}
+# Provider and async-ness per client class, for classes from the SDKs' own modules
+# only: a generic proxy class can stand in front of clients of different providers.
+_kind_by_type: dict[type, tuple[str, bool]] = {}
 
 
-def _provider_of(client: Any) -> str:
+def _client_kind(client: Any) -> tuple[str, bool]:
+    """The client's provider, and whether it is an async client."""
     cls = type(client)
-    provider = _provider_by_type.get(cls)
-    if provider is None:
-        provider = detect_provider(client)
+    kind = _kind_by_type.get(cls)
+    if kind is None:
+        kind = detect_provider(client), cls.__name__.startswith("Async")
         if (cls.__module__ or "").startswith(_SDK_MODULES):
-            _provider_by_type[cls] = provider
-    return provider
+            _kind_by_type[cls] = kind
+    return kind
 
 
 def _model_name(model: Any) -> str:
@@ -733,14 +734,13 @@ class Weckr:
         decision: CapDecision | None = None,
     ) -> tuple[_Call, Endpoint, bool, Any, tuple[Any, ...], dict[str, Any]]:
         client = unwrap(client)
-        provider = _provider_of(client)
+        provider, client_is_async = _client_kind(client)
         params = dict(params)
         attribution = current_attribution()
         user_id = params.pop("user_id", None)
         user = _user(user_id) if user_id is not None else attribution.user_id
         feature = params.pop("feature", None)
         plan = params.pop("plan", None)
-        client_is_async = type(client).__name__.startswith("Async")
         if client_is_async and not is_async:
             raise TypeError("Weckr: this is an async client; use `await wk.achat(client, params)`.")
         if is_async and not client_is_async and provider in ("openai", "anthropic"):

@@ -48,7 +48,6 @@ from weckr_core.usage import (
     NOT_REPORTED,
     count,
     detect_provider,
-    field,
     usage_from_anthropic,
     usage_from_gemini,
     usage_from_openai,
@@ -89,7 +88,8 @@ def _detail(details: Any, name: str) -> int:
     """A count from a usage details object (a pydantic model, or a dict), else 0."""
     if details is None:
         return 0
-    value = details.get(name) if type(details) is dict else field(details, name)
+    # The SDK's details models declare their fields: a plain getattr finds them.
+    value = details.get(name) if type(details) is dict else getattr(details, name, None)
     if type(value) is int:  # the hot case, checked here to spare a call
         return value if value > 0 else 0
     return count(value)
