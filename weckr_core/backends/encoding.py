@@ -227,6 +227,8 @@ def encode_plain(record: UsageRecord) -> str | None:
         and output >= reasoning
     ):
         return None
+    # Twins of ``cost_usd``'s flat sum and ``encode_event``'s text, inlined because
+    # this runs per record; test_encoding holds the three to the same output.
     cost = (
         (input_tokens - cached) * input_rate
         + cached * cached_rate
