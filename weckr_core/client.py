@@ -88,86 +88,37 @@ def _model_name(model: Any) -> str:
 
 
 class _Call:
-    """One intercepted LLM call, from the cap decision to its usage record."""
+    """One intercepted LLM call, from the cap decision to its usage record.
 
-    __slots__ = (
-        "backend",
-        "event_id",
-        "feature",
-        "model",
-        "plan",
-        "plan_revenue",
-        "provider",
-        "requested_model",
-        "source",
-        "started",
-        "tags",
-        "user_id",
-        "weckr",
-    )
+    The record is made when the call starts, stamped with that time (as the
+    LangChain and CrewAI records are), and completed when the call ends: one
+    object per call rather than two, on a path that runs once per LLM call with
+    caches the SDK's request left cold."""
 
-    def __init__(
-        self,
-        weckr: Weckr,
-        backend: Backend,
-        source: Source,
-        provider: str,
-        model: str,
-        user_id: str | None,
-        plan: str | None,
-        plan_revenue: Decimal | None,
-        feature: str | None,
-        tags: tuple[str, ...],
-    ) -> None:
+    __slots__ = ("backend", "record", "started", "weckr")
+
+    def __init__(self, weckr: Weckr, backend: Backend, record: UsageRecord) -> None:
         self.weckr = weckr
         self.backend = backend
-        self.source = source
-        self.provider = provider
-        self.model = model
-        self.requested_model: str | None = None
-        self.user_id = user_id
-        self.plan = plan
-        self.plan_revenue = plan_revenue
-        self.feature = feature
-        self.tags = tags
-        self.event_id = new_event_id()
+        self.record = record
         self.started = time.perf_counter()
 
     def finish(
         self, usage: TokenUsage, model: str | None, error: BaseException | None = None
     ) -> None:
-        status: Status = "ok" if error is None else "error"
-        # Positional, in the order of UsageRecord's fields: keyword matching of 20
-        # arguments costs more than the rest of this method, once per LLM call.
-        record = UsageRecord(
-            self.event_id,
-            utc_now(),
-            self.user_id,
-            self.feature,
-            self.plan,
-            self.plan_revenue,
-            self.provider,
-            model or self.model,
-            self.requested_model,
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cached_input_tokens,
-            usage.cache_creation_tokens,
-            usage.reasoning_tokens,
-            None,  # cost_usd: priced by the backend when it sends the batch
-            True,  # priced
-            usage.reported,
-            int((time.perf_counter() - self.started) * 1000),
-            status,
-            None if error is None else type(error).__name__,
-            self.source,
-            None,  # run_id
-            None,  # parent_run_id
-            None,  # agent
-            None,  # task
-            None,  # step
-            self.tags,
-        )
+        record = self.record
+        record.input_tokens = usage.input_tokens
+        record.output_tokens = usage.output_tokens
+        record.cached_input_tokens = usage.cached_input_tokens
+        record.cache_creation_tokens = usage.cache_creation_tokens
+        record.reasoning_tokens = usage.reasoning_tokens
+        record.usage_reported = usage.reported
+        if model:
+            record.model = model
+        record.latency_ms = int((time.perf_counter() - self.started) * 1000)
+        if error is not None:
+            record.status = "error"
+            record.error_type = type(error).__name__
         try:
             self.backend.record(record)
         except Exception as error:
@@ -524,9 +475,38 @@ class Weckr:
         left cold, where each call of ours costs about a microsecond."""
         plan_revenue = self._plan_revenue(plan)
         backend = self._backend if self._backend is not None else get_backend()
-        call = _Call(
-            self, backend, source, provider, model, user_id, plan, plan_revenue, feature, tags
+        # Positional, in the order of UsageRecord's fields: keyword matching of 27
+        # arguments costs more than the rest of this method.
+        record = UsageRecord(
+            new_event_id(),
+            utc_now(),
+            user_id,
+            feature,
+            plan,
+            plan_revenue,
+            provider,
+            model,
+            None,  # requested_model: set on a downgrade
+            0,  # the token counts, set when the call ends
+            0,
+            0,
+            0,
+            0,
+            None,  # cost_usd: priced by the backend when it sends the batch
+            True,  # priced
+            True,  # usage_reported
+            None,  # latency_ms
+            "ok",
+            None,  # error_type
+            source,
+            None,  # run_id
+            None,  # parent_run_id
+            None,  # agent
+            None,  # task
+            None,  # step
+            tags,
         )
+        call = _Call(self, backend, record)
         if user_id and not self.disable_cap_check:
             if decision is None:
                 try:
@@ -540,9 +520,9 @@ class Weckr:
             if decision.action != "allow":
                 alternative = self._enforce(decision, user_id, plan, model, stacklevel)
                 if alternative is not None:
-                    call.requested_model = model
-                    call.model = alternative
-        self._last_event_id.set(call.event_id)
+                    record.requested_model = model
+                    record.model = alternative
+        self._last_event_id.set(record.event_id)
         return call
 
     def _enforce(
@@ -656,8 +636,8 @@ class Weckr:
             attribution.tags,
             decision=decision,
         )
-        if call.requested_model is not None:
-            kwargs["model"] = call.model
+        if call.record.requested_model is not None:
+            kwargs["model"] = call.record.model
         stream = helper or endpoint.always_streams or kwargs.get("stream") is True
         if stream and endpoint.adds_include_usage:
             _ensure_include_usage(kwargs)
@@ -768,8 +748,8 @@ class Weckr:
             stacklevel=7,
             decision=decision,
         )
-        if call.requested_model is not None:
-            params["model"] = call.model
+        if call.record.requested_model is not None:
+            params["model"] = call.record.model
         if provider == "gemini":
             stream = params.pop("stream", False) is True
             method, args, kwargs = _gemini_request(target, params, stream, is_async)
