@@ -107,6 +107,8 @@ class _Call:
         self, usage: TokenUsage, model: str | None, error: BaseException | None = None
     ) -> None:
         record = self.record
+        # ``record.apply_usage(usage)``, inlined: in bench_client the method call made
+        # wk.chat 3 to 5 us slower per call, on caches the SDK's request left cold.
         record.input_tokens = usage.input_tokens
         record.output_tokens = usage.output_tokens
         record.cached_input_tokens = usage.cached_input_tokens

@@ -88,9 +88,10 @@ class TokenUsage:
 class UsageRecord:
     """One LLM call: who made it, for which feature and plan, what it used.
 
-    Holds no prompt or completion text, by design. ``cost_usd`` is None until the
-    call is priced; ``priced`` is False when no price is known for the model, so an
-    unknown model is never silently counted as free.
+    Holds no prompt or completion text, by design. ``timestamp`` is when the call
+    started, for the calls Weckr intercepts (SDK, wrap, LangChain, CrewAI).
+    ``cost_usd`` is None until the call is priced; ``priced`` is False when no price
+    is known for the model, so an unknown model is never silently counted as free.
     """
 
     event_id: str = field(default_factory=new_event_id)
