@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -30,7 +31,7 @@ from weckr_core.backends import ALLOW, Backend, CapDecision, get_backend
 from weckr_core.context import current_attribution
 from weckr_core.errors import WeckrCapError, WeckrConfigError, warn_downgrade
 from weckr_core.pricing import preload_prices
-from weckr_core.records import Source, Status, TokenUsage, UsageRecord, new_event_id, utc_now
+from weckr_core.records import Source, Status, TokenUsage, UsageRecord, new_event_id
 from weckr_core.streaming import (
     AsyncRecordedStream,
     RecordedStream,
@@ -90,41 +91,131 @@ def _model_name(model: Any) -> str:
 class _Call:
     """One intercepted LLM call, from the cap decision to its usage record.
 
-    The record is made when the call starts, stamped with that time (as the
-    LangChain and CrewAI records are), and completed when the call ends: one
-    object per call rather than two, on a path that runs once per LLM call with
-    caches the SDK's request left cold."""
+    It holds the call's facts, and ``build()`` makes its ``UsageRecord`` from them
+    (stamped with the call's start, as the LangChain and CrewAI records are). To a
+    backend with ``record_pending`` the call goes unbuilt, with its response's usage
+    part still unread: the backend builds it when it processes its queue, many
+    records at a time, rather than on the caller's thread right after the provider's
+    answer, where the SDK's request has left the caches cold and every step of ours
+    costs about ten times its usual time. Other backends get the built record."""
 
-    __slots__ = ("backend", "record", "started", "weckr")
+    __slots__ = (
+        "backend",
+        "error_type",
+        "event_id",
+        "feature",
+        "latency_ms",
+        "model",
+        "plan",
+        "plan_revenue",
+        "provider",
+        "read_usage",
+        "requested_model",
+        "served_model",
+        "source",
+        "started",
+        "started_at",
+        "tags",
+        "usage",
+        "user_id",
+        "weckr",
+    )
 
-    def __init__(self, weckr: Weckr, backend: Backend, record: UsageRecord) -> None:
+    def __init__(
+        self,
+        weckr: Weckr,
+        backend: Backend,
+        source: Source,
+        provider: str,
+        model: str,
+        user_id: str | None,
+        plan: str | None,
+        plan_revenue: Decimal | None,
+        feature: str | None,
+        tags: tuple[str, ...],
+    ) -> None:
         self.weckr = weckr
         self.backend = backend
-        self.record = record
+        self.event_id = new_event_id()
+        self.started_at = time.time()  # a datetime only when the record is built
+        self.source = source
+        self.provider = provider
+        self.model = model
+        self.requested_model: str | None = None  # set on a downgrade
+        self.user_id = user_id
+        self.plan = plan
+        self.plan_revenue = plan_revenue
+        self.feature = feature
+        self.tags = tags
         self.started = time.perf_counter()
 
     def finish(
-        self, usage: TokenUsage, model: str | None, error: BaseException | None = None
+        self,
+        usage: Any,
+        model: str | None,
+        error: BaseException | None = None,
+        read_usage: Callable[[Any], TokenUsage] | None = None,
     ) -> None:
-        record = self.record
-        # ``record.apply_usage(usage)``, inlined: in bench_client the method call made
-        # wk.chat 3 to 5 us slower per call, on caches the SDK's request left cold.
-        record.input_tokens = usage.input_tokens
-        record.output_tokens = usage.output_tokens
-        record.cached_input_tokens = usage.cached_input_tokens
-        record.cache_creation_tokens = usage.cache_creation_tokens
-        record.reasoning_tokens = usage.reasoning_tokens
-        record.usage_reported = usage.reported
-        if model:
-            record.model = model
-        record.latency_ms = int((time.perf_counter() - self.started) * 1000)
-        if error is not None:
-            record.status = "error"
-            record.error_type = type(error).__name__
+        """Hand the call to the backend: ``usage`` is a ``TokenUsage``, or, with
+        ``read_usage``, what that function reads one from (a response's usage part);
+        ``model`` the model that served the call, when the response names it."""
+        self.latency_ms = int((time.perf_counter() - self.started) * 1000)
+        self.usage = usage
+        self.read_usage = read_usage
+        self.served_model = model
+        self.error_type = None if error is None else type(error).__name__
+        backend = self.backend
         try:
-            self.backend.record(record)
-        except Exception as error:
-            self.weckr._refused(record, error)
+            record_pending = getattr(backend, "record_pending", None)
+            if record_pending is not None:
+                record_pending(self)
+            else:
+                backend.record(self.build())
+        except Exception as refusal:
+            self.weckr._refused(self.event_id, self.model, self.user_id, refusal)
+
+    def build(self) -> UsageRecord:
+        """The call's usage record (``PendingRecord.build``); does not raise."""
+        usage = self.usage
+        if self.read_usage is not None:
+            try:
+                usage = self.read_usage(usage)
+            except Exception as error:
+                # Keep the row; an unreadable usage is recorded as not reported.
+                self.weckr._report(error)
+                usage = NOT_REPORTED
+        error_type = self.error_type
+        # Positional, in the order of UsageRecord's fields: keyword matching of 27
+        # arguments costs more than the rest of this method.
+        return UsageRecord(
+            self.event_id,
+            datetime.fromtimestamp(self.started_at, UTC),
+            self.user_id,
+            self.feature,
+            self.plan,
+            self.plan_revenue,
+            self.provider,
+            self.served_model or self.model,
+            self.requested_model,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cached_input_tokens,
+            usage.cache_creation_tokens,
+            usage.reasoning_tokens,
+            None,  # cost_usd: priced by the backend
+            True,  # priced
+            usage.reported,
+            self.latency_ms,
+            "ok" if error_type is None else "error",
+            error_type,
+            self.source,
+            None,  # run_id
+            None,  # parent_run_id
+            None,  # agent
+            None,  # task
+            None,  # step
+            self.tags,
+        )
 
     def finish_stream(self, collected: StreamUsage, error: BaseException | None) -> None:
         self.finish(collected.usage, collected.model, error)
@@ -135,13 +226,16 @@ class _Call:
         if stream is not None:
             return stream(result, endpoint.stream_usage(), self.finish_stream)
         try:
-            usage = endpoint.usage(result)
+            part = getattr(result, endpoint.usage_field, None)
+            if part is None and isinstance(result, Mapping):
+                part = result.get(endpoint.usage_field)
             model = getattr(result, endpoint.model_field, None)
         except Exception as error:
             # Keep the row; an unreadable usage is recorded as not reported.
             self.weckr._report(error)
-            usage, model = NOT_REPORTED, None
-        self.finish(usage, model if isinstance(model, str) else None)
+            self.finish(NOT_REPORTED, None)
+            return result
+        self.finish(part, model if isinstance(model, str) else None, None, endpoint.usage)
         return result
 
     def fail(self, error: BaseException) -> None:
@@ -432,7 +526,7 @@ class Weckr:
         try:
             self.backend.record(record)
         except Exception as error:
-            self._refused(record, error)
+            self._refused(record.event_id, record.model, record.user_id, error)
         return record.event_id
 
     def flush(self, timeout_seconds: float = 5.0) -> bool:
@@ -477,38 +571,9 @@ class Weckr:
         left cold, where each call of ours costs about a microsecond."""
         plan_revenue = self._plan_revenue(plan)
         backend = self._backend if self._backend is not None else get_backend()
-        # Positional, in the order of UsageRecord's fields: keyword matching of 27
-        # arguments costs more than the rest of this method.
-        record = UsageRecord(
-            new_event_id(),
-            utc_now(),
-            user_id,
-            feature,
-            plan,
-            plan_revenue,
-            provider,
-            model,
-            None,  # requested_model: set on a downgrade
-            0,  # the token counts, set when the call ends
-            0,
-            0,
-            0,
-            0,
-            None,  # cost_usd: priced by the backend when it sends the batch
-            True,  # priced
-            True,  # usage_reported
-            None,  # latency_ms
-            "ok",
-            None,  # error_type
-            source,
-            None,  # run_id
-            None,  # parent_run_id
-            None,  # agent
-            None,  # task
-            None,  # step
-            tags,
+        call = _Call(
+            self, backend, source, provider, model, user_id, plan, plan_revenue, feature, tags
         )
-        call = _Call(self, backend, record)
         if user_id and not self.disable_cap_check:
             if decision is None:
                 try:
@@ -522,9 +587,9 @@ class Weckr:
             if decision.action != "allow":
                 alternative = self._enforce(decision, user_id, plan, model, stacklevel)
                 if alternative is not None:
-                    record.requested_model = model
-                    record.model = alternative
-        self._last_event_id.set(record.event_id)
+                    call.requested_model = model
+                    call.model = alternative
+        self._last_event_id.set(call.event_id)
         return call
 
     def _enforce(
@@ -638,8 +703,8 @@ class Weckr:
             attribution.tags,
             decision=decision,
         )
-        if call.record.requested_model is not None:
-            kwargs["model"] = call.record.model
+        if call.requested_model is not None:
+            kwargs["model"] = call.model
         stream = helper or endpoint.always_streams or kwargs.get("stream") is True
         if stream and endpoint.adds_include_usage:
             _ensure_include_usage(kwargs)
@@ -750,8 +815,8 @@ class Weckr:
             stacklevel=7,
             decision=decision,
         )
-        if call.record.requested_model is not None:
-            params["model"] = call.record.model
+        if call.requested_model is not None:
+            params["model"] = call.model
         if provider == "gemini":
             stream = params.pop("stream", False) is True
             method, args, kwargs = _gemini_request(target, params, stream, is_async)
@@ -795,12 +860,12 @@ class Weckr:
         self._downgrades_seen.add(key)
         warn_downgrade(user_id, from_model, to_model, stacklevel=stacklevel)
 
-    def _refused(self, record: UsageRecord, error: Exception) -> None:
+    def _refused(self, event_id: str, model: str, user_id: str | None, error: Exception) -> None:
         logger.error(
             "Weckr: the backend refused usage record %s (%s, %s)",
-            record.event_id,
-            record.model,
-            record.user_id,
+            event_id,
+            model,
+            user_id,
             exc_info=error,
         )
         self._report(error)

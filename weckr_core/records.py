@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Status = Literal["ok", "error"]
 Source = Literal["sdk", "wrap", "langchain", "crewai", "manual"]
@@ -218,6 +218,22 @@ class UsageRecord:
         if not self.usage_reported:
             payload["usageReported"] = False
         return payload
+
+
+class PendingRecord(Protocol):
+    """A finished LLM call whose ``UsageRecord`` is not built yet.
+
+    The client hands one to a backend that has ``record_pending`` (see ``Backend``),
+    which calls ``build()`` when it gets to it, on any thread, once: building and
+    reading the usage then run where the backend batches its work rather than on the
+    caller's thread right after the provider's answer. ``build()`` does not raise; a
+    usage it cannot read is recorded as not reported (and reported to ``on_error``).
+    """
+
+    @property
+    def event_id(self) -> str: ...
+
+    def build(self) -> UsageRecord: ...
 
 
 def _float_or_none(value: Decimal | None) -> float | None:

@@ -64,10 +64,13 @@ class Endpoint:
     """A provider method that spends tokens, and how to read its usage."""
 
     provider: str
+    # Reads the counts from the response's usage part (``response.<usage_field>``,
+    # or None when it has none); it may run later, on the thread that sends records.
     usage: Callable[[Any], TokenUsage]
     stream_usage: Callable[[], StreamUsage]
     # The response attribute naming the model that served the call.
     model_field: str = "model"
+    usage_field: str = "usage"
     # Always returns a stream (google-genai ``generate_content_stream``).
     always_streams: bool = False
     # OpenAI Chat Completions: ask for the usage chunk when the caller did not.
@@ -95,8 +98,8 @@ def _detail(details: Any, name: str) -> int:
     return count(value)
 
 
-def openai_usage(response: Any) -> TokenUsage:
-    usage = getattr(response, "usage", None)
+def openai_usage(usage: Any) -> TokenUsage:
+    """The counts of an OpenAI response's ``usage`` (Chat Completions or Responses)."""
     if usage is None:
         return NOT_REPORTED
     values = getattr(usage, "__dict__", None)
@@ -105,8 +108,9 @@ def openai_usage(response: Any) -> TokenUsage:
         completion = values.get("completion_tokens")
         if type(prompt) is int and type(completion) is int:
             # The SDK's own Chat Completions usage model, read field by field in
-            # place: this runs once per call, with caches cold after the request,
-            # where each helper call costs about a microsecond.
+            # place: this runs once per call, for most backends on the caller's
+            # thread right after the request, where each helper call costs about a
+            # microsecond.
             prompt = prompt if prompt > 0 else 0
             completion = completion if completion > 0 else 0
             cached = _detail(values.get("prompt_tokens_details"), "cached_tokens")
@@ -137,10 +141,14 @@ OPENAI_CHAT_STREAM_HELPER = Endpoint(
 OPENAI_RESPONSES_STREAM_HELPER = Endpoint(
     "openai", openai_usage, OpenAIResponsesStreamUsage, final_usage=openai_responses_final_usage
 )
-GEMINI = Endpoint("gemini", usage_from_gemini, GeminiStreamUsage, model_field="model_version")
-GEMINI_STREAM = Endpoint(
-    "gemini", usage_from_gemini, GeminiStreamUsage, model_field="model_version", always_streams=True
+GEMINI = Endpoint(
+    "gemini",
+    usage_from_gemini,
+    GeminiStreamUsage,
+    model_field="model_version",
+    usage_field="usage_metadata",
 )
+GEMINI_STREAM = dataclasses.replace(GEMINI, always_streams=True)
 
 
 class _Rewrap:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import warnings
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +27,8 @@ from weckr_core import (
     attribute,
     cheaper_alternative,
 )
+from weckr_core.backends.http import HttpBackend
+from weckr_core.records import PendingRecord
 
 MESSAGES: Any = [{"role": "user", "content": "Summarize this."}]
 
@@ -643,3 +646,140 @@ async def test_an_uncached_cap_check_does_not_block_the_event_loop() -> None:
     assert after_achat >= 10 and after_wrap >= 10 and after_helper >= 10
     assert [request.query["userId"] for request in checks] == ["u1", "u2", "u3"]
     assert fake.hits == 0
+
+
+# -- records left to the backend to build (record_pending) ------------------------
+
+
+class PendingBackend:
+    """Test double with ``record_pending``: keeps the calls the client hands over
+    unbuilt, and refuses built records (the client must not build them)."""
+
+    def __init__(self) -> None:
+        self.pending: list[PendingRecord] = []
+
+    def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+        return CapDecision()
+
+    def record(self, record: UsageRecord) -> None:
+        raise AssertionError("a backend with record_pending gets the calls unbuilt")
+
+    def record_pending(self, pending: PendingRecord) -> None:
+        self.pending.append(pending)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return True
+
+
+def comparable(record: UsageRecord) -> UsageRecord:
+    """The record without what differs from one call to the next (id, time, latency)
+    or what MemoryBackend adds (the price)."""
+    return record.replace(
+        event_id="", timestamp=datetime.min, latency_ms=0, cost_usd=None, priced=True
+    )
+
+
+def make_call(kind: str, wk: Weckr) -> None:
+    """One call of ``kind`` through ``wk``, on a real SDK client over a fake transport."""
+    params: dict[str, Any] = {"messages": MESSAGES, "user_id": "u1", "plan": "pro"}
+    with attribute(feature="summaries", tags=["beta"]):
+        if kind == "openai":
+            body = p.openai_chat_body(
+                "gpt-4o-mini-2024-07-18", p.openai_usage(1200, 300, 1024, 128)
+            )
+            wk.chat(p.openai_client(p.FakeProvider(body)), {**params, "model": "gpt-4o-mini"})
+        elif kind == "openai stream":
+            fake = p.FakeProvider(
+                events=p.openai_chat_stream("gpt-4o-mini", p.openai_usage(70, 20, 64))
+            )
+            stream = wk.chat(
+                p.openai_client(fake), {**params, "model": "gpt-4o-mini", "stream": True}
+            )
+            for _ in stream:
+                pass
+        elif kind == "anthropic":
+            body = p.anthropic_message_body(
+                "claude-haiku-4-5", p.anthropic_usage(40, 25, 2000, 500)
+            )
+            client = wk.wrap(p.anthropic_client(p.FakeProvider(body)))
+            with attribute(user_id="u1", plan="pro"):
+                client.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES)
+        elif kind == "gemini":
+            body = p.gemini_body("gemini-2.5-flash", p.gemini_usage(900, 120, 512, 300))
+            wk.chat(p.genai_client(p.FakeProvider(body)), {**params, "model": "gemini-2.5-flash"})
+        elif kind == "no usage":
+            body = p.openai_chat_body("gpt-4o-mini", None)
+            wk.chat(p.openai_client(p.FakeProvider(body)), {**params, "model": "gpt-4o-mini"})
+        else:
+            assert kind == "error"
+            fake = p.FakeProvider({"error": {"message": "boom"}}, status=500)
+            with pytest.raises(openai.InternalServerError):
+                wk.chat(p.openai_client(fake), {**params, "model": "gpt-4o-mini"})
+
+
+@pytest.mark.parametrize(
+    "kind", ["openai", "openai stream", "anthropic", "gemini", "no usage", "error"]
+)
+def test_a_backend_with_record_pending_gets_each_call_unbuilt_and_builds_the_same_record(
+    kind: str,
+) -> None:
+    memory = MemoryBackend()
+    make_call(kind, Weckr(backend=memory, plans={"pro": 29}))
+    pending_backend = PendingBackend()
+    wk = Weckr(backend=pending_backend, plans={"pro": 29})
+    before = datetime.now(UTC)
+
+    make_call(kind, wk)
+
+    [pending] = pending_backend.pending
+    assert pending.event_id == wk.last_event_id
+    built = pending.build()
+    assert comparable(built) == comparable(only_record(memory))
+    assert built.event_id == pending.event_id
+    assert before <= built.timestamp <= datetime.now(UTC)
+    assert built.latency_ms is not None and built.latency_ms >= 0
+    assert built.cost_usd is None  # priced by the backend, as a built record would be
+    assert built.tags == ("beta",) and built.feature == "summaries"
+
+
+class UnreadableUsage:
+    """A usage part that breaks when read."""
+
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
+        raise RuntimeError("usage is unreadable")
+
+
+class HomemadeCompletions:
+    def create(self, **params: Any) -> Any:
+        return type("Response", (), {"usage": UnreadableUsage(), "model": params["model"]})()
+
+
+class HomemadeClient:
+    """An OpenAI-shaped client of the caller's own (detected by chat.completions)."""
+
+    def __init__(self) -> None:
+        self.chat = type("Chat", (), {"completions": HomemadeCompletions()})()
+
+
+def test_a_usage_unreadable_when_the_batch_is_built_is_sent_as_not_reported() -> None:
+    errors: list[BaseException] = []
+    with FakeWeckrServer() as server:
+        # A linger no test outlasts: the batch is built by the flush.
+        backend = HttpBackend(
+            "wk_test",
+            server.log_url,
+            server.check_url,
+            linger_seconds=600,
+            on_error=errors.append,
+        )
+        wk = Weckr(backend=backend, on_error=errors.append)
+        wk.chat(HomemadeClient(), {"model": "gpt-4o-mini", "messages": MESSAGES})
+        assert errors == []  # the usage is read when the batch is built, not in the call
+        assert wk.flush(5.0)
+        backend.close()
+        events = server.accepted_events
+    assert [(e["eventId"], e["usageReported"], e["inputTokens"]) for e in events] == [
+        (wk.last_event_id, False, 0)
+    ]
+    assert [str(error) for error in errors] == ["usage is unreadable"]

@@ -49,6 +49,11 @@ class Backend(Protocol):
     A backend whose uncached ``check`` does I/O may also have ``async def
     acheck(user_id, plan, model)``: the async client paths (``achat``, wrapped async
     clients) await it instead, so that check never blocks an event loop.
+
+    A backend that queues records may also have ``record_pending(pending)``, taking
+    a ``PendingRecord``: the client then hands it each call it intercepts unbuilt,
+    and the backend builds the record (``pending.build()``) when it processes its
+    queue. Without it, the client builds the record and calls ``record``.
     """
 
     def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision: ...

@@ -39,7 +39,7 @@ from weckr_core.backends.lane import Lane
 from weckr_core.backends.lifecycle import ATEXIT_FLUSH_SECONDS
 from weckr_core.errors import WeckrConfigError
 from weckr_core.pricing import preload_prices
-from weckr_core.records import UsageRecord
+from weckr_core.records import PendingRecord, UsageRecord
 
 DEFAULT_LOG_ENDPOINT: Final = "https://app.useweckr.com/api/v1/log"
 DEFAULT_CHECK_ENDPOINT: Final = "https://app.useweckr.com/api/v1/check"
@@ -60,6 +60,8 @@ _DecisionKey = tuple[str, str, str]
 _Event = tuple[str, str]  # event id, JSON text
 # What became of a request already made for a batch: its answer, or the error.
 _Outcome = httpx.Response | httpx.TransportError
+# A queued event: a record, or a call the client left to be built (see ``_encode``).
+_Queued = UsageRecord | PendingRecord
 
 
 class WeckrBackendError(Exception):
@@ -191,7 +193,7 @@ class HttpBackend:
         self._lock = threading.Lock()
         self._has_work = threading.Condition(self._lock)
         self._progress = threading.Condition(self._lock)
-        self._queue: deque[tuple[int, UsageRecord]] = deque()
+        self._queue: deque[tuple[int, _Queued]] = deque()
         self._last_seq = 0
         self._oldest_at = 0.0  # when the oldest queued event was queued (about)
         self._in_flight: list[int] = []  # first sequence numbers of unsettled batches
@@ -346,7 +348,7 @@ class HttpBackend:
 
     # -- usage events ------------------------------------------------------------
 
-    def record(self, record: UsageRecord) -> None:
+    def record(self, record: _Queued) -> None:
         now = time.monotonic()
         due = False
         with self._lock:
@@ -376,6 +378,10 @@ class HttpBackend:
             )
         elif due:
             self._send_inline()
+
+    # A call the client leaves unbuilt is queued as it is: its record is built when
+    # its batch is encoded, with the rest of the batch, on the thread that sends it.
+    record_pending = record
 
     def flush(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -435,7 +441,7 @@ class HttpBackend:
             not self._queue or self._queue[0][0] > seq
         )
 
-    def _take_batch(self, now: float) -> tuple[int, list[UsageRecord]]:
+    def _take_batch(self, now: float) -> tuple[int, list[_Queued]]:
         """The oldest queued events, up to a batch; called with self._lock held."""
         count = min(len(self._queue), self._max_batch_size)
         taken = [self._queue.popleft() for _ in range(count)]
@@ -667,7 +673,7 @@ class HttpBackend:
 
         return job
 
-    def _queue_job(self, first_seq: int, records: list[UsageRecord]) -> Callable[..., None]:
+    def _queue_job(self, first_seq: int, records: list[_Queued]) -> Callable[..., None]:
         def job(client: httpx.Client) -> None:
             try:
                 self._send_events(client, self._encode(records))
@@ -695,10 +701,18 @@ class HttpBackend:
                 event_ids=dropped,
             )
 
-    def _encode(self, records: list[UsageRecord]) -> list[_Event]:
+    def _encode(self, queued: list[_Queued]) -> list[_Event]:
         """The records as wire events, priced; a record that cannot be is reported."""
         events: list[_Event] = []
-        for record in records:
+        for item in queued:
+            if isinstance(item, UsageRecord):
+                record = item
+            else:
+                try:
+                    record = item.build()
+                except Exception as error:  # build() does not raise: a bug of ours
+                    self._report_unexpected(error, [item.event_id])
+                    continue
             try:
                 text = encode_plain(record)
             except Exception:  # the general way below says what is wrong with it
