@@ -224,10 +224,10 @@ class PendingRecord(Protocol):
     """A finished LLM call whose ``UsageRecord`` is not built yet.
 
     The client hands one to a backend that has ``record_pending`` (see ``Backend``),
-    which calls ``build()`` when it gets to it, on any thread, once: building and
-    reading the usage then run where the backend batches its work rather than on the
-    caller's thread right after the provider's answer. ``build()`` does not raise; a
-    usage it cannot read is recorded as not reported (and reported to ``on_error``).
+    which calls ``build()`` when it gets to it, on any thread, once: building then
+    runs where the backend batches its work rather than on the caller's thread right
+    after the provider's answer. It holds the call's facts and counts only, nothing
+    of the response. ``build()`` does not raise.
     """
 
     @property

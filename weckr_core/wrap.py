@@ -65,7 +65,7 @@ class Endpoint:
 
     provider: str
     # Reads the counts from the response's usage part (``response.<usage_field>``,
-    # or None when it has none); it may run later, on the thread that sends records.
+    # or None when it has none).
     usage: Callable[[Any], TokenUsage]
     stream_usage: Callable[[], StreamUsage]
     # The response attribute naming the model that served the call.

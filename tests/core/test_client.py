@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 import warnings
@@ -12,6 +13,7 @@ from typing import Any
 
 import anthropic
 import openai
+import pydantic
 import pytest
 
 from tests.core import providers as p
@@ -28,7 +30,7 @@ from weckr_core import (
     cheaper_alternative,
 )
 from weckr_core.backends.http import HttpBackend
-from weckr_core.records import PendingRecord
+from weckr_core.records import PendingRecord, TokenUsage
 
 MESSAGES: Any = [{"role": "user", "content": "Summarize this."}]
 
@@ -762,24 +764,29 @@ class HomemadeClient:
         self.chat = type("Chat", (), {"completions": HomemadeCompletions()})()
 
 
-def test_a_usage_unreadable_when_the_batch_is_built_is_sent_as_not_reported() -> None:
+def test_a_usage_the_response_cannot_give_is_sent_as_not_reported_and_said() -> None:
     errors: list[BaseException] = []
     with FakeWeckrServer() as server:
-        # A linger no test outlasts: the batch is built by the flush.
-        backend = HttpBackend(
-            "wk_test",
-            server.log_url,
-            server.check_url,
-            linger_seconds=600,
-            on_error=errors.append,
-        )
+        backend = HttpBackend("wk_test", server.log_url, server.check_url, on_error=errors.append)
         wk = Weckr(backend=backend, on_error=errors.append)
         wk.chat(HomemadeClient(), {"model": "gpt-4o-mini", "messages": MESSAGES})
-        assert errors == []  # the usage is read when the batch is built, not in the call
+        assert [str(error) for error in errors] == ["usage is unreadable"]
         assert wk.flush(5.0)
         backend.close()
         events = server.accepted_events
     assert [(e["eventId"], e["usageReported"], e["inputTokens"]) for e in events] == [
         (wk.last_event_id, False, 0)
     ]
-    assert [str(error) for error in errors] == ["usage is unreadable"]
+    assert len(errors) == 1
+
+
+@pytest.mark.parametrize("kind", ["openai", "openai stream", "anthropic", "gemini"])
+def test_a_call_waiting_to_be_built_holds_nothing_of_the_response(kind: str) -> None:
+    # The response's pydantic models, kept alive in a queue until the batch, would
+    # make the garbage collector run more often on every thread.
+    backend = PendingBackend()
+    make_call(kind, Weckr(backend=backend, plans={"pro": 29}))
+    [pending] = backend.pending
+    held = gc.get_referents(pending)
+    assert not [value for value in held if isinstance(value, pydantic.BaseModel)]
+    assert any(isinstance(value, TokenUsage) for value in held)
