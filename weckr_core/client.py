@@ -31,7 +31,7 @@ from weckr_core.backends import ALLOW, Backend, CapDecision, get_backend
 from weckr_core.context import current_attribution
 from weckr_core.errors import WeckrCapError, WeckrConfigError, warn_downgrade
 from weckr_core.pricing import preload_prices
-from weckr_core.records import Source, Status, TokenUsage, UsageRecord, new_event_id
+from weckr_core.records import PlainCall, Source, Status, TokenUsage, UsageRecord, new_event_id
 from weckr_core.streaming import (
     AsyncRecordedStream,
     RecordedStream,
@@ -209,6 +209,29 @@ class _Call:
             None,  # step
             self.tags,
         )
+
+    def plain(self) -> PlainCall | None:
+        """``PendingRecord.plain``: the facts ``build`` would write, for a call
+        without a downgrade, an error or tags whose usage was reported."""
+        usage = self.usage
+        if (
+            self.requested_model is not None
+            or self.error_type is not None
+            or self.tags
+            or not usage.reported
+        ):
+            return None
+        who = (
+            self.user_id,
+            self.feature,
+            self.plan,
+            self.plan_revenue,
+            self.provider,
+            self.served_model or self.model,
+            "ok",
+            self.source,
+        )
+        return self.event_id, self.started_at, who, usage, self.latency_ms
 
     def finish_stream(self, collected: StreamUsage, error: BaseException | None) -> None:
         self.finish(collected.usage, collected.model, error)

@@ -220,6 +220,14 @@ class UsageRecord:
         return payload
 
 
+# The fields a record shares with a user's other calls of one feature and model:
+# user_id, feature, plan, plan_revenue_usd, provider, model, status, source.
+WhoKey = tuple[str | None, str | None, str | None, Decimal | None, str, str, str, str]
+# A finished call of the usual kind, as the wire needs it (``PendingRecord.plain``):
+# event id, start in seconds since the epoch, ``WhoKey``, counts, latency in ms.
+PlainCall = tuple[str, float, WhoKey, TokenUsage, int | None]
+
+
 class PendingRecord(Protocol):
     """A finished LLM call whose ``UsageRecord`` is not built yet.
 
@@ -234,6 +242,11 @@ class PendingRecord(Protocol):
     def event_id(self) -> str: ...
 
     def build(self) -> UsageRecord: ...
+
+    def plain(self) -> PlainCall | None:
+        """What the wire needs of the record, when it would be ``plain_on_wire`` and
+        unpriced: a backend can encode it without building it. None otherwise."""
+        ...
 
 
 def _float_or_none(value: Decimal | None) -> float | None:

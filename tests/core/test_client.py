@@ -29,6 +29,7 @@ from weckr_core import (
     attribute,
     cheaper_alternative,
 )
+from weckr_core.backends.encoding import encode_plain, encode_plain_call
 from weckr_core.backends.http import HttpBackend
 from weckr_core.records import PendingRecord, TokenUsage
 
@@ -681,10 +682,10 @@ def comparable(record: UsageRecord) -> UsageRecord:
     )
 
 
-def make_call(kind: str, wk: Weckr) -> None:
+def make_call(kind: str, wk: Weckr, tags: tuple[str, ...] = ("beta",)) -> None:
     """One call of ``kind`` through ``wk``, on a real SDK client over a fake transport."""
     params: dict[str, Any] = {"messages": MESSAGES, "user_id": "u1", "plan": "pro"}
-    with attribute(feature="summaries", tags=["beta"]):
+    with attribute(feature="summaries", tags=list(tags)):
         if kind == "openai":
             body = p.openai_chat_body(
                 "gpt-4o-mini-2024-07-18", p.openai_usage(1200, 300, 1024, 128)
@@ -742,6 +743,32 @@ def test_a_backend_with_record_pending_gets_each_call_unbuilt_and_builds_the_sam
     assert built.latency_ms is not None and built.latency_ms >= 0
     assert built.cost_usd is None  # priced by the backend, as a built record would be
     assert built.tags == ("beta",) and built.feature == "summaries"
+
+
+@pytest.mark.parametrize(
+    ("kind", "tags", "plain"),
+    [
+        ("openai", (), True),
+        ("openai stream", (), True),
+        ("anthropic", (), True),
+        ("gemini", (), True),
+        ("openai", ("beta",), False),  # tags: the record is built
+        ("no usage", (), False),
+        ("error", (), False),
+    ],
+)
+def test_a_usual_call_goes_to_the_wire_unbuilt_as_its_record_would(
+    kind: str, tags: tuple[str, ...], plain: bool
+) -> None:
+    backend = PendingBackend()
+    make_call(kind, Weckr(backend=backend, plans={"pro": 29}), tags)
+    [pending] = backend.pending
+
+    facts = pending.plain()
+
+    assert (facts is not None) is plain
+    if facts is not None:
+        assert encode_plain_call(facts) == encode_plain(pending.build())
 
 
 class UnreadableUsage:

@@ -10,14 +10,20 @@ from decimal import Decimal
 
 import pytest
 
-from weckr_core.backends.encoding import cost_usd, encode_batch, encode_event, encode_plain
+from weckr_core.backends.encoding import (
+    cost_usd,
+    encode_batch,
+    encode_event,
+    encode_plain,
+    encode_plain_call,
+)
 from weckr_core.pricing import (
     ModelPricing,
     clear_pricing_cache,
     price_record,
     set_price_overrides,
 )
-from weckr_core.records import SOURCES, UsageRecord
+from weckr_core.records import SOURCES, PlainCall, TokenUsage, UsageRecord
 
 # Strings that need escaping in JSON, or are not ASCII.
 AWKWARD = ['say "hi"', "back\\slash", "tab\there", "line\nbreak", "\x00\x1f", "é中😀", "</script>"]
@@ -233,3 +239,71 @@ def test_timestamps_around_second_boundaries_in_any_order() -> None:
         assert json.loads(encode_event(UsageRecord(timestamp=moment), None))["timestamp"] == (
             moment.isoformat()
         )
+
+
+def plain_call(record: UsageRecord, started_at: float) -> PlainCall:
+    """The ``PlainCall`` of a finished call whose record is ``record`` at ``started_at``."""
+    who = (
+        record.user_id,
+        record.feature,
+        record.plan,
+        record.plan_revenue_usd,
+        record.provider,
+        record.model,
+        record.status,
+        record.source,
+    )
+    usage = TokenUsage(
+        record.input_tokens,
+        record.output_tokens,
+        record.cached_input_tokens,
+        record.cache_creation_tokens,
+        record.reasoning_tokens,
+    )
+    return record.event_id, started_at, who, usage, record.latency_ms
+
+
+def epoch_seconds(rng: random.Random) -> float:
+    whole = rng.choice([0, 1, 1_700_000_000, 1_798_761_599, 4_102_444_800])
+    fraction = rng.choice(
+        [
+            0.0,
+            0.5,
+            rng.random(),
+            rng.randrange(1_000_000) / 1e6,  # on a microsecond, as time.time() rarely is
+            (rng.randrange(1_000_000) + 0.5) / 1e6,  # half way: rounded to even
+            0.9999995,
+            0.99999951,
+            1 - 2**-30,
+        ]
+    )
+    return whole + fraction
+
+
+def test_a_call_encoded_unbuilt_is_its_record_encoded() -> None:
+    rng = random.Random(29)
+    taken = 0
+    for _ in range(3000):
+        started_at = epoch_seconds(rng)
+        record = plain_record(rng).replace(
+            timestamp=datetime.fromtimestamp(started_at, UTC), status="ok"
+        )
+
+        text = encode_plain_call(plain_call(record, started_at))
+
+        assert text == encode_plain(record)
+        taken += text is not None
+    assert taken > 2000
+
+
+def test_unbuilt_calls_timestamps_round_as_datetime_does_in_any_order() -> None:
+    rng = random.Random(31)
+    moments = [epoch_seconds(rng) for _ in range(2000)]
+    moments += [1_798_761_599 + step * 0.000_250_3 for step in range(-8, 8000, 37)]
+    rng.shuffle(moments)
+    record = UsageRecord(model="gpt-4o-mini", provider="openai")
+
+    for seconds in moments:
+        text = encode_plain_call(plain_call(record, seconds)) or ""
+        expected = datetime.fromtimestamp(seconds, UTC).isoformat()
+        assert json.loads(text)["timestamp"] == expected, seconds

@@ -22,7 +22,7 @@ from typing import Final
 
 from weckr_core import pricing
 from weckr_core.pricing import ModelPricing, Rate, billable_tokens, resolve_pricing, tier_price
-from weckr_core.records import UsageRecord
+from weckr_core.records import PlainCall, UsageRecord, WhoKey
 
 _MAX_CACHED_STRINGS: Final = 4096
 _MAX_CACHED_PRICES: Final = 1024
@@ -39,7 +39,7 @@ _FloatPricing = tuple[
     tuple[float, float, float, float] | None,
 ]
 
-_WhoKey = tuple[object, ...]
+_WhoKey = WhoKey
 # For ``encode_plain``: the ``pricing.prices_version`` the rates are of, the text
 # before the token counts and after ``latencyMs``, the four base rates.
 _PlainEntry = tuple[int, str, str, float, float, float, float]
@@ -48,8 +48,10 @@ _strings: dict[str, str] = {}
 _plain: dict[_WhoKey, _PlainEntry] = {}
 _segments: dict[tuple[object, ...], tuple[str, str]] = {}
 _prices: dict[tuple[str, str], _FloatPricing] = {}
-# The last UTC second a timestamp was written for, and its "2026-11-22T10:11:12".
+# The last UTC second a timestamp was written for, and its "2026-11-22T10:11:12"; the
+# same for timestamps given as seconds since the epoch.
 _last_second: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")
+_last_epoch_second: tuple[int, str] = (-1, "")
 
 
 def _text(value: str | None) -> str:
@@ -134,6 +136,24 @@ def _timestamp(moment: datetime) -> str:
     return f"{prefix}.{micro:06d}+00:00" if micro else prefix + "+00:00"
 
 
+def _epoch_timestamp(seconds: float) -> str:
+    """``datetime.fromtimestamp(seconds, UTC).isoformat()``, with its rounding to the
+    microsecond (half to even), the date and time to the second kept from the last
+    call."""
+    if seconds < 0:
+        return datetime.fromtimestamp(seconds, UTC).isoformat()
+    global _last_epoch_second
+    whole = int(seconds)
+    micro = round((seconds - whole) * 1e6)  # the fraction is exact; so is datetime's
+    if micro == 1_000_000:
+        whole, micro = whole + 1, 0
+    second, prefix = _last_epoch_second
+    if whole != second:
+        prefix = datetime.fromtimestamp(whole, UTC).replace(tzinfo=None).isoformat()
+        _last_epoch_second = (whole, prefix)  # replaced whole: safe across threads
+    return f"{prefix}.{micro:06d}+00:00" if micro else prefix + "+00:00"
+
+
 # The fields that are the same for all of a user's calls of one feature and model,
 # as a tuple; a C getter, as it runs for every record.
 _who_key: Callable[[UsageRecord], _WhoKey] = operator.attrgetter(
@@ -141,26 +161,24 @@ _who_key: Callable[[UsageRecord], _WhoKey] = operator.attrgetter(
 )
 
 
-def _who(record: UsageRecord, key: _WhoKey | None = None) -> tuple[str, str]:
+def _who(key: _WhoKey) -> tuple[str, str]:
     """The fields of ``_who_key``, encoded once per combination: the text between
     ``timestamp`` and ``inputTokens``, and the text after ``latencyMs``."""
-    if key is None:
-        key = _who_key(record)
     encoded = _segments.get(key)
     if encoded is None:
         if len(_segments) >= _MAX_CACHED_STRINGS:
             _segments.clear()
-        revenue = record.plan_revenue_usd
+        user_id, feature, plan, revenue, provider, model, status, source = key
         encoded = _segments[key] = (
             (
-                f'"userId":{_text(record.user_id)}'
-                f',"feature":{_text(record.feature)}'
-                f',"planName":{_text(record.plan)}'
+                f'"userId":{_text(user_id)}'
+                f',"feature":{_text(feature)}'
+                f',"planName":{_text(plan)}'
                 f',"planRevenueUsd":{"null" if revenue is None else _number(float(revenue))}'
-                f',"provider":{_text(record.provider)}'
-                f',"model":{_text(record.model)}'
+                f',"provider":{_text(provider)}'
+                f',"model":{_text(model)}'
             ),
-            f',"status":{_text(record.status)},"source":{_text(record.source)}',
+            f',"status":{_text(status)},"source":{_text(source)}',
         )
     return encoded
 
@@ -168,7 +186,7 @@ def _who(record: UsageRecord, key: _WhoKey | None = None) -> tuple[str, str]:
 def encode_event(record: UsageRecord, cost: float | None) -> str:
     """The record's wire payload as compact JSON text (see ``UsageRecord.to_wire``),
     with ``cost`` as its ``costUsd``."""
-    who, how = _who(record)
+    who, how = _who(_who_key(record))
     latency = record.latency_ms
     text = (
         f'{{"eventId":{encode_basestring(record.event_id)}'
@@ -198,25 +216,61 @@ def encode_event(record: UsageRecord, cost: float | None) -> str:
 def encode_plain(record: UsageRecord) -> str | None:
     """``encode_event(record, cost_usd(record))`` in one go, for the usual record: not
     priced yet, nothing beyond weckr-sdk's fields (``plain_on_wire``), counts that
-    need no clamping, a model with flat prices. None for any other record.
-
-    This runs for nearly every record a busy process makes; the text around the
-    counts and the model's rates as floats are kept per user, feature and model."""
+    need no clamping, a model with flat prices. None for any other record."""
     if record.cost_usd is not None or not record.plain_on_wire():
         return None
-    key = _who_key(record)
+    return _plain_text(
+        record.event_id,
+        _timestamp(record.timestamp),
+        _who_key(record),
+        record.input_tokens,
+        record.output_tokens,
+        record.cached_input_tokens,
+        record.cache_creation_tokens,
+        record.reasoning_tokens,
+        record.latency_ms,
+    )
+
+
+def encode_plain_call(call: PlainCall) -> str | None:
+    """``encode_plain`` of the record a finished call would build (see
+    ``PendingRecord.plain``), without building it."""
+    event_id, started_at, key, usage, latency = call
+    return _plain_text(
+        event_id,
+        _epoch_timestamp(started_at),
+        key,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_input_tokens,
+        usage.cache_creation_tokens,
+        usage.reasoning_tokens,
+        latency,
+    )
+
+
+def _plain_text(
+    event_id: str,
+    timestamp: str,
+    key: _WhoKey,
+    input_tokens: int,
+    output: int,
+    cached: int,
+    writes: int,
+    reasoning: int,
+    latency: int | None,
+) -> str | None:
+    """The event's text, or None when its counts or its model's prices need the
+    general way. This runs for nearly every record a busy process makes; the text
+    around the counts and the model's rates as floats are kept per user, feature and
+    model."""
     entry = _plain.get(key)
     if entry is None or entry[0] != pricing.prices_version:
-        new_entry = _plain_entry(record, key)
+        new_entry = _plain_entry(key)
         if new_entry is None:
             return None
         entry = new_entry
     _, head, tail, input_rate, cached_rate, write_rate, output_rate = entry
-    input_tokens = record.input_tokens
-    cached = record.cached_input_tokens
-    writes = record.cache_creation_tokens
-    output = record.output_tokens
-    reasoning = record.reasoning_tokens
     # Plain ints (written as they are), counts that ``billable_tokens`` would not clamp.
     if not (
         type(input_tokens) is type(cached) is type(writes) is type(output) is int
@@ -237,10 +291,9 @@ def encode_plain(record: UsageRecord) -> str | None:
     ) / 1e6
     if not math.isfinite(cost):
         return None
-    latency = record.latency_ms
     return (
-        f'{{"eventId":{encode_basestring(record.event_id)}'
-        f',"timestamp":"{_timestamp(record.timestamp)}",{head}'
+        f'{{"eventId":{encode_basestring(event_id)}'
+        f',"timestamp":"{timestamp}",{head}'
         f',"inputTokens":{input_tokens}'
         f',"outputTokens":{output}'
         f',"cachedInputTokens":{cached}'
@@ -251,16 +304,17 @@ def encode_plain(record: UsageRecord) -> str | None:
     )
 
 
-def _plain_entry(record: UsageRecord, key: _WhoKey) -> _PlainEntry | None:
-    """What ``encode_plain`` keeps for records like this one; None when the model's
+def _plain_entry(key: _WhoKey) -> _PlainEntry | None:
+    """What ``_plain_text`` keeps for events with these fields; None when the model's
     prices have tiers."""
     version = pricing.prices_version  # read first: a change meanwhile is seen next time
-    flat = _float_pricing(resolve_pricing(record.model, record.provider))[5]
+    model, provider = key[5], key[4]
+    flat = _float_pricing(resolve_pricing(model, provider))[5]
     if flat is None:
         return None
     if len(_plain) >= _MAX_CACHED_STRINGS:
         _plain.clear()
-    who, how = _who(record, key)
+    who, how = _who(key)
     entry = _plain[key] = (version, who, how + "}", *flat)
     return entry
 

@@ -34,7 +34,13 @@ import httpx
 
 from weckr_core.backends import lifecycle
 from weckr_core.backends.base import ALLOW, CapDecision
-from weckr_core.backends.encoding import cost_usd, encode_batch, encode_event, encode_plain
+from weckr_core.backends.encoding import (
+    cost_usd,
+    encode_batch,
+    encode_event,
+    encode_plain,
+    encode_plain_call,
+)
 from weckr_core.backends.lane import Lane
 from weckr_core.backends.lifecycle import ATEXIT_FLUSH_SECONDS
 from weckr_core.errors import WeckrConfigError
@@ -708,6 +714,15 @@ class HttpBackend:
             if isinstance(item, UsageRecord):
                 record = item
             else:
+                try:
+                    # The usual call goes to the wire without a record built for it.
+                    plain = item.plain()
+                    text = None if plain is None else encode_plain_call(plain)
+                except Exception:  # built, the general way below says what is wrong
+                    text = None
+                if text is not None:
+                    events.append((item.event_id, text))
+                    continue
                 try:
                     record = item.build()
                 except Exception as error:  # build() does not raise: a bug of ours
