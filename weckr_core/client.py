@@ -31,7 +31,15 @@ from weckr_core.backends import ALLOW, Backend, CapDecision, get_backend
 from weckr_core.context import current_attribution
 from weckr_core.errors import WeckrCapError, WeckrConfigError, warn_downgrade
 from weckr_core.pricing import preload_prices
-from weckr_core.records import PlainCall, Source, Status, TokenUsage, UsageRecord, new_event_id
+from weckr_core.records import (
+    PlainCall,
+    Source,
+    Status,
+    TokenCounts,
+    TokenUsage,
+    UsageRecord,
+    new_event_id,
+)
 from weckr_core.streaming import (
     AsyncRecordedStream,
     RecordedStream,
@@ -99,7 +107,7 @@ class _Call:
     caches cold and every step of ours costs about ten times its usual time. Other
     backends get the built record.
 
-    The usage is read at once, though, into a ``TokenUsage``: a call waiting in a
+    The usage is read at once, though, into a tuple of counts: a call waiting in a
     queue that held the response's usage part would keep its pydantic models alive
     (about ten objects the garbage collector tracks), and the collector runs once per
     700 of those. Held until the batch, they made it run half again as often as the
@@ -122,7 +130,7 @@ class _Call:
         "started",
         "started_at",
         "tags",
-        "usage",
+        "token_counts",
         "user_id",
         "weckr",
     )
@@ -161,7 +169,15 @@ class _Call:
         """Hand the call to the backend; ``model`` is the model that served the call,
         when the response names it."""
         self.latency_ms = int((time.perf_counter() - self.started) * 1000)
-        self.usage = usage
+        # Unpacked, so a queued call holds no object the collector keeps tracking.
+        self.token_counts: TokenCounts = (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cached_input_tokens,
+            usage.cache_creation_tokens,
+            usage.reasoning_tokens,
+            usage.reported,
+        )
         self.served_model = model
         self.error_type = None if error is None else type(error).__name__
         backend = self.backend
@@ -176,7 +192,7 @@ class _Call:
 
     def build(self) -> UsageRecord:
         """The call's usage record (``PendingRecord.build``); does not raise."""
-        usage = self.usage
+        input_tokens, output, cached, writes, reasoning, reported = self.token_counts
         error_type = self.error_type
         # Positional, in the order of UsageRecord's fields: keyword matching of 27
         # arguments costs more than the rest of this method.
@@ -190,14 +206,14 @@ class _Call:
             self.provider,
             self.served_model or self.model,
             self.requested_model,
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cached_input_tokens,
-            usage.cache_creation_tokens,
-            usage.reasoning_tokens,
+            input_tokens,
+            output,
+            cached,
+            writes,
+            reasoning,
             None,  # cost_usd: priced by the backend
             True,  # priced
-            usage.reported,
+            reported,
             self.latency_ms,
             "ok" if error_type is None else "error",
             error_type,
@@ -213,12 +229,12 @@ class _Call:
     def plain(self) -> PlainCall | None:
         """``PendingRecord.plain``: the facts ``build`` would write, for a call
         without a downgrade, an error or tags whose usage was reported."""
-        usage = self.usage
+        counts = self.token_counts
         if (
             self.requested_model is not None
             or self.error_type is not None
             or self.tags
-            or not usage.reported
+            or not counts[5]  # reported
         ):
             return None
         who = (
@@ -231,7 +247,7 @@ class _Call:
             "ok",
             self.source,
         )
-        return self.event_id, self.started_at, who, usage, self.latency_ms
+        return self.event_id, self.started_at, who, counts, self.latency_ms
 
     def finish_stream(self, collected: StreamUsage, error: BaseException | None) -> None:
         self.finish(collected.usage, collected.model, error)

@@ -23,7 +23,7 @@ from weckr_core.pricing import (
     price_record,
     set_price_overrides,
 )
-from weckr_core.records import SOURCES, PlainCall, TokenUsage, UsageRecord
+from weckr_core.records import SOURCES, PlainCall, UsageRecord
 
 # Strings that need escaping in JSON, or are not ASCII.
 AWKWARD = ['say "hi"', "back\\slash", "tab\there", "line\nbreak", "\x00\x1f", "é中😀", "</script>"]
@@ -253,14 +253,15 @@ def plain_call(record: UsageRecord, started_at: float) -> PlainCall:
         record.status,
         record.source,
     )
-    usage = TokenUsage(
+    counts = (
         record.input_tokens,
         record.output_tokens,
         record.cached_input_tokens,
         record.cache_creation_tokens,
         record.reasoning_tokens,
+        record.usage_reported,
     )
-    return record.event_id, started_at, who, usage, record.latency_ms
+    return record.event_id, started_at, who, counts, record.latency_ms
 
 
 def epoch_seconds(rng: random.Random) -> float:

@@ -235,16 +235,17 @@ def encode_plain(record: UsageRecord) -> str | None:
 def encode_plain_call(call: PlainCall) -> str | None:
     """``encode_plain`` of the record a finished call would build (see
     ``PendingRecord.plain``), without building it."""
-    event_id, started_at, key, usage, latency = call
+    event_id, started_at, key, counts, latency = call
+    input_tokens, output, cached, writes, reasoning, _reported = counts
     return _plain_text(
         event_id,
         _epoch_timestamp(started_at),
         key,
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cached_input_tokens,
-        usage.cache_creation_tokens,
-        usage.reasoning_tokens,
+        input_tokens,
+        output,
+        cached,
+        writes,
+        reasoning,
         latency,
     )
 
