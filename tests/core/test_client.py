@@ -819,6 +819,6 @@ def test_a_call_waiting_to_be_built_holds_nothing_of_the_response(kind: str) -> 
     gc.collect()  # untracks the tuples that hold only atoms
     held = gc.get_referents(pending)
     assert not [value for value in held if isinstance(value, pydantic.BaseModel)]
-    assert pending.token_counts in held
+    assert pending.build().input_tokens > 0  # the counts are kept, as plain values
     tracked = {id(value) for value in held if gc.is_tracked(value)}
     assert tracked == {id(type(pending)), id(backend), id(wk)}
