@@ -223,11 +223,11 @@ class UsageRecord:
 # The fields a record shares with a user's other calls of one feature and model:
 # user_id, feature, plan, plan_revenue_usd, provider, model, status, source.
 WhoKey = tuple[str | None, str | None, str | None, Decimal | None, str, str, str, str]
-# A finished call of the usual kind, as the wire needs it (``PendingRecord.plain``):
 # A ``TokenUsage`` as a plain tuple: input, output, cached input, cache creation and
 # reasoning tokens, reported. Held by a queued call, a tuple of ints is one object the
 # garbage collector stops tracking at its first pass; a ``TokenUsage`` stays tracked.
 TokenCounts = tuple[int, int, int, int, int, bool]
+# A finished call of the usual kind, as the wire needs it (``PendingRecord.plain``):
 # event id, start in seconds since the epoch, ``WhoKey``, counts, latency in ms.
 PlainCall = tuple[str, float, WhoKey, TokenCounts, int | None]
 
