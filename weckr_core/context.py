@@ -15,6 +15,7 @@ inside an attributed block must carry the context along, for example::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from contextlib import ContextDecorator
 from contextvars import ContextVar, Token
@@ -34,6 +35,11 @@ class Attribution(NamedTuple):
 
 
 EMPTY = Attribution()
+# tuple's constructor, in C, for the attributions blocks make: Attribution's own
+# ``__new__`` is a Python function, a frame more on every block's entry.
+_new_attribution: Callable[
+    [tuple[str | None, str | None, str | None, tuple[str, ...]]], Attribution
+] = functools.partial(tuple.__new__, Attribution)
 _current: ContextVar[Attribution] = ContextVar("weckr_attribution", default=EMPTY)
 
 
@@ -49,12 +55,15 @@ def _merged(
     feature: object,
     tags: Iterable[str] | None,
 ) -> Attribution:
-    return Attribution(
-        base.user_id if user_id is _UNSET else None if user_id is None else str(user_id),
-        base.plan if plan is _UNSET else plan,  # type: ignore[arg-type]
-        base.feature if feature is _UNSET else feature,  # type: ignore[arg-type]
-        # Inner tags add to the outer ones, in order, without repeats.
-        base.tags if tags is None else tuple(dict.fromkeys((*base.tags, *tags))),
+    # plan and feature are stored as given, as Attribution() would.
+    return _new_attribution(
+        (  # type: ignore[arg-type]
+            base.user_id if user_id is _UNSET else None if user_id is None else str(user_id),
+            base.plan if plan is _UNSET else plan,
+            base.feature if feature is _UNSET else feature,
+            # Inner tags add to the outer ones, in order, without repeats.
+            base.tags if tags is None else tuple(dict.fromkeys((*base.tags, *tags))),
+        )
     )
 
 
