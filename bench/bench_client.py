@@ -18,7 +18,8 @@ thread's GIL traffic, its records' memory) lands in its own block; the flush cou
 by the CPU the process spends in it, not by the time the server takes. Each block is
 paired with a block of direct calls run just before or just after it (in turn,
 which cancels a steady drift of the machine's speed), and a mode's figure is the
-median over the cycles of its block's time per call minus its direct block's.
+median over the cycles of its block's time per call minus its direct block's,
+printed with the quartiles of those differences.
 "direct again" pairs direct blocks with direct blocks: the noise floor. CPU is the
 process's CPU time (all threads) per call, paired the same way.
 
@@ -199,8 +200,19 @@ class Figures:
         return statistics.median(self.direct)
 
     @property
+    def added_per_cycle(self) -> list[float]:
+        return [m - d for m, d in zip(self.wall, self.direct, strict=True)]
+
+    @property
     def added(self) -> float:
-        return statistics.median(m - d for m, d in zip(self.wall, self.direct, strict=True))
+        return statistics.median(self.added_per_cycle)
+
+    @property
+    def added_quartiles(self) -> tuple[float, float]:
+        """The first and third quartiles of the cycles' added time: how far one cycle's
+        figure strays from the median."""
+        first, _, third = statistics.quantiles(self.added_per_cycle, n=4)
+        return first, third
 
     @property
     def cpu_added(self) -> float:
@@ -317,12 +329,18 @@ def main() -> None:
         f"Weckr server; blocks of {args.calls} calls, each with its own flush, paired with "
         f"a block of direct calls; median of {args.cycles} cycles; us per call"
     )
-    print(f"{'mode':<22}{'per call':>9}{'added':>8}{'ratio':>7}{'CPU added':>11}")
+    print(
+        f"{'mode':<22}{'per call':>9}{'added':>8}{'ratio':>7}{'CPU added':>11}"
+        f"{'added, quartiles':>20}"
+    )
     print(f"{'direct':<22}{statistics.median(r.direct_per_call for r in rows) * 1e6:>9.1f}")
     for row in rows:
+        first, third = row.added_quartiles
+        quartiles = f"{first * 1e6:+.1f} .. {third * 1e6:+.1f}"
         print(
             f"{row.name:<22}{(row.direct_per_call + row.added) * 1e6:>9.1f}"
             f"{row.added * 1e6:>+8.1f}{row.ratio:>7.3f}{row.cpu_added * 1e6:>+11.1f}"
+            f"{quartiles:>20}"
         )
     print(f"goal: added <= {GOAL_ADDED_US:g} us and ratio <= {GOAL_RATIO} per call")
     own = own_work()
