@@ -48,25 +48,6 @@ _current: ContextVar[Attribution] = ContextVar("weckr_attribution", default=EMPT
 current_attribution: Callable[[], Attribution] = _current.get
 
 
-def _merged(
-    base: Attribution,
-    user_id: object,
-    plan: object,
-    feature: object,
-    tags: Iterable[str] | None,
-) -> Attribution:
-    # plan and feature are stored as given, as Attribution() would.
-    return _new_attribution(
-        (  # type: ignore[arg-type]
-            base.user_id if user_id is _UNSET else None if user_id is None else str(user_id),
-            base.plan if plan is _UNSET else plan,
-            base.feature if feature is _UNSET else feature,
-            # Inner tags add to the outer ones, in order, without repeats.
-            base.tags if tags is None else tuple(dict.fromkeys((*base.tags, *tags))),
-        )
-    )
-
-
 def bind(
     *,
     user_id: object = _UNSET,
@@ -75,7 +56,11 @@ def bind(
     tags: Iterable[str] | None = None,
 ) -> Token[Attribution]:
     """Set attribution until ``unbind(token)``; for middleware that spans callbacks."""
-    return _current.set(_merged(_current.get(), user_id, plan, feature, tags))
+    block = attribute(user_id=user_id, plan=plan, feature=feature, tags=tags)
+    block.__enter__()
+    token = block._token  # the block is dropped: the token alone undoes it
+    assert token is not None
+    return token
 
 
 def unbind(token: Token[Attribution]) -> None:
@@ -116,7 +101,19 @@ class attribute(ContextDecorator):
     def __enter__(self) -> Attribution:
         if self._token is not None:
             raise RuntimeError("Weckr: an attribute() block cannot be entered twice at once.")
-        merged = _merged(_current.get(), *self._attribution)
+        base = _current.get()
+        user_id, plan, feature, tags = self._attribution
+        # Merged here rather than in a helper: a block is entered around LLM calls.
+        # plan and feature are stored as given, as Attribution() would.
+        merged = _new_attribution(
+            (  # type: ignore[arg-type]
+                base.user_id if user_id is _UNSET else None if user_id is None else str(user_id),
+                base.plan if plan is _UNSET else plan,
+                base.feature if feature is _UNSET else feature,
+                # Inner tags add to the outer ones, in order, without repeats.
+                base.tags if tags is None else tuple(dict.fromkeys((*base.tags, *tags))),
+            )
+        )
         self._token = _current.set(merged)
         return merged
 
