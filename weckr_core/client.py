@@ -46,7 +46,7 @@ from weckr_core.streaming import (
     RecordedStreamManager,
     StreamUsage,
 )
-from weckr_core.usage import NOT_REPORTED, detect_provider
+from weckr_core.usage import NOT_REPORTED_COUNTS, detect_provider
 from weckr_core.wrap import (
     ANTHROPIC_MESSAGES,
     GEMINI,
@@ -164,20 +164,13 @@ class _Call:
         self.started = time.perf_counter()
 
     def finish(
-        self, usage: TokenUsage, model: str | None, error: BaseException | None = None
+        self, counts: TokenCounts, model: str | None, error: BaseException | None = None
     ) -> None:
         """Hand the call to the backend; ``model`` is the model that served the call,
-        when the response names it."""
+        when the response names it. The counts are a tuple, not a ``TokenUsage``, so
+        a queued call holds no object the collector keeps tracking."""
         self.latency_ms = int((time.perf_counter() - self.started) * 1000)
-        # Unpacked, so a queued call holds no object the collector keeps tracking.
-        self.token_counts: TokenCounts = (
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cached_input_tokens,
-            usage.cache_creation_tokens,
-            usage.reasoning_tokens,
-            usage.reported,
-        )
+        self.token_counts = counts
         self.served_model = model
         self.error_type = None if error is None else type(error).__name__
         backend = self.backend
@@ -250,7 +243,7 @@ class _Call:
         return self.event_id, self.started_at, who, counts, self.latency_ms
 
     def finish_stream(self, collected: StreamUsage, error: BaseException | None) -> None:
-        self.finish(collected.usage, collected.model, error)
+        self.finish(collected.usage.counts(), collected.model, error)
 
     def finish_result(self, endpoint: Endpoint, result: Any, stream: _StreamType | None) -> Any:
         """What the caller gets back: a response, recorded now, or (with ``stream``,
@@ -261,18 +254,18 @@ class _Call:
             part = getattr(result, endpoint.usage_field, None)
             if part is None and isinstance(result, Mapping):
                 part = result.get(endpoint.usage_field)
-            usage = endpoint.usage(part)
+            counts = endpoint.counts(part)
             model = getattr(result, endpoint.model_field, None)
         except Exception as error:
             # Keep the row; an unreadable usage is recorded as not reported.
             self.weckr._report(error)
-            self.finish(NOT_REPORTED, None)
+            self.finish(NOT_REPORTED_COUNTS, None)
             return result
-        self.finish(usage, model if isinstance(model, str) else None)
+        self.finish(counts, model if isinstance(model, str) else None)
         return result
 
     def fail(self, error: BaseException) -> None:
-        self.finish(NOT_REPORTED, None, error)
+        self.finish(NOT_REPORTED_COUNTS, None, error)
 
 
 class _DeferredCall:
@@ -321,7 +314,7 @@ class _StreamingResponse(_DeferredCall):
     def _finish_unparsed(self) -> None:
         if self._call is not None and not self._recorded:
             self._recorded = True
-            self._call.finish(NOT_REPORTED, None)  # read some other way: usage unknown
+            self._call.finish(NOT_REPORTED_COUNTS, None)  # read some other way: usage unknown
 
     def __enter__(self) -> Any:
         call, stream = self._request(None)
@@ -792,7 +785,7 @@ class Weckr:
             parsed = raw.parse()
         except Exception as error:  # the caller's own parse() will say what is wrong
             self._report(error)
-            call.finish(NOT_REPORTED, None)  # the call was made: keep its row
+            call.finish(NOT_REPORTED_COUNTS, None)  # the call was made: keep its row
             return raw
         if stream is not None:
             recorded = call.finish_result(endpoint, parsed, stream)

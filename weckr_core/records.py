@@ -73,6 +73,17 @@ class TokenUsage:
     def total_tokens(self) -> int:
         return self.input_tokens + self.cache_creation_tokens + self.output_tokens
 
+    def counts(self) -> TokenCounts:
+        """The same counts as a plain tuple, in the order of the fields."""
+        return (
+            self.input_tokens,
+            self.output_tokens,
+            self.cached_input_tokens,
+            self.cache_creation_tokens,
+            self.reasoning_tokens,
+            self.reported,
+        )
+
     def __add__(self, other: TokenUsage) -> TokenUsage:
         return TokenUsage(
             input_tokens=self.input_tokens + other.input_tokens,

@@ -15,6 +15,7 @@ from typing import Any
 from weckr_core.records import TokenUsage
 
 NOT_REPORTED = TokenUsage(reported=False)
+NOT_REPORTED_COUNTS = NOT_REPORTED.counts()
 
 
 def field(obj: Any, *names: str) -> Any:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from weckr_core.records import TokenUsage
+from weckr_core.records import TokenCounts, TokenUsage
 from weckr_core.streaming import (
     AnthropicStreamUsage,
     FinalUsage,
@@ -45,7 +45,7 @@ from weckr_core.streaming import (
     plain_fields,
 )
 from weckr_core.usage import (
-    NOT_REPORTED,
+    NOT_REPORTED_COUNTS,
     count,
     detect_provider,
     usage_from_anthropic,
@@ -66,7 +66,7 @@ class Endpoint:
     provider: str
     # Reads the counts from the response's usage part (``response.<usage_field>``,
     # or None when it has none).
-    usage: Callable[[Any], TokenUsage]
+    counts: Callable[[Any], TokenCounts]
     stream_usage: Callable[[], StreamUsage]
     # The response attribute naming the model that served the call.
     model_field: str = "model"
@@ -98,52 +98,65 @@ def _detail(details: Any, name: str) -> int:
     return count(value)
 
 
-def openai_usage(usage: Any) -> TokenUsage:
+def openai_counts(usage: Any) -> TokenCounts:
     """The counts of an OpenAI response's ``usage`` (Chat Completions or Responses)."""
-    if usage is None:
-        return NOT_REPORTED
     values = getattr(usage, "__dict__", None)
     if type(values) is dict:
         prompt = values.get("prompt_tokens")
         completion = values.get("completion_tokens")
         if type(prompt) is int and type(completion) is int:
             # The SDK's own Chat Completions usage model, read field by field in
-            # place: this runs once per call, for most backends on the caller's
-            # thread right after the request, where each helper call costs about a
-            # microsecond.
+            # place, into a tuple rather than a TokenUsage: this runs once per call,
+            # for most backends on the caller's thread right after the request, where
+            # each helper call costs about a microsecond.
             prompt = prompt if prompt > 0 else 0
             completion = completion if completion > 0 else 0
             cached = _detail(values.get("prompt_tokens_details"), "cached_tokens")
             reasoning = _detail(values.get("completion_tokens_details"), "reasoning_tokens")
-            return TokenUsage(
+            return (
                 prompt,
                 completion,
                 cached if cached < prompt else prompt,
                 0,
                 reasoning if reasoning < completion else completion,
+                True,
             )
-    return usage_from_openai(plain_fields(usage))
+    if usage is None:
+        return NOT_REPORTED_COUNTS
+    return usage_from_openai(plain_fields(usage)).counts()
 
 
-OPENAI_CHAT = Endpoint("openai", openai_usage, OpenAIChatStreamUsage, adds_include_usage=True)
-OPENAI_RESPONSES = Endpoint("openai", openai_usage, OpenAIResponsesStreamUsage)
-ANTHROPIC_MESSAGES = Endpoint("anthropic", usage_from_anthropic, AnthropicStreamUsage)
+def _counts_from(read: Callable[[Any], TokenUsage]) -> Callable[[Any], TokenCounts]:
+    """An ``Endpoint.counts`` from a function that reads a ``TokenUsage``."""
+
+    def counts(usage: Any) -> TokenCounts:
+        return read(usage).counts()
+
+    return counts
+
+
+anthropic_counts = _counts_from(usage_from_anthropic)
+gemini_counts = _counts_from(usage_from_gemini)
+
+OPENAI_CHAT = Endpoint("openai", openai_counts, OpenAIChatStreamUsage, adds_include_usage=True)
+OPENAI_RESPONSES = Endpoint("openai", openai_counts, OpenAIResponsesStreamUsage)
+ANTHROPIC_MESSAGES = Endpoint("anthropic", anthropic_counts, AnthropicStreamUsage)
 ANTHROPIC_STREAM_HELPER = Endpoint(
-    "anthropic", usage_from_anthropic, AnthropicStreamUsage, final_usage=anthropic_final_usage
+    "anthropic", anthropic_counts, AnthropicStreamUsage, final_usage=anthropic_final_usage
 )
 OPENAI_CHAT_STREAM_HELPER = Endpoint(
     "openai",
-    openai_usage,
+    openai_counts,
     OpenAIChatStreamUsage,
     adds_include_usage=True,
     final_usage=openai_chat_final_usage,
 )
 OPENAI_RESPONSES_STREAM_HELPER = Endpoint(
-    "openai", openai_usage, OpenAIResponsesStreamUsage, final_usage=openai_responses_final_usage
+    "openai", openai_counts, OpenAIResponsesStreamUsage, final_usage=openai_responses_final_usage
 )
 GEMINI = Endpoint(
     "gemini",
-    usage_from_gemini,
+    gemini_counts,
     GeminiStreamUsage,
     model_field="model_version",
     usage_field="usage_metadata",
