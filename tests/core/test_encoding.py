@@ -253,15 +253,7 @@ def plain_call(record: UsageRecord, started_at: float) -> PlainCall:
         record.status,
         record.source,
     )
-    counts = (
-        record.input_tokens,
-        record.output_tokens,
-        record.cached_input_tokens,
-        record.cache_creation_tokens,
-        record.reasoning_tokens,
-        record.usage_reported,
-    )
-    return record.event_id, started_at, who, counts, record.latency_ms
+    return record.event_id, started_at, who, record.token_usage().counts(), record.latency_ms
 
 
 def epoch_seconds(rng: random.Random) -> float:
