@@ -6,29 +6,26 @@ Times ``client.chat.completions.create`` of a real ``openai.OpenAI`` client whos
 HTTP goes to an ``httpx.MockTransport`` (so the SDK's own request building and
 parsing run, without a network), then the same call through ``wk.chat`` and through
 ``wk.wrap(client)``. Weckr uses an ``HttpBackend`` pointed at a loopback Weckr server
-that answers ``/check`` (the cap decision is cached after the first call) and takes
-the usage events, which the benchmark checks all arrived; the server runs in its own
-process so its CPU is not charged to the client. When the published weckr-sdk is
-installed, its ``Weckr.chat`` against the same server is timed too.
+that answers ``/reserve`` as for a plan without a cap (which the backend then
+remembers for a few seconds) and takes the usage events, which the benchmark checks
+all arrived; the server runs in its own process so its CPU is not charged to the
+client. When the published weckr-sdk is installed, its ``Weckr.chat`` against the
+same server (``/check`` and ``/log``) is timed too.
 
 Method: blocks. Each mode runs alone for a block of ``--calls`` calls, ended by a
 flush that waits until the server has taken every event of the block, so whatever
-the mode makes the process do (sending on the recording thread, a background
-thread's GIL traffic, its records' memory) lands in its own block; the flush counts
-by the CPU the process spends in it, not by the time the server takes. Each block is
-paired with a block of direct calls run just before or just after it (in turn,
-which cancels a steady drift of the machine's speed), and a mode's figure is the
-median over the cycles of its block's time per call minus its direct block's,
-printed with the quartiles of those differences.
-"direct again" pairs direct blocks with direct blocks: the noise floor. CPU is the
-process's CPU time (all threads) per call, paired the same way.
+the mode makes the process do (the backend's sender thread and its GIL traffic, its
+records' memory) lands in its own block; the flush counts by the CPU the process
+spends in it, not by the time the server takes. Each block is paired with a block
+of direct calls run just before or just after it (in turn, which cancels a steady
+drift of the machine's speed), and a mode's figure is the median over the cycles of
+its block's time per call minus its direct block's, printed with the quartiles of
+those differences. "direct again" pairs direct blocks with direct blocks: the noise
+floor. CPU is the process's CPU time (all threads) per call, paired the same way.
 
-Why not calls interleaved one by one, the method here until December 2026: a
-background thread's cost, and the caches a call leaves cold for the next one, land
-on whichever call runs next, the direct calls included, so interleaving hides them.
-Interleaved with HttpBackend's former sender thread, direct calls ran 58 us slower
-than without it; that benchmark said the sender cost 19 us per call, and blocks
-showed 60 to 90.
+Why not calls interleaved one by one: a background thread's cost, and the caches a
+call leaves cold for the next one, land on whichever call runs next, the direct
+calls included, so interleaving hides them.
 """
 
 from __future__ import annotations
@@ -52,7 +49,7 @@ import openai
 
 from tests.core.http_server import CHECK_PATH, LOG_PATH, FakeWeckrServer
 from weckr_core import Weckr, attribute
-from weckr_core.backends import ALLOW, CapDecision
+from weckr_core.backends import Backend
 from weckr_core.records import UsageRecord
 
 GOAL_ADDED_US = 30.0
@@ -93,21 +90,15 @@ def openai_client() -> openai.OpenAI:
     )
 
 
-class QueueOnlyBackend:
+class QueueOnlyBackend(Backend):
     """Allows every call and keeps records in a bounded queue, sending nothing: the
     client's own cost on the caller's thread, without any delivery work."""
 
     def __init__(self) -> None:
         self.records: deque[UsageRecord] = deque(maxlen=1000)
 
-    def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
-        return ALLOW
-
     def record(self, record: UsageRecord) -> None:
         self.records.append(record)
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        return True
 
 
 def serve(connection: Connection) -> None:

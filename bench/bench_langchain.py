@@ -49,7 +49,7 @@ from langchain_core.runnables import RunnableConfig
 
 from bench.interleave import interleaved, paired_added
 from weckr_core import MemoryBackend
-from weckr_core.backends import ALLOW, CapDecision
+from weckr_core.backends import ALLOW, Backend, CapDecision
 from weckr_core.records import UsageRecord
 from weckr_langchain import WeckrHandler
 
@@ -98,7 +98,7 @@ class NoopHandler(BaseCallbackHandler):
         pass
 
 
-class QueueBackend:
+class QueueBackend(Backend):
     """What a production backend does on the caller's thread, as HttpBackend does
     it: a decision from a cache under a lock, with its expiry checked, and the
     record appended to a queue under a lock (delivery and pricing happen elsewhere)."""
@@ -124,9 +124,6 @@ class QueueBackend:
         with self._lock:
             self._last_seq += 1
             self.queue.append((self._last_seq, record))
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        return True
 
 
 def configs() -> dict[str, RunnableConfig]:

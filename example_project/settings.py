@@ -72,6 +72,20 @@ DATABASES = {
         os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
     )
 }
+if (
+    DATABASES["default"]["ENGINE"].endswith("sqlite3")
+    and DATABASES["default"]["NAME"] != ":memory:"
+):
+    # Several threads and processes write to the file (request threads reserve
+    # against caps, the recorder ingests): WAL lets readers go on meanwhile, a commit
+    # costs no fsync, and write transactions queue for the lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
 
 STATIC_URL = "/static/"
 LOGIN_URL = "/admin/login/"
@@ -83,6 +97,8 @@ CELERY_TASK_EAGER_PROPAGATES = True
 
 WECKR = {
     "DEFAULT_PROJECT": os.environ.get("WECKR_PROJECT", "Demo SaaS"),
+    # Signed-in users without a profile (the admin, say) are on the free plan.
+    "DEFAULT_PLAN": "free",
 }
 
 # The app's own LLM endpoint. By default the fake OpenAI-compatible one this project

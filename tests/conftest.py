@@ -63,6 +63,23 @@ def price_overrides(request: pytest.FixtureRequest) -> Iterator[None]:
     pricing.set_alternative_overrides(None)
 
 
+@pytest.fixture(autouse=True)
+def fresh_django_caches() -> None:
+    """The database is emptied between tests: the app's backend and the plan cache
+    must not keep a project or plans from an earlier test."""
+    from django.conf import settings
+
+    if not settings.configured:
+        return
+    from weckr_django import plans
+    from weckr_django.backend import DjangoBackend
+
+    backend = weckr_core.get_backend()
+    if isinstance(backend, DjangoBackend):
+        backend.forget_project()
+    plans.forget_plans()
+
+
 @pytest.fixture
 def memory_backend() -> Iterator[weckr_core.MemoryBackend]:
     """A fresh MemoryBackend installed as the process default for one test."""

@@ -52,6 +52,13 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("WECKR_TEST_SQLITE", ":memory:"),
+        # As the example project runs SQLite: a file shared by several processes
+        # wants WAL, immediate write transactions and a patient lock timeout.
+        "OPTIONS": {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
     }
 }
 
@@ -68,3 +75,6 @@ import tests.celery_app  # noqa: E402, F401
 # In-process usage is ingested on the caller's thread in tests: deterministic, and no
 # second SQLite connection writing while a test transaction is open.
 WECKR = {"DELIVERY": "sync"}
+# The race tests and bench_caps choose the cap store of their subprocesses.
+if os.environ.get("WECKR_CAP_STORE"):
+    WECKR["CAP_STORE"] = os.environ["WECKR_CAP_STORE"]

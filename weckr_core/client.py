@@ -23,30 +23,24 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from weckr_core.backends import ALLOW, Backend, CapDecision, get_backend
+from weckr_core import caps, estimate
+from weckr_core.backends import Backend, CapDecision, CapRequest, Reservation, get_backend
+from weckr_core.backends.http import DEFAULT_CHECK_ENDPOINT, DEFAULT_LOG_ENDPOINT, HttpBackend
 from weckr_core.context import current_attribution
-from weckr_core.errors import WeckrCapError, WeckrConfigError, warn_downgrade
+from weckr_core.errors import WeckrConfigError, warn_downgrade
 from weckr_core.pricing import preload_prices
-from weckr_core.records import (
-    PlainCall,
-    Source,
-    Status,
-    TokenCounts,
-    TokenUsage,
-    UsageRecord,
-    new_event_id,
-)
+from weckr_core.records import Source, Status, TokenUsage, UsageRecord, new_event_id, utc_now
 from weckr_core.streaming import (
     AsyncRecordedStream,
     RecordedStream,
     RecordedStreamManager,
     StreamUsage,
 )
-from weckr_core.usage import NOT_REPORTED_COUNTS, detect_provider
+from weckr_core.usage import NOT_REPORTED, detect_provider
 from weckr_core.wrap import (
     ANTHROPIC_MESSAGES,
     GEMINI,
@@ -59,8 +53,6 @@ from weckr_core.wrap import (
 
 __all__ = ["DEFAULT_CHECK_ENDPOINT", "DEFAULT_LOG_ENDPOINT", "Weckr"]
 
-DEFAULT_LOG_ENDPOINT = "https://app.useweckr.com/api/v1/log"
-DEFAULT_CHECK_ENDPOINT = "https://app.useweckr.com/api/v1/check"
 
 logger = logging.getLogger("weckr")
 
@@ -96,41 +88,51 @@ def _model_name(model: Any) -> str:
     return name[7:] if name.startswith("models/") else name
 
 
+def _cap_request(
+    user_id: str, plan: str | None, model: str, provider: str, params: Mapping[str, Any]
+) -> CapRequest:
+    """What a cap needs of a request: who, which model, and what it may cost."""
+    return CapRequest(
+        user_id,
+        plan,
+        model,
+        provider,
+        prompt=params,
+        max_output_tokens=estimate.max_output_tokens(params),
+    )
+
+
+@dataclass(slots=True)
+class _ChatRequest:
+    """A ``wk.chat`` call before its cap decision."""
+
+    provider: str
+    target: Any
+    params: dict[str, Any]
+    is_async: bool
+    user_id: str | None
+    plan: str | None
+    feature: str | None
+    tags: tuple[str, ...]
+
+
 class _Call:
-    """One intercepted LLM call, from the cap decision to its usage record.
-
-    It holds the call's facts, and ``build()`` makes its ``UsageRecord`` from them
-    (stamped with the call's start, as the LangChain and CrewAI records are). To a
-    backend with ``record_pending`` the call goes unbuilt: the backend builds it when
-    it processes its queue, many records at a time, rather than on the caller's
-    thread right after the provider's answer, where the SDK's request has left the
-    caches cold and every step of ours costs about ten times its usual time. Other
-    backends get the built record.
-
-    The usage is read at once, though, into a tuple of counts: a call waiting in a
-    queue that held the response's usage part would keep its pydantic models alive
-    (about ten objects the garbage collector tracks), and the collector runs once per
-    700 of those. Held until the batch, they made it run half again as often as the
-    SDK's own calls do (18 young collections per 500 calls instead of 12), which cost
-    more than reading the usage here."""
+    """One intercepted LLM call, from its cap decision to its usage record."""
 
     __slots__ = (
         "backend",
-        "error_type",
         "event_id",
         "feature",
-        "latency_ms",
         "model",
         "plan",
         "plan_revenue",
         "provider",
         "requested_model",
-        "served_model",
+        "reservation",
         "source",
         "started",
         "started_at",
         "tags",
-        "token_counts",
         "user_id",
         "weckr",
     )
@@ -151,11 +153,12 @@ class _Call:
         self.weckr = weckr
         self.backend = backend
         self.event_id = new_event_id()
-        self.started_at = time.time()  # a datetime only when the record is built
+        self.started_at = utc_now()
         self.source = source
         self.provider = provider
         self.model = model
         self.requested_model: str | None = None  # set on a downgrade
+        self.reservation: Reservation | None = None
         self.user_id = user_id
         self.plan = plan
         self.plan_revenue = plan_revenue
@@ -164,86 +167,38 @@ class _Call:
         self.started = time.perf_counter()
 
     def finish(
-        self, counts: TokenCounts, model: str | None, error: BaseException | None = None
+        self, usage: TokenUsage, model: str | None, error: BaseException | None = None
     ) -> None:
-        """Hand the call to the backend; ``model`` is the model that served the call,
-        when the response names it. The counts are a tuple, not a ``TokenUsage``, so
-        a queued call holds no object the collector keeps tracking."""
-        self.latency_ms = int((time.perf_counter() - self.started) * 1000)
-        self.token_counts = counts
-        self.served_model = model
-        self.error_type = None if error is None else type(error).__name__
-        backend = self.backend
+        """Settle the call's reservation and hand its record to the backend;
+        ``model`` is the model that served the call, when the response names it."""
+        record = UsageRecord(
+            event_id=self.event_id,
+            timestamp=self.started_at,
+            user_id=self.user_id,
+            feature=self.feature,
+            plan=self.plan,
+            plan_revenue_usd=self.plan_revenue,
+            provider=self.provider,
+            model=model or self.model,
+            requested_model=self.requested_model,
+            latency_ms=int((time.perf_counter() - self.started) * 1000),
+            status="ok" if error is None else "error",
+            error_type=None if error is None else type(error).__name__,
+            source=self.source,
+            tags=self.tags,
+        )
+        record.apply_usage(usage)
         try:
-            record_pending = getattr(backend, "record_pending", None)
-            if record_pending is not None:
-                record_pending(self)
-            else:
-                backend.record(self.build())
+            caps.finish(self.backend, self.reservation, record, self.weckr._report)
         except Exception as refusal:
             self.weckr._refused(self.event_id, self.model, self.user_id, refusal)
 
-    def build(self) -> UsageRecord:
-        """The call's usage record (``PendingRecord.build``); does not raise."""
-        input_tokens, output, cached, writes, reasoning, reported = self.token_counts
-        error_type = self.error_type
-        # Positional, in the order of UsageRecord's fields: keyword matching of 27
-        # arguments costs more than the rest of this method.
-        return UsageRecord(
-            self.event_id,
-            datetime.fromtimestamp(self.started_at, UTC),
-            self.user_id,
-            self.feature,
-            self.plan,
-            self.plan_revenue,
-            self.provider,
-            self.served_model or self.model,
-            self.requested_model,
-            input_tokens,
-            output,
-            cached,
-            writes,
-            reasoning,
-            None,  # cost_usd: priced by the backend
-            True,  # priced
-            reported,
-            self.latency_ms,
-            "ok" if error_type is None else "error",
-            error_type,
-            self.source,
-            None,  # run_id
-            None,  # parent_run_id
-            None,  # agent
-            None,  # task
-            None,  # step
-            self.tags,
-        )
-
-    def plain(self) -> PlainCall | None:
-        """``PendingRecord.plain``: the facts ``build`` would write, for a call
-        without a downgrade, an error or tags whose usage was reported."""
-        counts = self.token_counts
-        if (
-            self.requested_model is not None
-            or self.error_type is not None
-            or self.tags
-            or not counts[5]  # reported
-        ):
-            return None
-        who = (
-            self.user_id,
-            self.feature,
-            self.plan,
-            self.plan_revenue,
-            self.provider,
-            self.served_model or self.model,
-            "ok",
-            self.source,
-        )
-        return self.event_id, self.started_at, who, counts, self.latency_ms
+    def release(self) -> None:
+        """The call was never made: drop its reservation."""
+        caps.release(self.backend, self.reservation, self.weckr._report)
 
     def finish_stream(self, collected: StreamUsage, error: BaseException | None) -> None:
-        self.finish(collected.usage.counts(), collected.model, error)
+        self.finish(collected.usage, collected.model, error)
 
     def finish_result(self, endpoint: Endpoint, result: Any, stream: _StreamType | None) -> Any:
         """What the caller gets back: a response, recorded now, or (with ``stream``,
@@ -254,18 +209,18 @@ class _Call:
             part = getattr(result, endpoint.usage_field, None)
             if part is None and isinstance(result, Mapping):
                 part = result.get(endpoint.usage_field)
-            counts = endpoint.counts(part)
+            usage = endpoint.usage(part)
             model = getattr(result, endpoint.model_field, None)
         except Exception as error:
             # Keep the row; an unreadable usage is recorded as not reported.
             self.weckr._report(error)
-            self.finish(NOT_REPORTED_COUNTS, None)
+            self.finish(NOT_REPORTED, None)
             return result
-        self.finish(counts, model if isinstance(model, str) else None)
+        self.finish(usage, model if isinstance(model, str) else None)
         return result
 
     def fail(self, error: BaseException) -> None:
-        self.finish(NOT_REPORTED_COUNTS, None, error)
+        self.finish(NOT_REPORTED, None, error)
 
 
 class _DeferredCall:
@@ -299,8 +254,12 @@ class _StreamingResponse(_DeferredCall):
 
     def _request(self, decision: CapDecision | None) -> tuple[_Call, bool]:
         call, stream = self._weckr._start_wrapped(self._endpoint, self._kwargs, decision=decision)
+        try:
+            self._manager = self._method(*self._args, **self._kwargs)
+        except BaseException:
+            call.release()
+            raise
         self._call = call
-        self._manager = self._method(*self._args, **self._kwargs)
         call.started = time.perf_counter()
         return call, stream
 
@@ -314,7 +273,7 @@ class _StreamingResponse(_DeferredCall):
     def _finish_unparsed(self) -> None:
         if self._call is not None and not self._recorded:
             self._recorded = True
-            self._call.finish(NOT_REPORTED_COUNTS, None)  # read some other way: usage unknown
+            self._call.finish(NOT_REPORTED, None)  # read some other way: usage unknown
 
     def __enter__(self) -> Any:
         call, stream = self._request(None)
@@ -346,7 +305,8 @@ class _StreamingResponse(_DeferredCall):
 
 class _AsyncStreamingResponse(_StreamingResponse):
     async def __aenter__(self) -> Any:
-        call, stream = self._request(await self._weckr._adecide_wrapped(self._kwargs))
+        decision = await self._weckr._areserve_wrapped(self._endpoint, self._kwargs)
+        call, stream = self._request(decision)
         try:
             response = await self._manager.__aenter__()
         except BaseException as error:
@@ -381,15 +341,18 @@ class _AsyncStreamHelper(_DeferredCall):
     _manager: RecordedStreamManager | None = None
 
     async def __aenter__(self) -> Any:
-        decision = await self._weckr._adecide_wrapped(self._kwargs)
+        decision = await self._weckr._areserve_wrapped(self._endpoint, self._kwargs)
         call, _ = self._weckr._start_wrapped(
             self._endpoint, self._kwargs, helper=True, decision=decision
         )
         assert self._endpoint.final_usage is not None
+        try:
+            manager = self._method(*self._args, **self._kwargs)
+        except BaseException:
+            call.release()
+            raise
         self._manager = RecordedStreamManager(
-            self._method(*self._args, **self._kwargs),
-            self._endpoint.final_usage,
-            call.finish_stream,
+            manager, self._endpoint.final_usage, call.finish_stream
         )
         return await self._manager.__aenter__()
 
@@ -434,8 +397,6 @@ class Weckr:
         preload_prices()
         self._owns_backend = False
         if backend is None and api_key is not None:
-            from weckr_core.backends.http import HttpBackend
-
             backend = HttpBackend(api_key, endpoint, check_endpoint, on_error=on_error)
             self._owns_backend = True
         self._backend = backend
@@ -463,23 +424,22 @@ class Weckr:
         back to the attribution context). Returns the provider's response unchanged,
         or, with ``stream=True``, its stream, recorded when the stream ends.
         """
-        call, endpoint, stream, method, args, kwargs = self._prepare_chat(client, params, False)
+        request = self._chat_request(client, params, False)
+        call, endpoint, stream, method, args, kwargs = self._start_chat(request, None)
         return self._invoke(call, endpoint, stream, method, args, kwargs)
 
     async def achat(self, client: Any, params: Mapping[str, Any]) -> Any:
         """``chat`` for async clients (``AsyncOpenAI``, ``AsyncAnthropic``,
         google-genai's ``client.aio``)."""
-        attribution = current_attribution()
-        user_id = params.get("user_id")
-        plan = params.get("plan")
-        decision = await self._adecide(
-            _user(user_id) if user_id is not None else attribution.user_id,
-            plan if plan is not None else attribution.plan,
-            _model_name(params.get("model")),
+        request = self._chat_request(client, params, True)
+        decision = await self._areserve(
+            request.user_id,
+            request.plan,
+            _model_name(request.params.get("model")),
+            request.provider,
+            request.params,
         )
-        call, endpoint, stream, method, args, kwargs = self._prepare_chat(
-            client, params, True, decision
-        )
+        call, endpoint, stream, method, args, kwargs = self._start_chat(request, decision)
         return await self._ainvoke(call, endpoint, stream, method, args, kwargs)
 
     def wrap(self, client: C) -> C:
@@ -569,10 +529,8 @@ class Weckr:
     def close(self, timeout_seconds: float = 5.0) -> None:
         """Flush, and stop the HTTP backend this client created (if it did)."""
         self.flush(timeout_seconds)
-        if self._owns_backend:
-            close = getattr(self._backend, "close", None)
-            if close is not None:
-                close()
+        if self._owns_backend and self._backend is not None:
+            self._backend.close()
 
     # -- the call path (shared with wrap) -------------------------------------------
 
@@ -585,31 +543,26 @@ class Weckr:
         plan: str | None,
         feature: str | None,
         tags: tuple[str, ...],
+        params: Mapping[str, Any],
         stacklevel: int = 8,
         decision: CapDecision | None = None,
     ) -> _Call:
-        """Resolve the plan, enforce the cap (may raise before anything is spent).
+        """Resolve the plan and reserve the call against the user's cap (may raise
+        before anything is spent, or move the call to a cheaper model).
 
-        ``decision`` is the cap decision when the async path already has it.
-        ``stacklevel`` points a downgrade warning at the caller's own frame.
-        The cap check is made here rather than in a helper, and an allowing decision
-        goes no further: this runs once per LLM call, on caches the SDK's request
-        left cold, where each call of ours costs about a microsecond."""
+        ``decision`` is the cap decision when the async path already has it;
+        ``params`` is the request, read for the estimate of what the call can cost.
+        ``stacklevel`` points a downgrade warning at the caller's own frame."""
         plan_revenue = self._plan_revenue(plan)
-        backend = self._backend if self._backend is not None else get_backend()
+        backend = self.backend
         call = _Call(
             self, backend, source, provider, model, user_id, plan, plan_revenue, feature, tags
         )
         if user_id and not self.disable_cap_check:
             if decision is None:
-                try:
-                    decision = backend.check(user_id, plan, model)
-                except (WeckrCapError, WeckrConfigError):
-                    raise
-                except Exception as error:
-                    # Fail open on a broken check, loudly: the call itself must not fail.
-                    self._report(error)
-                    decision = ALLOW
+                request = _cap_request(user_id, plan, model, provider, params)
+                decision = caps.reserve(backend, request, self._report)
+            call.reservation = decision.reservation
             if decision.action != "allow":
                 alternative = self._enforce(decision, user_id, plan, model, stacklevel)
                 if alternative is not None:
@@ -634,12 +587,7 @@ class Weckr:
                 return None
             self._notify_downgrade(user_id, model, alternative, stacklevel)
             return alternative
-        raise WeckrCapError(
-            user_id=user_id,
-            plan_name=plan,
-            current_spend=decision.current_spend,
-            cap=decision.cap,
-        )
+        raise caps.refusal(decision, user_id, plan)
 
     def _call(
         self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -650,37 +598,38 @@ class Weckr:
     async def _acall(
         self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        decision = await self._adecide_wrapped(kwargs)
+        decision = await self._areserve_wrapped(endpoint, kwargs)
         call, stream = self._start_wrapped(endpoint, kwargs, decision=decision)
         return await self._ainvoke(call, endpoint, stream, method, args, kwargs)
 
-    async def _adecide_wrapped(self, kwargs: Mapping[str, Any]) -> CapDecision | None:
-        """``_adecide`` for a wrapped client's call, attributed from the context."""
+    async def _areserve_wrapped(
+        self, endpoint: Endpoint, kwargs: Mapping[str, Any]
+    ) -> CapDecision | None:
+        """``_areserve`` for a wrapped client's call, attributed from the context."""
         attribution = current_attribution()
-        return await self._adecide(
-            attribution.user_id, attribution.plan, _model_name(kwargs.get("model"))
+        return await self._areserve(
+            attribution.user_id,
+            attribution.plan,
+            _model_name(kwargs.get("model")),
+            endpoint.provider,
+            kwargs,
         )
 
-    async def _adecide(
-        self, user_id: str | None, plan: str | None, model: str
+    async def _areserve(
+        self,
+        user_id: str | None,
+        plan: str | None,
+        model: str,
+        provider: str,
+        params: Mapping[str, Any],
     ) -> CapDecision | None:
-        """The cap decision from the backend's ``acheck``, when it has one: an uncached
-        check then waits off the event loop. None leaves the check to ``_start``."""
+        """The cap decision from the backend's ``areserve``, which waits for an
+        uncached answer off the event loop. None when no cap applies."""
         if not user_id or self.disable_cap_check:
             return None
-        acheck = getattr(self.backend, "acheck", None)
-        if acheck is None:
-            return None
         self._plan_revenue(plan)  # an unknown plan fails before anything is asked
-        try:
-            decision: CapDecision = await acheck(user_id, plan, model)
-        except (WeckrCapError, WeckrConfigError):
-            raise
-        except Exception as error:
-            # Fail open on a broken check, loudly: the call itself must not fail.
-            self._report(error)
-            return ALLOW
-        return decision
+        request = _cap_request(user_id, plan, model, provider, params)
+        return await caps.areserve(self.backend, request, self._report)
 
     def _call_stream_helper(
         self,
@@ -694,10 +643,13 @@ class Weckr:
             return _AsyncStreamHelper(self, method, endpoint, args, kwargs)
         call, _ = self._start_wrapped(endpoint, kwargs, helper=True)
         assert endpoint.final_usage is not None
+        try:
+            manager = method(*args, **kwargs)
+        except BaseException:
+            call.release()
+            raise
         # The helper sends nothing until its ``with`` block is entered.
-        return RecordedStreamManager(
-            method(*args, **kwargs), endpoint.final_usage, call.finish_stream
-        )
+        return RecordedStreamManager(manager, endpoint.final_usage, call.finish_stream)
 
     def _streaming_response(
         self,
@@ -727,6 +679,7 @@ class Weckr:
             attribution.plan,
             attribution.feature,
             attribution.tags,
+            kwargs,
             decision=decision,
         )
         if call.requested_model is not None:
@@ -785,7 +738,7 @@ class Weckr:
             parsed = raw.parse()
         except Exception as error:  # the caller's own parse() will say what is wrong
             self._report(error)
-            call.finish(NOT_REPORTED_COUNTS, None)  # the call was made: keep its row
+            call.finish(NOT_REPORTED, None)  # the call was made: keep its row
             return raw
         if stream is not None:
             recorded = call.finish_result(endpoint, parsed, stream)
@@ -799,19 +752,13 @@ class Weckr:
             call.finish_result(endpoint, parsed, None)
         return raw
 
-    def _prepare_chat(
-        self,
-        client: Any,
-        params: Mapping[str, Any],
-        is_async: bool,
-        decision: CapDecision | None = None,
-    ) -> tuple[_Call, Endpoint, bool, Any, tuple[Any, ...], dict[str, Any]]:
+    def _chat_request(self, client: Any, params: Mapping[str, Any], is_async: bool) -> _ChatRequest:
+        """Who ``wk.chat`` calls for, and which provider method it calls."""
         client = unwrap(client)
         provider, client_is_async = _client_kind(client)
         params = dict(params)
         attribution = current_attribution()
         user_id = params.pop("user_id", None)
-        user = _user(user_id) if user_id is not None else attribution.user_id
         feature = params.pop("feature", None)
         plan = params.pop("plan", None)
         if client_is_async and not is_async:
@@ -830,25 +777,46 @@ class Weckr:
                 "Weckr: could not detect the provider of this client. Pass an OpenAI, "
                 "Anthropic or Gemini (google-genai or google-generativeai) client."
             )
-        call = self._start(
-            "sdk",
+        return _ChatRequest(
             provider,
-            _model_name(params.get("model")),
-            user,
+            target,
+            params,
+            is_async,
+            _user(user_id) if user_id is not None else attribution.user_id,
             plan if plan is not None else attribution.plan,
             feature if feature is not None else attribution.feature,
             attribution.tags,
+        )
+
+    def _start_chat(
+        self, request: _ChatRequest, decision: CapDecision | None
+    ) -> tuple[_Call, Endpoint, bool, Any, tuple[Any, ...], dict[str, Any]]:
+        params = request.params
+        call = self._start(
+            "sdk",
+            request.provider,
+            _model_name(params.get("model")),
+            request.user_id,
+            request.plan,
+            request.feature,
+            request.tags,
+            params,
             stacklevel=7,
             decision=decision,
         )
         if call.requested_model is not None:
             params["model"] = call.model
-        if provider == "gemini":
+        target = request.target
+        if request.provider == "gemini":
             stream = params.pop("stream", False) is True
-            method, args, kwargs = _gemini_request(target, params, stream, is_async)
+            try:
+                method, args, kwargs = _gemini_request(target, params, stream, request.is_async)
+            except BaseException:
+                call.release()
+                raise
             return call, GEMINI_STREAM if stream else GEMINI, stream, method, args, kwargs
         stream = params.get("stream") is True
-        if provider == "anthropic":
+        if request.provider == "anthropic":
             return call, ANTHROPIC_MESSAGES, stream, target.create, (), params
         if stream:
             _ensure_include_usage(params)

@@ -5,6 +5,9 @@ from decimal import Decimal
 from typing import Literal
 
 ConfigErrorCode = Literal["invalid_api_key", "forbidden", "unknown_plan"]
+#: Why a call was refused: its user's cap, a plan Weckr does not know, a cap store
+#: that could not be reached while ``CAP_FAIL_CLOSED`` is set, or a loop guard.
+CapKind = Literal["cap", "unknown_plan", "cap_store_unavailable", "loop"]
 
 
 class WeckrCapError(Exception):
@@ -25,14 +28,35 @@ class WeckrCapError(Exception):
         plan_name: str | None = None,
         current_spend: Decimal | None = None,
         cap: Decimal | None = None,
+        kind: CapKind = "cap",
     ) -> None:
-        super().__init__(
-            message or f"Weckr: spending cap reached for user {user_id} on plan {plan_name}"
-        )
+        super().__init__(message or _cap_message(kind, user_id, plan_name, current_spend, cap))
         self.user_id = user_id
         self.plan_name = plan_name
         self.current_spend = current_spend
         self.cap = cap
+        self.kind = kind
+
+
+def _cap_message(
+    kind: CapKind,
+    user_id: str | None,
+    plan: str | None,
+    spend: Decimal | None,
+    cap: Decimal | None,
+) -> str:
+    if kind == "unknown_plan":
+        return (
+            f"Weckr: user {user_id} is on plan {plan!r}, which is not configured in Weckr; "
+            "calls on unknown plans are refused (WECKR['UNKNOWN_PLAN'])."
+        )
+    if kind == "cap_store_unavailable":
+        return (
+            f"Weckr: the cap of user {user_id} could not be checked (the cap store is "
+            "unreachable) and WECKR['CAP_FAIL_CLOSED'] refuses such calls."
+        )
+    spent = "" if spend is None or cap is None else f" (${spend:.4f} of ${cap:.4f})"
+    return f"Weckr: spending cap reached for user {user_id} on plan {plan}{spent}"
 
 
 class WeckrLoopError(WeckrCapError):
@@ -57,6 +81,7 @@ class WeckrLoopError(WeckrCapError):
             user_id=user_id,
             plan_name=plan_name,
             current_spend=cost,
+            kind="loop",
         )
         self.reason = reason
         self.llm_calls = llm_calls

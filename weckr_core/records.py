@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 Status = Literal["ok", "error"]
 Source = Literal["sdk", "wrap", "langchain", "crewai", "manual"]
@@ -73,17 +73,6 @@ class TokenUsage:
     def total_tokens(self) -> int:
         return self.input_tokens + self.cache_creation_tokens + self.output_tokens
 
-    def counts(self) -> TokenCounts:
-        """The same counts as a plain tuple, in the order of the fields."""
-        return (
-            self.input_tokens,
-            self.output_tokens,
-            self.cached_input_tokens,
-            self.cache_creation_tokens,
-            self.reasoning_tokens,
-            self.reported,
-        )
-
     def __add__(self, other: TokenUsage) -> TokenUsage:
         return TokenUsage(
             input_tokens=self.input_tokens + other.input_tokens,
@@ -132,6 +121,8 @@ class UsageRecord:
     task: str | None = None
     step: str | None = None
     tags: tuple[str, ...] = ()
+    # The cap reservation this call settled (the server drops it when it stores the row).
+    reservation_id: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -169,34 +160,6 @@ class UsageRecord:
     def replace(self, **changes: Any) -> UsageRecord:
         return dataclasses.replace(self, **changes)
 
-    def optional_wire_fields(self) -> tuple[tuple[str, str | None], ...]:
-        """Our text fields beyond weckr-sdk's payload, as (wire key, value); the wire
-        leaves out those that are None."""
-        return (
-            ("requestedModel", self.requested_model),
-            ("errorType", self.error_type),
-            ("runId", self.run_id),
-            ("parentRunId", self.parent_run_id),
-            ("agent", self.agent),
-            ("task", self.task),
-            ("step", self.step),
-        )
-
-    def plain_on_wire(self) -> bool:
-        """True when the payload has none of the fields that ``to_wire`` leaves out
-        at their defaults (most LLM calls): no optional field, no tags, usage reported."""
-        return (
-            self.requested_model is None
-            and self.error_type is None
-            and self.run_id is None
-            and self.parent_run_id is None
-            and self.agent is None
-            and self.task is None
-            and self.step is None
-            and not self.tags
-            and self.usage_reported
-        )
-
     def to_wire(self) -> dict[str, Any]:
         """The camelCase payload of ``POST /api/v1/log``: weckr-sdk's fields, always,
         and ours where they differ from the server's defaults (absent means None,
@@ -221,7 +184,17 @@ class UsageRecord:
             "status": self.status,
             "source": self.source,
         }
-        for key, value in self.optional_wire_fields():
+        optional = (
+            ("requestedModel", self.requested_model),
+            ("errorType", self.error_type),
+            ("runId", self.run_id),
+            ("parentRunId", self.parent_run_id),
+            ("agent", self.agent),
+            ("task", self.task),
+            ("step", self.step),
+            ("reservationId", self.reservation_id),
+        )
+        for key, value in optional:
             if value is not None:
                 payload[key] = value
         if self.tags:
@@ -229,39 +202,6 @@ class UsageRecord:
         if not self.usage_reported:
             payload["usageReported"] = False
         return payload
-
-
-# The fields a record shares with a user's other calls of one feature and model:
-# user_id, feature, plan, plan_revenue_usd, provider, model, status, source.
-WhoKey = tuple[str | None, str | None, str | None, Decimal | None, str, str, str, str]
-# A ``TokenUsage`` as a plain tuple: input, output, cached input, cache creation and
-# reasoning tokens, reported. Held by a queued call, a tuple of ints is one object the
-# garbage collector stops tracking at its first pass; a ``TokenUsage`` stays tracked.
-TokenCounts = tuple[int, int, int, int, int, bool]
-# A finished call of the usual kind, as the wire needs it (``PendingRecord.plain``):
-# event id, start in seconds since the epoch, ``WhoKey``, counts, latency in ms.
-PlainCall = tuple[str, float, WhoKey, TokenCounts, int | None]
-
-
-class PendingRecord(Protocol):
-    """A finished LLM call whose ``UsageRecord`` is not built yet.
-
-    The client hands one to a backend that has ``record_pending`` (see ``Backend``),
-    which calls ``build()`` when it gets to it, on any thread, once: building then
-    runs where the backend batches its work rather than on the caller's thread right
-    after the provider's answer. It holds the call's facts and counts only, nothing
-    of the response. ``build()`` does not raise.
-    """
-
-    @property
-    def event_id(self) -> str: ...
-
-    def build(self) -> UsageRecord: ...
-
-    def plain(self) -> PlainCall | None:
-        """What the wire needs of the record, when it would be ``plain_on_wire`` and
-        unpriced: a backend can encode it without building it. None otherwise."""
-        ...
 
 
 def _float_or_none(value: Decimal | None) -> float | None:

@@ -15,7 +15,6 @@ from typing import Any
 from weckr_core.records import TokenUsage
 
 NOT_REPORTED = TokenUsage(reported=False)
-NOT_REPORTED_COUNTS = NOT_REPORTED.counts()
 
 
 def field(obj: Any, *names: str) -> Any:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from weckr_core.records import TokenCounts, TokenUsage
+from weckr_core.records import TokenUsage
 from weckr_core.streaming import (
     AnthropicStreamUsage,
     FinalUsage,
@@ -42,11 +42,8 @@ from weckr_core.streaming import (
     anthropic_final_usage,
     openai_chat_final_usage,
     openai_responses_final_usage,
-    plain_fields,
 )
 from weckr_core.usage import (
-    NOT_REPORTED_COUNTS,
-    count,
     detect_provider,
     usage_from_anthropic,
     usage_from_gemini,
@@ -64,9 +61,9 @@ class Endpoint:
     """A provider method that spends tokens, and how to read its usage."""
 
     provider: str
-    # Reads the counts from the response's usage part (``response.<usage_field>``,
+    # Reads the usage from the response's usage part (``response.<usage_field>``,
     # or None when it has none).
-    counts: Callable[[Any], TokenCounts]
+    usage: Callable[[Any], TokenUsage]
     stream_usage: Callable[[], StreamUsage]
     # The response attribute naming the model that served the call.
     model_field: str = "model"
@@ -87,76 +84,28 @@ class Endpoint:
     streaming_response: bool = False
 
 
-def _detail(details: Any, name: str) -> int:
-    """A count from a usage details object (a pydantic model, or a dict), else 0."""
-    if details is None:
-        return 0
-    # The SDK's details models declare their fields: a plain getattr finds them.
-    value = details.get(name) if type(details) is dict else getattr(details, name, None)
-    if type(value) is int:  # the hot case, checked here to spare a call
-        return value if value > 0 else 0
-    return count(value)
-
-
-def openai_counts(usage: Any) -> TokenCounts:
-    """The counts of an OpenAI response's ``usage`` (Chat Completions or Responses)."""
-    values = getattr(usage, "__dict__", None)
-    if type(values) is dict:
-        prompt = values.get("prompt_tokens")
-        completion = values.get("completion_tokens")
-        if type(prompt) is int and type(completion) is int:
-            # The SDK's own Chat Completions usage model, read field by field in
-            # place, into a tuple rather than a TokenUsage: this runs once per call,
-            # for most backends on the caller's thread right after the request, where
-            # each helper call costs about a microsecond.
-            prompt = prompt if prompt > 0 else 0
-            completion = completion if completion > 0 else 0
-            cached = _detail(values.get("prompt_tokens_details"), "cached_tokens")
-            reasoning = _detail(values.get("completion_tokens_details"), "reasoning_tokens")
-            return (
-                prompt,
-                completion,
-                cached if cached < prompt else prompt,
-                0,
-                reasoning if reasoning < completion else completion,
-                True,
-            )
-    if usage is None:
-        return NOT_REPORTED_COUNTS
-    return usage_from_openai(plain_fields(usage)).counts()
-
-
-def _counts_from(read: Callable[[Any], TokenUsage]) -> Callable[[Any], TokenCounts]:
-    """An ``Endpoint.counts`` from a function that reads a ``TokenUsage``."""
-
-    def counts(usage: Any) -> TokenCounts:
-        return read(usage).counts()
-
-    return counts
-
-
-anthropic_counts = _counts_from(usage_from_anthropic)
-gemini_counts = _counts_from(usage_from_gemini)
-
-OPENAI_CHAT = Endpoint("openai", openai_counts, OpenAIChatStreamUsage, adds_include_usage=True)
-OPENAI_RESPONSES = Endpoint("openai", openai_counts, OpenAIResponsesStreamUsage)
-ANTHROPIC_MESSAGES = Endpoint("anthropic", anthropic_counts, AnthropicStreamUsage)
+OPENAI_CHAT = Endpoint("openai", usage_from_openai, OpenAIChatStreamUsage, adds_include_usage=True)
+OPENAI_RESPONSES = Endpoint("openai", usage_from_openai, OpenAIResponsesStreamUsage)
+ANTHROPIC_MESSAGES = Endpoint("anthropic", usage_from_anthropic, AnthropicStreamUsage)
 ANTHROPIC_STREAM_HELPER = Endpoint(
-    "anthropic", anthropic_counts, AnthropicStreamUsage, final_usage=anthropic_final_usage
+    "anthropic", usage_from_anthropic, AnthropicStreamUsage, final_usage=anthropic_final_usage
 )
 OPENAI_CHAT_STREAM_HELPER = Endpoint(
     "openai",
-    openai_counts,
+    usage_from_openai,
     OpenAIChatStreamUsage,
     adds_include_usage=True,
     final_usage=openai_chat_final_usage,
 )
 OPENAI_RESPONSES_STREAM_HELPER = Endpoint(
-    "openai", openai_counts, OpenAIResponsesStreamUsage, final_usage=openai_responses_final_usage
+    "openai",
+    usage_from_openai,
+    OpenAIResponsesStreamUsage,
+    final_usage=openai_responses_final_usage,
 )
 GEMINI = Endpoint(
     "gemini",
-    gemini_counts,
+    usage_from_gemini,
     GeminiStreamUsage,
     model_field="model_version",
     usage_field="usage_metadata",

@@ -44,9 +44,17 @@ from crewai.hooks.dispatch import (
     scoped_hooks,
 )
 
-from weckr_core.backends import Backend, RunStop, get_backend, report_run_stop
+from weckr_core import caps, estimate
+from weckr_core.backends import (
+    Backend,
+    CapRequest,
+    Reservation,
+    RunStop,
+    get_backend,
+    report_run_stop,
+)
 from weckr_core.context import EMPTY, Attribution, current_attribution
-from weckr_core.errors import WeckrCapError, WeckrConfigError, WeckrLoopError
+from weckr_core.errors import WeckrConfigError, WeckrLoopError
 from weckr_core.guards import RunGuard, RunLimits
 from weckr_core.records import UsageRecord, utc_now
 from weckr_crewai.errors import CrewCapError, CrewConfigError, CrewLoopError
@@ -214,6 +222,7 @@ class LLMCall:
     started_at: datetime = field(default_factory=utc_now)
     done: threading.Event = field(default_factory=threading.Event)
     recorded: bool = False
+    reservation: Reservation | None = None
 
 
 class Kickoff:
@@ -288,33 +297,38 @@ class Kickoff:
         _current_call.set(None)
         if self.stopped is not None:
             raise self.stopped
-        model, provider = _model_of(getattr(context, "llm", None))
+        llm = getattr(context, "llm", None)
+        model, provider = _model_of(llm)
         attribution = self.attribution
-        try:
-            decision = self.backend.check(attribution.user_id, attribution.plan, model)
-        except WeckrConfigError as error:
-            raise CrewConfigError.from_error(error) from error
-        except Exception:
-            logger.exception("Weckr: cap check failed; letting the call through")
-        else:
+        reservation = None
+        if attribution.user_id:
+            request = CapRequest(
+                attribution.user_id,
+                attribution.plan,
+                model,
+                provider,
+                prompt=getattr(context, "messages", None),
+                max_output_tokens=_output_limit(llm),
+            )
+            try:
+                decision = caps.reserve(self.backend, request, _report)
+            except WeckrConfigError as error:
+                raise CrewConfigError.from_error(error) from error
             if threading.get_ident() != self._thread:
                 # A thread CrewAI started for this kickoff (async task, timeout).
                 _close_foreign_connections()
+            reservation = decision.reservation
             if decision.action != "allow":
                 # A CrewAI LLM object is shared by agents and threads, so a downgrade
                 # cannot be applied to one call: a capped user is stopped either way.
-                self.stopped = CrewCapError.from_error(
-                    WeckrCapError(
-                        user_id=attribution.user_id,
-                        plan_name=attribution.plan,
-                        current_spend=decision.current_spend,
-                        cap=decision.cap,
-                    )
-                )
+                caps.release(self.backend, reservation, _report)
+                refusal = caps.refusal(decision, attribution.user_id, attribution.plan)
+                self.stopped = CrewCapError.from_error(refusal)
                 raise self.stopped
         try:
             self.guard.before_llm_call()
         except WeckrLoopError as error:
+            caps.release(self.backend, reservation, _report)
             self.stopped = self._loop_stop(error, getattr(context, "agent", None))
             raise self.stopped from error
         with self._lock:
@@ -324,6 +338,7 @@ class Kickoff:
                 task=_task_label(getattr(context, "task", None)),
                 model=model,
                 provider=provider,
+                reservation=reservation,
             )
             self._calls.append(call)
         _current_call.set(call)
@@ -378,6 +393,8 @@ class Kickoff:
                 if denied is None or denied.recorded or denied not in self._calls:
                     return
                 denied.recorded = True
+            # Another hook denied it after ours reserved: the call was never made.
+            caps.release(self.backend, denied.reservation, _report)
             denied.done.set()
             return
         call = self._claim(_current_call.get(), event)
@@ -447,7 +464,7 @@ class Kickoff:
                     record.model,
                 )
             self.guard.after_llm_call(record.total_tokens, record.cost_usd)
-            self.backend.record(record)
+            caps.finish(self.backend, call.reservation, record, _report)
         finally:
             call.done.set()
 
@@ -591,6 +608,22 @@ def _task_label(task: Any) -> str | None:
     if len(line) > _TASK_LABEL_LENGTH:
         line = line[: _TASK_LABEL_LENGTH - 1].rstrip() + "…"
     return line or None
+
+
+def _report(error: BaseException) -> None:
+    logger.warning("Weckr: %r", error)
+
+
+def _output_limit(llm: Any) -> int | None:
+    """The LLM's own output limit (``max_tokens`` / ``max_completion_tokens``)."""
+    if llm is None or isinstance(llm, str):
+        return None
+    return estimate.max_output_tokens(
+        {
+            "max_tokens": getattr(llm, "max_tokens", None),
+            "max_completion_tokens": getattr(llm, "max_completion_tokens", None),
+        }
+    )
 
 
 def _model_of(llm: Any) -> tuple[str, str]:

@@ -26,6 +26,7 @@ class CrewCapError(WeckrCapError, HookAborted):
             plan_name=error.plan_name,
             current_spend=error.current_spend,
             cap=error.cap,
+            kind=error.kind,
         )
         stop.source = SOURCE
         return stop

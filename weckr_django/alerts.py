@@ -112,6 +112,15 @@ def compose(alert: AlertLog) -> AlertMessage:
             f"{details.get('llm_calls', '?')} LLM calls, {alert.window_tokens or 0:,} tokens, "
             f"${alert.window_cost_usd or 0:.4f}."
         )
+    elif alert.kind == AlertLog.Kind.UNKNOWN_PLAN:
+        plan = details.get("plan", "?")
+        subject = f"[Weckr] Calls on plan {plan}, which Weckr does not know, in {project.name}"
+        body = (
+            f"This month {details.get('users', '?')} user(s) made {details.get('calls', '?')} "
+            f"call(s) costing ${details.get('cost', '?')} on plan {plan}, which matches none "
+            f"of the project's plans: {details.get('rule', '')} Add the plan with its cap, "
+            "or fix the plan name your app passes."
+        )
     else:
         subject = f"[Weckr] Test alert for {project.name}"
         body = "This is a test alert from Weckr. If you can read it, alerts reach you here."

@@ -11,10 +11,11 @@ class WeckrConfig(AppConfig):
 
     def ready(self) -> None:
         # No queries here: the database may not exist yet (migrate, check, collectstatic).
-        from weckr_django import checks, overrides
+        from weckr_django import checks, overrides, plans
         from weckr_django.backend import install_default_backend
 
         checks.register_checks()
         overrides.connect_signals()
+        plans.connect_signals()
         overrides.install()
         install_default_backend()

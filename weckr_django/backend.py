@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Final, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -30,7 +30,14 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 
 import weckr_core
 from weckr_core.backends import lifecycle
-from weckr_core.backends.base import ALLOW, CapDecision, RunStop
+from weckr_core.backends.base import (
+    ALLOW,
+    Backend,
+    CapDecision,
+    CapRequest,
+    Reservation,
+    RunStop,
+)
 from weckr_core.pricing import preload_prices
 from weckr_core.records import UsageRecord
 from weckr_django.conf import Delivery, effective_delivery, weckr_settings
@@ -40,12 +47,11 @@ logger = logging.getLogger("weckr_django")
 
 DEFAULT_PROJECT_NAME: Final = "Default"
 MAX_BATCH: Final = 500
-_MAX_CACHED_DECISIONS: Final = 10_000
+PROJECT_REFRESH_SECONDS: Final = 60.0
 _BROKER_RETRY_DELAYS: Final = (0.5, 2.0, 5.0)
 _DB_RETRY_DELAYS: Final = (0.5, 2.0, 5.0)
 
 T = TypeVar("T")
-_DecisionKey = tuple[str, str, str]
 
 
 def resolve_default_project(reference: str | None = None, *, create: bool = True) -> Project:
@@ -103,19 +109,37 @@ _db_executor: concurrent.futures.ThreadPoolExecutor | None = None
 _db_executor_lock = threading.Lock()
 
 
-def _outside_event_loop(function: Callable[[], T]) -> T:
-    """Run ``function`` (which queries the database) here, or, when called on an event
-    loop's thread where Django forbids queries, on a helper thread."""
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
     global _db_executor
-    if not _in_event_loop():
-        return function()
     with _db_executor_lock:
         if _db_executor is None:
             _db_executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=2, thread_name_prefix="weckr-db"
             )
-        executor = _db_executor
-    return executor.submit(_with_fresh_connection, function).result()
+        return _db_executor
+
+
+def _outside_event_loop(function: Callable[[], T]) -> T:
+    """Run ``function`` (which queries the database) here, or, when called on an event
+    loop's thread where Django forbids queries, on a helper thread."""
+    if not _in_event_loop():
+        return function()
+    return _executor().submit(_with_fresh_connection, function).result()
+
+
+_last_set_up_error = 0.0
+
+
+def _log_set_up_error(error: ImproperlyConfigured) -> None:
+    """Say what is wrong with the set-up, once a minute rather than on every call."""
+    global _last_set_up_error
+    now = time.monotonic()
+    if now - _last_set_up_error >= 60:
+        _last_set_up_error = now
+        logger.error(
+            "Weckr: %s Caps are not enforced and usage is not recorded until this is fixed.",
+            error,
+        )
 
 
 def _with_fresh_connection(function: Callable[[], T]) -> T:
@@ -127,8 +151,8 @@ def _with_fresh_connection(function: Callable[[], T]) -> T:
         close_old_connections()
 
 
-class DjangoBackend:
-    """Backend reading caps from and recording usage into this Django database.
+class DjangoBackend(Backend):
+    """Backend reserving against caps in, and recording usage into, this Django database.
 
     ``project`` pins the project (an id or a name); by default it is resolved as
     ``resolve_default_project`` says. ``delivery`` overrides ``WECKR["DELIVERY"]``.
@@ -145,7 +169,7 @@ class DjangoBackend:
         self._delivery = delivery
         self._project: Project | None = None
         self._project_key: object = None
-        self._decisions: dict[_DecisionKey, tuple[float, CapDecision]] = {}
+        self._project_expires = 0.0
         self._max_queue = max_queue
         self._init_queue()
         lifecycle.watch(self)
@@ -158,71 +182,92 @@ class DjangoBackend:
         self._next_seq = 0
         self._in_flight_from: int | None = None
         self._worker: threading.Thread | None = None
+        # Settles handed to a helper thread from an event loop, not done yet.
+        self._handed_off: set[concurrent.futures.Future[None]] = set()
 
     # -- project ---------------------------------------------------------------
 
     def project(self) -> Project:
+        """The project, read again every ``PROJECT_REFRESH_SECONDS`` so that settings
+        edited in the admin (such as its default output tokens) reach this process."""
         key = (self._project_setting, weckr_settings.DEFAULT_PROJECT)
         project = self._project
-        if project is None or self._project_key != key:
+        now = time.monotonic()
+        if project is None or self._project_key != key or now >= self._project_expires:
             project = resolve_default_project(self._project_setting)
             self._project, self._project_key = project, key
+            self._project_expires = now + PROJECT_REFRESH_SECONDS
         return project
 
-    def _forget_project(self) -> None:
+    def forget_project(self) -> None:
+        """Read the project again on next use (after a database outage, or in tests
+        whose database is emptied between them)."""
         self._project = None
 
     # -- caps --------------------------------------------------------------------
 
+    def reserve(self, request: CapRequest) -> CapDecision:
+        if request.user_id is None:
+            return ALLOW
+        from weckr_django import caps
+
+        return self._deciding(lambda: caps.reserve(self.project(), request), request.user_id)
+
+    async def areserve(self, request: CapRequest) -> CapDecision:
+        """``reserve`` through ``sync_to_async``, so the event loop goes on meanwhile."""
+        if request.user_id is None:
+            return ALLOW
+        return await sync_to_async(self.reserve)(request)
+
     def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
-        if user_id is None or not plan:
+        if user_id is None:
             return ALLOW
-        key = (user_id, plan, model)
-        cached = self._fresh_decision(key)
-        if cached is not None:
-            return cached
-        from weckr_django.caps import decide
+        from weckr_django import caps
 
+        return self._deciding(lambda: caps.decide(self.project(), user_id, plan, model), user_id)
+
+    def _deciding(self, decide: Callable[[], CapDecision], user_id: str) -> CapDecision:
+        """``decide()`` off the event loop; a set-up mistake or an outage allows the call
+        (refuses it with ``CAP_FAIL_CLOSED``), loudly, rather than failing the view."""
         try:
-            decision = _outside_event_loop(lambda: decide(self.project(), user_id, plan, model))
-        except ImproperlyConfigured:
-            raise
+            return _outside_event_loop(decide)
+        except ImproperlyConfigured as error:
+            _log_set_up_error(error)
         except Exception:
-            # An outage must not take the product down: allow, and do not cache it.
-            logger.exception("Weckr: cap check for user %s failed; allowing the call.", user_id)
-            self._forget_project()
-            return ALLOW
-        ttl = weckr_settings.CAP_CACHE_SECONDS
-        if ttl > 0:
-            if len(self._decisions) >= _MAX_CACHED_DECISIONS:
-                self._decisions.clear()
-            self._decisions[key] = (time.monotonic() + ttl, decision)
-        return decision
+            logger.exception("Weckr: cap check for user %s failed.", user_id)
+            self.forget_project()
+        if weckr_settings.CAP_FAIL_CLOSED:
+            return CapDecision("block", reason="cap_store_unavailable")
+        return ALLOW
 
-    async def acheck(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
-        """``check`` for the async paths: a cached decision at once, else the query
-        through ``sync_to_async``, so the event loop goes on meanwhile."""
-        if user_id is None or not plan:
-            return ALLOW
-        cached = self._fresh_decision((user_id, plan, model))
-        if cached is not None:
-            return cached
-        return await sync_to_async(self.check)(user_id, plan, model)
+    def settle(self, reservation: Reservation, record: UsageRecord) -> None:
+        from weckr_django import caps
 
-    def _fresh_decision(self, key: tuple[str, str, str]) -> CapDecision | None:
-        if weckr_settings.CAP_CACHE_SECONDS <= 0:
-            return None
-        cached = self._decisions.get(key)
-        return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+        self._off_caller(lambda: caps.settle(self.project(), reservation, record))
 
-    def forget_decisions(self, user_ids: Sequence[str | None] | None = None) -> None:
-        """Drop cached decisions (of ``user_ids``, or all)."""
-        if user_ids is None:
-            self._decisions.clear()
+    def release(self, reservation: Reservation) -> None:
+        from weckr_django import caps
+
+        user_id = reservation.user_id or ""
+        self._off_caller(lambda: caps.release(self.project(), reservation.id, user_id))
+
+    def _off_caller(self, function: Callable[[], None]) -> None:
+        """Run ``function`` (which writes to the database) now; on an event loop's
+        thread, on a helper thread without waiting for it."""
+        if not _in_event_loop():
+            function()
             return
-        wanted = set(user_ids)
-        for key in [key for key in list(self._decisions) if key[0] in wanted]:
-            self._decisions.pop(key, None)
+        future = _executor().submit(_with_fresh_connection, function)
+        with self._lock:
+            self._handed_off.add(future)
+        future.add_done_callback(self._handed_off_done)
+
+    def _handed_off_done(self, future: concurrent.futures.Future[None]) -> None:
+        with self._lock:
+            self._handed_off.discard(future)
+        error = future.exception()
+        if error is not None:
+            logger.error("Weckr: updating a cap reservation failed: %s", error, exc_info=error)
 
     # -- recording ---------------------------------------------------------------
 
@@ -265,12 +310,16 @@ class DjangoBackend:
         deadline = time.monotonic() + timeout
         with self._lock:
             target = self._next_seq
+            handed_off = list(self._handed_off)
             while self._pending_before(target):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._progress.wait(remaining)
-        return True
+        _, not_done = concurrent.futures.wait(
+            handed_off, timeout=max(0.0, deadline - time.monotonic())
+        )
+        return not not_done
 
     def _pending_before(self, seq: int) -> bool:
         if self._in_flight_from is not None and self._in_flight_from < seq:
@@ -360,7 +409,7 @@ class DjangoBackend:
             self._ingest_retrying(project, records)
         except Exception:
             if len(records) == 1:
-                self._forget_project()
+                self.forget_project()
                 raise
             # One bad row must not lose the batch: ingest one by one, reporting each failure.
             for record in records:
@@ -368,7 +417,6 @@ class DjangoBackend:
                     ingest_records(project, [record])
                 except Exception:
                     logger.exception("Weckr: usage event %s was not recorded.", record.event_id)
-        self.forget_decisions([record.user_id for record in records])
 
     def _ingest_retrying(self, project: Project, records: list[UsageRecord]) -> None:
         """Ingest, riding out a short database outage (idempotent, so safe to repeat)."""
@@ -394,7 +442,6 @@ class DjangoBackend:
 
     def _after_fork_in_child(self) -> None:
         self._init_queue()
-        self._decisions = {}
         self._project = None
 
 

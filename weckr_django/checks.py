@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, connections, router
+from django.db import connections, router
 from django.utils.module_loading import import_string
 
 from weckr_django.conf import DELIVERY_MODES, celery_broker_configured, weckr_settings
@@ -100,36 +101,79 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
     return errors
 
 
-def check_default_project(
-    app_configs: Sequence[Any] | None = None, databases: Sequence[str] | None = None, **kwargs: Any
+def check_cap_settings(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    store = weckr_settings.get("CAP_STORE") or "database"
+    if not isinstance(store, str) or not (
+        store == "database" or store.startswith(("redis://", "rediss://", "unix://"))
+    ):
+        errors.append(
+            Error(
+                f"WECKR['CAP_STORE'] = {store!r} is not a cap store.",
+                hint="Use 'database' (the default) or a Redis URL such as "
+                "'redis://localhost:6379/0'.",
+                id="weckr.E007",
+            )
+        )
+    elif store != "database" and importlib.util.find_spec("redis") is None:
+        errors.append(
+            Error(
+                "WECKR['CAP_STORE'] is a Redis URL but the redis package is not installed.",
+                hint='pip install "weckr-django[redis]"',
+                id="weckr.E007",
+            )
+        )
+    for name in ("UNKNOWN_PLAN", "DEFAULT_PLAN"):
+        value = weckr_settings.get(name)
+        if value is not None and not isinstance(value, str):
+            errors.append(
+                Error(
+                    f"WECKR[{name!r}] = {value!r} must be a string.",
+                    hint="UNKNOWN_PLAN: 'block', 'allow' or a plan name; DEFAULT_PLAN: a "
+                    "plan name or None.",
+                    id="weckr.E008",
+                )
+            )
+    return errors
+
+
+def check_projects_and_plans(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """What the database says about the set-up: run by every ``manage.py check``
+    (and ``runserver``), skipped while the database cannot be read yet."""
+    from weckr_django.models import Project
+
+    try:
+        connection = connections[router.db_for_read(Project)]
+        if Project._meta.db_table not in connection.introspection.table_names():
+            return []
+        return _project_messages() + _plan_messages()
+    except Exception:
+        # Not created, not migrated, not reachable, or closed to this code (tests):
+        # checked on a later run rather than failing this one.
+        return []
+
+
+def _project_messages() -> list[CheckMessage]:
     from weckr_django.backend import resolve_default_project
     from weckr_django.models import Project
 
-    alias = router.db_for_read(Project)
-    # Like Django's own database checks: only when asked (migrate, check --database),
-    # and never failing on a database that does not exist yet.
-    if databases is None or alias not in databases:
+    if weckr_settings.DEFAULT_PROJECT is not None:
+        try:
+            resolve_default_project(create=False)
+        except ImproperlyConfigured as error:
+            return [
+                Error(
+                    f"{error} In-process caps are not enforced and usage is not recorded.",
+                    hint="Create the project, or fix WECKR['DEFAULT_PROJECT'].",
+                    id="weckr.E006",
+                )
+            ]
         return []
-    try:
-        connection = connections[alias]
-        if Project._meta.db_table not in connection.introspection.table_names():
-            return []
-        if weckr_settings.DEFAULT_PROJECT is not None:
-            try:
-                resolve_default_project(create=False)
-            except ImproperlyConfigured as error:
-                return [
-                    Warning(
-                        str(error),
-                        hint="Create the project, or fix WECKR['DEFAULT_PROJECT'].",
-                        id="weckr.W002",
-                    )
-                ]
-            return []
-        count = Project.objects.using(alias).count()
-    except DatabaseError:
-        return []
+    count = Project.objects.count()
     if count <= 1:
         # None yet: the first in-process call creates "Default". One: it is used.
         return []
@@ -144,7 +188,48 @@ def check_default_project(
     ]
 
 
+def _plan_messages() -> list[CheckMessage]:
+    from weckr_django.models import Project
+    from weckr_django.plans import configured_plans, normalized
+
+    messages: list[CheckMessage] = []
+    unknown_rule = weckr_settings.UNKNOWN_PLAN
+    default_plan = weckr_settings.DEFAULT_PLAN
+    for project in Project.objects.order_by("name"):
+        plans = configured_plans(project)
+        if not plans:
+            messages.append(
+                Warning(
+                    f"Weckr project {project.name!r} has no plans, so no call is capped.",
+                    hint="Add your plans and their monthly AI caps in the admin, on the "
+                    "dashboard's Settings page or with `manage.py weckr_plan set`.",
+                    id="weckr.W003",
+                )
+            )
+            continue
+        if unknown_rule not in ("block", "allow") and normalized(unknown_rule) not in plans:
+            messages.append(
+                Error(
+                    f"WECKR['UNKNOWN_PLAN'] = {unknown_rule!r} names no plan of project "
+                    f"{project.name!r}, so calls on unknown plans are refused.",
+                    hint=f"Use 'block', 'allow' or one of: {', '.join(sorted(plans))}.",
+                    id="weckr.E009",
+                )
+            )
+        if default_plan is not None and normalized(default_plan) not in plans:
+            messages.append(
+                Warning(
+                    f"WECKR['DEFAULT_PLAN'] = {default_plan!r} names no plan of project "
+                    f"{project.name!r}: users with no plan fall under WECKR['UNKNOWN_PLAN'].",
+                    hint=f"Use one of: {', '.join(sorted(plans))}.",
+                    id="weckr.W004",
+                )
+            )
+    return messages
+
+
 def register_checks() -> None:
     register(Tags.compatibility)(check_middleware)
     register(Tags.compatibility)(check_settings)
-    register(Tags.database)(check_default_project)
+    register(Tags.compatibility)(check_cap_settings)
+    register(Tags.compatibility)(check_projects_and_plans)

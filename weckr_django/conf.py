@@ -25,6 +25,11 @@ DEFAULTS: Mapping[str, Any] = {
     "USER_ID_RESOLVER": "weckr_django.middleware.default_user_id",
     "PLAN_RESOLVER": "weckr_django.middleware.default_plan",
     "CAP_CACHE_SECONDS": 2.0,
+    "CAP_STORE": "database",
+    "CAP_FAIL_CLOSED": False,
+    "CAP_RESERVATION_TTL_SECONDS": 900,
+    "DEFAULT_PLAN": None,
+    "UNKNOWN_PLAN": "block",
     "DELIVERY": "auto",
     "LOOP_WINDOW_SECONDS": 300,
     "LOOP_TOKEN_THRESHOLD": 50_000,
@@ -87,6 +92,31 @@ class WeckrSettings:
     @property
     def CAP_CACHE_SECONDS(self) -> float:
         return max(0.0, float(self.get("CAP_CACHE_SECONDS")))
+
+    @property
+    def CAP_STORE(self) -> str:
+        """ "database" (the default), or a ``redis://`` URL shared by every server."""
+        value = self.get("CAP_STORE")
+        return "database" if value in (None, "") else str(value)
+
+    @property
+    def CAP_FAIL_CLOSED(self) -> bool:
+        return bool(self.get("CAP_FAIL_CLOSED"))
+
+    @property
+    def CAP_RESERVATION_TTL_SECONDS(self) -> float:
+        return max(1.0, float(self.get("CAP_RESERVATION_TTL_SECONDS")))
+
+    @property
+    def DEFAULT_PLAN(self) -> str | None:
+        value = self.get("DEFAULT_PLAN")
+        return None if value in (None, "") else str(value)
+
+    @property
+    def UNKNOWN_PLAN(self) -> str:
+        """ "block", "allow", or the name of the plan whose cap applies instead."""
+        value = self.get("UNKNOWN_PLAN")
+        return "block" if value in (None, "") else str(value)
 
     @property
     def DELIVERY(self) -> Delivery:

@@ -27,6 +27,8 @@ from weckr_core.records import UsageRecord
 from weckr_django import overrides
 from weckr_django.models import ANONYMOUS_KEY, DailyUsage, MonthlyUserSpend, Project, UsageEvent
 from weckr_django.periods import local_day
+from weckr_django.plans import match_plan
+from weckr_django.stores import SpendKey, cap_store
 
 logger = logging.getLogger("weckr_django")
 
@@ -67,7 +69,8 @@ def ingest_records(project: Project, records: Sequence[UsageRecord]) -> IngestRe
 
     overrides.refresh_if_stale()
     now = timezone.now()
-    events = [_event(project, record, now) for record in unique.values()]
+    plan_names = _plan_names(project, unique.values())
+    events = [_event(project, record, now, plan_names) for record in unique.values()]
     # One lock order for every writer: concurrent batches sharing ids cannot deadlock.
     events.sort(key=lambda event: event.event_id)
     using = router.db_for_write(UsageEvent)
@@ -76,6 +79,7 @@ def ingest_records(project: Project, records: Sequence[UsageRecord]) -> IngestRe
         new_events = [event for event in events if event.event_id in new_ids]
         if new_events:
             _update_rollups(connections[using], project, new_events, now)
+            _drop_holds(project, [unique[event_id] for event_id in sorted(new_ids)])
         user_ids = sorted({event.user_id or ANONYMOUS_KEY for event in new_events})
         if new_events:
             transaction.on_commit(
@@ -96,12 +100,41 @@ def _after_commit(project: Project, user_keys: list[str]) -> None:
     tasks.schedule_after_ingest(str(project.pk), user_keys)
 
 
+def _plan_names(project: Project, records: Iterable[UsageRecord]) -> dict[str | None, str | None]:
+    """The stored plan name of each plan name the records give: the configured
+    spelling ("Free" is stored as "free"), ``DEFAULT_PLAN`` for users with none."""
+    names: dict[str | None, str | None] = {}
+    for record in records:
+        if record.user_id is not None and record.plan not in names:
+            names[record.plan] = match_plan(project, record.plan).name
+    return names
+
+
+def _drop_holds(project: Project, records: Iterable[UsageRecord]) -> None:
+    """The cap store's holds of these stored calls: their costs are in the rollup now."""
+    stored = [
+        (
+            SpendKey.of_reservation(project, record.user_id, record.reservation_id),
+            record.reservation_id,
+        )
+        for record in records
+        if record.reservation_id is not None and record.user_id is not None
+    ]
+    if stored:
+        cap_store().ingested(project, stored)
+
+
 def price_record(record: UsageRecord) -> tuple[Decimal, bool]:
     cost = pricing.price_record(record)
     return cost.usd.quantize(_COST_PLACES), cost.priced
 
 
-def _event(project: Project, record: UsageRecord, now: datetime) -> UsageEvent:
+def _event(
+    project: Project,
+    record: UsageRecord,
+    now: datetime,
+    plan_names: dict[str | None, str | None],
+) -> UsageEvent:
     cost, priced = price_record(record)
     timestamp = record.timestamp
     if timezone.is_naive(timestamp):
@@ -113,7 +146,7 @@ def _event(project: Project, record: UsageRecord, now: datetime) -> UsageEvent:
         received_at=now,
         user_id=record.user_id,
         feature=record.feature,
-        plan_name=record.plan,
+        plan_name=plan_names.get(record.plan, record.plan),
         plan_revenue_usd=record.plan_revenue_usd,
         provider=record.provider or "unknown",
         model=record.model,

@@ -5,6 +5,7 @@ from decimal import Decimal
 from typing import ClassVar
 
 from django.db import models
+from django.db.models.functions import Lower
 
 from weckr_django.managers import ApiKeyManager, UsageEventManager
 
@@ -66,6 +67,12 @@ class Project(models.Model):
         null=True,
         blank=True,
         help_text="Alert when a user's monthly margin falls below this. Blank: no margin alerts.",
+    )
+    default_output_tokens = models.PositiveIntegerField(
+        "output tokens reserved by default",
+        default=1024,
+        help_text="Before a call that sets no max_tokens, a capped user's budget holds this "
+        "many output tokens (plus the prompt) until the call's real cost is known.",
     )
 
     class Meta:
@@ -150,8 +157,13 @@ class Plan(models.Model):
         verbose_name_plural = "plans"
         ordering = ("project", "monthly_price_usd", "name")
         constraints = (
+            # Plan names match ignoring case ("Free" is the plan "free"), so they are
+            # unique that way.
             models.UniqueConstraint(
-                fields=("project", "name"), name="weckr_plan_project_name_uniq"
+                "project",
+                Lower("name"),
+                name="weckr_plan_project_name_uniq",
+                violation_error_message="This project already has a plan of that name.",
             ),
         )
 
@@ -410,6 +422,7 @@ class AlertLog(models.Model):
         CAP_REACHED = "cap_reached", "Cap reached"
         MARGIN = "margin", "Margin below threshold"
         RUN_STOPPED = "run_stopped", "Agent run stopped by a loop guard"
+        UNKNOWN_PLAN = "unknown_plan", "Calls on a plan Weckr does not know"
         TEST = "test", "Test alert"
 
     class Status(models.TextChoices):
@@ -454,3 +467,66 @@ class AlertLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} for {self.user_id or 'project'}"
+
+
+class CapLock(models.Model):
+    """One row per user and month that reservations lock in turn, so that the
+    reservations of one user are decided one at a time in every process."""
+
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="cap_locks", verbose_name="project"
+    )
+    user_key = models.CharField("user", max_length=255)
+    month = models.DateField("month", help_text="First day of the month.")
+    reservations = models.PositiveBigIntegerField(
+        "reservations", default=0, help_text="Reservations made for this user this month."
+    )
+
+    class Meta:
+        verbose_name = "cap lock"
+        verbose_name_plural = "cap locks"
+        constraints = (
+            models.UniqueConstraint(
+                fields=("project", "user_key", "month"), name="weckr_caplock_uniq"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.user_key} {self.month:%Y-%m}"
+
+
+class CapReservation(models.Model):
+    """Spend held against a user's cap for one call: its worst-case estimate while the
+    call runs, then its real cost until the call's usage event is stored."""
+
+    id = models.CharField("reservation id", max_length=64, primary_key=True)
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="cap_reservations", verbose_name="project"
+    )
+    user_key = models.CharField("user", max_length=255)
+    month = models.DateField("month", help_text="First day of the month.")
+    amount_usd = models.DecimalField(
+        "amount (USD)",
+        max_digits=20,
+        decimal_places=10,
+        help_text="The call's estimate until it is settled, then its real cost.",
+    )
+    settled = models.BooleanField("settled", default=False)
+    expires_at = models.DateTimeField(
+        "expires",
+        help_text="An unsettled reservation whose caller died stops counting then; a "
+        "settled one whose event never arrived, too.",
+    )
+
+    class Meta:
+        verbose_name = "cap reservation"
+        verbose_name_plural = "cap reservations"
+        indexes = (
+            models.Index(
+                fields=("project", "user_key", "month"), name="weckr_capres_user_month_idx"
+            ),
+            models.Index(fields=("expires_at",), name="weckr_capres_expires_idx"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.user_key} ${self.amount_usd}"

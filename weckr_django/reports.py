@@ -19,7 +19,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from django.db.models import Max, Sum
+from django.db.models import Count, Max, Sum
 from django.utils import timezone
 
 from weckr_django.models import (
@@ -105,6 +105,43 @@ def margin_status(cost: Decimal, revenue: Decimal) -> MarginStatus:
     if revenue > 0 and cost >= revenue * WATCH_COST_SHARE:
         return "watch"
     return "profitable"
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownPlanUsage:
+    """Signed-in users whose calls this month named a plan Weckr does not know (or
+    no plan): their caps come from ``WECKR["UNKNOWN_PLAN"]``, not from a plan."""
+
+    plan_name: str | None
+    users: int
+    calls: int
+    cost_usd: Decimal
+
+    @property
+    def label(self) -> str:
+        return NO_PLAN_LABEL if self.plan_name is None else self.plan_name
+
+
+NO_PLAN_LABEL = "(no plan)"
+
+
+def unknown_plan_usage(project: Project, month: date | None = None) -> list[UnknownPlanUsage]:
+    """Usage this month on plan names that match no configured plan, costliest first.
+    Plan names are stored in their configured spelling, so an exact match is enough."""
+    month = _current_month(project, month)
+    known = list(Plan.objects.filter(project=project).values_list("name", flat=True))
+    rows = (
+        MonthlyUserSpend.objects.filter(project=project, month=month)
+        .exclude(user_key=ANONYMOUS_KEY)
+        .exclude(plan_name__in=known)
+        .values("plan_name")
+        .annotate(users=Count("user_key"), calls=Sum("calls"), cost=Sum("cost_usd"))
+        .order_by("-cost", "plan_name")
+    )
+    return [
+        UnknownPlanUsage(row["plan_name"], row["users"], row["calls"] or 0, row["cost"] or ZERO)
+        for row in rows
+    ]
 
 
 def plan_prices(project: Project) -> dict[str, Decimal]:

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, TypedDict
 
@@ -31,11 +31,13 @@ from django.utils import timezone
 
 from weckr_core.backends import RunStop
 from weckr_core.records import UsageRecord
-from weckr_django import alerts
+from weckr_django import alerts, reports
 from weckr_django.conf import celery_broker_configured, weckr_settings
 from weckr_django.ingest import ingest_records
-from weckr_django.models import ANONYMOUS_KEY, AlertLog, MonthlyUserSpend, Plan, Project, UsageEvent
+from weckr_django.models import ANONYMOUS_KEY, AlertLog, MonthlyUserSpend, Project, UsageEvent
 from weckr_django.periods import month_bounds, month_start
+from weckr_django.plans import configured_plans, match_plan, unknown_plan_rule
+from weckr_django.stores import delete_expired_reservations
 from weckr_django.wire import WireError, parse_event
 
 logger = logging.getLogger("weckr_django")
@@ -199,7 +201,9 @@ def run_stop_payload(stop: RunStop) -> dict[str, Any]:
 
 @shared_task(name="weckr_django.check_budgets", autoretry_for=_DB_ERRORS, max_retries=3)
 def check_budgets(project_id: str, user_ids: Sequence[str]) -> list[int]:
-    """Soft-cap, cap-reached and margin alerts, each at most once per user per month."""
+    """Soft-cap, cap-reached and margin alerts, each at most once per user per month,
+    and one alert per plan name per month for calls on a plan Weckr does not know.
+    Also deletes the project's cap reservations that stopped counting."""
     project = Project.objects.filter(pk=project_id).first()
     if project is None:
         return []
@@ -207,31 +211,34 @@ def check_budgets(project_id: str, user_ids: Sequence[str]) -> list[int]:
     month_begins, _ = month_bounds(project, month)
     keys = [key for key in dict.fromkeys(user_ids) if key != ANONYMOUS_KEY]
     rows = MonthlyUserSpend.objects.filter(project=project, month=month, user_key__in=keys)
-    plans = {plan.name: plan for plan in Plan.objects.filter(project=project)}
     created: list[int] = []
+    unknown: set[str | None] = set()
     for row in rows:
-        plan = plans.get(row.plan_name or "")
-        if plan is None:
+        match = match_plan(project, row.plan_name)
+        if not match.known:
+            unknown.add(row.plan_name)
+        terms = match.terms
+        if terms is None:
             continue
         spend = Decimal(row.cost_usd)
         wanted: list[tuple[str, dict[str, Any]]] = []
-        if plan.monthly_cap_usd is not None and plan.monthly_cap_usd > 0:
-            cap = Decimal(plan.monthly_cap_usd)
-            info = {"plan": plan.name, "spend": f"{spend:.4f}", "cap": f"{cap:.2f}"}
+        cap = terms.monthly_cap_usd
+        if cap is not None and cap > 0:
+            info = {"plan": terms.name, "spend": f"{spend:.4f}", "cap": f"{cap:.2f}"}
             if spend >= cap:
                 wanted.append((AlertLog.Kind.CAP_REACHED, info))
-            elif plan.soft_alert_percent and spend * 100 >= cap * plan.soft_alert_percent:
+            elif terms.soft_alert_percent and spend * 100 >= cap * terms.soft_alert_percent:
                 wanted.append((AlertLog.Kind.SOFT_CAP, info))
         threshold = project.margin_alert_threshold_usd
-        if threshold is not None:
-            revenue = Decimal(plan.monthly_price_usd)
+        if threshold is not None and match.known:
+            revenue = terms.monthly_price_usd
             margin = revenue - spend
             if margin < threshold:
                 wanted.append(
                     (
                         AlertLog.Kind.MARGIN,
                         {
-                            "plan": plan.name,
+                            "plan": terms.name,
                             "revenue": f"{revenue:.2f}",
                             "spend": f"{spend:.4f}",
                             "margin": f"{margin:.2f}",
@@ -240,19 +247,65 @@ def check_budgets(project_id: str, user_ids: Sequence[str]) -> list[int]:
                     )
                 )
         for kind, details in wanted:
-            with transaction.atomic():
-                Project.objects.select_for_update().filter(pk=project.pk).first()
-                already = AlertLog.objects.filter(
-                    project=project, kind=kind, user_id=row.user_key, created_at__gte=month_begins
-                ).exists()
-                if already:
-                    continue
-                alert = AlertLog.objects.create(
-                    project=project, kind=kind, user_id=row.user_key, details=details
-                )
-                transaction.on_commit(_dispatch_later(alert.pk), robust=True)
-            created.append(alert.pk)
+            alert_id = _alert_once(
+                project, kind, month_begins, details, user_id=row.user_key, per_user=True
+            )
+            if alert_id is not None:
+                created.append(alert_id)
+    if unknown and configured_plans(project):
+        created.extend(_unknown_plan_alerts(project, month_begins, unknown))
+    # Housekeeping, here rather than in a task of its own: holds that stopped counting.
+    delete_expired_reservations(project)
     return created
+
+
+def _unknown_plan_alerts(
+    project: Project, month_begins: datetime, plan_names: set[str | None]
+) -> list[int]:
+    created = []
+    usage = {item.plan_name: item for item in reports.unknown_plan_usage(project)}
+    for name in sorted(plan_names, key=lambda name: name or ""):
+        item = usage.get(name)
+        if item is None:
+            continue
+        details = {
+            "plan": item.label,
+            "users": item.users,
+            "calls": item.calls,
+            "cost": f"{item.cost_usd:.4f}",
+            "rule": unknown_plan_rule(),
+        }
+        alert_id = _alert_once(project, AlertLog.Kind.UNKNOWN_PLAN, month_begins, details)
+        if alert_id is not None:
+            created.append(alert_id)
+    return created
+
+
+def _alert_once(
+    project: Project,
+    kind: str,
+    month_begins: datetime,
+    details: dict[str, Any],
+    *,
+    user_id: str | None = None,
+    per_user: bool = False,
+) -> int | None:
+    """Create and dispatch an alert unless one of its kind exists this month (for the
+    same user, or for the same plan name); the id of the new alert."""
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        earlier = AlertLog.objects.filter(project=project, kind=kind, created_at__gte=month_begins)
+        if per_user:
+            earlier = earlier.filter(user_id=user_id)
+        else:
+            earlier = earlier.filter(details__plan=details["plan"])
+        if earlier.exists():
+            return None
+        alert = AlertLog.objects.create(
+            project=project, kind=kind, user_id=user_id, details=details
+        )
+        transaction.on_commit(_dispatch_later(alert.pk), robust=True)
+    return alert.pk
 
 
 @shared_task(

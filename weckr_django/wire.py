@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from weckr_core.backends.base import CapRequest
 from weckr_core.pricing import is_priced
 from weckr_core.records import SOURCES, UsageRecord, new_event_id
 
@@ -23,6 +24,7 @@ MAX_TOKENS_PER_CALL = 20_000_000
 MAX_LATENCY_MS = 24 * 3600 * 1000
 MAX_TAGS = 32
 _EVENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+_RESERVATION_ID = re.compile(r"^[A-Za-z0-9\-]{1,64}$")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
 _DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){12,18}")
 _TOKEN_FIELDS = (
@@ -152,6 +154,36 @@ def _timestamp(payload: Mapping[str, Any], now: datetime) -> datetime:
     return moment
 
 
+def reservation_id(payload: Mapping[str, Any], key: str) -> str | None:
+    value = _text(payload, key, max_length=64)
+    if value is not None and not _RESERVATION_ID.match(value):
+        raise WireError(f"{key} is not a reservation id.", key)
+    return value
+
+
+def parse_reserve(payload: Any) -> CapRequest:
+    """Validate the body of ``POST /api/v1/reserve``: who is about to call which
+    model, and the call's size (prompt tokens counted by the client, its output
+    limit). Raises ``WireError`` with a clear message."""
+    if not isinstance(payload, Mapping):
+        raise WireError("Send a JSON object.")
+    model = _text(payload, "model", max_length=200, required=True)
+    assert model is not None
+    if "inputTokens" not in payload:
+        raise WireError("inputTokens is required: the prompt tokens of the call.", "inputTokens")
+    max_output = payload.get("maxOutputTokens")
+    return CapRequest(
+        user_id=_opaque(payload, "userId", max_length=255),
+        plan=_text(payload, "planName", max_length=100),
+        model=model,
+        provider=_text(payload, "provider", max_length=50),
+        input_tokens=_token_count(payload, "inputTokens"),
+        max_output_tokens=None
+        if max_output is None
+        else _token_count(payload, "maxOutputTokens") or None,
+    )
+
+
 def parse_event(payload: Any, *, now: datetime | None = None) -> UsageRecord:
     """Validate one wire event. Raises ``WireError`` with a clear message."""
     if not isinstance(payload, Mapping):
@@ -228,6 +260,7 @@ def parse_event(payload: Any, *, now: datetime | None = None) -> UsageRecord:
         step=_text(payload, "step", max_length=100, allow_int=True),
         tags=tuple(tags_value),
         source=source,
+        reservation_id=reservation_id(payload, "reservationId"),
     )
     for attr, value in tokens.items():
         setattr(record, attr, value)

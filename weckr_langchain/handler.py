@@ -8,6 +8,8 @@ in the handler itself is logged and swallowed by the tracker, never raised).
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -19,10 +21,35 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
 from weckr_core.backends import Backend
+from weckr_core.errors import is_weckr_cap_error
 from weckr_core.guards import RunLimits
 from weckr_langchain.readers import run_name
 from weckr_langchain.totals import UsageTotals
 from weckr_langchain.tracker import RunTracker
+
+
+class _StopsAreNotCrashes(logging.Filter):
+    """LangChain logs ``Error in WeckrHandler.on_chat_model_start callback: ...`` at
+    WARNING for every exception a handler raises, ``raise_error`` or not. A cap or
+    loop stop is raised on purpose and reaches the caller, so that line is dropped for
+    Weckr's handlers; any other error of theirs (a config error) is still logged."""
+
+    handlers: set[str] = set()  # class names of the handlers created so far
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (
+            record.msg != "Error in %s.%s callback: %s"
+            or not isinstance(args, tuple)
+            or not args
+            or args[0] not in self.handlers
+        ):
+            return True
+        # LangChain logs from the ``except`` block that caught the handler's error.
+        return not is_weckr_cap_error(sys.exc_info()[1])
+
+
+_stops_are_not_crashes = _StopsAreNotCrashes()
 
 
 class _WeckrOptions:
@@ -67,6 +94,8 @@ class _WeckrOptions:
             downgrade_as_block=downgrade_as_block,
             totals=totals,
         )
+        _StopsAreNotCrashes.handlers.add(type(self).__name__)
+        logging.getLogger("langchain_core.callbacks.manager").addFilter(_stops_are_not_crashes)
 
     @property
     def totals(self) -> UsageTotals | None:
@@ -76,12 +105,16 @@ class _WeckrOptions:
 class WeckrHandler(_WeckrOptions, BaseCallbackHandler):
     """Caps, loop guards and one ``UsageRecord`` per LLM call of every run it is passed to.
 
-    Before each model call: the backend's cap decision for (user, plan, model) and the
-    root run's loop guards; ``WeckrCapError`` / ``WeckrLoopError`` propagate out of
-    ``invoke`` before the provider is called. A "downgrade" decision cannot swap a
-    LangChain model once its run started: the call runs on the requested model, a
-    ``WeckrDowngradeWarning`` is issued once per user and model and the record is
-    tagged ``cap:downgrade-skipped`` (``downgrade_as_block=True`` refuses instead).
+    Before each model call: the root run's loop guards, then the user's cap, which
+    reserves the call's worst-case cost (its messages and output limit, priced); the
+    call's record settles the reservation with the real cost as soon as it ends.
+    ``WeckrCapError`` / ``WeckrLoopError`` propagate out of ``invoke`` before the
+    provider is called. A "downgrade" decision cannot swap a LangChain model once its
+    run started: the call runs on the requested model, a ``WeckrDowngradeWarning`` is
+    issued once per user and model and the record is tagged ``cap:downgrade-skipped``
+    (``downgrade_as_block=True`` refuses instead; ``WeckrAgentMiddleware`` can swap).
+    Inside ``WeckrAgentMiddleware``'s model calls the middleware reserves and records;
+    the handler keeps its loop guards, tool tags and totals.
 
     Each record carries ``run_id`` (the root run), ``parent_run_id``, ``step``
     (LangGraph's ``"<langgraph_step>:<langgraph_node>"``), ``agent`` (the
@@ -105,7 +138,7 @@ class WeckrHandler(_WeckrOptions, BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         self.tracker.llm_started(
-            run_id, parent_run_id, serialized, metadata, kwargs.get("invocation_params")
+            run_id, parent_run_id, serialized, metadata, kwargs.get("invocation_params"), messages
         )
 
     def on_llm_start(
@@ -120,7 +153,7 @@ class WeckrHandler(_WeckrOptions, BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         self.tracker.llm_started(
-            run_id, parent_run_id, serialized, metadata, kwargs.get("invocation_params")
+            run_id, parent_run_id, serialized, metadata, kwargs.get("invocation_params"), prompts
         )
 
     def on_llm_end(
@@ -206,9 +239,10 @@ class WeckrHandler(_WeckrOptions, BaseCallbackHandler):
 class AsyncWeckrHandler(_WeckrOptions, AsyncCallbackHandler):
     """Async handler for ``ainvoke`` / ``astream`` / ``abatch``.
 
-    LLM events run on a worker thread (``asyncio.to_thread``, which carries the
-    attribution context): the backend's check and record may touch a database,
-    which Django forbids on the event loop. Use ``WeckrHandler`` for sync runs:
+    The cap is reserved through the backend's ``areserve``; the rest of the LLM
+    events runs on a worker thread (``asyncio.to_thread``, which carries the
+    attribution context): settling and recording may touch a database, which Django
+    forbids on the event loop. Use ``WeckrHandler`` for sync runs:
     LangChain swallows errors of async handlers called from sync code, so caps and
     loop guards could not stop a sync run.
     """
@@ -224,13 +258,8 @@ class AsyncWeckrHandler(_WeckrOptions, AsyncCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        await asyncio.to_thread(
-            self.tracker.llm_started,
-            run_id,
-            parent_run_id,
-            serialized,
-            metadata,
-            kwargs.get("invocation_params"),
+        await self.tracker.allm_started(
+            run_id, parent_run_id, serialized, metadata, kwargs.get("invocation_params"), messages
         )
 
     async def on_llm_start(
@@ -244,13 +273,8 @@ class AsyncWeckrHandler(_WeckrOptions, AsyncCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        await asyncio.to_thread(
-            self.tracker.llm_started,
-            run_id,
-            parent_run_id,
-            serialized,
-            metadata,
-            kwargs.get("invocation_params"),
+        await self.tracker.allm_started(
+            run_id, parent_run_id, serialized, metadata, kwargs.get("invocation_params"), prompts
         )
 
     async def on_llm_end(
@@ -289,10 +313,10 @@ class AsyncWeckrHandler(_WeckrOptions, AsyncCallbackHandler):
         self.tracker.run_started(run_id, parent_run_id, run_name(serialized, kwargs))
 
     async def on_chain_end(self, outputs: dict[str, Any], *, run_id: UUID, **kwargs: Any) -> None:
-        self.tracker.run_ended(run_id)
+        await self.tracker.arun_ended(run_id)
 
     async def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self.tracker.run_ended(run_id)
+        await self.tracker.arun_ended(run_id)
 
     async def on_tool_start(
         self,
@@ -312,10 +336,10 @@ class AsyncWeckrHandler(_WeckrOptions, AsyncCallbackHandler):
         )
 
     async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self.tracker.run_ended(run_id)
+        await self.tracker.arun_ended(run_id)
 
     async def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self.tracker.run_ended(run_id)
+        await self.tracker.arun_ended(run_id)
 
     async def on_retriever_start(
         self,
@@ -331,9 +355,9 @@ class AsyncWeckrHandler(_WeckrOptions, AsyncCallbackHandler):
     async def on_retriever_end(
         self, documents: Sequence[Document], *, run_id: UUID, **kwargs: Any
     ) -> None:
-        self.tracker.run_ended(run_id)
+        await self.tracker.arun_ended(run_id)
 
     async def on_retriever_error(
         self, error: BaseException, *, run_id: UUID, **kwargs: Any
     ) -> None:
-        self.tracker.run_ended(run_id)
+        await self.tracker.arun_ended(run_id)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import LLMResult
 
-from weckr_core.records import UsageRecord
+from weckr_core.records import TokenUsage, UsageRecord
 from weckr_core.usage import NOT_REPORTED, usage_from_langchain, usage_from_litellm
 
 # Where chat model classes keep the model name, in invocation params and in
@@ -53,6 +53,12 @@ def requested_model(
     return model, provider
 
 
+def metadata_str(metadata: Mapping[str, Any] | None, key: str) -> str | None:
+    """A run metadata value (``user_id``, ``plan``, ``feature``) as text."""
+    value = metadata.get(key) if metadata else None
+    return None if value is None else str(value)
+
+
 def _kwargs_of(serialized: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     kwargs = serialized.get("kwargs") if serialized else None
     return kwargs if isinstance(kwargs, Mapping) else None
@@ -87,31 +93,46 @@ def record_result(record: UsageRecord, response: LLMResult | None) -> None:
     if response is None:
         record.apply_usage(NOT_REPORTED)
         return
+    usage, model, provider = _read_messages(
+        getattr(generation, "message", None)
+        for generations in response.generations
+        for generation in generations
+    )
+    if usage is None:
+        llm_output = response.llm_output or {}
+        model = model or _first_str(llm_output, ("model_name", "model"))
+        token_usage = llm_output.get("token_usage") or llm_output.get("usage")
+        if isinstance(token_usage, Mapping) and token_usage:
+            usage = usage_from_litellm(dict(token_usage))
+    record.apply_usage(usage or NOT_REPORTED)
+    _apply_served(record, model, provider)
+
+
+def record_messages(record: UsageRecord, messages: Iterable[object]) -> None:
+    """``record_result`` for the messages an agent's model call returned (its
+    ``AIMessage``, plus a ``ToolMessage`` for some structured output)."""
+    usage, model, provider = _read_messages(messages)
+    record.apply_usage(usage or NOT_REPORTED)
+    _apply_served(record, model, provider)
+
+
+def _read_messages(messages: Iterable[object]) -> tuple[TokenUsage | None, Any, Any]:
+    """Usage of the first ``AIMessage`` that carries it, and the model and provider
+    its ``response_metadata`` (or an earlier message's) names."""
     model: Any = None
     provider: Any = None
-    for generations in response.generations:
-        for generation in generations:
-            message = getattr(generation, "message", None)
-            # ``type() is`` first: pydantic classes make isinstance an ABC check.
-            if type(message) is not AIMessage and not isinstance(message, AIMessage):
-                continue
-            meta = message.response_metadata
-            if meta:
-                model = model or meta.get("model_name") or meta.get("model")
-                provider = provider or meta.get("model_provider")
-            usage = message.usage_metadata
-            if usage:
-                record.apply_usage(usage_from_langchain(usage))
-                _apply_served(record, model, provider)
-                return
-    llm_output = response.llm_output or {}
-    model = model or _first_str(llm_output, ("model_name", "model"))
-    token_usage = llm_output.get("token_usage") or llm_output.get("usage")
-    if isinstance(token_usage, Mapping) and token_usage:
-        record.apply_usage(usage_from_litellm(dict(token_usage)))
-    else:
-        record.apply_usage(NOT_REPORTED)
-    _apply_served(record, model, provider)
+    for message in messages:
+        # ``type() is`` first: pydantic classes make isinstance an ABC check.
+        if type(message) is not AIMessage and not isinstance(message, AIMessage):
+            continue
+        meta = message.response_metadata
+        if meta:
+            model = model or meta.get("model_name") or meta.get("model")
+            provider = provider or meta.get("model_provider")
+        usage = message.usage_metadata
+        if usage:
+            return usage_from_langchain(usage), model, provider
+    return None, model, provider
 
 
 def _apply_served(record: UsageRecord, model: object, provider: object) -> None:

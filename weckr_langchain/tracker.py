@@ -2,14 +2,21 @@
 
 LangChain reports runs as a tree: a root run (an agent, a chain, or a bare model
 call) and its children. The tracker maps every run it sees to its root, keeps one
-``RunGuard`` per root, checks the cap and the guards when an LLM run starts, and
-turns each finished LLM run into exactly one ``UsageRecord``. A run whose parent
-this handler never saw is a root: a handler attached to a single model (and not
-passed in the run's config) therefore guards each model call on its own.
+``RunGuard`` per root, reserves each LLM call against the user's cap when its run
+starts (after the guards), and turns each finished LLM run into exactly one
+``UsageRecord``, which settles the reservation. A run whose parent this handler
+never saw is a root: a handler attached to a single model (and not passed in the
+run's config) therefore guards each model call on its own.
+
+Who holds the cap and the record of an LLM call, when several Weckr components
+see it: ``WeckrAgentMiddleware``, when the call runs inside its ``wrap_model_call``
+(``middleware_owns_call``); else the first Weckr handler whose start event lets it
+through. The others keep their loop guards, tool tags and totals for the call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -17,16 +24,26 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from uuid import UUID
 
 from langchain_core.outputs import LLMResult
 
-from weckr_core.backends import ALLOW, Backend, RunStop, get_backend, report_run_stop
+from weckr_core import caps, estimate
+from weckr_core.backends import (
+    Backend,
+    CapDecision,
+    CapRequest,
+    Reservation,
+    RunStop,
+    get_backend,
+    report_run_stop,
+)
 from weckr_core.context import EMPTY, Attribution, current_attribution
 from weckr_core.errors import (
-    WeckrCapError,
     WeckrDowngradeWarning,
     WeckrLoopError,
     is_weckr_cap_error,
@@ -34,7 +51,13 @@ from weckr_core.errors import (
 )
 from weckr_core.guards import RunGuard, RunLimits
 from weckr_core.records import UsageRecord, utc_now
-from weckr_langchain.readers import agent_of, record_result, requested_model, step_of
+from weckr_langchain.readers import (
+    agent_of,
+    metadata_str,
+    record_result,
+    requested_model,
+    step_of,
+)
 from weckr_langchain.totals import UsageTotals
 
 logger = logging.getLogger("weckr_langchain")
@@ -44,8 +67,14 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 # Tag on records of calls that ran on the requested model although the cap said
-# "downgrade" (a LangChain model cannot be swapped once its run has started).
+# "downgrade": a handler cannot swap a model once its run has started, and the agent
+# middleware could not make the cheaper model.
 DOWNGRADE_SKIPPED_TAG = "cap:downgrade-skipped"
+
+#: True while ``WeckrAgentMiddleware`` runs a model call: the middleware reserves,
+#: settles and records that call, so a handler on the same run neither reserves nor
+#: records the LLM runs started meanwhile (it still guards and counts them).
+middleware_owns_call: ContextVar[bool] = ContextVar("weckr_middleware_owns_call", default=False)
 
 
 def _propagates(error: BaseException) -> bool:
@@ -54,7 +83,7 @@ def _propagates(error: BaseException) -> bool:
 
 def guarded(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P], R | None]:
     """Log and swallow a bug in a callback body; let cap, loop and config errors out.
-    (The LLM callbacks, the hot path, inline the same ``try`` instead.)"""
+    (The LLM callbacks inline the same ``try`` instead.)"""
 
     @functools.wraps(method)
     def wrapper(self: T, /, *args: P.args, **kwargs: P.kwargs) -> R | None:
@@ -74,10 +103,21 @@ def _log_bug(callback: str) -> None:
     logger.exception("Weckr: error in LangChain callback %s, ignored", callback)
 
 
-class _RecordedRuns:
-    """LLM run ids already recorded in this process, so that two Weckr handlers
-    attached to the same run (an explicit one and ``weckr_callback()``'s) record it
-    once. Bounded: ids are forgotten oldest first."""
+def cap_check_failed(error: BaseException) -> None:
+    # Fail open: an unreachable backend must not take the product down.
+    logger.warning("Weckr: cap check failed (%r); allowing the call", error)
+
+
+def hold_not_dropped(error: BaseException) -> None:
+    # The backend lets an unsettled reservation expire on its own.
+    logger.warning("Weckr: could not settle or release a cap reservation (%r)", error)
+
+
+class _ClaimedRuns:
+    """LLM run ids whose cap and record a Weckr handler in this process has taken,
+    so that two handlers attached to the same run (an explicit one and
+    ``weckr_callback()``'s) reserve and record it once. Bounded: ids are forgotten
+    oldest first."""
 
     def __init__(self, size: int = 65_536) -> None:
         self._ids: OrderedDict[int, None] = OrderedDict()
@@ -95,9 +135,14 @@ class _RecordedRuns:
             return True
 
 
-_recorded = _RecordedRuns()
+_claimed = _ClaimedRuns()
 _warned_downgrades: set[tuple[str | None, str]] = set()
 _warned_lock = threading.Lock()
+
+
+def _owns(key: int) -> bool:
+    """Whether this handler holds the cap and the record of LLM run ``key``."""
+    return not middleware_owns_call.get() and _claimed.claim(key)
 
 
 @dataclass(slots=True, eq=False)
@@ -123,7 +168,8 @@ class _Run:
 class _LlmCall:
     root: _Root
     parent_run_id: UUID | None
-    started: float
+    started: float  # time.perf_counter(), for the latency
+    started_at: datetime
     model: str
     provider: str
     user_id: str | None
@@ -132,11 +178,10 @@ class _LlmCall:
     step: str | None
     agent: str | None
     tags: tuple[str, ...]
-
-
-def _meta_str(metadata: Mapping[str, Any] | None, key: str) -> str | None:
-    value = metadata.get(key) if metadata else None
-    return None if value is None else str(value)
+    backend: Backend
+    # Whether this handler reserves, settles and records the call (see the module doc).
+    owner: bool = True
+    reservation: Reservation | None = None
 
 
 class RunTracker:
@@ -190,11 +235,15 @@ class RunTracker:
                     root.runs.add(key)
         return run
 
-    def _exit(self, run_id: UUID) -> None:
+    def _exit(self, run_id: UUID) -> list[_LlmCall]:
+        """Forget the run; returns the calls of its tree that still hold a
+        reservation when it is a root (their LLM runs never ended)."""
+        abandoned: list[_LlmCall] = []
         with self._lock:
-            self._forget(run_id.int)
+            self._forget(run_id.int, abandoned)
+        return abandoned
 
-    def _forget(self, key: int) -> _Run | None:
+    def _forget(self, key: int, abandoned: list[_LlmCall] | None = None) -> _Run | None:
         # Called with the lock held.
         run = self._runs.pop(key, None)
         if run is None:
@@ -205,11 +254,20 @@ class RunTracker:
             self._roots.pop(key, None)
             if root.runs:
                 for child in root.runs:
-                    self._runs.pop(child, None)
+                    left = self._runs.pop(child, None)
+                    call = left.call if left is not None else None
+                    if abandoned is not None and call is not None and call.reservation:
+                        abandoned.append(call)
                 root.runs.clear()
         elif root.runs is not None:
             root.runs.discard(key)
         return run
+
+    @staticmethod
+    def _release(calls: list[_LlmCall]) -> None:
+        # A start event of another handler refused the call after ours reserved it.
+        for call in calls:
+            caps.release(call.backend, call.reservation, hold_not_dropped)
 
     @guarded
     def run_started(self, run_id: UUID, parent_run_id: UUID | None, name: str | None) -> None:
@@ -217,7 +275,18 @@ class RunTracker:
 
     @guarded
     def run_ended(self, run_id: UUID) -> None:
-        self._exit(run_id)
+        abandoned = self._exit(run_id)
+        if abandoned:
+            self._release(abandoned)
+
+    async def arun_ended(self, run_id: UUID) -> None:
+        """``run_ended`` on the event loop: only a release goes to a worker thread."""
+        try:
+            abandoned = self._exit(run_id)
+            if abandoned:
+                await asyncio.to_thread(self._release, abandoned)
+        except Exception:
+            _log_bug("run_ended")
 
     @property
     def open_runs(self) -> int:
@@ -225,8 +294,7 @@ class RunTracker:
         with self._lock:
             return len(self._runs) + len(self._roots)
 
-    # LLM runs. The callbacks below run on every model call: they inline what
-    # ``guarded`` does and keep function calls and temporary objects few.
+    # LLM runs.
 
     def llm_started(
         self,
@@ -235,19 +303,85 @@ class RunTracker:
         serialized: Mapping[str, Any] | None,
         metadata: Mapping[str, Any] | None,
         invocation_params: Mapping[str, Any] | None,
+        prompt: Any = None,
     ) -> None:
+        """An LLM run starts: loop guards, then the cap's reservation (``prompt``, the
+        run's messages or prompts, sizes the estimate). Raises to refuse the call."""
         try:
-            run = self._enter(run_id, parent_run_id, None)
-            try:
-                run.call = self._admit(run, parent_run_id, serialized, metadata, invocation_params)
-            except BaseException:
-                # Refused before the provider was called: LangChain sends no end event.
-                self._exit(run_id)
-                raise
+            call, request = self._begin(
+                run_id, parent_run_id, serialized, metadata, invocation_params, prompt
+            )
+            if request is not None:
+                try:
+                    self._decide(call, caps.reserve(call.backend, request, cap_check_failed))
+                except BaseException:
+                    self._refused(run_id, call)
+                    raise
         except Exception as error:
             if _propagates(error):
                 raise
             _log_bug("llm_started")
+
+    async def allm_started(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        serialized: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any] | None,
+        invocation_params: Mapping[str, Any] | None,
+        prompt: Any = None,
+    ) -> None:
+        """``llm_started`` for async runs: the reservation through the backend's
+        ``areserve``, everything else that may touch a database on a worker thread."""
+        try:
+            call, request = await asyncio.to_thread(
+                self._begin, run_id, parent_run_id, serialized, metadata, invocation_params, prompt
+            )
+            if request is not None:
+                try:
+                    decision = await caps.areserve(call.backend, request, cap_check_failed)
+                    self._decide(call, decision)
+                except BaseException:
+                    await asyncio.to_thread(self._refused, run_id, call)
+                    raise
+        except Exception as error:
+            if _propagates(error):
+                raise
+            _log_bug("llm_started")
+
+    def _begin(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        serialized: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any] | None,
+        invocation_params: Mapping[str, Any] | None,
+        prompt: Any,
+    ) -> tuple[_LlmCall, CapRequest | None]:
+        """Enter the LLM run and pass it through the loop guards. Returns the call
+        and, when this handler holds its cap, what to reserve."""
+        run = self._enter(run_id, parent_run_id, None)
+        try:
+            call = run.call = self._admit(
+                run, parent_run_id, serialized, metadata, invocation_params
+            )
+        except BaseException:
+            # Refused before the provider was called: LangChain sends no end event.
+            self._exit(run_id)
+            raise
+        # Claimed once the guards let the call through.
+        call.owner = _owns(run_id.int)
+        if not call.owner:
+            return call, None
+        tools = invocation_params.get("tools") if invocation_params else None
+        return call, CapRequest(
+            user_id=call.user_id,
+            plan=call.plan,
+            model=call.model,
+            provider=None if call.provider == "unknown" else call.provider,
+            prompt=(prompt, tools) if tools else prompt,
+            max_output_tokens=estimate.max_output_tokens(invocation_params),
+        )
 
     def _admit(
         self,
@@ -262,10 +396,18 @@ class RunTracker:
         context = root.context
         if context is EMPTY:
             context = current_attribution()
-        user_id = self.user_id or _meta_str(metadata, "user_id") or context.user_id
-        plan = self.plan or _meta_str(metadata, "plan") or context.plan
-        feature = self.feature or _meta_str(metadata, "feature") or context.feature
+        user_id = self.user_id or metadata_str(metadata, "user_id") or context.user_id
+        plan = self.plan or metadata_str(metadata, "plan") or context.plan
+        feature = self.feature or metadata_str(metadata, "feature") or context.feature
         tags = self.tags + context.tags if context.tags else self.tags
+        if metadata and (
+            "langgraph_node" in metadata
+            or "langgraph_step" in metadata
+            or "lc_agent_name" in metadata
+        ):
+            step, agent = step_of(metadata), agent_of(metadata, run.parent_name)
+        else:
+            step, agent = None, run.parent_name
 
         guard = root.guard
         if guard is not None:
@@ -283,56 +425,47 @@ class RunTracker:
                     plan_name=plan,
                     run_id=root.id,
                 )
-
-        try:
-            decision = (self.backend or get_backend()).check(user_id, plan, model)
-        except Exception as error:
-            if _propagates(error):
-                raise
-            # Fail open: an unreachable backend must not take the product down.
-            logger.warning("Weckr: cap check failed (%r); allowing the call", error)
-            decision = ALLOW
-        action = decision.action
-        if action != "allow":
-            if action == "block" or (action == "downgrade" and self.downgrade_as_block):
-                raise WeckrCapError(
-                    user_id=user_id,
-                    plan_name=plan,
-                    current_spend=decision.current_spend,
-                    cap=decision.cap,
-                )
-            if action == "downgrade":
-                _warn_downgrade_skipped(user_id, plan, model, decision.alternative_model)
-                tags = (*tags, DOWNGRADE_SKIPPED_TAG)
-
-        if metadata and (
-            "langgraph_node" in metadata
-            or "langgraph_step" in metadata
-            or "lc_agent_name" in metadata
-        ):
-            step, agent = step_of(metadata), agent_of(metadata, run.parent_name)
-        else:
-            step, agent = None, run.parent_name
-        if guard is not None:
             try:
                 guard.before_llm_call()
             except WeckrLoopError as error:
                 self._report_stop(error, feature, agent)
                 raise
-        # Positional: a dataclass's __init__ takes keywords at twice the cost.
         return _LlmCall(
-            root,
-            parent_run_id,
-            time.perf_counter(),
-            model,
-            provider,
-            user_id,
-            plan,
-            feature,
-            step,
-            agent,
-            tags,
+            root=root,
+            parent_run_id=parent_run_id,
+            started=time.perf_counter(),
+            started_at=utc_now(),
+            model=model,
+            provider=provider,
+            user_id=user_id,
+            plan=plan,
+            feature=feature,
+            step=step,
+            agent=agent,
+            tags=tags,
+            backend=self.backend or get_backend(),
         )
+
+    def _decide(self, call: _LlmCall, decision: CapDecision) -> None:
+        """Apply the cap's decision to a call; raises to refuse it."""
+        call.reservation = decision.reservation
+        if decision.action == "allow":
+            return
+        alternative = decision.alternative_model
+        if decision.action == "downgrade" and alternative:
+            if alternative == call.model:
+                return
+            if not self.downgrade_as_block:
+                _warn_downgrade_skipped(call.user_id, call.plan, call.model, alternative)
+                call.tags = (*call.tags, DOWNGRADE_SKIPPED_TAG)
+                return
+        raise caps.refusal(decision, call.user_id, call.plan)
+
+    def _refused(self, run_id: UUID, call: _LlmCall) -> None:
+        """The cap refused the call (or reserving failed): LangChain sends no end
+        event, so the run is forgotten here and its hold, if any, dropped."""
+        self._exit(run_id)
+        caps.release(call.backend, call.reservation, hold_not_dropped)
 
     def _report_stop(self, error: WeckrLoopError, feature: str | None, agent: str | None) -> None:
         stop = RunStop.from_error(error, source="langchain", feature=feature, agent=agent)
@@ -345,7 +478,8 @@ class RunTracker:
         response: LLMResult | None,
         error: BaseException | None = None,
     ) -> None:
-        """The LLM run finished, or failed with ``error``: one record."""
+        """The LLM run finished, or failed with ``error``: its record, which settles
+        the call's reservation."""
         try:
             key = run_id.int
             with self._lock:
@@ -358,36 +492,24 @@ class RunTracker:
             tags = call.tags
             if root.tools:
                 tags = tuple(dict.fromkeys((*tags, *(f"tool:{name}" for name in root.tools))))
-            # Positional, in the order of UsageRecord's fields (keywords cost more).
             record = UsageRecord(
                 # The LLM run's id: a retried delivery or a second handler cannot add a row.
-                root.id if root.key == key else str(run_id),
-                utc_now(),
-                call.user_id,
-                call.feature,
-                call.plan,
-                None,  # plan_revenue_usd: the server knows the plan's price
-                call.provider,
-                call.model,
-                None,  # requested_model
-                0,  # token counts: set by record_result
-                0,
-                0,
-                0,
-                0,
-                None,  # cost_usd
-                True,  # priced
-                True,  # usage_reported
-                int((time.perf_counter() - call.started) * 1000),
-                "ok" if error is None else "error",
-                None if error is None else type(error).__name__,
-                "langchain",
-                root.id,
-                None if call.parent_run_id is None else str(call.parent_run_id),
-                call.agent,
-                None,  # task
-                call.step,
-                tags,
+                event_id=root.id if root.key == key else str(run_id),
+                timestamp=call.started_at,
+                user_id=call.user_id,
+                feature=call.feature,
+                plan=call.plan,
+                provider=call.provider,
+                model=call.model,
+                latency_ms=int((time.perf_counter() - call.started) * 1000),
+                status="ok" if error is None else "error",
+                error_type=None if error is None else type(error).__name__,
+                source="langchain",
+                run_id=root.id,
+                parent_run_id=None if call.parent_run_id is None else str(call.parent_run_id),
+                agent=call.agent,
+                step=call.step,
+                tags=tags,
             )
             record_result(record, response)
             guard = root.guard
@@ -397,8 +519,8 @@ class RunTracker:
                 guard.after_llm_call(record.total_tokens, record.cost_usd)
             if self.totals is not None:
                 self.totals.add(record.ensure_priced())
-            if _recorded.claim(key):
-                (self.backend or get_backend()).record(record)
+            if call.owner:
+                caps.finish(call.backend, call.reservation, record, hold_not_dropped)
         except Exception as bug:
             if _propagates(bug):
                 raise
@@ -411,6 +533,7 @@ class RunTracker:
             root=root,
             parent_run_id=parent_run_id,
             started=time.perf_counter(),
+            started_at=utc_now(),
             model="unknown",
             provider="unknown",
             user_id=self.user_id or context.user_id,
@@ -419,6 +542,8 @@ class RunTracker:
             step=None,
             agent=run.parent_name if run is not None else None,
             tags=(*self.tags, *context.tags),
+            backend=self.backend or get_backend(),
+            owner=_owns(run_id.int),
         )
 
     # Tool runs.

@@ -39,14 +39,20 @@ def home(request: HttpRequest) -> HttpResponse:
                 # A wrapped client: attribution (user, plan) comes from WeckrMiddleware,
                 # the feature from this block.
                 with weckr_core.attribute(feature="draft-email"):
+                    # max_tokens bounds what the call can cost, so the cap holds exactly.
                     response = llm.wrapped_client().chat.completions.create(
-                        model=model, messages=messages
+                        model=model, messages=messages, max_tokens=400
                     )
             else:
                 # wk.chat, as with weckr-sdk; user and plan again from the middleware.
                 response = llm.weckr().chat(
                     llm.openai_client(),
-                    {"model": model, "messages": messages, "feature": "summarize"},
+                    {
+                        "model": model,
+                        "messages": messages,
+                        "max_tokens": 400,
+                        "feature": "summarize",
+                    },
                 )
             context["reply"] = _reply(response)
         except weckr_core.WeckrCapError:

@@ -25,6 +25,9 @@ def test_a_user_under_the_cap_is_allowed_with_figures(api: Api) -> None:
         "currentSpend": pytest.approx(float(cost)),
         "cap": 100.0,
         "remainingBudget": pytest.approx(float(100 - cost)),
+        "inFlight": 0.0,
+        "plan": "pro",
+        "reason": None,
     }
 
 

@@ -10,6 +10,8 @@
 Unprogrammed requests get what weckr_django answers: an "allowed" decision on
 ``/check``, and ``/log`` and ``/log/batch`` accept events idempotently by ``eventId``
 (``accepted_events`` holds each event once, ``duplicates`` counts the repeats).
+``POST /reserve`` allows without a reservation, as for a plan without a cap, and
+``DELETE /reserve/<id>`` answers 204 (program it by its full path).
 Connections are kept alive (HTTP/1.1) like the real server's.
 """
 
@@ -31,6 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 CHECK_PATH = "/api/v1/check"
 LOG_PATH = "/api/v1/log"
 BATCH_PATH = "/api/v1/log/batch"
+RESERVE_PATH = "/api/v1/reserve"
 
 ALLOWED = {
     "allowed": True,
@@ -40,6 +43,7 @@ ALLOWED = {
     "cap": None,
     "remainingBudget": None,
 }
+RESERVE_ALLOWED = {**ALLOWED, "inFlight": 0, "plan": None, "reason": None, "reservation": None}
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,10 @@ class FakeWeckrServer:
     def batch_url(self) -> str:
         return self.url + BATCH_PATH
 
+    @property
+    def reserve_url(self) -> str:
+        return self.url + RESERVE_PATH
+
     def start(self) -> FakeWeckrServer:
         self._thread.start()
         return self
@@ -162,18 +170,23 @@ class FakeWeckrServer:
             queued = self._queued[path]
             reply = queued.popleft() if queued else self._replies.get(path)
             if reply is None:
-                reply = Reply() if path in (CHECK_PATH, LOG_PATH, BATCH_PATH) else Reply(404)
+                reply = _default_reply(method, path)
             status, payload = reply.status, reply.body
             if 200 <= status < 300 and path in (LOG_PATH, BATCH_PATH):
                 status, payload = self._accept(path, _events(path, body), reply)
+            elif payload is None and 200 <= status < 300:
+                payload = RESERVE_ALLOWED if path == RESERVE_PATH else ALLOWED
             elif payload is None:
-                payload = ALLOWED if 200 <= status < 300 else {"error": f"HTTP {status}"}
+                payload = {"error": f"HTTP {status}"}
             self._requests.append(
                 ReceivedRequest(
                     method, path, dict(parse_qsl(url.query)), headers, body, status, client_port
                 )
             )
-        raw = reply.raw if reply.raw is not None else json.dumps(payload).encode()
+        if reply.raw is not None:
+            raw = reply.raw
+        else:
+            raw = b"" if status == 204 else json.dumps(payload).encode()
         return dataclasses.replace(reply, status=status, raw=raw)
 
     def _accept(self, path: str, events: list[dict[str, Any]], reply: Reply) -> tuple[int, Any]:
@@ -199,6 +212,14 @@ class FakeWeckrServer:
             answer = {"ok": True, "eventId": first, "duplicate": not created, "costUsd": None}
             return (201 if created else 200), answer
         return reply.status, {"accepted": created, "duplicates": duplicates, "rejected": []}
+
+
+def _default_reply(method: str, path: str) -> Reply:
+    if path in (CHECK_PATH, LOG_PATH, BATCH_PATH, RESERVE_PATH):
+        return Reply()
+    if method == "DELETE" and path.startswith(RESERVE_PATH + "/"):
+        return Reply(204)
+    return Reply(404)
 
 
 def _events(path: str, body: Any) -> list[dict[str, Any]]:
@@ -248,6 +269,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._handle()
 
+    def do_DELETE(self) -> None:
+        self._handle()
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -266,8 +290,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         payload = reply.raw or b""
         self.send_response(reply.status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(payload)))
+        if reply.status != 204:  # which has no body, nor headers about one
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,11 +33,13 @@ class FakeProvider:
         events: Iterable[tuple[str | None, JSON | str]] | None = None,
         raw: bytes | None = None,
         status: int = 200,
+        delay: float = 0.0,
     ) -> None:
         self.body = body or {}
         self.events = list(events) if events is not None else None
         self.raw = raw
         self.status = status
+        self.delay = delay  # seconds each answer takes, like a real provider
         self.requests: list[tuple[str, JSON]] = []
 
     @property
@@ -49,6 +52,8 @@ class FakeProvider:
 
     def _answer(self, url: str, content: bytes) -> tuple[int, dict[str, str], bytes]:
         self.requests.append((url, json.loads(content) if content else {}))
+        if self.delay:
+            time.sleep(self.delay)
         if self.raw is not None:
             return self.status, {"content-type": "application/json"}, self.raw
         if self.events is None:

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import threading
 import warnings
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import anthropic
 import openai
-import pydantic
 import pytest
 
 from tests.core import providers as p
-from tests.core.http_server import CHECK_PATH, FakeWeckrServer, Reply
+from tests.core.http_server import RESERVE_PATH, FakeWeckrServer, Reply
 from weckr_core import (
     CapDecision,
     MemoryBackend,
@@ -27,16 +24,15 @@ from weckr_core import (
     WeckrConfigError,
     WeckrDowngradeWarning,
     attribute,
+    calculate_cost,
     cheaper_alternative,
 )
-from weckr_core.backends.encoding import encode_plain, encode_plain_call
-from weckr_core.backends.http import HttpBackend
-from weckr_core.records import PendingRecord
+from weckr_core.backends import Backend
 
 MESSAGES: Any = [{"role": "user", "content": "Summarize this."}]
 
 
-class FixedDecisionBackend:
+class FixedDecisionBackend(Backend):
     """Test double: answers every check with one decision, keeps records."""
 
     def __init__(self, decision: CapDecision, fail_record: bool = False) -> None:
@@ -550,9 +546,9 @@ def test_api_key_sends_records_to_a_weckr_server() -> None:
         assert wk.flush(5.0)
         wk.close()
 
-        checks = server.requests(CHECK_PATH)
+        reservations = server.requests(RESERVE_PATH)
         events = server.accepted_events
-    assert [c.query["userId"] for c in checks] == ["u1"]
+    assert [r.body["userId"] for r in reservations] == ["u1"]
     assert [e["eventId"] for e in events] == [wk.last_event_id]
     assert events[0]["inputTokens"] == 10 and events[0]["cachedInputTokens"] == 2
     assert events[0]["planRevenueUsd"] == 29 and events[0]["source"] == "sdk"
@@ -561,7 +557,7 @@ def test_api_key_sends_records_to_a_weckr_server() -> None:
 def test_a_revoked_key_fails_closed_before_the_provider_is_called() -> None:
     fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(10, 5)))
     with FakeWeckrServer() as server:
-        server.set_reply(CHECK_PATH, Reply(403, {"error": "revoked"}))
+        server.set_reply(RESERVE_PATH, Reply(403, {"error": "revoked"}))
         wk = Weckr(api_key="wk_old", endpoint=server.log_url, check_endpoint=server.check_url)
         with pytest.raises(WeckrConfigError) as raised:
             wk.chat(
@@ -577,7 +573,7 @@ def test_a_server_downgrade_decision_swaps_the_model_end_to_end() -> None:
     fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(10, 5)))
     decision = {"allowed": False, "action": "downgrade", "alternativeModel": "gpt-4o-mini"}
     with FakeWeckrServer() as server:
-        server.set_reply(CHECK_PATH, Reply(200, {**decision, "currentSpend": 12, "cap": 10}))
+        server.set_reply(RESERVE_PATH, Reply(200, {**decision, "currentSpend": 12, "cap": 10}))
         wk = Weckr(api_key="wk_test", endpoint=server.log_url, check_endpoint=server.check_url)
         client = wk.wrap(p.openai_client(fake))
         with attribute(user_id="u1", plan="pro"), pytest.warns(WeckrDowngradeWarning):
@@ -607,8 +603,8 @@ def test_a_broken_cap_check_fails_open_and_is_reported() -> None:
     assert fake.hits == 1 and len(backend.records) == 1
 
 
-async def test_an_uncached_cap_check_does_not_block_the_event_loop() -> None:
-    """achat, a wrapped async client and its stream helper await the check."""
+async def test_a_reservation_over_http_does_not_block_the_event_loop() -> None:
+    """achat, a wrapped async client and its stream helper await the reservation."""
     fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(10, 5)))
     block = {"allowed": False, "action": "block", "currentSpend": 12, "cap": 10}
     params = {"model": "gpt-4o-mini", "messages": MESSAGES, "user_id": "u1", "plan": "pro"}
@@ -623,7 +619,7 @@ async def test_an_uncached_cap_check_does_not_block_the_event_loop() -> None:
     with FakeWeckrServer() as server:
         # The server takes 0.3 s per check: an event loop blocked meanwhile would
         # not tick at all.
-        server.set_reply(CHECK_PATH, Reply(200, block, delay=0.3))
+        server.set_reply(RESERVE_PATH, Reply(200, block, delay=0.3))
         wk = Weckr(api_key="wk_test", endpoint=server.log_url, check_endpoint=server.check_url)
         wrapped = wk.wrap(p.async_openai_client(fake))
         ticking = asyncio.create_task(ticker())
@@ -638,187 +634,202 @@ async def test_an_uncached_cap_check_does_not_block_the_event_loop() -> None:
                 async with wrapped.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES):
                     pass
             after_helper = ticks - after_achat - after_wrap
-            # Cached now: decided at once, still refused.
-            with pytest.raises(WeckrCapError):
-                await wk.achat(p.async_openai_client(fake), params)
         finally:
             ticking.cancel()
             wk.close()
-        checks = server.requests(CHECK_PATH)
+        reservations = server.requests(RESERVE_PATH)
 
     assert after_achat >= 10 and after_wrap >= 10 and after_helper >= 10
-    assert [request.query["userId"] for request in checks] == ["u1", "u2", "u3"]
+    assert [request.body["userId"] for request in reservations] == ["u1", "u2", "u3"]
     assert fake.hits == 0
 
 
-# -- records left to the backend to build (record_pending) ------------------------
+# -- reservations: the estimate is held during the call, the real cost after it ----
 
 
-class PendingBackend:
-    """Test double with ``record_pending``: keeps the calls the client hands over
-    unbuilt, and refuses built records (the client must not build them)."""
+class WatchingProvider(p.FakeProvider):
+    """A fake provider that notes what the user's budget holds while it answers."""
 
-    def __init__(self) -> None:
-        self.pending: list[PendingRecord] = []
+    def __init__(self, backend: MemoryBackend, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+        self.held_during_call: list[Decimal] = []
 
-    def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
-        return CapDecision()
-
-    def record(self, record: UsageRecord) -> None:
-        raise AssertionError("a backend with record_pending gets the calls unbuilt")
-
-    def record_pending(self, pending: PendingRecord) -> None:
-        self.pending.append(pending)
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        return True
+    def _answer(self, url: str, content: bytes) -> tuple[int, dict[str, str], bytes]:
+        self.held_during_call.append(self.backend.in_flight("u1"))
+        return super()._answer(url, content)
 
 
-def comparable(record: UsageRecord) -> UsageRecord:
-    """The record without what differs from one call to the next (id, time, latency)
-    or what MemoryBackend adds (the price)."""
-    return record.replace(
-        event_id="", timestamp=datetime.min, latency_ms=0, cost_usd=None, priced=True
+LONG_PROMPT: Any = [{"role": "user", "content": "x" * 2_988}]  # 996 + 4 tokens estimated
+
+
+def per_call(model: str = "gpt-4o", prompt: int = 1000, output: int = 500) -> Decimal:
+    return calculate_cost(model, prompt, output)
+
+
+def test_a_call_holds_its_estimate_and_settles_its_real_cost() -> None:
+    backend = MemoryBackend()
+    backend.set_cap("pro", "5")
+    fake = WatchingProvider(backend, p.openai_chat_body("gpt-4o", p.openai_usage(900, 120)))
+
+    Weckr(backend=backend).chat(
+        p.openai_client(fake),
+        {
+            "model": "gpt-4o",
+            "max_tokens": 500,
+            "messages": LONG_PROMPT,
+            "user_id": "u1",
+            "plan": "pro",
+        },
     )
 
-
-def make_call(kind: str, wk: Weckr, tags: tuple[str, ...] = ("beta",)) -> None:
-    """One call of ``kind`` through ``wk``, on a real SDK client over a fake transport."""
-    params: dict[str, Any] = {"messages": MESSAGES, "user_id": "u1", "plan": "pro"}
-    with attribute(feature="summaries", tags=list(tags)):
-        if kind == "openai":
-            body = p.openai_chat_body(
-                "gpt-4o-mini-2024-07-18", p.openai_usage(1200, 300, 1024, 128)
-            )
-            wk.chat(p.openai_client(p.FakeProvider(body)), {**params, "model": "gpt-4o-mini"})
-        elif kind == "openai stream":
-            fake = p.FakeProvider(
-                events=p.openai_chat_stream("gpt-4o-mini", p.openai_usage(70, 20, 64))
-            )
-            stream = wk.chat(
-                p.openai_client(fake), {**params, "model": "gpt-4o-mini", "stream": True}
-            )
-            for _ in stream:
-                pass
-        elif kind == "anthropic":
-            body = p.anthropic_message_body(
-                "claude-haiku-4-5", p.anthropic_usage(40, 25, 2000, 500)
-            )
-            client = wk.wrap(p.anthropic_client(p.FakeProvider(body)))
-            with attribute(user_id="u1", plan="pro"):
-                client.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES)
-        elif kind == "gemini":
-            body = p.gemini_body("gemini-2.5-flash", p.gemini_usage(900, 120, 512, 300))
-            wk.chat(p.genai_client(p.FakeProvider(body)), {**params, "model": "gemini-2.5-flash"})
-        elif kind == "no usage":
-            body = p.openai_chat_body("gpt-4o-mini", None)
-            wk.chat(p.openai_client(p.FakeProvider(body)), {**params, "model": "gpt-4o-mini"})
-        else:
-            assert kind == "error"
-            fake = p.FakeProvider({"error": {"message": "boom"}}, status=500)
-            with pytest.raises(openai.InternalServerError):
-                wk.chat(p.openai_client(fake), {**params, "model": "gpt-4o-mini"})
+    assert fake.held_during_call == [per_call()]  # 1,000 prompt + 500 output tokens
+    record = only_record(backend)
+    assert record.reservation_id is not None
+    assert backend.in_flight("u1") == 0
+    assert backend.spend("u1") == per_call(prompt=900, output=120) == record.cost_usd
 
 
-@pytest.mark.parametrize(
-    "kind", ["openai", "openai stream", "anthropic", "gemini", "no usage", "error"]
-)
-def test_a_backend_with_record_pending_gets_each_call_unbuilt_and_builds_the_same_record(
-    kind: str,
-) -> None:
-    memory = MemoryBackend()
-    make_call(kind, Weckr(backend=memory, plans={"pro": 29}))
-    pending_backend = PendingBackend()
-    wk = Weckr(backend=pending_backend, plans={"pro": 29})
-    before = datetime.now(UTC)
+def test_without_max_tokens_the_backends_default_output_is_held() -> None:
+    backend = MemoryBackend(default_output_tokens=2000)
+    backend.set_cap("pro", "5")
+    fake = WatchingProvider(backend, p.openai_chat_body("gpt-4o", p.openai_usage(10, 5)))
 
-    make_call(kind, wk)
+    Weckr(backend=backend).chat(
+        p.openai_client(fake),
+        {"model": "gpt-4o", "messages": LONG_PROMPT, "user_id": "u1", "plan": "pro"},
+    )
 
-    [pending] = pending_backend.pending
-    assert pending.event_id == wk.last_event_id
-    built = pending.build()
-    assert comparable(built) == comparable(only_record(memory))
-    assert built.event_id == pending.event_id
-    assert before <= built.timestamp <= datetime.now(UTC)
-    assert built.latency_ms is not None and built.latency_ms >= 0
-    assert built.cost_usd is None  # priced by the backend, as a built record would be
-    assert built.tags == ("beta",) and built.feature == "summaries"
+    assert fake.held_during_call == [per_call(output=2000)]
 
 
-@pytest.mark.parametrize(
-    ("kind", "tags", "plain"),
-    [
-        ("openai", (), True),
-        ("openai stream", (), True),
-        ("anthropic", (), True),
-        ("gemini", (), True),
-        ("openai", ("beta",), False),  # tags: the record is built
-        ("no usage", (), False),
-        ("error", (), False),
-    ],
-)
-def test_a_usual_call_goes_to_the_wire_unbuilt_as_its_record_would(
-    kind: str, tags: tuple[str, ...], plain: bool
-) -> None:
-    backend = PendingBackend()
-    make_call(kind, Weckr(backend=backend, plans={"pro": 29}), tags)
-    [pending] = backend.pending
+def test_a_failed_call_releases_its_hold_and_a_stream_settles_when_it_ends() -> None:
+    backend = MemoryBackend()
+    backend.set_cap("pro", "5")
+    wk = Weckr(backend=backend)
+    params = {
+        "model": "gpt-4o",
+        "max_tokens": 500,
+        "messages": LONG_PROMPT,
+        "user_id": "u1",
+        "plan": "pro",
+    }
+    failing = p.FakeProvider({"error": {"message": "boom"}}, status=500)
+    with pytest.raises(openai.InternalServerError):
+        wk.chat(p.openai_client(failing), params)
+    assert backend.in_flight("u1") == 0 and backend.spend("u1") == 0
 
-    facts = pending.plain()
-
-    assert (facts is not None) is plain
-    if facts is not None:
-        assert encode_plain_call(facts) == encode_plain(pending.build())
-
-
-class UnreadableUsage:
-    """A usage part that breaks when read."""
-
-    @property
-    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
-        raise RuntimeError("usage is unreadable")
+    streaming = p.FakeProvider(events=p.openai_chat_stream("gpt-4o", p.openai_usage(700, 50)))
+    stream = wk.chat(p.openai_client(streaming), {**params, "stream": True})
+    assert backend.in_flight("u1") == per_call()  # held while the stream is read
+    for _ in stream:
+        pass
+    assert backend.in_flight("u1") == 0
+    assert backend.spend("u1") == per_call(prompt=700, output=50)
 
 
-class HomemadeCompletions:
-    def create(self, **params: Any) -> Any:
-        return type("Response", (), {"usage": UnreadableUsage(), "model": params["model"]})()
+def test_a_request_that_cannot_be_built_releases_its_hold() -> None:
+    backend = MemoryBackend()
+    backend.set_cap("pro", "5")
+    fake = p.FakeProvider(p.gemini_body("gemini-2.5-flash", p.gemini_usage(10, 5)))
+    with pytest.raises(TypeError, match="must be a dict"):
+        Weckr(backend=backend).chat(
+            p.genai_client(fake),
+            {
+                "model": "gemini-2.5-flash",
+                "messages": ["not a dict"],
+                "user_id": "u1",
+                "plan": "pro",
+            },
+        )
+    assert fake.hits == 0
+    assert backend.in_flight("u1") == 0
 
 
-class HomemadeClient:
-    """An OpenAI-shaped client of the caller's own (detected by chat.completions)."""
+def test_a_downgrade_holds_the_cheaper_models_estimate() -> None:
+    backend = MemoryBackend()
+    over_cap(backend, "u1", "pro", "downgrade")
+    fake = WatchingProvider(backend, p.openai_chat_body("gpt-4o-mini", p.openai_usage(1000, 500)))
 
-    def __init__(self) -> None:
-        self.chat = type("Chat", (), {"completions": HomemadeCompletions()})()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WeckrDowngradeWarning)
+        Weckr(backend=backend).chat(
+            p.openai_client(fake),
+            {
+                "model": "gpt-4o",
+                "max_tokens": 500,
+                "messages": LONG_PROMPT,
+                "user_id": "u1",
+                "plan": "pro",
+            },
+        )
+
+    assert fake.last_body["model"] == "gpt-4o-mini"
+    assert fake.held_during_call == [per_call("gpt-4o-mini")]
+    assert backend.in_flight("u1") == 0
 
 
-def test_a_usage_the_response_cannot_give_is_sent_as_not_reported_and_said() -> None:
-    errors: list[BaseException] = []
-    with FakeWeckrServer() as server:
-        backend = HttpBackend("wk_test", server.log_url, server.check_url, on_error=errors.append)
-        wk = Weckr(backend=backend, on_error=errors.append)
-        wk.chat(HomemadeClient(), {"model": "gpt-4o-mini", "messages": MESSAGES})
-        assert [str(error) for error in errors] == ["usage is unreadable"]
-        assert wk.flush(5.0)
-        backend.close()
-        events = server.accepted_events
-    assert [(e["eventId"], e["usageReported"], e["inputTokens"]) for e in events] == [
-        (wk.last_event_id, False, 0)
-    ]
-    assert len(errors) == 1
+def call_until_refused(
+    wk: Weckr, fake: p.FakeProvider, threads: int, params: dict[str, Any]
+) -> int:
+    """``threads`` threads call for user u1 until each is refused; the calls made."""
+    made = 0
+    lock = threading.Lock()
+    start = threading.Barrier(threads)
+
+    def work() -> None:
+        nonlocal made
+        client = p.openai_client(fake)
+        start.wait()
+        while True:
+            try:
+                wk.chat(client, params)
+            except WeckrCapError:
+                return
+            with lock:
+                made += 1
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    return made
 
 
-@pytest.mark.parametrize("kind", ["openai", "openai stream", "anthropic", "gemini"])
-def test_a_call_waiting_to_be_built_holds_nothing_of_the_response(kind: str) -> None:
-    # The response's pydantic models, kept alive in a queue until the batch, would
-    # make the garbage collector run more often on every thread; and every object
-    # a queued call holds that the collector tracks, it walks at each pass.
-    backend = PendingBackend()
-    wk = Weckr(backend=backend, plans={"pro": 29})
-    make_call(kind, wk)
-    [pending] = backend.pending
-    gc.collect()  # untracks the tuples that hold only atoms
-    held = gc.get_referents(pending)
-    assert not [value for value in held if isinstance(value, pydantic.BaseModel)]
-    assert pending.build().input_tokens > 0  # the counts are kept, as plain values
-    tracked = {id(value) for value in held if gc.is_tracked(value)}
-    assert tracked == {id(type(pending)), id(backend), id(wk)}
+def test_32_threads_at_the_cap_never_spend_past_it_with_max_tokens() -> None:
+    backend = MemoryBackend()
+    cap = per_call() * 10 + per_call() / 2
+    backend.set_cap("free", cap)
+    # Each call uses all it may: the 1,000-token prompt and max_tokens of output.
+    fake = p.FakeProvider(p.openai_chat_body("gpt-4o", p.openai_usage(1000, 500)), delay=0.03)
+    params = {
+        "model": "gpt-4o",
+        "max_tokens": 500,
+        "messages": LONG_PROMPT,
+        "user_id": "u1",
+        "plan": "free",
+    }
+
+    made = call_until_refused(Weckr(backend=backend), fake, 32, params)
+
+    assert made == 10
+    assert backend.spend("u1") == per_call() * 10 <= cap
+    assert backend.in_flight("u1") == 0
+
+
+def test_without_max_tokens_the_overshoot_stays_within_the_documented_bound() -> None:
+    # Held: the default 100 output tokens; used: 500. Each call in flight at the cap
+    # can run past its hold by the 400 tokens it was not held for, no more.
+    backend = MemoryBackend(default_output_tokens=100)
+    cap = per_call() * 10
+    backend.set_cap("free", cap)
+    fake = p.FakeProvider(p.openai_chat_body("gpt-4o", p.openai_usage(1000, 500)), delay=0.03)
+    params = {"model": "gpt-4o", "messages": LONG_PROMPT, "user_id": "u1", "plan": "free"}
+    threads = 16
+
+    call_until_refused(Weckr(backend=backend), fake, threads, params)
+
+    past_estimate = per_call() - per_call(output=100)
+    assert cap < backend.spend("u1") <= cap + threads * past_estimate
+    assert backend.in_flight("u1") == 0

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -18,10 +19,12 @@ from tests.core.http_server import (
     BATCH_PATH,
     CHECK_PATH,
     LOG_PATH,
+    RESERVE_PATH,
     FakeWeckrServer,
     ReceivedRequest,
     Reply,
 )
+from weckr_core.backends import ALLOW, CapDecision, CapRequest, Reservation
 from weckr_core.backends.http import (
     MAX_BATCH_BYTES,
     SERVER_MAX_BATCH_SIZE,
@@ -109,6 +112,10 @@ def unused_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def expected_cost(record: UsageRecord) -> float:
+    return float(price_record(record).usd)
 
 
 def accepted_ids(server: FakeWeckrServer) -> list[str]:
@@ -323,15 +330,15 @@ def test_record_sends_the_priced_camel_case_payload(
     assert request.headers["x-api-key"] == API_KEY
     assert request.headers["content-type"] == "application/json"
     payload = request.body
-    expected_cost = float(price_record(record).usd)
-    assert payload == {**record.to_wire(), "costUsd": pytest.approx(expected_cost, rel=1e-12)}
+    cost = expected_cost(record)
+    assert payload == {**record.to_wire(), "costUsd": pytest.approx(cost, rel=1e-12)}
     assert payload["eventId"] == record.event_id
     assert (payload["userId"], payload["planName"], payload["feature"]) == ("u1", "pro", "summary")
     assert (payload["inputTokens"], payload["outputTokens"]) == (1200, 300)
     assert (payload["cachedInputTokens"], payload["cacheCreationTokens"]) == (200, 50)
     assert payload["reasoningTokens"] == 40
     assert (payload["runId"], payload["tags"]) == ("run-1", ["beta"])
-    assert expected_cost > 0
+    assert cost > 0
     assert errors == []
 
 
@@ -349,7 +356,7 @@ def test_records_are_priced_off_the_callers_record(
     # another thread. A record that carries its cost is sent with that cost.
     assert unpriced.cost_usd is None
     costs = {event["eventId"]: event["costUsd"] for event in server.accepted_events}
-    assert costs[unpriced.event_id] == pytest.approx(float(price_record(unpriced).usd))
+    assert costs[unpriced.event_id] == pytest.approx(expected_cost(unpriced))
     assert costs[priced.event_id] == 0.5
 
 
@@ -759,173 +766,50 @@ def test_pending_events_are_flushed_at_interpreter_exit(server: FakeWeckrServer)
     assert [e["userId"] for e in server.accepted_events] == ["u1"]
 
 
-# -- sending on the recording threads ------------------------------------------
-# With a long linger, the sender thread leaves a batch alone for at least twice as
-# long: a batch that arrives sooner was sent by the thread whose record() made it due.
+# -- when batches go -----------------------------------------------------------
 
-INLINE = {"linger_seconds": 30.0, "max_batch_size": 5}
+LONG_LINGER = {"linger_seconds": 30.0, "max_batch_size": 5}
 
 
-def wait_for_lane(backend: HttpBackend) -> None:
-    """Until the sender has connected and let go of the connection."""
-    wait_until(lambda: backend._lane is not None and backend._lane.usable())
-
-
-def test_the_thread_that_fills_a_batch_sends_it(
+def test_a_full_batch_goes_without_waiting_for_the_linger(
     server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
 ) -> None:
-    backend = make_backend(**INLINE)
-    backend.record(usage())
-    wait_for_lane(backend)
-    records = [usage() for _ in range(4)]
+    backend = make_backend(**LONG_LINGER)
+    records = [usage() for _ in range(5)]
 
     for record in records:
         backend.record(record)
     wait_until(lambda: len(server.accepted_events) == 5)
 
-    assert backend.delivers_inline
     [request] = server.requests(BATCH_PATH)
     assert request.headers["x-api-key"] == API_KEY
     assert request.headers["content-type"] == "application/json"
-    assert [e["eventId"] for e in request.events][1:] == [r.event_id for r in records]
-    assert request.events[1] == {
-        **records[0].to_wire(),
-        "costUsd": pytest.approx(float(price_record(records[0]).usd)),
-    }
-    assert backend.flush(timeout=2)
+    assert [e["eventId"] for e in request.events] == [r.event_id for r in records]
     assert errors == []
 
 
-def test_a_batch_lingered_long_enough_goes_with_the_next_record(
+def test_a_lingering_event_waits_for_flush(
     server: FakeWeckrServer, make_backend: BackendFactory
 ) -> None:
-    backend = make_backend(linger_seconds=0.3)
-    first = usage()
-    backend.record(first)
-    wait_for_lane(backend)
-    time.sleep(0.35)
-    second = usage()
-
-    backend.record(second)  # the first has lingered: both go now, from this thread
-    wait_until(lambda: len(server.accepted_events) == 2, timeout=0.25)
-
-    assert [len(r.events) for r in log_requests(server)] == [2]
-
-
-def test_batches_keep_one_connection_and_answers_are_read_on_later_calls(
-    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
-) -> None:
-    backend = make_backend(**INLINE)
+    backend = make_backend(**LONG_LINGER)
     backend.record(usage())
-    wait_for_lane(backend)
+    time.sleep(0.2)
+    assert server.accepted_events == []
 
-    for _ in range(24):
-        backend.record(usage())
-        time.sleep(0.002)
     assert backend.flush(timeout=2)
-
-    assert [len(r.events) for r in server.requests(BATCH_PATH)] == [5] * 5
-    assert len({r.client_port for r in log_requests(server)}) == 1
-    assert len(server.accepted_events) == 25
-    assert errors == []
+    assert len(server.accepted_events) == 1
 
 
-def test_events_rejected_in_a_batch_sent_inline_are_reported(
+def test_a_connection_the_server_closed_is_opened_again(
     server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
 ) -> None:
-    backend = make_backend(**INLINE)
-    backend.record(usage())
-    wait_for_lane(backend)
-    bad = usage(model="")
-    server.enqueue(
-        BATCH_PATH,
-        Reply(
-            body={
-                "accepted": 4,
-                "duplicates": 0,
-                "rejected": [{"index": 4, "eventId": bad.event_id, "error": "model is required"}],
-            }
-        ),
-    )
-
-    for record in [usage(), usage(), usage(), bad]:
-        backend.record(record)
-    assert backend.flush(timeout=2)
-
-    assert len(server.requests(BATCH_PATH)) == 1
-    assert reported_ids(errors) == [bad.event_id]
-    assert "model is required" in str(errors[0])
-
-
-@pytest.mark.parametrize("failure", [500, 429])
-def test_a_batch_that_failed_inline_is_retried_by_the_sender(
-    server: FakeWeckrServer,
-    make_backend: BackendFactory,
-    errors: list[BaseException],
-    failure: int,
-) -> None:
-    backend = make_backend(**INLINE)
-    backend.record(usage())
-    wait_for_lane(backend)
-    server.enqueue(BATCH_PATH, failure)
-
-    for _ in range(4):
-        backend.record(usage())
-    assert backend.flush(timeout=3)
-
-    # The inline attempt was the first of the retries, not an extra one.
-    assert [r.status for r in server.requests(BATCH_PATH)] == [failure, 200]
-    assert len(server.accepted_events) == 5
-    assert errors == []
-
-
-def test_a_batch_refused_inline_as_too_large_is_split_by_the_sender(
-    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
-) -> None:
-    backend = make_backend(**INLINE)
-    backend.record(usage())
-    wait_for_lane(backend)
-    server.enqueue(BATCH_PATH, 413)
-
-    for _ in range(4):
-        backend.record(usage())
-    assert backend.flush(timeout=3)
-
-    assert [len(r.events) for r in server.requests(BATCH_PATH)] == [5, 2, 3]
-    assert len(server.accepted_events) == 5
-    assert errors == []
-
-
-def test_a_server_without_batch_support_answering_inline_gets_events_one_by_one(
-    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
-) -> None:
-    server.set_reply(BATCH_PATH, 404)
-    backend = make_backend(**INLINE)
-    backend.record(usage())
-    wait_for_lane(backend)
-
-    for _ in range(4):
-        backend.record(usage())
-    assert backend.flush(timeout=3)
-
-    assert len(server.requests(BATCH_PATH)) == 1
-    assert len(server.requests(LOG_PATH)) == 5
-    assert len(server.accepted_events) == 5
-    assert errors == []
-
-
-def test_a_connection_the_server_closed_is_reopened_by_the_sender(
-    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
-) -> None:
-    backend = make_backend(**INLINE)
-    backend.record(usage())
-    wait_for_lane(backend)
+    backend = make_backend(**LONG_LINGER)
     server.enqueue(BATCH_PATH, Reply(headers={"connection": "close"}))
 
-    for _ in range(9):
-        backend.record(usage())
-        time.sleep(0.01)
-    assert backend.flush(timeout=3)
+    for _ in range(2):
+        for _ in range(5):
+            backend.record(usage())
+        assert backend.flush(timeout=3)
 
     assert [len(r.events) for r in server.requests(BATCH_PATH)] == [5, 5]
     assert len({r.client_port for r in server.requests(BATCH_PATH)}) == 2
@@ -958,11 +842,9 @@ def test_many_threads_recording_at_once_lose_and_repeat_nothing(
 def test_close_reports_a_batch_whose_answer_never_came(
     server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
 ) -> None:
-    backend = make_backend(**INLINE)
-    backend.record(usage())
-    wait_for_lane(backend)
+    backend = make_backend(**LONG_LINGER)
     server.enqueue(BATCH_PATH, Reply(delay=5.0))
-    records = [usage() for _ in range(4)]
+    records = [usage() for _ in range(5)]
     for record in records:
         backend.record(record)
     wait_until(lambda: len(server.requests(BATCH_PATH)) == 1)
@@ -971,37 +853,356 @@ def test_close_reports_a_batch_whose_answer_never_came(
     backend.close(timeout=0.2)
     assert time.monotonic() - started < 1.0
 
-    # Reported once the request has timed out (send_timeout_seconds=2), as a request
-    # the sender thread had in flight would be.
+    # Reported once the request has timed out (send_timeout_seconds=2), not retried.
     wait_until(lambda: {r.event_id for r in records} <= set(reported_ids(errors)), timeout=4)
     assert "backend closed" in str(errors[-1])
+    assert len(server.requests(BATCH_PATH)) == 1
 
 
-def test_without_deliver_inline_only_the_sender_sends(
+# -- reservations --------------------------------------------------------------
+
+PROMPT = [{"role": "user", "content": "Summarize this report for the board, please."}]
+
+
+def cap_request(**fields: Any) -> CapRequest:
+    defaults: dict[str, Any] = {
+        "user_id": "u1",
+        "plan": "pro",
+        "model": "gpt-4o",
+        "provider": "openai",
+        "prompt": PROMPT,
+        "max_output_tokens": 200,
+    }
+    return CapRequest(**{**defaults, **fields})
+
+
+def reserved(**fields: Any) -> dict[str, Any]:
+    """A /reserve answer for a capped plan that allows the call and holds its cost."""
+    return {
+        "allowed": True,
+        "action": None,
+        "alternativeModel": None,
+        "currentSpend": 1.5,
+        "cap": 10,
+        "remainingBudget": 8.5,
+        "inFlight": 0.25,
+        "plan": "pro",
+        "reason": None,
+        "reservation": {"id": "res-1", "amountUsd": 0.0123, "model": "gpt-4o"},
+        **fields,
+    }
+
+
+def releases(server: FakeWeckrServer) -> list[ReceivedRequest]:
+    return [r for r in server.requests() if r.method == "DELETE"]
+
+
+def test_reserve_posts_the_call_and_parses_the_reservation(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    server.set_reply(RESERVE_PATH, Reply(body=reserved()))
+    backend = make_backend()
+
+    decision = backend.reserve(cap_request())
+
+    [request] = server.requests(RESERVE_PATH)
+    assert (request.method, request.headers["x-api-key"]) == ("POST", API_KEY)
+    assert request.body == {
+        "userId": "u1",
+        "planName": "pro",
+        "model": "gpt-4o",
+        "provider": "openai",
+        "inputTokens": cap_request().prompt_tokens(),
+        "maxOutputTokens": 200,
+    }
+    assert request.body["inputTokens"] > 0
+    assert decision == CapDecision(
+        "allow",
+        current_spend=Decimal("1.5"),
+        cap=Decimal(10),
+        reservation=Reservation("res-1", Decimal("0.0123"), "gpt-4o", "u1"),
+        in_flight=Decimal("0.25"),
+        plan="pro",
+    )
+    assert decision.remaining_budget == Decimal("8.5")
+    backend.reserve(cap_request())  # a capped plan's calls are each reserved
+    assert len(server.requests(RESERVE_PATH)) == 2
+    assert server.requests(CHECK_PATH) == []
+    assert errors == []
+
+
+def test_reserve_sends_the_counted_input_tokens_and_no_output_limit(
     server: FakeWeckrServer, make_backend: BackendFactory
 ) -> None:
-    backend = make_backend(deliver_inline=False, **INLINE)
-    for _ in range(5):
-        backend.record(usage())  # a full batch: the sender is woken to send it
+    make_backend().reserve(cap_request(prompt=None, input_tokens=1234, max_output_tokens=None))
 
-    wait_until(lambda: len(server.accepted_events) == 5)
-    assert not backend.delivers_inline
+    [request] = server.requests(RESERVE_PATH)
+    assert (request.body["inputTokens"], request.body["maxOutputTokens"]) == (1234, None)
 
 
-def test_behind_a_proxy_only_the_sender_sends(
-    server: FakeWeckrServer, monkeypatch: pytest.MonkeyPatch
+def test_reserve_maps_a_block(server: FakeWeckrServer, make_backend: BackendFactory) -> None:
+    server.set_reply(
+        RESERVE_PATH,
+        Reply(
+            body=reserved(
+                allowed=False, action="block", currentSpend=10.5, reason="cap", reservation=None
+            )
+        ),
+    )
+
+    decision = make_backend().reserve(cap_request())
+
+    assert (decision.action, decision.reason, decision.reservation) == ("block", "cap", None)
+    assert (decision.current_spend, decision.cap) == (Decimal("10.5"), Decimal(10))
+
+
+def test_reserve_maps_a_downgrade_with_its_reservation_on_the_cheaper_model(
+    server: FakeWeckrServer, make_backend: BackendFactory
 ) -> None:
-    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    proxied = HttpBackend(API_KEY, server.log_url, server.check_url)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    bypassed = HttpBackend(API_KEY, server.log_url, server.check_url)
+    hold = {"id": "res-2", "amountUsd": "0.0004", "model": "gpt-4o-mini"}
+    server.set_reply(
+        RESERVE_PATH,
+        Reply(
+            body=reserved(
+                allowed=False,
+                action="downgrade",
+                alternativeModel="gpt-4o-mini",
+                reason="cap",
+                reservation=hold,
+            )
+        ),
+    )
 
-    assert not proxied.delivers_inline
-    assert bypassed.delivers_inline
-    proxied.close(timeout=0)
-    bypassed.close(timeout=0)
+    decision = make_backend().reserve(cap_request())
+
+    assert (decision.action, decision.alternative_model) == ("downgrade", "gpt-4o-mini")
+    assert decision.reservation == Reservation("res-2", Decimal("0.0004"), "gpt-4o-mini", "u1")
+
+
+def test_reserve_without_a_user_allows_without_asking(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    assert make_backend().reserve(cap_request(user_id=None)) is ALLOW
+    assert server.requests() == []
+
+
+@pytest.mark.parametrize("plan", ["free", None])
+def test_a_plan_without_a_cap_is_not_asked_again_for_the_ttl(
+    server: FakeWeckrServer, make_backend: BackendFactory, plan: str | None
+) -> None:
+    backend = make_backend(cache_ttl_seconds=0.3)  # the server's default: no cap
+
+    first = backend.reserve(cap_request(plan=plan))
+    for user in ("u1", "u2", "u3"):
+        assert backend.reserve(cap_request(user_id=user, plan=plan)) is ALLOW
+    assert asyncio.run(backend.areserve(cap_request(user_id="u4", plan=plan))) is ALLOW
+    assert first.allowed and first.reservation is None
+    assert len(server.requests(RESERVE_PATH)) == 1
+
+    backend.reserve(cap_request(plan="other"))  # cached per plan
+    assert len(server.requests(RESERVE_PATH)) == 2
+    time.sleep(0.35)
+    backend.reserve(cap_request(plan=plan))
+    assert len(server.requests(RESERVE_PATH)) == 3
+
+
+def test_areserve_asks_the_server_off_the_event_loop(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    server.set_reply(RESERVE_PATH, Reply(body=reserved(), delay=0.2))
+    backend = make_backend()
+
+    async def main() -> tuple[CapDecision, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        decision = await backend.areserve(cap_request())
+        ticker.cancel()
+        return decision, ticks
+
+    decision, ticks = asyncio.run(main())
+
+    assert decision.reservation == Reservation("res-1", Decimal("0.0123"), "gpt-4o", "u1")
+    assert ticks >= 5  # the loop went on while the request waited
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_server_without_reservations_is_asked_check_from_then_on(
+    server: FakeWeckrServer,
+    make_backend: BackendFactory,
+    errors: list[BaseException],
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+) -> None:
+    server.set_reply(RESERVE_PATH, status)
+    server.set_reply(CHECK_PATH, Reply(body={"allowed": False, "action": "block", "cap": 10}))
+    backend = make_backend()
+
+    with caplog.at_level("WARNING", logger="weckr"):
+        decisions = [backend.reserve(cap_request()) for _ in range(3)]
+        backend.release(Reservation("res-1", Decimal(1), "gpt-4o"))  # nothing to release
+        assert backend.flush(timeout=2)
+
+    assert [d.action for d in decisions] == ["block"] * 3
+    assert len(server.requests(RESERVE_PATH)) == 1
+    [check] = server.requests(CHECK_PATH)  # cached from then on
+    assert check.query == {"userId": "u1", "planName": "pro", "model": "gpt-4o"}
+    assert releases(server) == []
+    assert backend.reserve_endpoint is None
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert f"HTTP {status}" in caplog.text and "cap checks" in caplog.text
+    assert errors == []
+
+
+def test_without_a_reserve_endpoint_reserve_is_the_cached_check(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    backend = make_backend(reserve_endpoint=None)
+
+    for _ in range(3):
+        assert backend.reserve(cap_request()).allowed
+    assert asyncio.run(backend.areserve(cap_request())).allowed
+
+    assert server.requests(RESERVE_PATH) == []
+    assert len(server.requests(CHECK_PATH)) == 1
+
+
+def test_the_reserve_endpoint_is_derived_from_the_log_or_check_endpoint() -> None:
+    def derived(endpoint: str, check_endpoint: str) -> str | None:
+        backend = HttpBackend(API_KEY, endpoint, check_endpoint)
+        backend.close(timeout=0)
+        return backend.reserve_endpoint
+
+    assert derived("https://w.example/api/v1/log", "https://w.example/api/v1/check") == (
+        "https://w.example/api/v1/reserve"
+    )
+    assert derived("https://w.example/ingest", "https://w.example/api/v1/check/") == (
+        "https://w.example/api/v1/reserve"
+    )
+    assert derived("https://w.example/ingest", "https://w.example/decide") is None
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, "invalid_api_key"), (403, "forbidden")])
+def test_reserve_fails_closed_on_bad_key(
+    server: FakeWeckrServer, make_backend: BackendFactory, status: int, code: str
+) -> None:
+    server.set_reply(RESERVE_PATH, Reply(status, {"error": "key wk_test_ is not valid"}))
+
+    with pytest.raises(WeckrConfigError) as raised:
+        make_backend().reserve(cap_request())
+
+    assert raised.value.code == code
+    assert "key wk_test_ is not valid" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(500),
+        Reply(429),
+        Reply(raw=b"<html>oops</html>"),
+        Reply(body=reserved(reservation={"id": "res-1"})),
+        Reply(body=reserved(inFlight="lots")),
+        Reply(delay=2.0),
+    ],
+    ids=["500", "429", "not-json", "bad-reservation", "bad-number", "timeout"],
+)
+def test_reserve_fails_open_reports_and_asks_again(
+    server: FakeWeckrServer,
+    make_backend: BackendFactory,
+    errors: list[BaseException],
+    reply: Reply,
+) -> None:
+    server.set_reply(RESERVE_PATH, reply)
+    backend = make_backend(check_timeout_seconds=0.2)
+
+    assert backend.reserve(cap_request()) is ALLOW
+    assert backend.reserve(cap_request()) is ALLOW
+
+    assert len(server.requests(RESERVE_PATH)) == 2
+    assert len(errors) == 2
+    assert all(isinstance(e, WeckrBackendError) for e in errors)
+    assert "cap reservation" in str(errors[0]) and "allowing the call" in str(errors[0])
+
+
+def test_reserve_fails_open_when_connection_refused(errors: list[BaseException]) -> None:
+    url = f"http://127.0.0.1:{unused_port()}/api/v1"
+    backend = HttpBackend(API_KEY, f"{url}/log", f"{url}/check", on_error=errors.append)
+
+    assert backend.reserve(cap_request()) is ALLOW
+    assert "ConnectError" in str(errors[0])
+    backend.close(timeout=0)
+
+
+def test_release_deletes_the_hold(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend(**LONG_LINGER)
+
+    backend.release(Reservation("res-7", Decimal("0.01"), "gpt-4o", "user 7"))
+    assert backend.flush(timeout=2)
+
+    [request] = releases(server)
+    assert (request.path, request.status) == (RESERVE_PATH + "/res-7", 204)
+    assert request.query == {"userId": "user 7"}
+    assert request.headers["x-api-key"] == API_KEY
+    assert errors == []
+
+
+def test_release_does_not_wait_for_the_server_and_reports_failures(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    server.set_reply(RESERVE_PATH + "/res-7", Reply(500, delay=0.3))
+    backend = make_backend()
+    started = time.monotonic()
+
+    backend.release(Reservation("res-7", Decimal("0.01"), "gpt-4o"))
+    assert time.monotonic() - started < 0.1
+    assert backend.flush(timeout=2)
+
+    [error] = errors
+    assert isinstance(error, WeckrBackendError)
+    assert error.status_code == 500
+    assert "res-7" in str(error)
+
+
+def test_an_event_of_a_reserved_call_goes_at_once_with_its_reservation_id(
+    server: FakeWeckrServer, make_backend: BackendFactory, errors: list[BaseException]
+) -> None:
+    backend = make_backend(**LONG_LINGER)
+    waiting, settled = usage(), usage(reservation_id="res-1")
+    started = time.monotonic()
+
+    backend.record(waiting)
+    backend.record(settled)
+    wait_until(lambda: len(server.accepted_events) == 2)
+
+    # The server settles the hold when it stores the event: it does not linger.
+    assert time.monotonic() - started < 1.0
+    [request] = server.requests(BATCH_PATH)
+    assert [e.get("reservationId") for e in request.events] == [None, "res-1"]
+    assert "reservationId" not in request.events[0]
+    assert errors == []
+
+
+def test_a_lone_reserved_event_goes_at_once_to_the_log_endpoint(
+    server: FakeWeckrServer, make_backend: BackendFactory
+) -> None:
+    backend = make_backend(**LONG_LINGER)
+    record = usage(reservation_id="res-9")
+
+    backend.record(record)
+    wait_until(lambda: len(server.accepted_events) == 1, timeout=1.0)
+
+    [request] = server.requests(LOG_PATH)
+    assert request.body == {**record.to_wire(), "costUsd": pytest.approx(expected_cost(record))}
+    assert request.body["reservationId"] == "res-9"
 
 
 # -- against the real weckr_django API -----------------------------------------
@@ -1071,3 +1272,38 @@ def test_the_largest_events_weckr_django_accepts_all_arrive(
     assert errors == []
     stored = UsageEvent.objects.filter(project=project)
     assert {e.event_id for e in stored} == {r.event_id for r in records}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reserves_settles_and_releases_against_weckr_django(
+    live_server: Any, errors: list[BaseException]
+) -> None:
+    from weckr_django.models import ApiKey, CapReservation, Plan, Project, UsageEvent
+
+    project = Project.objects.create(name="Acme")
+    _, key = ApiKey.objects.create_key(project, "http-backend")
+    Plan.objects.create(
+        project=project,
+        name="pro",
+        monthly_price_usd=Decimal(29),
+        monthly_cap_usd=Decimal(5),
+        cap_action="block",
+    )
+    api = f"{live_server.url}/api/v1"
+    backend = HttpBackend(key, f"{api}/log", f"{api}/check", on_error=errors.append)
+
+    made, never_made = backend.reserve(cap_request()), backend.reserve(cap_request())
+    assert made.allowed and made.cap == Decimal(5)
+    assert made.reservation is not None and never_made.reservation is not None
+    assert CapReservation.objects.filter(project=project).count() == 2
+    record = usage(model="gpt-4o", reservation_id=made.reservation.id)
+    backend.record(record)
+    backend.release(never_made.reservation)
+    assert backend.flush(timeout=10)
+
+    assert UsageEvent.objects.filter(project=project, event_id=record.event_id).exists()
+    assert not CapReservation.objects.filter(project=project).exists()
+    unknown = backend.reserve(cap_request(plan="free"))
+    assert (unknown.action, unknown.reason, unknown.plan) == ("block", "unknown_plan", "free")
+    assert errors == []
+    backend.close(timeout=1)

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import weckr_core
 from weckr_core import MemoryBackend, UsageRecord, WeckrLoopError, calculate_cost
-from weckr_core.backends import CapDecision, RunStop, report_run_stop
+from weckr_core.backends import Backend, RunStop, report_run_stop
 
 
 def record(user: str | None, model: str = "gpt-4o", input_tokens: int = 1000) -> UsageRecord:
@@ -111,14 +111,8 @@ def test_run_stops_go_to_backends_that_keep_them_and_nowhere_else() -> None:
     report_run_stop(memory, stop)
     assert memory.run_stops == [stop]
 
-    class RecordsOnly:
-        def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
-            return CapDecision()
-
+    class RecordsOnly(Backend):
         def record(self, record: UsageRecord) -> None:
             raise AssertionError("a stop is not a usage record")
-
-        def flush(self, timeout: float = 5.0) -> bool:
-            return True
 
     report_run_stop(RecordsOnly(), stop)  # nowhere to keep it: ignored, no error

@@ -7,7 +7,7 @@ import re
 import threading
 import uuid
 
-from weckr_core.records import TokenUsage, UsageRecord, new_event_id
+from weckr_core.records import UsageRecord, new_event_id
 
 # What weckr_django accepts as an eventId.
 SERVER_EVENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
@@ -57,16 +57,3 @@ def test_a_forked_child_makes_ids_of_its_own() -> None:
     assert not set(child_ids) & set(parent_ids)
     # A new random prefix, not the parent's with the counter carried on.
     assert {event_id[:24] for event_id in child_ids} != {before[:24]}
-
-
-def test_token_counts_keep_every_count_in_the_order_of_the_fields() -> None:
-    usage = TokenUsage(
-        input_tokens=1200,
-        output_tokens=80,
-        cached_input_tokens=1024,
-        cache_creation_tokens=300,
-        reasoning_tokens=20,
-        reported=False,
-    )
-    assert usage.counts() == (1200, 80, 1024, 300, 20, False)
-    assert TokenUsage(*usage.counts()) == usage

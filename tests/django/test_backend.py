@@ -11,12 +11,20 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext, override_settings
 
 import weckr_core
-from weckr_core.backends import RunStop
+from weckr_core.backends import CapRequest, RunStop
 from weckr_django.backend import DjangoBackend, install_default_backend
 from weckr_django.ingest import ingest_records
-from weckr_django.models import AlertLog, MonthlyUserSpend, Plan, Project, UsageEvent
+from weckr_django.models import (
+    AlertLog,
+    CapReservation,
+    MonthlyUserSpend,
+    Plan,
+    Project,
+    UsageEvent,
+)
+from weckr_django.plans import forget_plans
 
-from .helpers import make_plan, make_project, make_record
+from .helpers import expected_cost, make_plan, make_project, make_record
 
 
 @pytest.mark.django_db
@@ -57,45 +65,83 @@ def test_default_project_setting_by_name_and_by_id():
 
 
 @pytest.mark.django_db
-def test_several_projects_and_no_default_is_a_clear_error():
+def test_several_projects_and_no_default_is_said_clearly_not_raised_into_the_view(caplog):
     make_project("first")
     make_project("second")
-    with pytest.raises(ImproperlyConfigured, match="DEFAULT_PROJECT"):
-        DjangoBackend(delivery="sync").check("u1", "pro", "gpt-4o")
+    backend = DjangoBackend(delivery="sync")
+    decision = backend.reserve(CapRequest("u1", "pro", "gpt-4o"))
+    assert decision.allowed  # the AI view keeps working...
+    assert any("DEFAULT_PROJECT" in message for message in caplog.messages)  # ...loudly
+    with override_settings(WECKR={"DELIVERY": "sync", "CAP_FAIL_CLOSED": True}):
+        refused = backend.reserve(CapRequest("u1", "pro", "gpt-4o"))
+    assert (refused.action, refused.reason) == ("block", "cap_store_unavailable")
 
 
 @pytest.mark.django_db
-def test_check_reads_caps_and_caches_briefly():
+def test_reserve_and_settle_go_to_the_cap_store():
     project = make_project()
-    make_plan(project, "pro", cap="0.001")
+    make_plan(project, "pro", cap="5")
     backend = DjangoBackend(delivery="sync")
-    assert backend.check("u1", "pro", "gpt-4o").allowed
+    decision = backend.reserve(CapRequest("u1", "pro", "gpt-4o", input_tokens=100))
+    reservation = decision.reservation
+    assert reservation is not None
+    assert CapReservation.objects.get(pk=reservation.id).amount_usd == reservation.amount_usd
+    record = make_record("e1", input_tokens=100, output_tokens=10)
+    backend.settle(reservation, record)
+    row = CapReservation.objects.get(pk=reservation.id)
+    assert row.settled
+    assert row.amount_usd == expected_cost(record)
+    record.reservation_id = reservation.id
+    backend.record(record)
+    assert not CapReservation.objects.exists()
+    assert MonthlyUserSpend.objects.get(project=project).cost_usd == expected_cost(record)
+
+
+@pytest.mark.django_db
+def test_plan_definitions_are_cached_but_a_saved_plan_is_seen_at_once():
+    project = make_project()
+    plan = make_plan(project, "pro", cap="0.001")
+    backend = DjangoBackend(delivery="sync")
+    assert backend.check("u1", "pro", "gpt-4o").allowed  # nothing spent yet
     ingest_records(project, [make_record("e1", input_tokens=100_000)])
-    with CaptureQueriesContext(connection) as queries:
-        cached = backend.check("u1", "pro", "gpt-4o")
-    assert cached.allowed  # still the cached decision
-    assert len(queries) == 0
-    with override_settings(WECKR={"CAP_CACHE_SECONDS": 0}):
-        assert backend.check("u1", "pro", "gpt-4o").action == "block"
-
-
-@pytest.mark.django_db
-def test_recording_through_the_backend_drops_the_users_cached_decision():
-    project = make_project()
-    make_plan(project, "pro", cap="0.001")
-    backend = DjangoBackend(delivery="sync")
-    assert backend.check("u1", "pro", "gpt-4o").allowed
-    backend.record(make_record("e1", input_tokens=100_000))
     assert backend.check("u1", "pro", "gpt-4o").action == "block"
+    plan.monthly_cap_usd = Decimal(100)
+    plan.save()
+    assert backend.check("u1", "pro", "gpt-4o").allowed
 
 
 @pytest.mark.django_db
-def test_check_without_user_or_plan_needs_no_query():
+def test_reserve_without_a_user_needs_no_query():
     backend = DjangoBackend(delivery="sync")
     with CaptureQueriesContext(connection) as queries:
+        assert backend.reserve(CapRequest(None, "pro", "gpt-4o")).allowed
         assert backend.check(None, "pro", "gpt-4o").allowed
-        assert backend.check("u1", None, "gpt-4o").allowed
     assert len(queries) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_areserve_decides_off_the_event_loop():
+    project = await Project.objects.acreate(name="Acme")
+    await sync_to_async(make_plan)(project, "pro", cap="0.001")
+    await sync_to_async(ingest_records)(project, [make_record("e1", input_tokens=100_000)])
+    backend = DjangoBackend(delivery="sync")
+
+    # On the event loop's thread Django refuses queries: areserve must not make one here.
+    blocked = await backend.areserve(CapRequest("u1", "pro", "gpt-4o", input_tokens=10))
+    await Plan.objects.filter(project=project).aupdate(monthly_cap_usd=Decimal(100))
+    forget_plans()
+    allowed = await backend.areserve(CapRequest("u1", "pro", "gpt-4o", input_tokens=10))
+
+    assert blocked.action == "block"
+    assert blocked.current_spend is not None and blocked.current_spend > Decimal("0.001")
+    assert allowed.reservation is not None
+    # Settling from the event loop does not wait on the database on the loop's thread;
+    # flush waits for it.
+    backend.settle(allowed.reservation, make_record("e2", input_tokens=10, output_tokens=1))
+    assert await sync_to_async(backend.flush)(5)
+    row = await CapReservation.objects.aget(pk=allowed.reservation.id)
+    assert row.settled
+    assert (await backend.areserve(CapRequest(None, "pro", "gpt-4o"))).allowed
 
 
 @pytest.mark.django_db
@@ -110,26 +156,6 @@ async def test_sync_delivery_works_from_async_code():
     project = await Project.objects.acreate(name="Acme")
     DjangoBackend(delivery="sync").record(make_record("e1"))
     assert await UsageEvent.objects.filter(project=project).acount() == 1
-
-
-@pytest.mark.django_db(transaction=True)
-async def test_acheck_decides_off_the_event_loop_and_caches():
-    project = await Project.objects.acreate(name="Acme")
-    await sync_to_async(make_plan)(project, "pro", cap="0.001")
-    await sync_to_async(ingest_records)(project, [make_record("e1", input_tokens=100_000)])
-    backend = DjangoBackend(delivery="sync")
-
-    # On the event loop's thread Django refuses queries: acheck must not make one here.
-    decision = await backend.acheck("u1", "pro", "gpt-4o")
-    await Plan.objects.filter(project=project).aupdate(monthly_cap_usd=Decimal(100))
-    cached = await backend.acheck("u1", "pro", "gpt-4o")
-    backend.forget_decisions()
-    fresh = await backend.acheck("u1", "pro", "gpt-4o")
-
-    assert decision.action == cached.action == "block"
-    assert decision.current_spend is not None and decision.current_spend > Decimal("0.001")
-    assert fresh.allowed
-    assert (await backend.acheck(None, "pro", "gpt-4o")).allowed
 
 
 @pytest.mark.django_db(transaction=True)

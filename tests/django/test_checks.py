@@ -4,11 +4,12 @@ import pytest
 from django.conf import settings
 from django.core.checks import run_checks
 from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 from django.test.utils import override_settings
 
 from weckr_django.checks import AUTH_MIDDLEWARE, MIDDLEWARE_PATH
 
-from .helpers import make_project
+from .helpers import make_plan, make_project
 
 
 def check_ids(**kwargs) -> set[str]:
@@ -59,23 +60,47 @@ def test_unknown_delivery_mode_is_reported():
 
 
 @pytest.mark.django_db
-def test_several_projects_without_default_warn_in_database_checks():
+def test_several_projects_without_default_warn_in_plain_check():
     make_project("one")
-    assert "weckr.W001" not in check_ids(databases=["default"])
+    assert "weckr.W001" not in check_ids()
     make_project("two")
-    assert "weckr.W001" in check_ids(databases=["default"])
-    assert "weckr.W001" not in check_ids()  # database checks run only when asked
+    assert "weckr.W001" in check_ids()  # no --database needed
     with override_settings(WECKR={"DEFAULT_PROJECT": "two"}):
-        assert "weckr.W001" not in check_ids(databases=["default"])
+        assert "weckr.W001" not in check_ids()
 
 
 @pytest.mark.django_db
-def test_default_project_that_names_no_project_warns():
+def test_a_default_project_typo_is_an_error_of_manage_py_check():
     make_project("one")
     with override_settings(WECKR={"DEFAULT_PROJECT": "typo"}):
-        assert "weckr.W002" in check_ids(databases=["default"])
+        messages = [m for m in run_checks() if m.id == "weckr.E006"]
+        assert messages
+        assert "'typo' names no project" in messages[0].msg
+        with pytest.raises(SystemCheckError, match=r"weckr\.E006"):
+            call_command("check")
     with override_settings(WECKR={"DEFAULT_PROJECT": "one"}):
-        assert "weckr.W002" not in check_ids(databases=["default"])
+        assert "weckr.E006" not in check_ids()
+
+
+@pytest.mark.django_db
+def test_plan_settings_are_checked_against_the_projects_plans():
+    project = make_project("one")
+    assert "weckr.W003" in check_ids()  # no plans: nothing is capped
+    make_plan(project, "free", cap="1")
+    assert not {"weckr.W003", "weckr.E009", "weckr.W004"} & check_ids()
+    with override_settings(WECKR={"UNKNOWN_PLAN": "Free", "DEFAULT_PLAN": "FREE"}):
+        assert not {"weckr.E009", "weckr.W004"} & check_ids()
+    with override_settings(WECKR={"UNKNOWN_PLAN": "enterprise", "DEFAULT_PLAN": "basic"}):
+        assert {"weckr.E009", "weckr.W004"} <= check_ids()
+
+
+def test_cap_store_setting_is_checked():
+    with override_settings(WECKR={"CAP_STORE": "memcached://x"}):
+        assert "weckr.E007" in check_ids()
+    with override_settings(WECKR={"CAP_STORE": "redis://127.0.0.1:6379/0"}):
+        assert "weckr.E007" not in check_ids()
+    with override_settings(WECKR={"UNKNOWN_PLAN": 3}):
+        assert "weckr.E008" in check_ids()
 
 
 @pytest.mark.django_db

@@ -51,6 +51,7 @@ class ScriptedChatModel(BaseChatModel):
 
     model: str = "gpt-4o"
     served_model: str | None = None
+    max_tokens: int | None = None
     provider: str = "openai"
     usage_metadata: UsageMetadata | None = Field(default_factory=usage)
     # Older integrations report OpenAI-shaped usage in ``llm_output["token_usage"]``.
@@ -60,14 +61,29 @@ class ScriptedChatModel(BaseChatModel):
     vary_args: bool = False
     fail_with: type[Exception] | None = None
     calls: int = 0
+    # The model name of every call, shared with copies (``model_copy`` is shallow): a
+    # copy made for a cheaper model reports here under its own name.
+    called_as: list[str] = Field(default_factory=list)
+    # Runs inside each call, before the reply: lets a test look at what is held then.
+    during_call: Callable[[], None] | None = None
 
     @property
     def _llm_type(self) -> str:
         return "scripted-chat"
 
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        # What provider integrations put in the invocation params.
+        params: dict[str, Any] = {"model": self.model}
+        if self.max_tokens is not None:
+            params["max_tokens"] = self.max_tokens
+        return params
+
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = self.provider
+        if self.max_tokens is not None:
+            params["ls_max_tokens"] = self.max_tokens
         return params
 
     def bind_tools(
@@ -79,6 +95,9 @@ class ScriptedChatModel(BaseChatModel):
         # The turn within this conversation: how many times the model already answered.
         turn = sum(isinstance(message, AIMessage) for message in messages)
         self.calls += 1
+        self.called_as.append(self.model)
+        if self.during_call is not None:
+            self.during_call()
         if self.fail_with is not None:
             raise self.fail_with("provider failed")
         tool_calls = []

@@ -18,15 +18,16 @@ from pytest_django.fixtures import Settings
 
 import weckr_core
 from tests.langchain.fakes import ScriptedChatModel, counting_tool
-from weckr_core import WeckrCapError
+from weckr_core import WeckrCapError, WeckrDowngradeWarning
 from weckr_django.backend import DjangoBackend
-from weckr_django.models import Plan, Project, UsageEvent
-from weckr_langchain import AsyncWeckrHandler, WeckrHandler
+from weckr_django.models import CapReservation, Plan, Project, UsageEvent
+from weckr_langchain import AsyncWeckrHandler, WeckrAgentMiddleware, WeckrHandler
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
-# One model for every request, so a test can count the calls that reached it.
-MODEL = ScriptedChatModel(tool="search", tool_turns=1)
+# One model for every request, so a test can count the calls that reached it. Its
+# max_tokens bounds what a cap reserves for a call: 20 output tokens, as it answers.
+MODEL = ScriptedChatModel(tool="search", tool_turns=1, max_tokens=20)
 
 
 def research_view(request: HttpRequest) -> HttpResponse:
@@ -50,9 +51,21 @@ async def async_research_view(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"ok": True})
 
 
+def middleware_research_view(request: HttpRequest) -> HttpResponse:
+    agent = create_agent(
+        MODEL, tools=[counting_tool()[0]], middleware=[WeckrAgentMiddleware(feature="research")]
+    )
+    agent.invoke(
+        {"messages": [HumanMessage("find it")]},
+        {"callbacks": [WeckrHandler(max_llm_calls=10)]},
+    )
+    return JsonResponse({"ok": True})
+
+
 urlpatterns = [
     path("research/", research_view),
     path("async-research/", async_research_view),
+    path("middleware-research/", middleware_research_view),
 ]
 
 
@@ -74,6 +87,7 @@ def django_backend(settings: Settings) -> Iterator[DjangoBackend]:
         "PLAN_RESOLVER": f"{__name__}.plan_from_groups",
     }
     MODEL.calls = 0
+    MODEL.called_as.clear()
     backend = DjangoBackend(delivery="sync")
     previous = weckr_core.configure(backend)
     yield backend
@@ -114,23 +128,24 @@ def test_a_user_over_the_cap_is_refused_before_the_model_is_called(
         project=project,
         name="free",
         monthly_price_usd=Decimal("0"),
-        monthly_cap_usd=Decimal("0.0001"),
+        monthly_cap_usd=Decimal("0.0003"),
     )
     customer(client, "free")
 
-    # The first model call runs under the cap and spends past it ($0.00045): the
-    # agent's second call is refused mid-run, and so is the next request's first.
+    # The first model call's worst case (about $0.00023) fits under the cap and its
+    # real cost ($0.00045) spends past it: the agent's second call is refused mid-run,
+    # and so is the next request's first.
     first = client.get("/research/")
     calls_after_first = MODEL.calls
     second = client.get("/research/")
 
     assert (first.status_code, second.status_code) == (402, 402)
-    assert second.json()["cap"] == "0.0001"
+    assert second.json()["cap"] == "0.0003"
     assert calls_after_first == 1
     assert MODEL.calls == 1
     (event,) = UsageEvent.objects.filter(project=project)
     assert event.plan_name == "free"
-    assert event.cost_usd is not None and event.cost_usd > Decimal("0.0001")
+    assert event.cost_usd is not None and event.cost_usd > Decimal("0.0003")
 
 
 async def test_async_views_with_the_async_handler(
@@ -144,3 +159,39 @@ async def test_async_views_with_the_async_handler(
     events = [event async for event in UsageEvent.objects.all()]
     assert len(events) == MODEL.calls == 2
     assert {(event.user_id, event.plan_name) for event in events} == {(str(user.pk), "pro")}
+
+
+def test_the_agent_middleware_downgrades_a_user_over_the_cap(
+    client: Client, django_backend: DjangoBackend
+) -> None:
+    project = Project.objects.create(name="Acme")
+    Plan.objects.create(
+        project=project,
+        name="free",
+        monthly_price_usd=Decimal("0"),
+        monthly_cap_usd=Decimal("0.0001"),
+        cap_action=Plan.CapAction.DOWNGRADE,
+    )
+    customer(client, "free")
+    held: list[int] = []
+    MODEL.during_call = lambda: held.append(CapReservation.objects.count())
+
+    try:
+        with pytest.warns(WeckrDowngradeWarning):
+            response = client.get("/middleware-research/")
+    finally:
+        MODEL.during_call = None
+
+    assert response.status_code == 200
+    # gpt-4o's worst case does not fit under the cap: both calls ran on gpt-4o-mini.
+    assert MODEL.called_as == ["gpt-4o-mini", "gpt-4o-mini"]
+    events = list(UsageEvent.objects.filter(project=project).order_by("timestamp"))
+    assert [(event.requested_model, event.model) for event in events] == [
+        ("gpt-4o", "gpt-4o-mini"),
+        ("gpt-4o", "gpt-4o-mini"),
+    ]
+    assert {event.feature for event in events} == {"research"}
+    # Each call held its reservation while it ran; each was dropped when its event
+    # was stored.
+    assert held == [1, 1]
+    assert not CapReservation.objects.exists()

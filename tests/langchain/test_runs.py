@@ -13,7 +13,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, R
 
 from tests.langchain.fakes import ScriptedChatModel, run_agent, usage
 from weckr_core import MemoryBackend, WeckrConfigError, attribute
-from weckr_core.backends import CapDecision
+from weckr_core.backends import Backend, CapDecision, CapRequest
 from weckr_core.records import UsageRecord
 from weckr_langchain import WeckrHandler
 
@@ -197,20 +197,17 @@ def test_a_failed_call_is_an_error_row(memory_backend: MemoryBackend) -> None:
     assert handler.tracker.open_runs == 0
 
 
-class BrokenBackend:
+class BrokenBackend(Backend):
     """A backend whose every call fails, as a misconfigured one would."""
 
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+    def reserve(self, request: CapRequest) -> CapDecision:
         raise self.error
 
     def record(self, record: UsageRecord) -> None:
         raise self.error
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        return True
 
 
 def test_a_failing_backend_never_breaks_the_app(caplog: pytest.LogCaptureFixture) -> None:

@@ -6,8 +6,11 @@ import warnings
 from weckr_core.backends.base import (
     ALLOW,
     Backend,
+    BaseBackend,
     CapAction,
     CapDecision,
+    CapRequest,
+    Reservation,
     RunStop,
     report_run_stop,
 )
@@ -16,9 +19,12 @@ from weckr_core.backends.memory import MemoryBackend
 __all__ = [
     "ALLOW",
     "Backend",
+    "BaseBackend",
     "CapAction",
     "CapDecision",
+    "CapRequest",
     "MemoryBackend",
+    "Reservation",
     "RunStop",
     "configure",
     "get_backend",

@@ -1,51 +1,44 @@
 """Client of the Weckr wire protocol, for processes that run outside Django.
 
-``check`` asks ``GET /api/v1/check`` (cached per user, plan and model). ``record``
-queues the event; batches go to ``POST /api/v1/log/batch`` (or one by one to
-``POST /api/v1/log``) over one keep-alive connection, transient failures retried.
-Endpoints, the ``x-api-key`` header and the payload are those of the published
-weckr-sdk.
-
-Who sends: while the process records usage, the recording threads send each due
-batch themselves without waiting on the network (``Lane``: the request goes out as
-the socket takes it and the answer is read on a later call), because a background
-thread that wakes up to send while they run Python costs them far more (see
-``weckr_core/backends/lane.py``). The background sender thread connects, retries
-what failed, serves ``flush`` and sends what is left once traffic stops; while the
-recording threads keep up it wakes every few seconds at most.
+``reserve`` asks ``POST /api/v1/reserve`` before a call on a capped plan, and
+``release`` drops a hold with ``DELETE /api/v1/reserve/<id>``; a server without
+reservations (the published weckr-sdk's protocol) is asked ``GET /api/v1/check``
+instead, cached. ``record`` queues the event; one background thread sends the queue
+in batches to ``POST /api/v1/log/batch`` (or one by one to ``POST /api/v1/log``)
+over a keep-alive ``httpx.Client``, retrying transient failures. The ``x-api-key``
+header and the event payload are those of weckr-sdk.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
+import json
 import logging
 import math
 import threading
 import time
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from typing import Any, Final, get_args
+from urllib.parse import quote, urlencode
 
 import httpx
 
 from weckr_core.backends import lifecycle
-from weckr_core.backends.base import ALLOW, CapDecision
-from weckr_core.backends.encoding import (
-    cost_usd,
-    encode_batch,
-    encode_event,
-    encode_plain,
-    encode_plain_call,
+from weckr_core.backends.base import (
+    ALLOW,
+    Backend,
+    CapAction,
+    CapDecision,
+    CapRequest,
+    Reservation,
 )
-from weckr_core.backends.lane import Lane
 from weckr_core.backends.lifecycle import ATEXIT_FLUSH_SECONDS
-from weckr_core.errors import WeckrConfigError
-from weckr_core.pricing import preload_prices
-from weckr_core.records import PendingRecord, UsageRecord
+from weckr_core.errors import CapKind, WeckrConfigError
+from weckr_core.pricing import preload_prices, price_record
+from weckr_core.records import UsageRecord
 
 DEFAULT_LOG_ENDPOINT: Final = "https://app.useweckr.com/api/v1/log"
 DEFAULT_CHECK_ENDPOINT: Final = "https://app.useweckr.com/api/v1/check"
@@ -53,27 +46,20 @@ SERVER_MAX_BATCH_SIZE: Final = 500
 # weckr_django refuses request bodies over 1 MiB (413); batches stay under this.
 MAX_BATCH_BYTES: Final = 900_000
 MAX_RETRY_AFTER_SECONDS: Final = 30.0
-# How long, at most, the sender leaves a partial batch to the recording threads
-# before sending it itself (it starts at twice the linger and doubles while they
-# keep delivering): its wake-ups are what a busy process pays for.
-MAX_SENDER_PATIENCE_SECONDS: Final = 5.0
 _MAX_CACHED_DECISIONS: Final = 10_000
+_REASONS: Final = get_args(CapKind)
 
 logger = logging.getLogger("weckr")
 
 ErrorHandler = Callable[[BaseException], None]
 _DecisionKey = tuple[str, str, str]
-_Event = tuple[str, str]  # event id, JSON text
-# What became of a request already made for a batch: its answer, or the error.
-_Outcome = httpx.Response | httpx.TransportError
-# A queued event: a record, or a call the client left to be built (see ``_encode``).
-_Queued = UsageRecord | PendingRecord
+_Event = tuple[str, bytes]  # event id, its JSON
 
 
 class WeckrBackendError(Exception):
-    """What ``on_error`` receives: a cap check that failed (the call was allowed),
-    or usage events the server did not take (``event_ids``). The underlying
-    exception, if any, is in ``__cause__``."""
+    """What ``on_error`` receives: a cap check or reservation that failed (the call
+    was allowed), a hold not released, or usage events the server did not take
+    (``event_ids``). The underlying exception, if any, is in ``__cause__``."""
 
     def __init__(
         self, message: str, *, status_code: int | None = None, event_ids: Sequence[str] = ()
@@ -98,44 +84,28 @@ class _PendingCheck:
         self.error: WeckrConfigError | None = None
 
 
-class _Batch:
-    """Events taken from the queue, from when they leave it until they are settled:
-    delivered, or reported as not delivered."""
-
-    __slots__ = ("events", "first_seq", "outcome", "started")
-
-    def __init__(self, first_seq: int, events: list[_Event]) -> None:
-        self.first_seq = first_seq
-        self.events = events
-        self.outcome: _Outcome | None = None  # of the request made on a recording thread
-        self.started = time.monotonic()
-
-
-class HttpBackend:
+class HttpBackend(Backend):
     """Backend that talks to a Weckr server (weckr_django or app.useweckr.com).
 
-    Cap checks fail open on outages (5xx, 429, network errors, timeouts, bad JSON;
-    reported through ``on_error``) and fail closed on a wrong (401) or revoked (403)
-    key by raising ``WeckrConfigError``. Usage events are never dropped silently:
-    events the server rejects, events still failing after ``max_retries`` and events
-    pushed out of a full queue are reported through ``on_error`` (or logged to the
-    ``weckr`` logger when there is no handler).
+    Cap decisions fail open on outages (5xx, 429, network errors, timeouts, bad
+    JSON; reported through ``on_error``) and fail closed on a wrong (401) or revoked
+    (403) key by raising ``WeckrConfigError``. ``reserve_endpoint`` defaults to
+    ``endpoint`` with ``/log`` replaced by ``/reserve``; None, or a server answering
+    404 or 405 there, decides with ``check`` alone.
 
-    A batch goes out when ``max_batch_size`` events are queued or ``linger_seconds``
-    after its first event was queued, whichever comes first (``flush`` sends at
-    once), so under load one POST carries hundreds of events; batches are split to
-    stay under the server's body limit. ``batch_endpoint`` defaults to
-    ``endpoint + "/batch"``; None sends events one by one (a server answering 404
-    there is switched to that too). Retry ``i`` waits
-    ``backoff_seconds[i]`` (the last value repeats). ``close()``, or leaving a
-    ``with`` block, flushes and releases the connections; at interpreter exit
-    pending events get ``ATEXIT_FLUSH_SECONDS`` to go out.
-
-    With ``deliver_inline`` (the default), a thread whose ``record`` makes a batch
-    due sends it without waiting (see the module's docstring); each such call
-    costs that thread the batch's JSON, a few microseconds per event. False leaves
-    every send to the sender thread. Through an HTTP proxy (``HTTPS_PROXY`` and the
-    like) the sender thread sends everything, through httpx.
+    Usage events are never dropped silently: events the server rejects, events still
+    failing after ``max_retries`` and events pushed out of a full queue are reported
+    through ``on_error`` (or logged to the ``weckr`` logger when there is no handler).
+    A batch goes out when ``max_batch_size`` events are queued, ``linger_seconds``
+    after its first event was queued, or at once when ``flush`` is waiting or the
+    queue holds the event of a reserved call: until that event arrives, the
+    reservation (the call's worst-case estimate) keeps holding the user's budget.
+    Batches are split to stay under the server's body limit. ``batch_endpoint``
+    defaults to ``endpoint + "/batch"``; None sends events one by one (a server
+    answering 404 there is switched to that too). Retry ``i`` waits
+    ``backoff_seconds[i]`` (the last value repeats).
+    ``close()``, or leaving a ``with`` block, flushes and releases the connections;
+    at interpreter exit pending events get ``ATEXIT_FLUSH_SECONDS`` to go out.
     """
 
     def __init__(
@@ -153,8 +123,8 @@ class HttpBackend:
         max_retries: int = 3,
         backoff_seconds: Sequence[float] = (0.5, 2.0, 8.0),
         linger_seconds: float = 0.5,
-        deliver_inline: bool = True,
         on_error: ErrorHandler | None = None,
+        reserve_endpoint: str | _Unset | None = _Unset.TOKEN,
     ) -> None:
         if not api_key:
             raise WeckrConfigError("invalid_api_key", "Weckr: HttpBackend needs an API key.")
@@ -171,6 +141,11 @@ class HttpBackend:
         self.batch_endpoint = (
             endpoint.rstrip("/") + "/batch" if batch_endpoint is _Unset.TOKEN else batch_endpoint
         )
+        self.reserve_endpoint = (
+            _default_reserve_endpoint(endpoint, check_endpoint)
+            if reserve_endpoint is _Unset.TOKEN
+            else reserve_endpoint
+        )
         self._headers = {"x-api-key": api_key, "user-agent": "weckr-core"}
         self._cache_ttl = cache_ttl_seconds
         self._check_timeout = check_timeout_seconds
@@ -180,84 +155,113 @@ class HttpBackend:
         self._max_retries = max_retries
         self._backoff = tuple(backoff_seconds)
         self._linger = linger_seconds
-        self._deliver_inline = deliver_inline
         self._on_error = on_error
-        # Batches are priced on whichever thread sends them; importing the price
-        # database there would race with SDKs that read sys.modules without the
-        # import lock on other threads.
+        # Plain data, kept by a forked child: (decision, expiry) per check key, and
+        # the expiry of "this plan has no cap" per plan name.
+        self._decisions: dict[_DecisionKey, tuple[CapDecision, float]] = {}
+        self._uncapped_plans: dict[str | None, float] = {}
+        self._closed = False
+        # The sender prices events; importing the price database there would race
+        # with SDKs that read sys.modules without the import lock on other threads.
         preload_prices()
         self._init_state()
         lifecycle.watch(self)
 
     def _init_state(self) -> None:
-        # Everything that must not cross a fork: locks, threads, connections, queue.
+        # Everything that must not cross a fork: locks, the thread, connections, queue.
         self._check_lock = threading.Lock()
-        self._decisions: dict[_DecisionKey, tuple[CapDecision, float]] = {}
         self._pending_checks: dict[_DecisionKey, _PendingCheck] = {}
-        self._check_client: httpx.Client | None = None
+        self._api_client: httpx.Client | None = None
 
         self._lock = threading.Lock()
-        self._has_work = threading.Condition(self._lock)
-        self._progress = threading.Condition(self._lock)
-        # Sequence numbers are contiguous, so the queue holds the records alone (one
-        # object fewer per call for the garbage collector): see _head_seq.
-        self._queue: deque[_Queued] = deque()
-        self._last_seq = 0
+        self._wake = threading.Condition(self._lock)  # the sender: something to send
+        self._progress = threading.Condition(self._lock)  # flush: something settled
+        self._queue: deque[UsageRecord] = deque()
+        self._releases: deque[str] = deque()  # DELETE URLs of holds to drop
         self._oldest_at = 0.0  # when the oldest queued event was queued (about)
-        self._in_flight: list[int] = []  # first sequence numbers of unsettled batches
-        self._handoffs: deque[_Batch] = deque()  # for the sender: retry, split, report
-        self._sender: threading.Thread | None = None
-        self._sender_asleep = False  # waiting without a timeout: record() wakes it
+        self._reserved_queued = 0  # queued events of calls that hold a reservation
+        self._added = 0  # events and releases queued so far
+        self._settled = 0  # of those, sent or reported as not sent
         self._dropped: list[str] = []  # ids of events pushed out of the full queue
-        self._stopping = threading.Event()
-        self._closed = False
         self._flushing = 0  # callers waiting in flush(): the sender does not linger
-        # The log connection: one thread at a time (the sender, or a recording thread
-        # that found it free), in this order: _lane_lock, then _lock.
-        self._lane_lock = threading.Lock()
-        self._lane = self._new_lane()
-        self._lane_batch: _Batch | None = None  # sent on a recording thread, answer unread
-        self._inline_sends = 0  # batches sent on recording threads so far
-
-    @property
-    def delivers_inline(self) -> bool:
-        """True when threads that call ``record`` send due batches themselves (see
-        ``deliver_inline``); False when the sender thread sends everything."""
-        return self._lane is not None
+        self._sender: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def _after_fork_in_child(self) -> None:
         # The parent keeps delivering its own queue and owns the sockets.
-        decisions, closed = self._decisions, self._closed
         self._init_state()
-        self._decisions, self._closed = decisions, closed
 
-    def _new_lane(self) -> Lane | None:
-        """The connection recording threads may send on; None when only the sender
-        thread sends (turned off, behind a proxy, or endpoints on two origins)."""
-        if not self._deliver_inline:
-            return None
-        try:
-            lane = Lane(self.endpoint)
-        except ValueError:
-            return None
-        if self.batch_endpoint is not None and not lane.serves(self.batch_endpoint):
-            return None
-        # httpx (the sender's client) takes its proxy from the same variables.
-        proxies = urllib.request.getproxies_environment()
-        if (proxies.get(lane.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(
-            lane.host
-        ):
-            return None
-        return lane
+    # -- cap decisions -----------------------------------------------------------
 
-    # -- cap checks --------------------------------------------------------------
+    def reserve(self, request: CapRequest) -> CapDecision:
+        """``POST`` the call to ``reserve_endpoint``: the server decides and, for a
+        capped plan, holds the call's worst-case cost until its event arrives."""
+        decision = self._decided_without_asking(request)
+        if decision is not None:
+            return decision
+        url = self.reserve_endpoint
+        if url is None:
+            return self.check(request.user_id, request.plan, request.model)
+        body = {
+            "userId": request.user_id,
+            "planName": request.plan,
+            "model": request.model,
+            "provider": request.provider,
+            "inputTokens": request.prompt_tokens(),
+            "maxOutputTokens": request.max_output_tokens,
+        }
+        response = self._ask("cap reservation", "POST", url, json=body)
+        if response is None:
+            return ALLOW
+        if response.status_code in (404, 405):
+            self._use_check_only(url, response.status_code)
+            return self.check(request.user_id, request.plan, request.model)
+        decision = self._read_decision("cap reservation", response, request.user_id)
+        if decision is None:
+            return ALLOW
+        if decision.allowed and decision.cap is None and decision.reason is None:
+            self._remember_uncapped(request.plan)
+        return decision
+
+    async def areserve(self, request: CapRequest) -> CapDecision:
+        """``reserve`` for the async paths: a decision known without asking at once,
+        else the request on a worker thread, so the event loop goes on meanwhile."""
+        decision = self._decided_without_asking(request)
+        if decision is not None:
+            return decision
+        return await asyncio.to_thread(self.reserve, request)
+
+    def settle(self, reservation: Reservation, record: UsageRecord) -> None:
+        """Nothing to do here: the record carries ``reservation_id``, and the server
+        settles the hold when it stores the event."""
+
+    def release(self, reservation: Reservation) -> None:
+        """Drop the hold of a call that was never made: ``DELETE`` it (with the
+        ``userId`` it was for), from the sender thread, as this may be called on an
+        event loop. Failures are reported; the hold then lasts until it expires."""
+        endpoint = self.reserve_endpoint
+        if endpoint is None:
+            return
+        url = f"{endpoint.rstrip('/')}/{quote(reservation.id, safe='')}"
+        if reservation.user_id is not None:
+            url += "?" + urlencode({"userId": reservation.user_id})
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._releases.append(url)
+                self._added += 1
+                self._wake.notify()
+                if self._sender is None:
+                    self._start_sender()
+        if closed:
+            self._report(f"Weckr: backend is closed; reservation {reservation.id} not released.")
 
     def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
         if not user_id or not plan:
             return ALLOW
         key = (user_id, plan, model)
-        # Once per LLM call: a fresh decision is read without the lock (a dict read is
-        # atomic, and the entries are immutable tuples); misses take it.
+        # A fresh decision is read without the lock (a dict read is atomic, and the
+        # entries are immutable tuples); misses take it.
         entry = self._decisions.get(key)
         if entry is not None and entry[1] > time.monotonic():
             return entry[0]
@@ -277,7 +281,7 @@ class HttpBackend:
 
         decision: CapDecision | None = None
         try:
-            decision = self._fetch_decision(user_id, plan, model)
+            decision = self._fetch_check(user_id, plan, model)
         except WeckrConfigError as error:
             pending.error = error
             raise
@@ -290,115 +294,143 @@ class HttpBackend:
             pending.done.set()
         return pending.decision
 
-    async def acheck(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
-        """``check`` for the async paths: a cached decision at once, else the request
-        on a worker thread, so the event loop goes on meanwhile."""
-        if not user_id or not plan:
+    def _decided_without_asking(self, request: CapRequest) -> CapDecision | None:
+        """The decision when no request is needed: no user, a plan known to have no
+        cap, or (without reservations) a cached check. None otherwise."""
+        if not request.user_id:
             return ALLOW
-        with self._check_lock:
-            cached = self._fresh_decision((user_id, plan, model))
-        if cached is not None:
-            return cached
-        return await asyncio.to_thread(self.check, user_id, plan, model)
+        expiry = self._uncapped_plans.get(request.plan)
+        if expiry is not None and expiry > time.monotonic():
+            return ALLOW
+        if self.reserve_endpoint is None:
+            if not request.plan:
+                return ALLOW
+            return self._fresh_decision((request.user_id, request.plan, request.model))
+        return None
 
     def _fresh_decision(self, key: _DecisionKey) -> CapDecision | None:
-        # Called with self._check_lock held.
         cached = self._decisions.get(key)
         return cached[0] if cached is not None and cached[1] > time.monotonic() else None
 
     def _cache_decision(self, key: _DecisionKey, decision: CapDecision) -> None:
+        # Called with self._check_lock held. Lock-free readers see the old dict or
+        # the new one.
         now = time.monotonic()
         if len(self._decisions) >= _MAX_CACHED_DECISIONS:
             self._decisions = {k: v for k, v in self._decisions.items() if v[1] > now}
         self._decisions[key] = (decision, now + self._cache_ttl)
 
-    def _fetch_decision(self, user_id: str, plan: str, model: str) -> CapDecision | None:
+    def _remember_uncapped(self, plan: str | None) -> None:
+        now = time.monotonic()
+        with self._check_lock:
+            if len(self._uncapped_plans) >= _MAX_CACHED_DECISIONS:
+                self._uncapped_plans = {k: v for k, v in self._uncapped_plans.items() if v > now}
+            self._uncapped_plans[plan] = now + self._cache_ttl
+
+    def _use_check_only(self, url: str, status: int) -> None:
+        with self._check_lock:
+            if self.reserve_endpoint != url:
+                return  # another thread switched already
+            self.reserve_endpoint = None
+        logger.warning(
+            "Weckr: %s answered HTTP %s: the server has no reservations; deciding with "
+            "cached cap checks (%s) instead.",
+            url,
+            status,
+            self.check_endpoint,
+        )
+
+    def _fetch_check(self, user_id: str, plan: str, model: str) -> CapDecision | None:
         """The server's decision; None (reported) when the check failed and the call
         is allowed without caching. Raises ``WeckrConfigError`` on 401 and 403."""
         params = {"userId": user_id, "planName": plan}
         if model:
             params["model"] = model
+        response = self._ask("cap check", "GET", self.check_endpoint, params=params)
+        return None if response is None else self._read_decision("cap check", response)
+
+    def _ask(self, what: str, method: str, url: str, **options: Any) -> httpx.Response | None:
+        """The server's answer; None (reported) when there is none. Raises
+        ``WeckrConfigError`` on 401 and 403."""
         try:
-            response = self._get_check_client().get(self.check_endpoint, params=params)
+            response = self._api().request(method, url, **options)
         except Exception as error:  # network errors, timeouts, a closed client: fail open
-            self._report(f"Weckr: cap check failed ({_describe(error)}); allowing the call.", error)
+            self._report(f"Weckr: {what} failed ({_describe(error)}); allowing the call.", error)
             return None
         status = response.status_code
         if status in (401, 403):
             raise WeckrConfigError(
                 "invalid_api_key" if status == 401 else "forbidden",
-                f"Weckr: cap check rejected with HTTP {status}: the API key is "
+                f"Weckr: {what} rejected with HTTP {status}: the API key is "
                 f"{'unknown' if status == 401 else 'revoked'}. "
                 f"Server said: {_server_message(response)}",
             )
+        return response
+
+    def _read_decision(
+        self, what: str, response: httpx.Response, user_id: str | None = None
+    ) -> CapDecision | None:
         if not response.is_success:
             self._report(
-                f"Weckr: cap check failed with HTTP {status} ({_server_message(response)}); "
-                "allowing the call.",
-                status_code=status,
+                f"Weckr: {what} failed with HTTP {response.status_code} "
+                f"({_server_message(response)}); allowing the call.",
+                status_code=response.status_code,
             )
             return None
         try:
-            return _parse_decision(response.json())
+            return _parse_decision(response.json(), user_id)
         except ValueError as error:
-            self._report(
-                f"Weckr: unreadable cap check response ({error}); allowing the call.", error
-            )
+            self._report(f"Weckr: unreadable {what} response ({error}); allowing the call.", error)
             return None
 
-    def _get_check_client(self) -> httpx.Client:
+    def _api(self) -> httpx.Client:
+        """The client of the callers' threads (decisions), shared by them."""
         with self._check_lock:
-            if self._check_client is None:
-                self._check_client = httpx.Client(
-                    headers=self._headers, timeout=self._check_timeout
-                )
-            return self._check_client
+            if self._api_client is None:
+                self._api_client = httpx.Client(headers=self._headers, timeout=self._check_timeout)
+            return self._api_client
 
     # -- usage events ------------------------------------------------------------
 
-    def record(self, record: _Queued) -> None:
-        now = time.monotonic()
-        due = False
+    def record(self, record: UsageRecord) -> None:
         with self._lock:
             closed = self._closed
             if not closed:
-                if len(self._queue) >= self._max_queue:
+                queue = self._queue
+                if len(queue) >= self._max_queue:
                     # Reported by the sender, one error per burst rather than per event.
-                    self._dropped.append(self._queue.popleft().event_id)
-                self._last_seq += 1
-                self._queue.append(record)
+                    dropped = queue.popleft()
+                    self._dropped.append(dropped.event_id)
+                    if dropped.reservation_id is not None:
+                        self._reserved_queued -= 1
+                queue.append(record)
+                self._added += 1
+                if len(queue) == 1:
+                    self._oldest_at = time.monotonic()
+                    self._wake.notify()
+                # Until its event arrives, a reserved call's worst-case estimate keeps
+                # holding the user's budget: it goes without lingering.
+                if record.reservation_id is not None:
+                    self._reserved_queued += 1
+                    self._wake.notify()
+                elif len(queue) == self._max_batch_size:
+                    self._wake.notify()
                 if self._sender is None:
                     self._start_sender()
-                queued = len(self._queue)
-                if queued == 1:
-                    self._oldest_at = now
-                    if self._sender_asleep:
-                        self._sender_asleep = False
-                        self._has_work.notify()
-                if self._lane is not None:
-                    due = queued >= self._max_batch_size or now - self._oldest_at >= self._linger
-                elif queued >= self._max_batch_size:
-                    self._has_work.notify()  # the sender lingers for a full batch
         if closed:
             self._report(
                 f"Weckr: backend is closed; event {record.event_id} not sent.",
                 event_ids=[record.event_id],
             )
-        elif due:
-            self._send_inline()
-
-    # A call the client leaves unbuilt is queued as it is: its record is built when
-    # its batch is encoded, with the rest of the batch, on the thread that sends it.
-    record_pending = record
 
     def flush(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         with self._lock:
-            target = self._last_seq
+            target = self._added
             self._flushing += 1
-            self._has_work.notify()
+            self._wake.notify()
             try:
-                while not self._done_through(target):
+                while self._settled < target:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
@@ -415,10 +447,12 @@ class HttpBackend:
         with self._lock:
             self._closed = True
             leftovers = [record.event_id for record in self._queue]
-            leftovers += [event_id for batch in self._handoffs for event_id, _ in batch.events]
+            unreleased = len(self._releases)
             self._queue.clear()
-            self._handoffs.clear()
-            self._has_work.notify_all()
+            self._releases.clear()
+            self._reserved_queued = 0
+            self._settled += len(leftovers) + unreleased
+            self._wake.notify_all()
             self._progress.notify_all()
             sender = self._sender
         self._stopping.set()
@@ -429,11 +463,15 @@ class HttpBackend:
                 f"Weckr: backend closed with {len(leftovers)} event(s) not sent.",
                 event_ids=leftovers,
             )
+        if unreleased:
+            self._report(
+                f"Weckr: backend closed with {unreleased} reservation(s) not released; "
+                "they hold budget until the server expires them."
+            )
         if sender is not None and sender is not threading.current_thread():
             sender.join(max(0.0, deadline - time.monotonic()))
-        self._close_lane(max(0.0, deadline - time.monotonic()))
         with self._check_lock:
-            client, self._check_client = self._check_client, None
+            client, self._api_client = self._api_client, None
         if client is not None:
             client.close()
 
@@ -443,155 +481,7 @@ class HttpBackend:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _done_through(self, seq: int) -> bool:
-        """True when every event up to sequence number ``seq`` is delivered or given up."""
-        return all(first > seq for first in self._in_flight) and (
-            not self._queue or self._head_seq() > seq
-        )
-
-    def _head_seq(self) -> int:
-        """The sequence number of the oldest queued event; called with self._lock held."""
-        return self._last_seq - len(self._queue) + 1
-
-    def _take_batch(self, now: float) -> tuple[int, list[_Queued]]:
-        """The oldest queued events, up to a batch; called with self._lock held."""
-        first_seq = self._head_seq()
-        count = min(len(self._queue), self._max_batch_size)
-        taken = [self._queue.popleft() for _ in range(count)]
-        self._in_flight.append(first_seq)
-        self._oldest_at = now  # of what is left: not older than now
-        return first_seq, taken
-
-    def _settled(self, batch: _Batch | int) -> None:
-        first_seq = batch if isinstance(batch, int) else batch.first_seq
-        with self._lock:
-            self._in_flight.remove(first_seq)
-            self._progress.notify_all()
-
-    def _hand_off(self, batch: _Batch) -> None:
-        """Give a batch to the sender thread, which retries, splits or reports it."""
-        with self._lock:
-            self._handoffs.append(batch)
-            self._sender_asleep = False
-            self._has_work.notify()
-
-    # -- sending on the recording threads -----------------------------------------------
-
-    def _send_inline(self) -> None:
-        """Called by ``record`` when a batch is due: on this thread, without waiting,
-        read the answer to the batch sent before, then send the next. Does nothing
-        while another thread uses the connection."""
-        if not self._lane_lock.acquire(blocking=False):
-            return
-        try:
-            if self._lane_batch is None or self._read_inline_answer(block=False):
-                self._start_inline_batch()
-        except Exception as error:  # a bug here must not reach the caller's LLM call
-            self._report("Weckr: unexpected error sending usage events.", error)
-        finally:
-            self._lane_lock.release()
-
-    def _read_inline_answer(self, *, block: bool) -> bool:
-        """Settle the batch sent on a recording thread if its answer is in (waiting
-        for it with ``block``); False while it is not. Needs self._lane_lock."""
-        batch, lane = self._lane_batch, self._lane
-        assert batch is not None and lane is not None
-        outcome: _Outcome | None
-        try:
-            outcome = lane.finish() if block else lane.advance()
-        except httpx.TransportError as error:
-            outcome = error
-        if outcome is None:
-            return False
-        self._lane_batch = None
-        if isinstance(outcome, httpx.Response) and outcome.is_success:
-            try:
-                if len(batch.events) > 1:
-                    event_ids = [event_id for event_id, _ in batch.events]
-                    self._report_rejected_events(outcome, event_ids)
-            finally:
-                self._settled(batch)
-        else:
-            batch.outcome = outcome  # the sender takes it from there, as if it had sent it
-            self._hand_off(batch)
-        return True
-
-    def _start_inline_batch(self) -> None:
-        lane = self._lane
-        assert lane is not None and self._lane_batch is None
-        now = time.monotonic()
-        with self._lock:
-            queued = len(self._queue)
-            if not queued or (
-                queued < self._max_batch_size and now - self._oldest_at < self._linger
-            ):
-                return
-            first_seq, records = self._take_batch(now)
-        try:
-            events = self._encode(records)
-        except Exception as error:  # taken from the queue: reported, not lost silently
-            self._report_unexpected(error, [record.event_id for record in records])
-            self._settled(first_seq)
-            return
-        batch = _Batch(first_seq, events)
-        if not batch.events:
-            self._settled(batch)
-            return
-        try:
-            request = self._inline_request(batch.events)
-            if request is None or not lane.usable():
-                self._hand_off(batch)  # the sender connects, or splits the batch
-                return
-            target, body = request
-            headers = self._inline_headers(lane, len(body))
-            lane.begin(b"POST", target, headers, body, self._send_timeout)
-        except BaseException:
-            self._hand_off(batch)  # taken from the queue: not to be lost
-            raise
-        self._lane_batch = batch
-        self._inline_sends += 1
-        self._read_inline_answer(block=False)
-
-    def _inline_request(self, events: list[_Event]) -> tuple[bytes, bytes] | None:
-        """Target and body of the one request the sender would make first for
-        ``events``; None when it would take more (splits, or one POST per event)."""
-        if len(events) == 1:
-            return httpx.URL(self.endpoint).raw_path, events[0][1].encode()
-        if self.batch_endpoint is None:
-            return None
-        body = encode_batch([text for _, text in events])
-        if len(body) > MAX_BATCH_BYTES:
-            return None
-        return httpx.URL(self.batch_endpoint).raw_path, body
-
-    def _inline_headers(self, lane: Lane, length: int) -> list[tuple[bytes, bytes]]:
-        default_port = 443 if lane.scheme == "https" else 80
-        host = lane.host if lane.port == default_port else f"{lane.host}:{lane.port}"
-        return [
-            (b"host", host.encode("idna")),
-            *((name.encode(), value.encode()) for name, value in self._headers.items()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(length).encode()),
-        ]
-
-    def _close_lane(self, timeout: float) -> None:
-        if not self._lane_lock.acquire(timeout=timeout):
-            return  # the sender is on it, and closes it (its client's transport) when done
-        try:
-            batch, self._lane_batch = self._lane_batch, None
-            if self._lane is not None:
-                self._lane.close()
-        finally:
-            self._lane_lock.release()
-        if batch is not None:
-            self._report(
-                f"Weckr: backend closed before the server answered for {len(batch.events)} "
-                "event(s); they may not have been delivered.",
-                event_ids=[event_id for event_id, _ in batch.events],
-            )
-            self._settled(batch)
-
-    # -- the sender thread ----------------------------------------------------------------
+    # -- the sender thread ---------------------------------------------------------
 
     def _start_sender(self) -> None:
         # Called with self._lock held, when ``_sender`` is None: the sender clears it
@@ -599,161 +489,128 @@ class HttpBackend:
         self._sender = threading.Thread(target=self._run, name="weckr-sender", daemon=True)
         try:
             self._sender.start()
-        except RuntimeError:  # interpreter shutting down: the event stays queued
+        except RuntimeError:  # interpreter shutting down: the work stays queued
             self._sender = None
             logger.warning("Weckr: could not start the sender thread.", exc_info=True)
 
     def _run(self) -> None:
         try:
-            self._send_until_closed()
+            with httpx.Client(headers=self._headers, timeout=self._send_timeout) as client:
+                while True:
+                    with self._lock:
+                        work = self._next_work()
+                    if work is None:
+                        return
+                    self._send_work(client, *work)
         finally:
             with self._lock:
                 if self._sender is threading.current_thread():
                     self._sender = None
 
-    def _send_until_closed(self) -> None:
-        lane = self._lane
-        transport: httpx.BaseTransport | None = lane
-        with httpx.Client(
-            headers=self._headers, timeout=self._send_timeout, transport=transport
-        ) as client:
-            if lane is not None:
-                # Ready for the recording threads' first batch; on failure the first
-                # send connects again, and reports.
-                with self._lane_lock, contextlib.suppress(httpx.TransportError):
-                    lane.connect(self._send_timeout)
-            patience = _Patience(self._linger, lane is not None)
-            while True:
-                with self._lock:
-                    job = self._next_job(patience)
-                if job is None:
-                    return
-                with self._lane_lock:
-                    try:
-                        if self._lane_batch is not None:  # the connection is needed now
-                            self._read_inline_answer(block=True)
-                        job(client)
-                    except Exception as error:  # a bug here must not stop delivery for good
-                        self._report("Weckr: unexpected error sending usage events.", error)
-                    finally:
-                        self._report_dropped()
-
-    def _next_job(self, patience: _Patience) -> Callable[[httpx.Client], None] | None:
-        """Wait for something the sender must do; None once closed and done.
-        Called with self._lock held, right after the previous job (or the start)."""
-        awake = True  # and holding the GIL anyway: no wake-up to spare the callers
+    def _next_work(self) -> tuple[list[str], list[UsageRecord]] | None:
+        """Waits for releases to send or a batch that is due; None once closed and
+        done. Called with self._lock held."""
         while True:
-            now = time.monotonic()
-            hurry = self._flushing > 0 or self._closed
-            if self._handoffs:
-                return self._handoff_job(self._handoffs.popleft())
+            releases = list(self._releases)
+            self._releases.clear()
             timeout: float | None = None
-            batch = self._lane_batch  # read without _lane_lock: the job checks again
-            if batch is not None:
-                waited = now - batch.started
-                if hurry or waited >= patience.seconds:
-                    return _nothing_more  # the answer is read before every job
-                timeout = patience.seconds - waited
             if self._queue:
+                now = time.monotonic()
                 waited = now - self._oldest_at
-                due = len(self._queue) >= self._max_batch_size or (
-                    waited >= (self._linger if awake else patience.seconds)
-                )
-                if hurry or due:
-                    return self._queue_job(*self._take_batch(now))
-                wait_for_queue = patience.seconds - waited
-                timeout = wait_for_queue if timeout is None else min(timeout, wait_for_queue)
-            elif self._closed:
+                if (
+                    self._flushing
+                    or self._closed
+                    or self._reserved_queued
+                    or len(self._queue) >= self._max_batch_size
+                    or waited >= self._linger
+                ):
+                    return releases, self._take_batch(now)
+                timeout = self._linger - waited
+            if releases:
+                return releases, []
+            if self._closed:
                 return None
-            elif timeout is None:
-                timeout = patience.idle_timeout()
-            self._sender_asleep = timeout is None
-            seen = self._inline_sends
-            woken = self._has_work.wait(timeout)
-            self._sender_asleep = False
-            awake = False
-            if not woken:
-                patience.observe(callers_sent=self._inline_sends != seen)
+            self._wake.wait(timeout)
 
-    def _handoff_job(self, batch: _Batch) -> Callable[[httpx.Client], None]:
-        def job(client: httpx.Client) -> None:
-            try:
-                self._send_events(client, batch.events, batch.outcome)
-            except Exception as error:  # a bug here must not lose the events unreported
-                self._report_unexpected(error, [event_id for event_id, _ in batch.events])
-            finally:
-                self._settled(batch)
+    def _take_batch(self, now: float) -> list[UsageRecord]:
+        """The oldest queued events, up to a batch; called with self._lock held."""
+        count = min(len(self._queue), self._max_batch_size)
+        batch = [self._queue.popleft() for _ in range(count)]
+        self._reserved_queued -= sum(record.reservation_id is not None for record in batch)
+        self._oldest_at = now  # of what is left: not older than now
+        return batch
 
-        return job
-
-    def _queue_job(self, first_seq: int, records: list[_Queued]) -> Callable[..., None]:
-        def job(client: httpx.Client) -> None:
-            try:
+    def _send_work(
+        self, client: httpx.Client, releases: list[str], records: list[UsageRecord]
+    ) -> None:
+        try:
+            self._report_dropped()
+            for url in releases:
+                self._send_release(client, url)
+            if records:
                 self._send_events(client, self._encode(records))
-            except Exception as error:  # a bug here must not lose the events unreported
-                self._report_unexpected(error, [record.event_id for record in records])
-            finally:
-                self._settled(first_seq)
-
-        return job
-
-    def _report_unexpected(self, error: Exception, event_ids: list[str]) -> None:
-        self._report(
-            f"Weckr: unexpected error sending {len(event_ids)} event(s).",
-            error,
-            event_ids=event_ids,
-        )
+        except Exception as error:  # a bug here must not stop delivery, nor lose events
+            self._report(
+                f"Weckr: unexpected error sending {len(records)} event(s).",
+                error,
+                event_ids=[record.event_id for record in records],
+            )
+        finally:
+            with self._lock:
+                self._settled += len(releases) + len(records)
+                self._progress.notify_all()
 
     def _report_dropped(self) -> None:
         with self._lock:
             dropped, self._dropped = self._dropped, []
-        if dropped:
-            self._report(
-                f"Weckr: send queue full ({self._max_queue} events); dropped the "
-                f"{len(dropped)} oldest event(s).",
-                event_ids=dropped,
-            )
+        if not dropped:
+            return
+        self._report(
+            f"Weckr: send queue full ({self._max_queue} events); dropped the "
+            f"{len(dropped)} oldest event(s).",
+            event_ids=dropped,
+        )
+        with self._lock:
+            self._settled += len(dropped)
+            self._progress.notify_all()
 
-    def _encode(self, queued: list[_Queued]) -> list[_Event]:
+    def _send_release(self, client: httpx.Client, url: str) -> None:
+        cause: httpx.TransportError | None = None
+        status: int | None = None
+        try:
+            response = client.delete(url, timeout=self._check_timeout)
+        except httpx.TransportError as error:
+            cause, failure = error, _describe(error)
+        else:
+            if response.is_success or response.status_code == 404:  # 404: gone already
+                return
+            status = response.status_code
+            failure = f"HTTP {status}"
+        self._report(
+            f"Weckr: could not release {url} ({failure}); the hold lasts until the "
+            "server expires it.",
+            cause,
+            status_code=status,
+        )
+
+    def _encode(self, records: list[UsageRecord]) -> list[_Event]:
         """The records as wire events, priced; a record that cannot be is reported."""
         events: list[_Event] = []
-        for item in queued:
-            if isinstance(item, UsageRecord):
-                record = item
-            else:
+        for record in records:
+            wire = record.to_wire()
+            if record.cost_usd is None:
+                # Priced here, without writing to the caller's record from this thread.
                 try:
-                    # The usual call goes to the wire without a record built for it.
-                    plain = item.plain()
-                    text = None if plain is None else encode_plain_call(plain)
-                except Exception:  # built, the general way below says what is wrong
-                    text = None
-                if text is not None:
-                    events.append((item.event_id, text))
-                    continue
-                try:
-                    record = item.build()
-                except Exception as error:  # build() does not raise: a bug of ours
-                    self._report_unexpected(error, [item.event_id])
-                    continue
+                    wire["costUsd"] = float(price_record(record).usd)
+                except Exception as error:  # the server prices it anyway
+                    self._report(
+                        f"Weckr: could not price event {record.event_id}; sending it unpriced.",
+                        error,
+                        event_ids=[record.event_id],
+                    )
             try:
-                text = encode_plain(record)
-            except Exception:  # the general way below says what is wrong with it
-                text = None
-            if text is not None:
-                events.append((record.event_id, text))
-                continue
-            cost: float | None = None
-            try:
-                cost = float(record.cost_usd) if record.cost_usd is not None else cost_usd(record)
-            except Exception as error:  # the server prices it anyway
-                self._report(
-                    f"Weckr: could not price event {record.event_id}; sending it unpriced.",
-                    error,
-                    event_ids=[record.event_id],
-                )
-            try:
-                events.append((record.event_id, encode_event(record, cost)))
-            except Exception as error:
+                events.append((record.event_id, json.dumps(wire, allow_nan=False).encode()))
+            except (TypeError, ValueError) as error:
                 self._report(
                     f"Weckr: event {record.event_id} cannot be sent as JSON ({error}).",
                     error,
@@ -761,27 +618,20 @@ class HttpBackend:
                 )
         return events
 
-    def _send_events(
-        self, client: httpx.Client, events: list[_Event], first: _Outcome | None = None
-    ) -> None:
-        """Deliver ``events``; ``first`` is the outcome of the first request this
-        would make (sent on a recording thread), which is then not made again."""
+    def _send_events(self, client: httpx.Client, events: list[_Event]) -> None:
         batch_endpoint = self.batch_endpoint
         if (
             len(events) > 1
             and batch_endpoint is not None
-            and self._send_batch(client, batch_endpoint, events, first)
+            and self._send_batch(client, batch_endpoint, events)
         ):
             return
-        if len(events) > 1:
-            first = None  # that was the batch request, answered 404
         for event in events:
-            self._send_one(client, event, first)
-            first = None
+            self._send_one(client, event)
 
-    def _send_one(self, client: httpx.Client, event: _Event, first: _Outcome | None = None) -> None:
-        event_id, text = event
-        response = self._post(client, self.endpoint, text.encode(), [event_id], first)
+    def _send_one(self, client: httpx.Client, event: _Event) -> None:
+        event_id, body = event
+        response = self._post(client, self.endpoint, body, [event_id])
         if response is not None and not response.is_success:
             self._report(
                 f"Weckr: server rejected event {event_id} with HTTP {response.status_code}: "
@@ -790,17 +640,15 @@ class HttpBackend:
                 event_ids=[event_id],
             )
 
-    def _send_batch(
-        self, client: httpx.Client, url: str, events: list[_Event], first: _Outcome | None = None
-    ) -> bool:
+    def _send_batch(self, client: httpx.Client, url: str, events: list[_Event]) -> bool:
         """Sends one batch, split in halves while its body is over ``MAX_BATCH_BYTES``
         or the server answers 413. False when the server has no batch endpoint (the
         caller sends the events singly)."""
-        body = encode_batch([text for _, text in events])
+        body = b'{"events":[' + b",".join(body for _, body in events) + b"]}"
         if len(body) > MAX_BATCH_BYTES and len(events) > 1:
             return self._send_halves(client, url, events)
         event_ids = [event_id for event_id, _ in events]
-        response = self._post(client, url, body, event_ids, first)
+        response = self._post(client, url, body, event_ids)
         if response is None:
             return True
         status = response.status_code
@@ -855,29 +703,17 @@ class HttpBackend:
             )
 
     def _post(
-        self,
-        client: httpx.Client,
-        url: str,
-        body: bytes,
-        event_ids: list[str],
-        first: _Outcome | None = None,
+        self, client: httpx.Client, url: str, body: bytes, event_ids: list[str]
     ) -> httpx.Response | None:
         """POSTs a JSON body with bounded retries on 429, 5xx, network errors and
-        timeouts (waiting at least the server's Retry-After). ``first`` is the
-        outcome of an attempt already made. Returns the final response, or None
-        (reported) when the events are given up."""
+        timeouts (waiting at least the server's Retry-After). Returns the final
+        response, or None (reported) when the events are given up."""
         attempt = 0
         while True:
             cause: BaseException | None = None
             delay = self._backoff[min(attempt, len(self._backoff) - 1)]
             try:
-                if first is None:
-                    response = client.post(url, content=body, headers=_JSON_CONTENT)
-                elif isinstance(first, httpx.Response):
-                    response, first = first, None
-                else:
-                    error, first = first, None
-                    raise error
+                response = client.post(url, content=body, headers=_JSON_CONTENT)
             except httpx.TransportError as error:
                 cause, failure, status = error, _describe(error), None
             else:
@@ -917,42 +753,17 @@ class HttpBackend:
             logger.exception("Weckr: the on_error handler raised.")
 
 
-class _Patience:
-    """How long the sender leaves queued events to the recording threads.
-
-    Without a lane the sender sends a batch once it is full or ``linger`` old, and
-    sleeps until ``record`` wakes it when there is nothing to send. With one, the
-    recording threads send due batches themselves, and every wake-up of the sender
-    costs them while they run Python, so it never lets ``record`` wake it: it looks
-    every ``MAX_SENDER_PATIENCE_SECONDS`` when nothing is queued, and leaves queued
-    events to the recording threads for twice the linger, doubled (up to that
-    maximum) each time it wakes to find they sent something meanwhile.
-    """
-
-    def __init__(self, linger: float, callers_send: bool) -> None:
-        self._callers_send = callers_send
-        self._shortest = min(max(2 * linger, 0.05), MAX_SENDER_PATIENCE_SECONDS)
-        self.seconds = self._shortest if callers_send else linger
-
-    def observe(self, *, callers_sent: bool) -> None:
-        """After a wake-up on the timeout: did the recording threads send since?"""
-        if self._callers_send:
-            self.seconds = (
-                min(2 * self.seconds, MAX_SENDER_PATIENCE_SECONDS)
-                if callers_sent
-                else self._shortest
-            )
-
-    def idle_timeout(self) -> float | None:
-        """How long to wait with nothing queued; None: until ``record`` wakes it."""
-        return MAX_SENDER_PATIENCE_SECONDS if self._callers_send else None
-
-
 _JSON_CONTENT: Final = {"content-type": "application/json"}
 
 
-def _nothing_more(client: httpx.Client) -> None:
-    """A job that is only the answer to read before it."""
+def _default_reserve_endpoint(endpoint: str, check_endpoint: str) -> str | None:
+    """``endpoint`` with ``/log`` replaced by ``/reserve``, else ``check_endpoint``
+    with ``/check`` replaced; None when neither ends so."""
+    for url, tail in ((endpoint, "/log"), (check_endpoint, "/check")):
+        base = url.rstrip("/")
+        if base.endswith(tail):
+            return base.removesuffix(tail) + "/reserve"
+    return None
 
 
 def _is_retryable(status: int) -> bool:
@@ -991,19 +802,45 @@ def _error_text(body: dict[str, Any]) -> str | None:
     return f"{message} (field: {field})" if isinstance(field, str) and field else message
 
 
-def _parse_decision(body: Any) -> CapDecision:
+def _parse_decision(body: Any, user_id: str | None = None) -> CapDecision:
+    """A ``/check`` or ``/reserve`` answer (``/check`` has no ``inFlight``, ``plan``,
+    ``reason`` or ``reservation``) for ``user_id``; ValueError when it is not one."""
     if not isinstance(body, dict):
         raise ValueError("expected a JSON object")
     allowed = body.get("allowed", True)
     if not isinstance(allowed, bool):
         raise ValueError(f"'allowed' is not a boolean: {allowed!r}")
-    spend, cap = _decimal(body.get("currentSpend")), _decimal(body.get("cap"))
-    if allowed:
-        return CapDecision("allow", None, spend, cap)
     alternative = body.get("alternativeModel")
-    if body.get("action") == "downgrade" and isinstance(alternative, str) and alternative:
-        return CapDecision("downgrade", alternative, spend, cap)
-    return CapDecision("block", None, spend, cap)
+    action: CapAction
+    if allowed:
+        action, alternative = "allow", None
+    elif body.get("action") == "downgrade" and isinstance(alternative, str) and alternative:
+        action = "downgrade"
+    else:
+        action, alternative = "block", None
+    plan, reason = body.get("plan"), body.get("reason")
+    return CapDecision(
+        action,
+        alternative,
+        current_spend=_decimal(body.get("currentSpend")),
+        cap=_decimal(body.get("cap")),
+        reservation=_parse_reservation(body.get("reservation"), user_id),
+        in_flight=_decimal(body.get("inFlight")),
+        plan=plan if isinstance(plan, str) else None,
+        reason=reason if reason in _REASONS else None,
+    )
+
+
+def _parse_reservation(value: Any, user_id: str | None) -> Reservation | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"not a reservation: {value!r}")
+    reservation_id, model = value.get("id"), value.get("model")
+    amount = _decimal(value.get("amountUsd"))
+    if not (isinstance(reservation_id, str) and isinstance(model, str) and amount is not None):
+        raise ValueError(f"not a reservation: {value!r}")
+    return Reservation(reservation_id, amount, model, user_id)
 
 
 def _decimal(value: Any) -> Decimal | None:

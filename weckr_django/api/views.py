@@ -19,15 +19,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, exception_handler
 
+from weckr_core.backends.base import CapDecision
 from weckr_core.records import UsageRecord
-from weckr_django import reports
+from weckr_django import caps, reports
 from weckr_django.api.authentication import ApiKeyAuthentication, HasApiKey
 from weckr_django.api.throttling import ApiKeyRateThrottle
-from weckr_django.caps import decide
 from weckr_django.conf import weckr_settings
 from weckr_django.ingest import ingest_records
 from weckr_django.models import ApiKey, Project, UsageEvent
-from weckr_django.wire import WireError, parse_event
+from weckr_django.stores import CapStoreUnavailable
+from weckr_django.wire import WireError, parse_event, parse_reserve, reservation_id
 
 #: Largest request body accepted, checked before anything is parsed. A batch of the
 #: default 500 events from weckr-sdk (about 600 bytes each) fits with room to spare.
@@ -42,6 +43,11 @@ class BadRequest(exceptions.APIException):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class ServiceUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The cap store is unavailable; try again."
 
 
 class PayloadTooLarge(exceptions.APIException):
@@ -208,8 +214,24 @@ class LogBatchView(WeckrAPIView):
         return Response({"accepted": created, "duplicates": duplicates, "rejected": rejected})
 
 
+def _decision(decision: CapDecision) -> dict[str, Any]:
+    """A cap decision on the wire: weckr-sdk's ``/check`` fields, then ours."""
+    return {
+        "allowed": decision.allowed,
+        "action": None if decision.allowed else decision.action,
+        "alternativeModel": decision.alternative_model,
+        "currentSpend": _money(decision.current_spend),
+        "cap": _money(decision.cap),
+        "remainingBudget": _money(decision.remaining_budget),
+        "inFlight": _money(decision.in_flight),
+        "plan": decision.plan,
+        "reason": decision.reason,
+    }
+
+
 class CheckView(WeckrAPIView):
-    """``GET /api/v1/check?userId=&planName=&model=``: may this user's next call go ahead?"""
+    """``GET /api/v1/check?userId=&planName=&model=``: may this user's next call go
+    ahead? Holds nothing; ``POST /api/v1/reserve`` holds the call's cost."""
 
     def get(self, request: Request) -> Response:
         params = {
@@ -219,22 +241,57 @@ class CheckView(WeckrAPIView):
         for name, value in params.items():
             if len(value) > _MAX_QUERY_VALUE or "\x00" in value:
                 raise BadRequest(f"{name} is not a valid value.", name)
-        decision = decide(
+        decision = caps.decide(
             self.project(request),
             params["userId"] or None,
             params["planName"] or None,
             params["model"] or "unknown",
         )
-        return Response(
-            {
-                "allowed": decision.allowed,
-                "action": None if decision.allowed else decision.action,
-                "alternativeModel": decision.alternative_model,
-                "currentSpend": _money(decision.current_spend),
-                "cap": _money(decision.cap),
-                "remainingBudget": _money(decision.remaining_budget),
+        return Response(_decision(decision))
+
+
+class ReserveView(WeckrAPIView):
+    """``POST /api/v1/reserve``: decide a call and hold its worst-case cost against
+    the user's cap. The call's event settles the reservation when it names it as
+    ``reservationId``; ``DELETE /api/v1/reserve/<id>`` drops it for a call never made."""
+
+    def post(self, request: Request) -> Response:
+        try:
+            cap_request = parse_reserve(self.json_body(request))
+        except WireError as error:
+            raise BadRequest(error.message, error.field) from None
+        decision = caps.reserve(self.project(request), cap_request)
+        body = _decision(decision)
+        reservation = decision.reservation
+        body["reservation"] = (
+            None
+            if reservation is None
+            else {
+                "id": reservation.id,
+                "amountUsd": _money(reservation.amount_usd),
+                "model": reservation.model,
             }
         )
+        return Response(body)
+
+
+class ReleaseView(WeckrAPIView):
+    """``DELETE /api/v1/reserve/<id>?userId=``: the reserved call was never made."""
+
+    def delete(self, request: Request, reservation: str) -> Response:
+        user_id = request.query_params.get("userId", "")
+        try:
+            held = reservation_id({"reservationId": reservation}, "reservationId")
+        except WireError as error:
+            raise BadRequest(error.message, error.field) from None
+        if not user_id or len(user_id) > _MAX_QUERY_VALUE or "\x00" in user_id:
+            raise BadRequest("userId is required: the user the reservation was for.", "userId")
+        assert held is not None
+        try:
+            caps.release(self.project(request), held, user_id)
+        except CapStoreUnavailable:
+            raise ServiceUnavailable() from None
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class MeView(WeckrAPIView):

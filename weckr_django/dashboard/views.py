@@ -25,8 +25,9 @@ from weckr_django import recommendations, reports
 from weckr_django.alerts import send_test_alert
 from weckr_django.dashboard import charts, runs
 from weckr_django.dashboard.forms import PlanFormSet, ProjectSettingsForm, cap_prefill
-from weckr_django.models import AlertLog, Plan, Project
+from weckr_django.models import AlertLog, Project
 from weckr_django.periods import local_day
+from weckr_django.plans import PlanTerms, configured_plans, match_plan, unknown_plan_rule
 
 SESSION_KEY = "weckr_dashboard_project"
 USERS_PER_PAGE = 50
@@ -106,6 +107,16 @@ def _cost_table(
         "total_cost": sum((row.cost_usd for row in rows), Decimal(0)),
         "total_calls": sum(row.calls for row in rows),
         "unpriced": [model for model in models if model.unpriced],
+    }
+
+
+def _plan_banner(project: Project) -> dict[str, Any]:
+    """What the unknown-plan banner says: calls this month whose plan matches none."""
+    no_plans = not configured_plans(project)
+    return {
+        "no_plans": no_plans,
+        "unknown_plans": [] if no_plans else reports.unknown_plan_usage(project),
+        "unknown_plan_rule": unknown_plan_rule(),
     }
 
 
@@ -195,6 +206,7 @@ def overview(request: HttpRequest, project: Project) -> HttpResponse:
             chart=chart,
             advice=_top_advice(project),
             unpriced=unpriced,
+            **_plan_banner(project),
         ),
     )
 
@@ -232,13 +244,14 @@ def users(request: HttpRequest, project: Project) -> HttpResponse:
             plan=plan,
             search=search,
             query=_query_without_page(request),
+            **_plan_banner(project),
         ),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class CapStatus:
-    plan: Plan | None
+    terms: PlanTerms | None
     spend_usd: Decimal
     percent: Decimal | None
     state: str
@@ -247,23 +260,39 @@ class CapStatus:
 def _cap_status(project: Project, margin: reports.UserMargin) -> CapStatus:
     if margin.is_anonymous:
         return CapStatus(None, margin.cost_usd, None, "Calls with no user are never capped.")
-    plan = (
-        Plan.objects.filter(project=project, name=margin.plan_name).first()
-        if margin.plan_name
-        else None
+    match = match_plan(project, margin.plan_name)
+    label = reports.NO_PLAN_LABEL if margin.plan_name is None else repr(margin.plan_name)
+    if match.refused:
+        return CapStatus(
+            None,
+            margin.cost_usd,
+            None,
+            f"Plan {label} is not configured in Weckr: this user's calls are refused "
+            "(WECKR['UNKNOWN_PLAN']).",
+        )
+    terms = match.terms
+    if terms is None:
+        state = (
+            "No cap on this plan."
+            if match.known
+            else f"Plan {label} is not configured in Weckr: this user's calls are not capped."
+        )
+        return CapStatus(None, margin.cost_usd, None, state)
+    prefix = (
+        "" if match.known else f"Plan {label} is not configured: the cap of {terms.name} applies. "
     )
-    if plan is None or plan.monthly_cap_usd is None:
-        return CapStatus(plan, margin.cost_usd, None, "No cap on this plan.")
-    cap = Decimal(plan.monthly_cap_usd)
+    if terms.monthly_cap_usd is None:
+        return CapStatus(terms, margin.cost_usd, None, prefix + "No cap on this plan.")
+    cap = terms.monthly_cap_usd
     percent = margin.cost_usd * 100 / cap if cap else Decimal(100)
     if margin.cost_usd >= cap:
-        action = "blocked" if plan.cap_action == Plan.CapAction.BLOCK else "downgraded"
+        action = "blocked" if terms.cap_action == "block" else "downgraded"
         state = f"Cap reached: further calls are {action}."
-    elif percent >= plan.soft_alert_percent:
-        state = f"Past the soft alert at {plan.soft_alert_percent}% of the cap."
+    elif percent >= terms.soft_alert_percent:
+        state = f"Past the soft alert at {terms.soft_alert_percent}% of the cap."
     else:
         state = "Under the cap."
-    return CapStatus(plan, margin.cost_usd, percent, state)
+    return CapStatus(terms, margin.cost_usd, percent, prefix + state)
 
 
 @require_GET
