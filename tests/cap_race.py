@@ -11,8 +11,15 @@ selects the cap store (see ``tests/settings.py``). Each command prints one JSON 
   (1,000 prompt tokens, 500 output tokens, ``--delay`` seconds per answer) until
   each is refused; in this Django process through ``DjangoBackend``, or with
   ``--http`` as an outside service through ``HttpBackend``.
+  ``--mode check`` races as caps worked before reservations (the baseline of
+  ``bench_caps``): a decision read from the rollup and cached for 2 s in-process,
+  ``HttpBackend``'s cached ``/check`` over HTTP; nothing held.
 - ``totals``: the user's recorded spend and calls, what the cap store still holds,
   and the reservations left.
+- ``latency --calls N``: time per call of a cached check and of a reservation with
+  its settle, in this process, against the configured store.
+- ``hang``: start one call whose provider never answers, print when it is under
+  way, and wait there to be killed.
 
 The tests and ``bench/bench_caps.py`` drive it.
 """
@@ -53,6 +60,8 @@ def _settings_from_env() -> None:
     # The embedded default's delivery (tests.settings ingests on the caller's thread).
     weckr = dict(getattr(settings, "WECKR", {}) or {})
     weckr["DELIVERY"] = os.environ.get("WECKR_DELIVERY", "thread")
+    # The project ``setup`` made, when the database holds others too.
+    weckr["DEFAULT_PROJECT"] = os.environ.get("WECKR_DEFAULT_PROJECT")
     settings.WECKR = weckr
     weckr_settings.reload()
 
@@ -75,19 +84,45 @@ def setup(cap: str, action: str) -> dict[str, Any]:
     return {"project": str(project.pk), "key": key}
 
 
+def cached_check_backend() -> Any:
+    from weckr_core.backends.base import CapDecision, CapRequest
+    from weckr_django.backend import DjangoBackend
+
+    class CachedCheckBackend(DjangoBackend):
+        """Caps before reservations: the rollup's decision, cached, nothing held."""
+
+        def __init__(self, ttl: float = 2.0) -> None:
+            super().__init__()
+            self._ttl = ttl
+            self._cache: dict[tuple[Any, ...], tuple[float, CapDecision]] = {}
+
+        def reserve(self, request: CapRequest) -> CapDecision:
+            key = (request.user_id, request.plan, request.model)
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] > time.monotonic():
+                return cached[1]
+            decision = self.check(request.user_id, request.plan, request.model)
+            self._cache[key] = (time.monotonic() + self._ttl, decision)
+            return decision
+
+    return CachedCheckBackend()
+
+
 def race(args: argparse.Namespace) -> dict[str, Any]:
     from tests.core import providers as p
-    from weckr_core import Weckr, WeckrCapError, attribute, get_backend
+    from weckr_core import HttpBackend, Weckr, WeckrCapError, attribute, get_backend
 
     fake = p.FakeProvider(
         p.openai_chat_body(MODEL, p.openai_usage(PROMPT_TOKENS, OUTPUT_TOKENS)), delay=args.delay
     )
     if args.http:
-        wk = Weckr(
-            api_key=args.key,
-            endpoint=f"{args.http}/api/v1/log",
-            check_endpoint=f"{args.http}/api/v1/check",
-        )
+        endpoint, check = f"{args.http}/api/v1/log", f"{args.http}/api/v1/check"
+        if args.mode == "check":
+            wk = Weckr(backend=HttpBackend(args.key, endpoint, check, reserve_endpoint=None))
+        else:
+            wk = Weckr(api_key=args.key, endpoint=endpoint, check_endpoint=check)
+    elif args.mode == "check":
+        wk = Weckr(backend=cached_check_backend())
     else:
         wk = Weckr()
     params: dict[str, Any] = {"model": MODEL, "messages": MESSAGES}
@@ -119,9 +154,65 @@ def race(args: argparse.Namespace) -> dict[str, Any]:
     for worker in workers:
         worker.join()
     elapsed = time.perf_counter() - started
-    delivered = wk.flush(60) if args.http else get_backend().flush(60)
+    delivered = wk.flush(60) and get_backend().flush(60)
     wk.close()
     return {"calls": made, "refused": refused, "seconds": elapsed, "delivered": delivered}
+
+
+def latency(calls: int) -> dict[str, Any]:
+    """Per call, in microseconds: a cached check, and a reservation with its settle
+    (the hold released after each, untimed, as ingest would drop it)."""
+    from statistics import median, quantiles
+
+    from weckr_core.backends.base import CapRequest
+    from weckr_core.records import UsageRecord
+    from weckr_django.backend import DjangoBackend
+
+    request = CapRequest(
+        USER, PLAN, MODEL, "openai", input_tokens=PROMPT_TOKENS, max_output_tokens=OUTPUT_TOKENS
+    )
+    record = UsageRecord(
+        user_id=USER, model=MODEL, input_tokens=PROMPT_TOKENS, output_tokens=OUTPUT_TOKENS
+    )
+    baseline, backend = cached_check_backend(), DjangoBackend(delivery="sync")
+    checks, reservations = [], []
+    for n in range(calls + 50):
+        started = time.perf_counter()
+        baseline.reserve(request)
+        checked = time.perf_counter()
+        decision = backend.reserve(request)
+        assert decision.reservation is not None, decision
+        backend.settle(decision.reservation, record)
+        done = time.perf_counter()
+        if n >= 50:  # warmed up
+            checks.append((checked - started) * 1e6)
+            reservations.append((done - checked) * 1e6)
+        backend.release(decision.reservation)
+
+    def figures(values: list[float]) -> dict[str, float]:
+        return {"median": median(values), "p90": quantiles(values, n=10)[-1]}
+
+    return {"cached_check_us": figures(checks), "reserve_settle_us": figures(reservations)}
+
+
+def hang() -> None:
+    """A caller that dies mid-call: its reservation is made, its call never ends."""
+    import sys
+
+    from tests.core import providers as p
+    from weckr_core import Weckr, attribute
+
+    class Stuck(p.FakeProvider):
+        def _answer(self, url: str, content: bytes) -> tuple[int, dict[str, str], bytes]:
+            print(json.dumps({"calling": True}), flush=True)
+            sys.stdout.close()
+            time.sleep(3600)
+            raise AssertionError("killed before this")
+
+    with attribute(user_id=USER, plan=PLAN):
+        Weckr().chat(
+            p.openai_client(Stuck()), {"model": MODEL, "messages": MESSAGES, "max_tokens": 500}
+        )
 
 
 def totals(project_id: str) -> dict[str, Any]:
@@ -154,6 +245,10 @@ def main() -> None:
     racing.add_argument("--delay", type=float, default=0.05)
     racing.add_argument("--http", default="")
     racing.add_argument("--key", default="")
+    racing.add_argument("--mode", choices=("reserve", "check"), default="reserve")
+    timing = commands.add_parser("latency")
+    timing.add_argument("--calls", type=int, default=2_000)
+    commands.add_parser("hang")
     summing = commands.add_parser("totals")
     summing.add_argument("--project", required=True)
     args = parser.parse_args()
@@ -164,6 +259,11 @@ def main() -> None:
         result = setup(args.cap, args.action)
     elif args.command == "race":
         result = race(args)
+    elif args.command == "latency":
+        result = latency(args.calls)
+    elif args.command == "hang":
+        hang()
+        return
     else:
         result = totals(args.project)
     print(json.dumps(result))

@@ -60,6 +60,7 @@ class Racers:
     def setup(self, cap: Decimal | str, action: str = "block") -> None:
         made = self.run("setup", "--cap", str(cap), "--action", action)
         self.project, self.key = made["project"], made["key"]
+        self.env["WECKR_DEFAULT_PROJECT"] = self.project
 
     def race(self, processes: int, threads: int, *options: str) -> list[dict[str, Any]]:
         """``processes`` racers of ``threads`` threads each, started together."""
@@ -82,6 +83,24 @@ class Racers:
                 raise RuntimeError(f"a racer failed:\n{err[-4000:]}")
             results.append(json.loads(out.strip().splitlines()[-1]))
         return results
+
+    def start_hung_caller(self) -> subprocess.Popen[str]:
+        """A racer stuck in its provider call, its reservation made: kill it."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.cap_race", "hang"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if '"calling": true' not in line:
+            process.kill()
+            _, err = process.communicate(timeout=10)
+            raise RuntimeError(f"the caller did not start its call:\n{err}")
+        return process
 
     def totals(self) -> Totals:
         found = self.run("totals", "--project", self.project)

@@ -62,6 +62,12 @@ DATABASES = {
     }
 }
 
+if os.environ.get("WECKR_TEST_DATABASE_URL"):
+    # The race harness and bench_caps on another database (postgres://...).
+    from example_project.database_url import parse_database_url
+
+    DATABASES = {"default": parse_database_url(os.environ["WECKR_TEST_DATABASE_URL"])}
+
 STATIC_URL = "/static/"
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
@@ -74,7 +80,9 @@ import tests.celery_app  # noqa: E402, F401
 
 # In-process usage is ingested on the caller's thread in tests: deterministic, and no
 # second SQLite connection writing while a test transaction is open.
-WECKR = {"DELIVERY": "sync"}
+WECKR: dict[str, object] = {"DELIVERY": "sync"}
 # The race tests and bench_caps choose the cap store of their subprocesses.
 if os.environ.get("WECKR_CAP_STORE"):
     WECKR["CAP_STORE"] = os.environ["WECKR_CAP_STORE"]
+if os.environ.get("WECKR_CAP_RESERVATION_TTL_SECONDS"):
+    WECKR["CAP_RESERVATION_TTL_SECONDS"] = float(os.environ["WECKR_CAP_RESERVATION_TTL_SECONDS"])

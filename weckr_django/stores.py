@@ -20,10 +20,12 @@ one whose event never arrives, after ``SETTLED_HOLD_SECONDS``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -32,6 +34,7 @@ from typing import Any, Final, cast
 from django.db import DatabaseError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
+from django.db.utils import load_backend
 from django.utils import timezone
 
 from weckr_django.conf import weckr_settings
@@ -61,6 +64,9 @@ class SpendKey:
     @classmethod
     def of(cls, project: Project, user_id: str, month: date | None = None) -> SpendKey:
         return cls(str(project.pk), user_id, month or month_start(project))
+
+    def columns(self) -> dict[str, Any]:
+        return {"project": self.project_id, "user_key": self.user_key, "month": self.month}
 
     @classmethod
     def of_reservation(cls, project: Project, user_id: str, reservation_id: str) -> SpendKey:
@@ -122,70 +128,243 @@ class CapStore(ABC):
 
 
 class DatabaseCapStore(CapStore):
+    """Reservations in the project's database, written through a connection of this
+    store's own in each thread: a hold is committed at once even when the caller runs
+    inside a transaction (``ATOMIC_REQUESTS``), which would otherwise keep it from
+    every other process until the request ends. (SQLite, which lets one writer in at
+    a time, joins the caller's transaction instead.) On PostgreSQL that connection
+    commits without waiting for the disk (``synchronous_commit = off``) and prepares
+    its statements: a server crash can forget the last fraction of a second of
+    holds, never a stored usage event."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        os.register_at_fork(after_in_child=self._forget_connections)
+
     def spend(self, key: SpendKey) -> Spend:
-        try:
-            with connections[_alias()].cursor() as cursor:
-                return _read_spend(cursor, key, timezone.now())
-        except DatabaseError as error:
-            raise CapStoreUnavailable(str(error)) from error
+        with self._cursor(transaction=False) as (cursor, sql):
+            return sql.spend(cursor, key, timezone.now())
 
     def reserve(self, key: SpendKey, amount: Decimal, cap: Decimal | None, ttl: float) -> Hold:
-        alias = _alias()
         now = timezone.now()
-        try:
-            with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-                _lock(cursor, key)
-                spend = _read_spend(cursor, key, now)
-                if cap is not None and spend.total + amount > cap:
-                    return Hold(None, spend)
-                reservation_id = new_reservation_id(key.month)
-                CapReservation.objects.using(alias).create(
-                    id=reservation_id,
-                    project_id=key.project_id,
-                    user_key=key.user_key,
-                    month=key.month,
-                    amount_usd=_hold(amount),
-                    expires_at=now + timedelta(seconds=ttl),
-                )
-                return Hold(reservation_id, spend)
-        except DatabaseError as error:
-            raise CapStoreUnavailable(str(error)) from error
+        with self._cursor(transaction=True) as (cursor, sql):
+            sql.lock(cursor, key)
+            spend = sql.spend(cursor, key, now)
+            if cap is not None and spend.total + amount > cap:
+                return Hold(None, spend)
+            reservation_id = new_reservation_id(key.month)
+            sql.hold(cursor, key, reservation_id, _hold(amount), now + timedelta(seconds=ttl))
+            return Hold(reservation_id, spend)
 
     def settle(self, key: SpendKey, reservation_id: str, cost: Decimal) -> None:
         expires = timezone.now() + timedelta(seconds=SETTLED_HOLD_SECONDS)
-        alias = _alias()
-        try:
-            updated = (
-                CapReservation.objects.using(alias)
-                .filter(pk=reservation_id)
-                .update(amount_usd=_hold(cost), settled=True, expires_at=expires)
-            )
-            if not updated:
+        with self._cursor(transaction=False) as (cursor, sql):
+            if not sql.settle(cursor, reservation_id, _hold(cost), expires):
                 # Expired and cleaned up meanwhile: the cost still counts until stored.
-                CapReservation.objects.using(alias).get_or_create(
-                    id=reservation_id,
-                    defaults={
-                        "project_id": key.project_id,
-                        "user_key": key.user_key,
-                        "month": key.month,
-                        "amount_usd": _hold(cost),
-                        "settled": True,
-                        "expires_at": expires,
-                    },
-                )
-        except DatabaseError as error:
-            raise CapStoreUnavailable(str(error)) from error
+                sql.hold(cursor, key, reservation_id, _hold(cost), expires, settled=True)
 
     def release(self, key: SpendKey, reservation_id: str) -> None:
-        try:
-            CapReservation.objects.using(_alias()).filter(pk=reservation_id).delete()
-        except DatabaseError as error:
-            raise CapStoreUnavailable(str(error)) from error
+        with self._cursor(transaction=False) as (cursor, sql):
+            sql.release(cursor, reservation_id)
 
     def ingested(self, project: Project, stored: Sequence[tuple[SpendKey, str]]) -> None:
+        # On the caller's connection, inside ingest's transaction, with the rollup.
         ids = sorted({reservation_id for _, reservation_id in stored})
         for start in range(0, len(ids), 500):
             CapReservation.objects.filter(project=project, pk__in=ids[start : start + 500]).delete()
+
+    @contextmanager
+    def _cursor(self, *, transaction: bool) -> Iterator[tuple[Any, _Statements]]:
+        """A cursor on this thread's connection and the statements for its database,
+        in one transaction when asked; every database error is ``CapStoreUnavailable``
+        (and a fresh connection next time)."""
+        alias = router.db_for_write(CapReservation)
+        shared = connections[alias]
+        if shared.vendor == "sqlite" and (_in_memory(shared) or shared.in_atomic_block):
+            # Each connection to an in-memory database is its own: share the caller's.
+            # Inside the caller's transaction, too: SQLite has one writer at a time,
+            # and a second connection of this thread would wait for this one's lock.
+            try:
+                with _atomic_if(transaction, alias), shared.cursor() as cursor:
+                    yield cursor, _statements(shared)
+            except DatabaseError as error:
+                raise CapStoreUnavailable(str(error)) from error
+            return
+        connection = self._connection(alias)
+        try:
+            with connection.cursor() as cursor:
+                if not transaction:
+                    yield cursor, _statements(connection)
+                    return
+                cursor.execute("BEGIN IMMEDIATE" if connection.vendor == "sqlite" else "BEGIN")
+                try:
+                    yield cursor, _statements(connection)
+                except BaseException:
+                    cursor.execute("ROLLBACK")
+                    raise
+                cursor.execute("COMMIT")
+        except DatabaseError as error:
+            self._forget_connections()
+            connection.close()
+            raise CapStoreUnavailable(str(error)) from error
+
+    def _connection(self, alias: str) -> BaseDatabaseWrapper:
+        connection: BaseDatabaseWrapper | None = getattr(self._local, "connection", None)
+        if connection is None or connection.alias != alias:
+            settings_dict = dict(connections[alias].settings_dict)
+            if settings_dict["ENGINE"].endswith("postgresql"):
+                # Server-side parameters: psycopg prepares the statements it runs
+                # often, so each runs without being planned again.
+                settings_dict["OPTIONS"] = {
+                    **settings_dict.get("OPTIONS", {}),
+                    "server_side_binding": True,
+                    "prepare_threshold": 0,
+                }
+            connection = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, alias)
+            self._local.connection = connection
+        if connection.connection is None:
+            connection.connect()
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SET synchronous_commit TO off")
+        return connection
+
+    def _forget_connections(self) -> None:
+        self._local = threading.local()
+
+
+def _in_memory(connection: BaseDatabaseWrapper) -> bool:
+    name = str(connection.settings_dict.get("NAME") or "")
+    return connection.vendor == "sqlite" and (name == ":memory:" or "mode=memory" in name)
+
+
+@contextmanager
+def _atomic_if(wanted: bool, alias: str) -> Iterator[None]:
+    if wanted:
+        with transaction.atomic(using=alias):
+            yield
+    else:
+        yield
+
+
+class _Statements:
+    """The store's SQL for one database vendor, with parameters prepared for it."""
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        quote = connection.ops.quote_name
+        self.connection = connection
+
+        def table(model: type[Model]) -> str:
+            return quote(model._meta.db_table)
+
+        def column(model: type[Model], name: str) -> str:
+            return quote(_column(model, name))
+
+        def key_of(model: type[Model]) -> str:
+            names = ("project", "user_key", "month")
+            return " AND ".join(f"{column(model, name)} = %s" for name in names)
+
+        locks, holds, rollup = table(CapLock), table(CapReservation), table(MonthlyUserSpend)
+        lock_key = ", ".join(column(CapLock, name) for name in ("project", "user_key", "month"))
+        count = column(CapLock, "reservations")
+        amount, expires = column(CapReservation, "amount_usd"), column(CapReservation, "expires_at")
+        hold_columns = ", ".join(
+            column(CapReservation, name)
+            for name in (
+                "id",
+                "project",
+                "user_key",
+                "month",
+                "amount_usd",
+                "settled",
+                "expires_at",
+            )
+        )
+        identity = column(CapReservation, "id")
+        # An upsert that always writes: the row lock (PostgreSQL) or the write lock
+        # (SQLite) is held from here to the end of the transaction.
+        self.lock_sql = (
+            f"INSERT INTO {locks} ({lock_key}, {count}) VALUES (%s, %s, %s, 1) "
+            f"ON CONFLICT ({lock_key}) DO UPDATE SET {count} = {locks}.{count} + 1"
+        )
+        # The rollup's total and the live holds in one statement, so in one snapshot
+        # (ingest adds a cost and drops its hold in one transaction).
+        self.spend_sql = (
+            f"SELECT (SELECT {column(MonthlyUserSpend, 'cost_usd')} FROM {rollup} "
+            f"WHERE {key_of(MonthlyUserSpend)}), (SELECT SUM({amount}) FROM {holds} "
+            f"WHERE {key_of(CapReservation)} AND {expires} > %s)"
+        )
+        self.hold_sql = (
+            f"INSERT INTO {holds} ({hold_columns}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            f"ON CONFLICT ({identity}) DO NOTHING"
+        )
+        self.settle_sql = (
+            f"UPDATE {holds} SET {amount} = %s, {column(CapReservation, 'settled')} = %s, "
+            f"{expires} = %s WHERE {identity} = %s"
+        )
+        self.release_sql = f"DELETE FROM {holds} WHERE {identity} = %s"
+
+    def _values(self, model: type[Model], **values: Any) -> list[Any]:
+        return _column_values(self.connection, model, values)
+
+    def lock(self, cursor: Any, key: SpendKey) -> None:
+        cursor.execute(self.lock_sql, self._values(CapLock, **key.columns()))
+
+    def spend(self, cursor: Any, key: SpendKey, now: datetime) -> Spend:
+        cursor.execute(
+            self.spend_sql,
+            [
+                *self._values(MonthlyUserSpend, **key.columns()),
+                *self._values(CapReservation, **key.columns(), expires_at=now),
+            ],
+        )
+        recorded, held = cursor.fetchone()
+        return Spend(_money(recorded), _money(held))
+
+    def hold(
+        self,
+        cursor: Any,
+        key: SpendKey,
+        reservation_id: str,
+        amount: Decimal,
+        expires: datetime,
+        *,
+        settled: bool = False,
+    ) -> None:
+        cursor.execute(
+            self.hold_sql,
+            self._values(
+                CapReservation,
+                id=reservation_id,
+                **key.columns(),
+                amount_usd=amount,
+                settled=settled,
+                expires_at=expires,
+            ),
+        )
+
+    def settle(self, cursor: Any, reservation_id: str, cost: Decimal, expires: datetime) -> bool:
+        cursor.execute(
+            self.settle_sql,
+            self._values(
+                CapReservation, amount_usd=cost, settled=True, expires_at=expires, id=reservation_id
+            ),
+        )
+        return bool(cursor.rowcount)
+
+    def release(self, cursor: Any, reservation_id: str) -> None:
+        cursor.execute(self.release_sql, self._values(CapReservation, id=reservation_id))
+
+
+_statements_by_vendor: dict[str, _Statements] = {}
+
+
+def _statements(connection: BaseDatabaseWrapper) -> _Statements:
+    found = _statements_by_vendor.get(connection.alias + connection.vendor)
+    if found is None or found.connection is not connection:
+        found = _Statements(connection)
+        _statements_by_vendor[connection.alias + connection.vendor] = found
+    return found
 
 
 def delete_expired_reservations(project: Project) -> int:
@@ -224,55 +403,6 @@ def _column_values(
         target = field.target_field if field.is_relation else field  # type: ignore[attr-defined]
         prepared.append(target.get_db_prep_value(value, connection, prepared=False))
     return prepared
-
-
-def _lock(cursor: Any, key: SpendKey) -> None:
-    """Take the user's lock row (creating it the first time) for this transaction."""
-    connection = cursor.db
-    quote = connection.ops.quote_name
-    table = quote(CapLock._meta.db_table)
-    project, user, month = (
-        quote(_column(CapLock, name)) for name in ("project", "user_key", "month")
-    )
-    count = quote(_column(CapLock, "reservations"))
-    key_values = {"project": key.project_id, "user_key": key.user_key, "month": key.month}
-    params = _column_values(connection, CapLock, key_values)
-    # An upsert that always writes: the row lock (PostgreSQL) or the write lock
-    # (SQLite) is held from here to the end of the transaction.
-    cursor.execute(
-        f"INSERT INTO {table} ({project}, {user}, {month}, {count}) VALUES (%s, %s, %s, 1) "
-        f"ON CONFLICT ({project}, {user}, {month}) DO UPDATE SET {count} = {table}.{count} + 1",
-        params,
-    )
-
-
-def _read_spend(cursor: Any, key: SpendKey, now: datetime) -> Spend:
-    """The rollup's total and the live holds of ``key``, in one statement (so in one
-    snapshot: ingest adds a cost and drops its hold in one transaction)."""
-    connection = cursor.db
-    quote = connection.ops.quote_name
-    key_values = {"project": key.project_id, "user_key": key.user_key, "month": key.month}
-    cursor.execute(
-        f"SELECT (SELECT {quote(_column(MonthlyUserSpend, 'cost_usd'))} "
-        f"FROM {quote(MonthlyUserSpend._meta.db_table)} WHERE {_where(cursor, MonthlyUserSpend)}), "
-        f"(SELECT SUM({quote(_column(CapReservation, 'amount_usd'))}) "
-        f"FROM {quote(CapReservation._meta.db_table)} WHERE {_where(cursor, CapReservation)} "
-        f"AND {quote(_column(CapReservation, 'expires_at'))} > %s)",
-        [
-            *_column_values(connection, MonthlyUserSpend, key_values),
-            *_column_values(connection, CapReservation, key_values),
-            *_column_values(connection, CapReservation, {"expires_at": now}),
-        ],
-    )
-    recorded, held = cursor.fetchone()
-    return Spend(_money(recorded), _money(held))
-
-
-def _where(cursor: Any, model: type[Model]) -> str:
-    quote = cursor.db.ops.quote_name
-    return " AND ".join(
-        f"{quote(_column(model, name))} = %s" for name in ("project", "user_key", "month")
-    )
 
 
 def _column(model: type[Model], name: str) -> str:

@@ -4,6 +4,7 @@ the real OpenAI SDK over a fake transport that answers in 30 ms."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -75,3 +76,23 @@ def test_services_outside_django_reserve_over_http(racers: Racers) -> None:
     assert sum(result["calls"] for result in results) == totals.calls == 8
     assert totals.spend <= cap
     assert_settled(totals)
+
+
+def test_the_hold_of_a_killed_caller_expires(tmp_path: Path) -> None:
+    racers = Racers(
+        {
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "WECKR_TEST_SQLITE": str(tmp_path / "db"),
+            "WECKR_CAP_RESERVATION_TTL_SECONDS": "3",
+        }
+    )
+    racers.setup(PER_CALL * 2)
+    caller = racers.start_hung_caller()
+    caller.kill()  # mid-call: nothing will ever settle its hold
+    caller.wait()
+    assert racers.totals().store_held == PER_CALL
+    time.sleep(3)
+    totals = racers.totals()
+    assert (totals.store_held, totals.calls) == (Decimal(0), 0)
+    [result] = racers.race(1, 2, "--max-tokens", "500", "--delay", "0.01")
+    assert result["calls"] == 2  # the dead caller's share of the budget came back

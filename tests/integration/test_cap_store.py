@@ -1,0 +1,104 @@
+"""The cap stores against this machine's PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from decimal import Decimal
+
+import psycopg
+import pytest
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.test.utils import override_settings
+
+from weckr_core.backends.base import CapRequest
+from weckr_django import caps
+from weckr_django.ingest import ingest_records
+from weckr_django.models import MonthlyUserSpend, Plan, Project
+from weckr_django.stores import RedisCapStore, SpendKey, cap_store
+
+from ..django.helpers import make_record
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REDIS_URL = os.environ.get("WECKR_IT_CAP_REDIS_URL", "redis://127.0.0.1:6379/13")
+PER_CALL = Decimal("0.0075")  # gpt-4o, 1,000 prompt and 500 output tokens
+
+
+def request() -> CapRequest:
+    return CapRequest("u1", "pro", "gpt-4o", "openai", input_tokens=1000, max_output_tokens=500)
+
+
+def project_with_cap(cap: Decimal) -> Project:
+    project = Project.objects.create(name="Acme")
+    Plan.objects.create(
+        project=project, name="pro", monthly_price_usd=Decimal(20), monthly_cap_usd=cap
+    )
+    return project
+
+
+def other_connection_sees_holds() -> int:
+    db = settings.DATABASES["default"]
+    with psycopg.connect(
+        host=str(db["HOST"]), port=str(db["PORT"]), user=str(db["USER"]), dbname=str(db["NAME"])
+    ) as other:
+        row = other.execute("SELECT count(*) FROM weckr_django_capreservation").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_hold_made_inside_the_callers_transaction_is_committed_at_once() -> None:
+    """With ATOMIC_REQUESTS the view's transaction lasts as long as the LLM call: a
+    hold written in it would be invisible to every other process until then."""
+    project = project_with_cap(Decimal(5))
+    with transaction.atomic():
+        decision = caps.reserve(project, request())
+        assert decision.reservation is not None
+        assert other_connection_sees_holds() == 1
+    assert cap_store().spend(SpendKey.of(project, "u1")).held == PER_CALL
+
+
+@pytest.fixture
+def redis_store() -> Iterator[RedisCapStore]:
+    with override_settings(WECKR={**settings.WECKR, "CAP_STORE": REDIS_URL}):
+        store = cap_store()
+        assert isinstance(store, RedisCapStore)
+        yield store
+
+
+def test_redis_store_holds_settles_and_agrees_with_the_rollup_after_ingest(
+    redis_store: RedisCapStore,
+) -> None:
+    project = project_with_cap(PER_CALL * 2 + PER_CALL / 2)
+    first = caps.reserve(project, request())
+    second = caps.reserve(project, request())
+    third = caps.reserve(project, request())
+    assert first.reservation and second.reservation and third.action == "block"
+    assert third.current_spend == PER_CALL * 2
+
+    record = make_record("e1", user_id="u1", input_tokens=1000, output_tokens=100)
+    caps.settle(project, first.reservation, record)
+    record.reservation_id = first.reservation.id
+    ingest_records(project, [record])  # the Redis copy is updated after the commit
+    key = SpendKey.of(project, "u1")
+    rollup = MonthlyUserSpend.objects.get(project=project, user_key="u1").cost_usd
+    spend = redis_store.spend(key)
+    assert (spend.recorded, spend.held) == (rollup, PER_CALL)  # the second still held
+
+
+def test_a_redis_that_lost_its_data_reloads_the_total_from_the_rollup(
+    redis_store: RedisCapStore,
+) -> None:
+    project = project_with_cap(Decimal("0.02"))
+    ingest_records(project, [make_record(f"e{i}", user_id="u1") for i in range(2)])
+    rollup = MonthlyUserSpend.objects.get(project=project, user_key="u1").cost_usd
+    key = SpendKey.of(project, "u1")
+    redis.Redis.from_url(REDIS_URL).delete(RedisCapStore.key(key))  # a restart
+
+    decision = caps.reserve(project, request())
+
+    assert decision.current_spend == rollup
+    assert redis_store.spend(key).recorded == rollup
+    assert decision.allowed == (rollup + PER_CALL <= Decimal("0.02"))
