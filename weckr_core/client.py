@@ -9,12 +9,12 @@
         "plan": user.plan,
     })
 
-Differences from weckr-sdk 0.3.0, all on purpose: records go to a Backend (a
-queue sent in batches, never a thread per call; nothing on the caller's thread
-waits on the network but an uncached cap check); a call is priced when its batch
-is sent, not during the call; streams are recorded with their real usage; ``user_id``,
-``feature`` and ``plan`` fall back to the attribution context; a plan is only
-checked against ``plans`` when ``plans`` was given.
+Differences from weckr-sdk 0.3.0, all on purpose: each call of a user reserves its
+worst-case cost against the cap before the provider is called and settles its
+real cost right after, instead of a cached check; records go to a Backend (a queue
+sent in batches, never a thread per call); streams are recorded with their real
+usage; ``user_id``, ``feature`` and ``plan`` fall back to the attribution context; a
+plan is only checked against ``plans`` when ``plans`` was given.
 """
 
 from __future__ import annotations

@@ -46,6 +46,11 @@ def _cap_message(
     cap: Decimal | None,
 ) -> str:
     if kind == "unknown_plan":
+        if plan is None:
+            return (
+                f"Weckr: user {user_id} has no plan, and calls on no plan are refused "
+                "(set WECKR['DEFAULT_PLAN'], or have WECKR['PLAN_RESOLVER'] find the plan)."
+            )
         return (
             f"Weckr: user {user_id} is on plan {plan!r}, which is not configured in Weckr; "
             "calls on unknown plans are refused (WECKR['UNKNOWN_PLAN'])."

@@ -112,6 +112,15 @@ def compose(alert: AlertLog) -> AlertMessage:
             f"{details.get('llm_calls', '?')} LLM calls, {alert.window_tokens or 0:,} tokens, "
             f"${alert.window_cost_usd or 0:.4f}."
         )
+    elif alert.kind == AlertLog.Kind.UNKNOWN_PLAN and details.get("refused"):
+        plan = details.get("plan", "?")
+        subject = f"[Weckr] Calls on plan {plan} are refused in {project.name}"
+        body = (
+            f"A user's call on plan {plan} was refused: the plan matches none of the "
+            f"project's plans. {details.get('rule', '')} Add the plan with its cap, fix "
+            "the plan name your app passes, or change WECKR['UNKNOWN_PLAN'] / "
+            "WECKR['DEFAULT_PLAN']. Later refusals this month are not alerted again."
+        )
     elif alert.kind == AlertLog.Kind.UNKNOWN_PLAN:
         plan = details.get("plan", "?")
         subject = f"[Weckr] Calls on plan {plan}, which Weckr does not know, in {project.name}"

@@ -12,6 +12,7 @@ rollup, so nothing is counted twice or lost in between.
 from __future__ import annotations
 
 import logging
+from datetime import date
 from decimal import Decimal
 
 from weckr_core.backends.base import ALLOW, CapDecision, CapRequest, Reservation
@@ -20,6 +21,7 @@ from weckr_core.records import UsageRecord
 from weckr_django.conf import weckr_settings
 from weckr_django.models import Project
 from weckr_django.overrides import alternative_override
+from weckr_django.periods import month_start
 from weckr_django.plans import PlanMatch, PlanTerms, match_plan
 from weckr_django.stores import CapStoreUnavailable, SpendKey, cap_store
 
@@ -42,7 +44,7 @@ def decide(project: Project, user_id: str | None, plan_name: str | None, model: 
         return ALLOW
     match = match_plan(project, plan_name)
     if match.refused:
-        return _unknown_plan(match)
+        return _unknown_plan(project, match)
     terms = match.terms
     if terms is None or terms.monthly_cap_usd is None:
         return CapDecision("allow", plan=match.name)
@@ -63,7 +65,7 @@ def reserve(project: Project, request: CapRequest) -> CapDecision:
         return ALLOW
     match = match_plan(project, request.plan)
     if match.refused:
-        return _unknown_plan(match)
+        return _unknown_plan(project, match)
     terms = match.terms
     if terms is None or terms.monthly_cap_usd is None:
         return CapDecision("allow", plan=match.name)
@@ -138,8 +140,29 @@ def _over_cap(
     return CapDecision("block", None, spend, cap, None, held, terms.name, "cap")
 
 
-def _unknown_plan(match: PlanMatch) -> CapDecision:
+def _unknown_plan(project: Project, match: PlanMatch) -> CapDecision:
+    _note_refusal(project, match.requested)
     return CapDecision("block", plan=match.requested, reason="unknown_plan")
+
+
+_refusals_noted: set[tuple[object, str | None, date]] = set()
+
+
+def _note_refusal(project: Project, plan_name: str | None) -> None:
+    """Tell the founder, once per plan name and month from this process: an alert,
+    and the dashboard's banner (refused calls leave no usage behind)."""
+    key = (project.pk, plan_name, month_start(project))
+    if key in _refusals_noted:
+        return
+    if len(_refusals_noted) > 10_000:
+        _refusals_noted.clear()
+    _refusals_noted.add(key)
+    from weckr_django import tasks
+
+    try:
+        tasks.run_task(tasks.unknown_plan_refused, str(project.pk), plan_name)
+    except Exception:
+        logger.exception("Weckr: could not note calls refused on plan %r.", plan_name)
 
 
 def _store_down(error: CapStoreUnavailable, user_id: str, match: PlanMatch) -> CapDecision:

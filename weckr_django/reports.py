@@ -25,12 +25,13 @@ from django.utils import timezone
 from weckr_django.models import (
     ANONYMOUS_KEY,
     ANONYMOUS_LABEL,
+    AlertLog,
     DailyUsage,
     MonthlyUserSpend,
     Plan,
     Project,
 )
-from weckr_django.periods import local_day, month_start, next_month
+from weckr_django.periods import local_day, month_bounds, month_start, next_month
 
 MarginStatus = Literal["profitable", "watch", "unprofitable"]
 #: A user whose AI cost reaches this share of their plan's price is on watch.
@@ -142,6 +143,25 @@ def unknown_plan_usage(project: Project, month: date | None = None) -> list[Unkn
         UnknownPlanUsage(row["plan_name"], row["users"], row["calls"] or 0, row["cost"] or ZERO)
         for row in rows
     ]
+
+
+def refused_plan_names(project: Project, month: date | None = None) -> list[str]:
+    """Plan names whose calls were refused this month because the project does not
+    have them (from their alerts: refused calls leave no usage)."""
+    month = _current_month(project, month)
+    begins, ends = month_bounds(project, month)
+    return sorted(
+        {
+            str(details.get("plan"))
+            for details in AlertLog.objects.filter(
+                project=project,
+                kind=AlertLog.Kind.UNKNOWN_PLAN,
+                created_at__gte=begins,
+                created_at__lt=ends,
+            ).values_list("details", flat=True)
+            if isinstance(details, dict) and details.get("refused")
+        }
+    )
 
 
 def plan_prices(project: Project) -> dict[str, Decimal]:

@@ -281,6 +281,19 @@ def _unknown_plan_alerts(
     return created
 
 
+@shared_task(name="weckr_django.unknown_plan_refused", autoretry_for=_DB_ERRORS, max_retries=3)
+def unknown_plan_refused(project_id: str, plan_name: str | None) -> int | None:
+    """Calls on ``plan_name``, which the project does not have, are being refused:
+    one alert per plan name and month (the banner reads it too)."""
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
+        return None
+    month_begins, _ = month_bounds(project, month_start(project))
+    label = reports.NO_PLAN_LABEL if plan_name is None else plan_name
+    details = {"plan": label, "refused": True, "rule": unknown_plan_rule()}
+    return _alert_once(project, AlertLog.Kind.UNKNOWN_PLAN, month_begins, details)
+
+
 def _alert_once(
     project: Project,
     kind: str,

@@ -116,6 +116,7 @@ def _plan_banner(project: Project) -> dict[str, Any]:
     return {
         "no_plans": no_plans,
         "unknown_plans": [] if no_plans else reports.unknown_plan_usage(project),
+        "refused_plans": [] if no_plans else reports.refused_plan_names(project),
         "unknown_plan_rule": unknown_plan_rule(),
     }
 
