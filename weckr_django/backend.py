@@ -1,7 +1,10 @@
-"""``DjangoBackend``: caps from this database, usage recorded off the caller's thread.
+"""``DjangoBackend``: reservations against caps in this database (or the Redis cap
+store), usage recorded off the caller's thread.
 
 Installed as the process default by the app at start-up, so ``weckr_core`` clients
-and the LangChain / CrewAI handlers inside a Django process need no HTTP hop.
+and the LangChain / CrewAI integrations inside a Django process need no HTTP hop.
+Reserving and settling are ``weckr_django.caps``; this class adds the project, the
+event-loop safety and the fail-open / fail-closed rule.
 
 Delivery (``WECKR["DELIVERY"]``):
 

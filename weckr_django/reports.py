@@ -28,10 +28,10 @@ from weckr_django.models import (
     AlertLog,
     DailyUsage,
     MonthlyUserSpend,
-    Plan,
     Project,
 )
 from weckr_django.periods import local_day, month_bounds, month_start, next_month
+from weckr_django.plans import configured_plans
 
 MarginStatus = Literal["profitable", "watch", "unprofitable"]
 #: A user whose AI cost reaches this share of their plan's price is on watch.
@@ -126,15 +126,17 @@ class UnknownPlanUsage:
 NO_PLAN_LABEL = "(no plan)"
 
 
-def unknown_plan_usage(project: Project, month: date | None = None) -> list[UnknownPlanUsage]:
-    """Usage this month on plan names that match no configured plan, costliest first.
-    Plan names are stored in their configured spelling, so an exact match is enough."""
+def unknown_plan_usage(
+    project: Project, known: Collection[str], month: date | None = None
+) -> list[UnknownPlanUsage]:
+    """Usage this month on plan names that are not ``known`` (the configured plans),
+    costliest first. Plan names are stored in their configured spelling, so an exact
+    match is enough."""
     month = _current_month(project, month)
-    known = list(Plan.objects.filter(project=project).values_list("name", flat=True))
     rows = (
         MonthlyUserSpend.objects.filter(project=project, month=month)
         .exclude(user_key=ANONYMOUS_KEY)
-        .exclude(plan_name__in=known)
+        .exclude(plan_name__in=list(known))
         .values("plan_name")
         .annotate(users=Count("user_key"), calls=Sum("calls"), cost=Sum("cost_usd"))
         .order_by("-cost", "plan_name")
@@ -165,7 +167,8 @@ def refused_plan_names(project: Project, month: date | None = None) -> list[str]
 
 
 def plan_prices(project: Project) -> dict[str, Decimal]:
-    return dict(Plan.objects.filter(project=project).values_list("name", "monthly_price_usd"))
+    """Monthly price per plan name (from the plans caps read, cached)."""
+    return {terms.name: terms.monthly_price_usd for terms in configured_plans(project).values()}
 
 
 def _revenue(

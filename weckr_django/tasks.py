@@ -263,7 +263,8 @@ def _unknown_plan_alerts(
     project: Project, month_begins: datetime, plan_names: set[str | None]
 ) -> list[int]:
     created = []
-    usage = {item.plan_name: item for item in reports.unknown_plan_usage(project)}
+    known = [terms.name for terms in configured_plans(project).values()]
+    usage = {item.plan_name: item for item in reports.unknown_plan_usage(project, known)}
     for name in sorted(plan_names, key=lambda name: name or ""):
         item = usage.get(name)
         if item is None:

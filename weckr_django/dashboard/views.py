@@ -112,11 +112,14 @@ def _cost_table(
 
 def _plan_banner(project: Project) -> dict[str, Any]:
     """What the unknown-plan banner says: calls this month whose plan matches none."""
-    no_plans = not configured_plans(project)
+    plans = configured_plans(project)
+    if not plans:
+        return {"no_plans": True}
     return {
-        "no_plans": no_plans,
-        "unknown_plans": [] if no_plans else reports.unknown_plan_usage(project),
-        "refused_plans": [] if no_plans else reports.refused_plan_names(project),
+        "unknown_plans": reports.unknown_plan_usage(
+            project, [terms.name for terms in plans.values()]
+        ),
+        "refused_plans": reports.refused_plan_names(project),
         "unknown_plan_rule": unknown_plan_rule(),
     }
 
