@@ -279,6 +279,40 @@ def test_a_user_over_the_cap_is_stopped_before_the_first_provider_call(
     assert stopped.value.cap == Decimal("1.00")
 
 
+class HoldWatchingLLM(ScriptedLLM):
+    """Notes what the user's budget holds while each call runs."""
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        super().__init__(research_then_write, max_tokens=400)
+        self._backend = backend
+        self._seen: list[Decimal] = []
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        self._seen.append(self._backend.in_flight("u1"))
+        return super().call(*args, **kwargs)
+
+
+def test_each_call_holds_its_estimate_and_is_settled_with_its_usage(
+    memory_backend: MemoryBackend,
+) -> None:
+    memory_backend.set_cap("pro", "5")
+    llm = HoldWatchingLLM(memory_backend)
+    crew = two_agent_crew(llm)
+    WeckrCrew(feature="research", user_id="u1", plan="pro").attach(crew)
+
+    crew.kickoff(inputs={"topic": "tides"})
+
+    # During each call its own hold (its messages and max_tokens=400, priced) counts.
+    assert len(llm._seen) == len(llm.calls) == 3
+    assert all(
+        held > price_usage(MODEL, input_tokens=0, output_tokens=400).usd for held in llm._seen
+    )
+    # After the kickoff nothing is held, and the spend is the calls' real cost.
+    assert memory_backend.in_flight("u1") == 0
+    assert memory_backend.spend("u1") == sum((cost_of(c.reply) for c in llm.calls), Decimal(0))
+    assert all(record.reservation_id for record in memory_backend.records)
+
+
 def test_two_crews_in_two_threads_keep_their_own_guards_and_attribution() -> None:
     backend = MemoryBackend()
     both_running = threading.Barrier(2, timeout=10)
