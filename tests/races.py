@@ -81,7 +81,10 @@ class Racers:
             out, err = process.communicate(timeout=300)
             if process.returncode != 0:
                 raise RuntimeError(f"a racer failed:\n{err[-4000:]}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
+            result = json.loads(out.strip().splitlines()[-1])
+            if result["errors"]:
+                raise RuntimeError(f"a racer's call failed: {result['errors']}\n{err[-4000:]}")
+            results.append(result)
         return results
 
     def start_hung_caller(self) -> subprocess.Popen[str]:

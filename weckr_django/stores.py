@@ -248,11 +248,11 @@ def _atomic_if(wanted: bool, alias: str) -> Iterator[None]:
 
 
 class _Statements:
-    """The store's SQL for one database vendor, with parameters prepared for it."""
+    """The store's SQL for one database vendor; parameters are prepared for the
+    connection of the cursor each statement runs on."""
 
     def __init__(self, connection: BaseDatabaseWrapper) -> None:
         quote = connection.ops.quote_name
-        self.connection = connection
 
         def table(model: type[Model]) -> str:
             return quote(model._meta.db_table)
@@ -304,18 +304,19 @@ class _Statements:
         )
         self.release_sql = f"DELETE FROM {holds} WHERE {identity} = %s"
 
-    def _values(self, model: type[Model], **values: Any) -> list[Any]:
-        return _column_values(self.connection, model, values)
+    @staticmethod
+    def _values(cursor: Any, model: type[Model], **values: Any) -> list[Any]:
+        return _column_values(cursor.db, model, values)
 
     def lock(self, cursor: Any, key: SpendKey) -> None:
-        cursor.execute(self.lock_sql, self._values(CapLock, **key.columns()))
+        cursor.execute(self.lock_sql, self._values(cursor, CapLock, **key.columns()))
 
     def spend(self, cursor: Any, key: SpendKey, now: datetime) -> Spend:
         cursor.execute(
             self.spend_sql,
             [
-                *self._values(MonthlyUserSpend, **key.columns()),
-                *self._values(CapReservation, **key.columns(), expires_at=now),
+                *self._values(cursor, MonthlyUserSpend, **key.columns()),
+                *self._values(cursor, CapReservation, **key.columns(), expires_at=now),
             ],
         )
         recorded, held = cursor.fetchone()
@@ -334,6 +335,7 @@ class _Statements:
         cursor.execute(
             self.hold_sql,
             self._values(
+                cursor,
                 CapReservation,
                 id=reservation_id,
                 **key.columns(),
@@ -347,23 +349,27 @@ class _Statements:
         cursor.execute(
             self.settle_sql,
             self._values(
-                CapReservation, amount_usd=cost, settled=True, expires_at=expires, id=reservation_id
+                cursor,
+                CapReservation,
+                amount_usd=cost,
+                settled=True,
+                expires_at=expires,
+                id=reservation_id,
             ),
         )
         return bool(cursor.rowcount)
 
     def release(self, cursor: Any, reservation_id: str) -> None:
-        cursor.execute(self.release_sql, self._values(CapReservation, id=reservation_id))
+        cursor.execute(self.release_sql, self._values(cursor, CapReservation, id=reservation_id))
 
 
 _statements_by_vendor: dict[str, _Statements] = {}
 
 
 def _statements(connection: BaseDatabaseWrapper) -> _Statements:
-    found = _statements_by_vendor.get(connection.alias + connection.vendor)
-    if found is None or found.connection is not connection:
-        found = _Statements(connection)
-        _statements_by_vendor[connection.alias + connection.vendor] = found
+    found = _statements_by_vendor.get(connection.vendor)
+    if found is None:
+        found = _statements_by_vendor[connection.vendor] = _Statements(connection)
     return found
 
 
