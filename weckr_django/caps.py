@@ -27,15 +27,6 @@ from weckr_django.stores import CapStoreUnavailable, SpendKey, cap_store
 
 logger = logging.getLogger("weckr_django")
 
-_ZERO = Decimal(0)
-
-
-def monthly_spend(project: Project, user_id: str) -> Decimal:
-    """What counts against ``user_id``'s cap this month (project timezone): recorded
-    spend plus what calls in flight or not yet stored hold."""
-    spend = cap_store().spend(SpendKey.of(project, user_id))
-    return spend.total
-
 
 def decide(project: Project, user_id: str | None, plan_name: str | None, model: str) -> CapDecision:
     """Allow, block or downgrade the next call of ``user_id``, holding nothing (the
@@ -55,7 +46,7 @@ def decide(project: Project, user_id: str | None, plan_name: str | None, model: 
     cap = terms.monthly_cap_usd
     if spend.total < cap:
         return CapDecision("allow", None, spend.total, cap, None, spend.held, terms.name)
-    return _over_cap(terms, model, spend.total, spend.held, None)
+    return _over_cap(terms, model, spend.total, spend.held)
 
 
 def reserve(project: Project, request: CapRequest) -> CapDecision:
@@ -84,7 +75,9 @@ def reserve(project: Project, request: CapRequest) -> CapDecision:
             )
         alternative = _alternative(terms, request.model)
         if alternative is None:
-            return _over_cap(terms, request.model, hold.spend.total, hold.spend.held, None)
+            return CapDecision(
+                "block", None, hold.spend.total, cap, None, hold.spend.held, terms.name, "cap"
+            )
         # Past the cap on a downgrade plan: the cheaper model, held at its own estimate.
         cheaper = request.estimated_cost(alternative, default_output)
         downgraded = store.reserve(key, cheaper, None, ttl)
@@ -124,19 +117,12 @@ def _alternative(terms: PlanTerms, model: str) -> str | None:
     return alternative if alternative and alternative != model else None
 
 
-def _over_cap(
-    terms: PlanTerms,
-    model: str,
-    spend: Decimal,
-    held: Decimal,
-    reservation: Reservation | None,
-) -> CapDecision:
+def _over_cap(terms: PlanTerms, model: str, spend: Decimal, held: Decimal) -> CapDecision:
+    """``decide``'s answer at or past the cap: the plan's action, nothing held."""
     cap = terms.monthly_cap_usd
     alternative = _alternative(terms, model)
     if alternative is not None:
-        return CapDecision(
-            "downgrade", alternative, spend, cap, reservation, held, terms.name, "cap"
-        )
+        return CapDecision("downgrade", alternative, spend, cap, None, held, terms.name, "cap")
     return CapDecision("block", None, spend, cap, None, held, terms.name, "cap")
 
 

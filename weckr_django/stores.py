@@ -204,7 +204,8 @@ class DatabaseCapStore(CapStore):
                     raise
                 cursor.execute("COMMIT")
         except DatabaseError as error:
-            self._forget_connections()
+            # This thread reconnects on its next call; other threads keep theirs.
+            self._local.connection = None
             connection.close()
             raise CapStoreUnavailable(str(error)) from error
 
