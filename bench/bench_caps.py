@@ -16,7 +16,10 @@ own, DEBUG off, on a scratch PostgreSQL database.
 2. 4 processes of 4 threads outside Django, ``Weckr(api_key=..., endpoint=...)``
    against the server.
 3. Time per call of a cached check, and of a reservation with its settle, through
-   ``DjangoBackend`` on each store (SQLite file, PostgreSQL, Redis), in one process.
+   ``DjangoBackend`` on each store (SQLite file, PostgreSQL, Redis), in one process;
+   and the store's bare round trip (``SELECT 1``, ``PING``), the floor of each of the
+   round trips a reservation (one on Redis, two on PostgreSQL) and a settle (one)
+   take, so that the figure reads the same on a faster or slower machine.
 """
 
 from __future__ import annotations
@@ -115,10 +118,13 @@ def main() -> None:
                 racers.setup("1000000")
                 figures = racers.run("latency", "--calls", str(args.calls))
                 check, reserve = figures["cached_check_us"], figures["reserve_settle_us"]
+                trip = figures["round_trip_us"]["median"]
+                added = reserve["median"] - check["median"]
                 print(
                     f"   {label} cached check {check['median']:6.1f} us ({check['p90']:.1f}); "
                     f"reserve + settle {reserve['median']:7.1f} us ({reserve['p90']:.1f}); "
-                    f"added {reserve['median'] - check['median']:7.1f} us"
+                    f"added {added:7.1f} us = {added / trip:.1f} bare round trips "
+                    f"of {trip:.0f} us"
                 )
         finally:
             _admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

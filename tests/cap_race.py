@@ -16,8 +16,8 @@ selects the cap store (see ``tests/settings.py``). Each command prints one JSON 
   ``HttpBackend``'s cached ``/check`` over HTTP; nothing held.
 - ``totals``: the user's recorded spend and calls, what the cap store still holds,
   and the reservations left.
-- ``latency --calls N``: time per call of a cached check and of a reservation with
-  its settle, in this process, against the configured store.
+- ``latency --calls N``: time per call of a cached check, of a reservation with its
+  settle, and of a bare round trip to the configured store, in this process.
 - ``hang``: start one call whose provider never answers, print when it is under
   way, and wait there to be killed.
 
@@ -181,6 +181,7 @@ def latency(calls: int) -> dict[str, Any]:
     from weckr_core.backends.base import CapRequest
     from weckr_core.records import UsageRecord
     from weckr_django.backend import DjangoBackend
+    from weckr_django.stores import cap_store
 
     request = CapRequest(
         USER, PLAN, MODEL, "openai", input_tokens=PROMPT_TOKENS, max_output_tokens=OUTPUT_TOKENS
@@ -189,7 +190,8 @@ def latency(calls: int) -> dict[str, Any]:
         user_id=USER, model=MODEL, input_tokens=PROMPT_TOKENS, output_tokens=OUTPUT_TOKENS
     )
     baseline, backend = cached_check_backend(), DjangoBackend(delivery="sync")
-    checks, reservations = [], []
+    store = cap_store()
+    checks, reservations, round_trips = [], [], []
     for n in range(calls + 50):
         started = time.perf_counter()
         baseline.reserve(request)
@@ -198,15 +200,22 @@ def latency(calls: int) -> dict[str, Any]:
         assert decision.reservation is not None, decision
         backend.settle(decision.reservation, record)
         done = time.perf_counter()
+        store.ping()
+        pinged = time.perf_counter()
         if n >= 50:  # warmed up
             checks.append((checked - started) * 1e6)
             reservations.append((done - checked) * 1e6)
+            round_trips.append((pinged - done) * 1e6)
         backend.release(decision.reservation)
 
     def figures(values: list[float]) -> dict[str, float]:
         return {"median": median(values), "p90": quantiles(values, n=10)[-1]}
 
-    return {"cached_check_us": figures(checks), "reserve_settle_us": figures(reservations)}
+    return {
+        "cached_check_us": figures(checks),
+        "reserve_settle_us": figures(reservations),
+        "round_trip_us": figures(round_trips),
+    }
 
 
 def hang() -> None:

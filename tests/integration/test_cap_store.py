@@ -17,7 +17,7 @@ from weckr_core.backends.base import CapRequest
 from weckr_django import caps
 from weckr_django.ingest import ingest_records
 from weckr_django.models import MonthlyUserSpend, Plan, Project
-from weckr_django.stores import RedisCapStore, SpendKey, cap_store
+from weckr_django.stores import CapStoreUnavailable, RedisCapStore, SpendKey, cap_store
 
 from ..django.helpers import make_record
 
@@ -58,6 +58,36 @@ def test_a_hold_made_inside_the_callers_transaction_is_committed_at_once() -> No
         assert decision.reservation is not None
         assert other_connection_sees_holds() == 1
     assert cap_store().spend(SpendKey.of(project, "u1")).held == PER_CALL
+
+
+def test_a_store_connection_dropped_by_the_server_fails_one_call_then_reconnects() -> None:
+    """A reservation is pipelined on PostgreSQL: an error that surfaces at the end of
+    the pipeline is the store being unavailable, and the next call starts afresh."""
+    project = project_with_cap(Decimal(5))
+    store = cap_store()
+    key = SpendKey.of(project, "u1")
+    first = store.reserve(key, PER_CALL, Decimal(5), 60)
+    assert first.reservation_id is not None
+    db = settings.DATABASES["default"]
+    with psycopg.connect(
+        host=str(db["HOST"]),
+        port=str(db["PORT"]),
+        user=str(db["USER"]),
+        dbname=str(db["NAME"]),
+        autocommit=True,
+    ) as admin:
+        # The store's own connection: the one whose last statement ended a reservation.
+        dropped = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND query = 'COMMIT'"
+        ).fetchall()
+    assert len(dropped) == 1
+    with pytest.raises(CapStoreUnavailable):
+        store.reserve(key, PER_CALL, Decimal(5), 60)
+    again = store.reserve(key, PER_CALL, Decimal(5), 60)
+    assert again.reservation_id is not None
+    assert again.spend.held == PER_CALL  # the first hold, committed before the drop
 
 
 @pytest.fixture
