@@ -20,36 +20,28 @@ plan is only checked against ``plans`` when ``plans`` was given.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Mapping
-from contextvars import ContextVar
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from weckr_core import caps, estimate
-from weckr_core.backends import Backend, CapDecision, CapRequest, Reservation, get_backend
+from weckr_core.backends import Backend, CapDecision
 from weckr_core.backends.http import DEFAULT_CHECK_ENDPOINT, DEFAULT_LOG_ENDPOINT, HttpBackend
+from weckr_core.calls import (
+    Call,
+    CallRecorder,
+    OnDowngrade,
+    OnError,
+    ensure_include_usage,
+    model_name,
+)
 from weckr_core.context import current_attribution
-from weckr_core.errors import WeckrConfigError, warn_downgrade
+from weckr_core.endpoints import ANTHROPIC_MESSAGES, GEMINI, GEMINI_STREAM, OPENAI_CHAT, Endpoint
+from weckr_core.errors import WeckrConfigError
 from weckr_core.pricing import preload_prices
-from weckr_core.records import Source, Status, TokenUsage, UsageRecord, new_event_id, utc_now
-from weckr_core.streaming import (
-    AsyncRecordedStream,
-    RecordedStream,
-    RecordedStreamManager,
-    StreamUsage,
-)
-from weckr_core.usage import NOT_REPORTED, detect_provider
-from weckr_core.wrap import (
-    ANTHROPIC_MESSAGES,
-    GEMINI,
-    GEMINI_STREAM,
-    OPENAI_CHAT,
-    Endpoint,
-    unwrap,
-    wrap_with,
-)
+from weckr_core.records import Status, TokenUsage, UsageRecord
+from weckr_core.usage import detect_provider
+from weckr_core.wrap import unwrap, wrap_with
 
 __all__ = ["DEFAULT_CHECK_ENDPOINT", "DEFAULT_LOG_ENDPOINT", "Weckr"]
 
@@ -57,12 +49,6 @@ __all__ = ["DEFAULT_CHECK_ENDPOINT", "DEFAULT_LOG_ENDPOINT", "Weckr"]
 logger = logging.getLogger("weckr")
 
 C = TypeVar("C")
-OnError = Callable[[BaseException], None]
-OnDowngrade = Callable[[dict[str, str]], None]
-
-_MAX_DOWNGRADES_REMEMBERED = 10_000
-# The stream class a recorded call hands back, of the client's kind (sync or async).
-_StreamType = type[RecordedStream[Any]] | type[AsyncRecordedStream[Any]]
 _SDK_MODULES = ("openai", "anthropic", "google.")
 # Provider and async-ness per client class, for classes from the SDKs' own modules
 # only: a generic proxy class can stand in front of clients of different providers.
@@ -80,28 +66,6 @@ def _client_kind(client: Any) -> tuple[str, bool]:
     return kind
 
 
-def _model_name(model: Any) -> str:
-    if not model:
-        return "unknown"
-    name = str(model)
-    # google-genai and google-generativeai accept "models/gemini-2.5-flash".
-    return name[7:] if name.startswith("models/") else name
-
-
-def _cap_request(
-    user_id: str, plan: str | None, model: str, provider: str, params: Mapping[str, Any]
-) -> CapRequest:
-    """What a cap needs of a request: who, which model, and what it may cost."""
-    return CapRequest(
-        user_id,
-        plan,
-        model,
-        provider,
-        prompt=params,
-        max_output_tokens=estimate.max_output_tokens(params),
-    )
-
-
 @dataclass(slots=True)
 class _ChatRequest:
     """A ``wk.chat`` call before its cap decision."""
@@ -114,251 +78,6 @@ class _ChatRequest:
     plan: str | None
     feature: str | None
     tags: tuple[str, ...]
-
-
-class _Call:
-    """One intercepted LLM call, from its cap decision to its usage record."""
-
-    __slots__ = (
-        "backend",
-        "event_id",
-        "feature",
-        "model",
-        "plan",
-        "plan_revenue",
-        "provider",
-        "requested_model",
-        "reservation",
-        "source",
-        "started",
-        "started_at",
-        "tags",
-        "user_id",
-        "weckr",
-    )
-
-    def __init__(
-        self,
-        weckr: Weckr,
-        backend: Backend,
-        source: Source,
-        provider: str,
-        model: str,
-        user_id: str | None,
-        plan: str | None,
-        plan_revenue: Decimal | None,
-        feature: str | None,
-        tags: tuple[str, ...],
-    ) -> None:
-        self.weckr = weckr
-        self.backend = backend
-        self.event_id = new_event_id()
-        self.started_at = utc_now()
-        self.source = source
-        self.provider = provider
-        self.model = model
-        self.requested_model: str | None = None  # set on a downgrade
-        self.reservation: Reservation | None = None
-        self.user_id = user_id
-        self.plan = plan
-        self.plan_revenue = plan_revenue
-        self.feature = feature
-        self.tags = tags
-        self.started = time.perf_counter()
-
-    def finish(
-        self, usage: TokenUsage, model: str | None, error: BaseException | None = None
-    ) -> None:
-        """Settle the call's reservation and hand its record to the backend;
-        ``model`` is the model that served the call, when the response names it."""
-        record = UsageRecord(
-            event_id=self.event_id,
-            timestamp=self.started_at,
-            user_id=self.user_id,
-            feature=self.feature,
-            plan=self.plan,
-            plan_revenue_usd=self.plan_revenue,
-            provider=self.provider,
-            model=model or self.model,
-            requested_model=self.requested_model,
-            latency_ms=int((time.perf_counter() - self.started) * 1000),
-            status="ok" if error is None else "error",
-            error_type=None if error is None else type(error).__name__,
-            source=self.source,
-            tags=self.tags,
-        )
-        record.apply_usage(usage)
-        try:
-            caps.finish(self.backend, self.reservation, record, self.weckr._report)
-        except Exception as refusal:
-            self.weckr._refused(self.event_id, self.model, self.user_id, refusal)
-
-    def release(self) -> None:
-        """The call was never made: drop its reservation."""
-        caps.release(self.backend, self.reservation, self.weckr._report)
-
-    def finish_stream(self, collected: StreamUsage, error: BaseException | None) -> None:
-        self.finish(collected.usage, collected.model, error)
-
-    def finish_result(self, endpoint: Endpoint, result: Any, stream: _StreamType | None) -> Any:
-        """What the caller gets back: a response, recorded now, or (with ``stream``,
-        the stream class of the client's kind) the stream, recorded when it ends."""
-        if stream is not None:
-            return stream(result, endpoint.stream_usage(), self.finish_stream)
-        try:
-            part = getattr(result, endpoint.usage_field, None)
-            if part is None and isinstance(result, Mapping):
-                part = result.get(endpoint.usage_field)
-            usage = endpoint.usage(part)
-            model = getattr(result, endpoint.model_field, None)
-        except Exception as error:
-            # Keep the row; an unreadable usage is recorded as not reported.
-            self.weckr._report(error)
-            self.finish(NOT_REPORTED, None)
-            return result
-        self.finish(usage, model if isinstance(model, str) else None)
-        return result
-
-    def fail(self, error: BaseException) -> None:
-        self.finish(NOT_REPORTED, None, error)
-
-
-class _DeferredCall:
-    """A wrapped call the SDK sends when a ``with`` block is entered: the cap check
-    waits for the block too (awaited, on async clients)."""
-
-    def __init__(
-        self,
-        weckr: Weckr,
-        method: Any,
-        endpoint: Endpoint,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        self._weckr = weckr
-        self._method = method
-        self._endpoint = endpoint
-        self._args = args
-        self._kwargs = kwargs
-
-
-class _StreamingResponse(_DeferredCall):
-    """A ``with_streaming_response`` call: the cap check and the request happen on
-    entry, as the SDK's own manager sends the request then; the call is recorded
-    when the caller parses the response (a stream when it ends), and with its usage
-    unreported when the block ends without a parse."""
-
-    _manager: Any = None
-    _call: _Call | None = None
-    _recorded = False
-
-    def _request(self, decision: CapDecision | None) -> tuple[_Call, bool]:
-        call, stream = self._weckr._start_wrapped(self._endpoint, self._kwargs, decision=decision)
-        try:
-            self._manager = self._method(*self._args, **self._kwargs)
-        except BaseException:
-            call.release()
-            raise
-        self._call = call
-        call.started = time.perf_counter()
-        return call, stream
-
-    def _parsed(self, call: _Call, result: Any, stream: _StreamType | None) -> Any:
-        """Record the first parse; a stream is handed on recorded."""
-        if self._recorded:
-            return result
-        self._recorded = True
-        return call.finish_result(self._endpoint, result, stream)
-
-    def _finish_unparsed(self) -> None:
-        if self._call is not None and not self._recorded:
-            self._recorded = True
-            self._call.finish(NOT_REPORTED, None)  # read some other way: usage unknown
-
-    def __enter__(self) -> Any:
-        call, stream = self._request(None)
-        try:
-            response = self._manager.__enter__()
-        except BaseException as error:
-            self._recorded = True
-            call.fail(error)
-            raise
-        parse = response.parse
-        parsed: list[Any] = []
-
-        def parse_recorded(*, to: Any = None) -> Any:
-            if to is not None:
-                return parse(to=to)
-            if not parsed:
-                parsed.append(self._parsed(call, parse(), RecordedStream if stream else None))
-            return parsed[0]
-
-        response.parse = parse_recorded
-        return response
-
-    def __exit__(self, *exc_info: Any) -> Any:
-        try:
-            return self._manager.__exit__(*exc_info)
-        finally:
-            self._finish_unparsed()
-
-
-class _AsyncStreamingResponse(_StreamingResponse):
-    async def __aenter__(self) -> Any:
-        decision = await self._weckr._areserve_wrapped(self._endpoint, self._kwargs)
-        call, stream = self._request(decision)
-        try:
-            response = await self._manager.__aenter__()
-        except BaseException as error:
-            self._recorded = True
-            call.fail(error)
-            raise
-        parse = response.parse
-        parsed: list[Any] = []
-
-        async def parse_recorded(*, to: Any = None) -> Any:
-            if to is not None:
-                return await parse(to=to)
-            if not parsed:
-                result = await parse()
-                parsed.append(self._parsed(call, result, AsyncRecordedStream if stream else None))
-            return parsed[0]
-
-        response.parse = parse_recorded
-        return response
-
-    async def __aexit__(self, *exc_info: Any) -> Any:
-        try:
-            return await self._manager.__aexit__(*exc_info)
-        finally:
-            self._finish_unparsed()
-
-
-class _AsyncStreamHelper(_DeferredCall):
-    """An async client's ``.stream(...)`` helper: the SDK sends the request when the
-    ``async with`` block is entered, so the cap check is awaited there too."""
-
-    _manager: RecordedStreamManager | None = None
-
-    async def __aenter__(self) -> Any:
-        decision = await self._weckr._areserve_wrapped(self._endpoint, self._kwargs)
-        call, _ = self._weckr._start_wrapped(
-            self._endpoint, self._kwargs, helper=True, decision=decision
-        )
-        assert self._endpoint.final_usage is not None
-        try:
-            manager = self._method(*self._args, **self._kwargs)
-        except BaseException:
-            call.release()
-            raise
-        self._manager = RecordedStreamManager(
-            manager, self._endpoint.final_usage, call.finish_stream
-        )
-        return await self._manager.__aenter__()
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        if self._manager is not None:
-            await self._manager.__aexit__(*exc_info)
 
 
 class Weckr:
@@ -387,33 +106,26 @@ class Weckr:
                 "Weckr: api_key is empty. Pass a key, or leave api_key out to use the "
                 "configured backend.",
             )
-        self.plans: dict[str, Decimal] | None = (
+        plan_prices = (
             None if plans is None else {name: _plan_price(name, v) for name, v in plans.items()}
         )
-        self.disable_cap_check = disable_cap_check
-        self.on_error = on_error
-        self.on_downgrade = on_downgrade
         # Before any backend thread prices a record (see pricing.preload_prices).
         preload_prices()
         self._owns_backend = False
         if backend is None and api_key is not None:
             backend = HttpBackend(api_key, endpoint, check_endpoint, on_error=on_error)
             self._owns_backend = True
-        self._backend = backend
-        self._downgrades_seen: set[tuple[str | None, str, str]] = set()
-        self._last_event_id: ContextVar[str | None] = ContextVar(
-            "weckr_last_event_id", default=None
-        )
+        self._calls = CallRecorder(backend, plan_prices, disable_cap_check, on_error, on_downgrade)
 
     @property
     def backend(self) -> Backend:
-        return self._backend if self._backend is not None else get_backend()
+        return self._calls.backend
 
     @property
     def last_event_id(self) -> str | None:
         """The event id of the latest call made by this client in the current
         thread or asyncio task (the id of its usage record)."""
-        return self._last_event_id.get()
+        return self._calls.last_event_id.get()
 
     # -- public API -----------------------------------------------------------------
 
@@ -426,26 +138,26 @@ class Weckr:
         """
         request = self._chat_request(client, params, False)
         call, endpoint, stream, method, args, kwargs = self._start_chat(request, None)
-        return self._invoke(call, endpoint, stream, method, args, kwargs)
+        return self._calls.invoke(call, endpoint, stream, method, args, kwargs)
 
     async def achat(self, client: Any, params: Mapping[str, Any]) -> Any:
         """``chat`` for async clients (``AsyncOpenAI``, ``AsyncAnthropic``,
         google-genai's ``client.aio``)."""
         request = self._chat_request(client, params, True)
-        decision = await self._areserve(
+        decision = await self._calls.areserve(
             request.user_id,
             request.plan,
-            _model_name(request.params.get("model")),
+            model_name(request.params.get("model")),
             request.provider,
             request.params,
         )
         call, endpoint, stream, method, args, kwargs = self._start_chat(request, decision)
-        return await self._ainvoke(call, endpoint, stream, method, args, kwargs)
+        return await self._calls.ainvoke(call, endpoint, stream, method, args, kwargs)
 
     def wrap(self, client: C) -> C:
         """A drop-in proxy of ``client`` whose LLM calls are recorded through this
         client, attributed from the context. See ``weckr_core.wrap``."""
-        return wrap_with(self, client)
+        return wrap_with(self._calls, client)
 
     def track(
         self,
@@ -498,9 +210,9 @@ class Weckr:
             user_id=user,
             feature=feature if feature is not None else attribution.feature,
             plan=plan,
-            plan_revenue_usd=self._plan_revenue(plan),
+            plan_revenue_usd=self._calls.plan_revenue(plan),
             provider=provider,
-            model=_model_name(model),
+            model=model_name(model),
             latency_ms=latency_ms,
             status=status,
             error_type=error_type,
@@ -508,11 +220,11 @@ class Weckr:
             tags=tuple(dict.fromkeys((*attribution.tags, *tags))),
         )
         record.apply_usage(TokenUsage(**counts, reported=usage_reported))
-        self._last_event_id.set(record.event_id)
+        self._calls.last_event_id.set(record.event_id)
         try:
             self.backend.record(record)
         except Exception as error:
-            self._refused(record.event_id, record.model, record.user_id, error)
+            self._calls.refused(record.event_id, record.model, record.user_id, error)
         return record.event_id
 
     def flush(self, timeout_seconds: float = 5.0) -> bool:
@@ -529,228 +241,8 @@ class Weckr:
     def close(self, timeout_seconds: float = 5.0) -> None:
         """Flush, and stop the HTTP backend this client created (if it did)."""
         self.flush(timeout_seconds)
-        if self._owns_backend and self._backend is not None:
-            self._backend.close()
-
-    # -- the call path (shared with wrap) -------------------------------------------
-
-    def _start(
-        self,
-        source: Source,
-        provider: str,
-        model: str,
-        user_id: str | None,
-        plan: str | None,
-        feature: str | None,
-        tags: tuple[str, ...],
-        params: Mapping[str, Any],
-        stacklevel: int = 8,
-        decision: CapDecision | None = None,
-    ) -> _Call:
-        """Resolve the plan and reserve the call against the user's cap (may raise
-        before anything is spent, or move the call to a cheaper model).
-
-        ``decision`` is the cap decision when the async path already has it;
-        ``params`` is the request, read for the estimate of what the call can cost.
-        ``stacklevel`` points a downgrade warning at the caller's own frame."""
-        plan_revenue = self._plan_revenue(plan)
-        backend = self.backend
-        call = _Call(
-            self, backend, source, provider, model, user_id, plan, plan_revenue, feature, tags
-        )
-        if user_id and not self.disable_cap_check:
-            if decision is None:
-                request = _cap_request(user_id, plan, model, provider, params)
-                decision = caps.reserve(backend, request, self._report)
-            call.reservation = decision.reservation
-            if decision.action != "allow":
-                alternative = self._enforce(decision, user_id, plan, model, stacklevel)
-                if alternative is not None:
-                    call.requested_model = model
-                    call.model = alternative
-        self._last_event_id.set(call.event_id)
-        return call
-
-    def _enforce(
-        self,
-        decision: CapDecision,
-        user_id: str,
-        plan: str | None,
-        model: str,
-        stacklevel: int,
-    ) -> str | None:
-        """For a decision other than allow: None to go ahead, a model name to use
-        instead; raises to block."""
-        alternative = decision.alternative_model
-        if decision.action == "downgrade" and alternative:
-            if alternative == model:
-                return None
-            self._notify_downgrade(user_id, model, alternative, stacklevel)
-            return alternative
-        raise caps.refusal(decision, user_id, plan)
-
-    def _call(
-        self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        call, stream = self._start_wrapped(endpoint, kwargs)
-        return self._invoke(call, endpoint, stream, method, args, kwargs)
-
-    async def _acall(
-        self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        decision = await self._areserve_wrapped(endpoint, kwargs)
-        call, stream = self._start_wrapped(endpoint, kwargs, decision=decision)
-        return await self._ainvoke(call, endpoint, stream, method, args, kwargs)
-
-    async def _areserve_wrapped(
-        self, endpoint: Endpoint, kwargs: Mapping[str, Any]
-    ) -> CapDecision | None:
-        """``_areserve`` for a wrapped client's call, attributed from the context."""
-        attribution = current_attribution()
-        return await self._areserve(
-            attribution.user_id,
-            attribution.plan,
-            _model_name(kwargs.get("model")),
-            endpoint.provider,
-            kwargs,
-        )
-
-    async def _areserve(
-        self,
-        user_id: str | None,
-        plan: str | None,
-        model: str,
-        provider: str,
-        params: Mapping[str, Any],
-    ) -> CapDecision | None:
-        """The cap decision from the backend's ``areserve``, which waits for an
-        uncached answer off the event loop. None when no cap applies."""
-        if not user_id or self.disable_cap_check:
-            return None
-        self._plan_revenue(plan)  # an unknown plan fails before anything is asked
-        request = _cap_request(user_id, plan, model, provider, params)
-        return await caps.areserve(self.backend, request, self._report)
-
-    def _call_stream_helper(
-        self,
-        method: Any,
-        endpoint: Endpoint,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        is_async: bool = False,
-    ) -> Any:
-        if is_async:
-            return _AsyncStreamHelper(self, method, endpoint, args, kwargs)
-        call, _ = self._start_wrapped(endpoint, kwargs, helper=True)
-        assert endpoint.final_usage is not None
-        try:
-            manager = method(*args, **kwargs)
-        except BaseException:
-            call.release()
-            raise
-        # The helper sends nothing until its ``with`` block is entered.
-        return RecordedStreamManager(manager, endpoint.final_usage, call.finish_stream)
-
-    def _streaming_response(
-        self,
-        method: Any,
-        endpoint: Endpoint,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        is_async: bool,
-    ) -> Any:
-        if is_async:
-            return _AsyncStreamingResponse(self, method, endpoint, args, kwargs)
-        return _StreamingResponse(self, method, endpoint, args, kwargs)
-
-    def _start_wrapped(
-        self,
-        endpoint: Endpoint,
-        kwargs: dict[str, Any],
-        helper: bool = False,
-        decision: CapDecision | None = None,
-    ) -> tuple[_Call, bool]:
-        attribution = current_attribution()
-        call = self._start(
-            "wrap",
-            endpoint.provider,
-            _model_name(kwargs.get("model")),
-            attribution.user_id,
-            attribution.plan,
-            attribution.feature,
-            attribution.tags,
-            kwargs,
-            decision=decision,
-        )
-        if call.requested_model is not None:
-            kwargs["model"] = call.model
-        stream = helper or endpoint.always_streams or kwargs.get("stream") is True
-        if stream and endpoint.adds_include_usage:
-            _ensure_include_usage(kwargs)
-        return call, stream
-
-    def _invoke(
-        self,
-        call: _Call,
-        endpoint: Endpoint,
-        stream: bool,
-        method: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        call.started = time.perf_counter()
-        try:
-            result = method(*args, **kwargs)
-        except BaseException as error:
-            call.fail(error)
-            raise
-        stream_type = RecordedStream if stream else None
-        if endpoint.raw:
-            return self._record_raw(call, endpoint, raw=result, stream=stream_type)
-        return call.finish_result(endpoint, result, stream_type)
-
-    async def _ainvoke(
-        self,
-        call: _Call,
-        endpoint: Endpoint,
-        stream: bool,
-        method: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        call.started = time.perf_counter()
-        try:
-            result = await method(*args, **kwargs)
-        except BaseException as error:
-            call.fail(error)
-            raise
-        stream_type = AsyncRecordedStream if stream else None
-        if endpoint.raw:
-            return self._record_raw(call, endpoint, raw=result, stream=stream_type)
-        return call.finish_result(endpoint, result, stream_type)
-
-    def _record_raw(
-        self, call: _Call, endpoint: Endpoint, *, raw: Any, stream: _StreamType | None
-    ) -> Any:
-        """A ``with_raw_response`` call: records from the parsed result, which the SDK
-        caches for the caller's own ``raw.parse()``; a stream is handed out recorded."""
-        try:
-            parsed = raw.parse()
-        except Exception as error:  # the caller's own parse() will say what is wrong
-            self._report(error)
-            call.finish(NOT_REPORTED, None)  # the call was made: keep its row
-            return raw
-        if stream is not None:
-            recorded = call.finish_result(endpoint, parsed, stream)
-            parse = raw.parse
-
-            def parse_recorded(*, to: Any = None) -> Any:
-                return recorded if to is None else parse(to=to)
-
-            raw.parse = parse_recorded
-        else:
-            call.finish_result(endpoint, parsed, None)
-        return raw
+        if self._owns_backend:
+            self._calls.backend.close()
 
     def _chat_request(self, client: Any, params: Mapping[str, Any], is_async: bool) -> _ChatRequest:
         """Who ``wk.chat`` calls for, and which provider method it calls."""
@@ -790,18 +282,17 @@ class Weckr:
 
     def _start_chat(
         self, request: _ChatRequest, decision: CapDecision | None
-    ) -> tuple[_Call, Endpoint, bool, Any, tuple[Any, ...], dict[str, Any]]:
+    ) -> tuple[Call, Endpoint, bool, Any, tuple[Any, ...], dict[str, Any]]:
         params = request.params
-        call = self._start(
+        call = self._calls.start(
             "sdk",
             request.provider,
-            _model_name(params.get("model")),
+            model_name(params.get("model")),
             request.user_id,
             request.plan,
             request.feature,
             request.tags,
             params,
-            stacklevel=7,
             decision=decision,
         )
         if call.requested_model is not None:
@@ -819,59 +310,8 @@ class Weckr:
         if request.provider == "anthropic":
             return call, ANTHROPIC_MESSAGES, stream, target.create, (), params
         if stream:
-            _ensure_include_usage(params)
+            ensure_include_usage(params)
         return call, OPENAI_CHAT, stream, target.create, (), params
-
-    # -- helpers ----------------------------------------------------------------------
-
-    def _plan_revenue(self, plan: str | None) -> Decimal | None:
-        if plan is None or self.plans is None:
-            return None
-        revenue = self.plans.get(plan)
-        if revenue is None:
-            raise WeckrConfigError(
-                "unknown_plan",
-                f'Weckr: plan "{plan}" is not in the `plans` given to Weckr '
-                f"({', '.join(sorted(self.plans)) or 'none'}). Add it, e.g. "
-                f'plans={{"{plan}": <monthly price in USD>}}.',
-            )
-        return revenue
-
-    def _notify_downgrade(
-        self, user_id: str, from_model: str, to_model: str, stacklevel: int
-    ) -> None:
-        if self.on_downgrade is not None:
-            try:
-                self.on_downgrade({"userId": user_id, "from": from_model, "to": to_model})
-                return
-            except Exception as error:
-                self._report(error)
-        key = (user_id, from_model, to_model)
-        if key in self._downgrades_seen:
-            return
-        if len(self._downgrades_seen) >= _MAX_DOWNGRADES_REMEMBERED:
-            self._downgrades_seen.clear()
-        self._downgrades_seen.add(key)
-        warn_downgrade(user_id, from_model, to_model, stacklevel=stacklevel)
-
-    def _refused(self, event_id: str, model: str, user_id: str | None, error: Exception) -> None:
-        logger.error(
-            "Weckr: the backend refused usage record %s (%s, %s)",
-            event_id,
-            model,
-            user_id,
-            exc_info=error,
-        )
-        self._report(error)
-
-    def _report(self, error: BaseException) -> None:
-        if self.on_error is None:
-            logger.warning("Weckr: %r", error)
-            return
-        try:
-            self.on_error(error)
-        except Exception:
-            logger.exception("Weckr: on_error raised")
 
 
 def _plan_price(name: str, value: float | int | str | Decimal) -> Decimal:
@@ -894,14 +334,6 @@ def _user(user_id: Any) -> str | None:
 def _has_chat_completions(client: Any) -> bool:
     completions = getattr(getattr(client, "chat", None), "completions", None)
     return callable(getattr(completions, "create", None))
-
-
-def _ensure_include_usage(kwargs: dict[str, Any]) -> None:
-    options = kwargs.get("stream_options")
-    if options is None:
-        kwargs["stream_options"] = {"include_usage": True}
-    elif isinstance(options, Mapping) and "include_usage" not in options:
-        kwargs["stream_options"] = {**options, "include_usage": True}
 
 
 def _gemini_target(client: Any, is_async: bool) -> Any:

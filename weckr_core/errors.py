@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 import warnings
 from decimal import Decimal
 from typing import Literal
@@ -130,12 +131,44 @@ def is_weckr_config_error(error: object) -> bool:
     )
 
 
-def warn_downgrade(
-    user_id: str | None, from_model: str, to_model: str, stacklevel: int = 3
-) -> None:
-    warnings.warn(
+def warn_downgrade(user_id: str | None, from_model: str, to_model: str) -> None:
+    warn_at_caller(
         f"Weckr: downgrading {user_id} from {from_model} to {to_model} (cap reached). "
         "Later downgrades for this user and model are silent.",
-        category=WeckrDowngradeWarning,
-        stacklevel=stacklevel,
+        WeckrDowngradeWarning,
     )
+
+
+# Frames a warning should not point at: Weckr's own, and the SDKs and frameworks
+# that call into it (the developer's line is the one that called them). A name
+# covers its ``name_*`` siblings too (``langchain`` covers ``langchain_core``).
+_PASS_THROUGH_PACKAGES = (
+    "weckr",
+    "openai",
+    "anthropic",
+    "google",
+    "langchain",
+    "langgraph",
+    "crewai",
+    "asyncio",
+    "concurrent",
+    "threading",
+    "contextlib",
+    "functools",
+)
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` pointing at the first frame outside Weckr and the libraries
+    it sits under, however deep the call that warns."""
+    frame = sys._getframe(1)
+    stacklevel = 2  # the caller of this function
+    while frame.f_back is not None and _passes_through(frame.f_globals.get("__name__", "")):
+        frame = frame.f_back
+        stacklevel += 1
+    warnings.warn(message, category=category, stacklevel=stacklevel)
+
+
+def _passes_through(module: str) -> bool:
+    top = module.partition(".")[0]
+    return any(top == name or top.startswith(f"{name}_") for name in _PASS_THROUGH_PACKAGES)

@@ -15,10 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-if TYPE_CHECKING:
-    from weckr_core.records import UsageRecord
+from weckr_core.records import UsageRecord
 
 _MILLION = Decimal(1_000_000)
 _ZERO = Decimal(0)
@@ -298,8 +297,10 @@ def price_usage(
     cache_creation_tokens: int = 0,
     reasoning_tokens: int = 0,
     provider: str | None = None,
+    calls: int = 1,
 ) -> Cost:
-    """Cost of one call in our token convention (see ``TokenUsage``).
+    """Cost of one call in our token convention (see ``TokenUsage``), or of ``calls``
+    calls whose tokens these are in all (tiered prices then go by the average prompt).
 
     Cache reads are part of ``input_tokens`` and billed at the cache-read rate; cache
     writes come on top at the cache-write rate; reasoning tokens are part of the
@@ -310,6 +311,7 @@ def price_usage(
     uncached, cached, writes, output, prompt = billable_tokens(
         input_tokens, output_tokens, cached_input_tokens, cache_creation_tokens, reasoning_tokens
     )
+    prompt //= max(1, calls)
     usd = (
         uncached * pricing.input.per_mtok(prompt)
         + cached * pricing.cached_input.per_mtok(prompt)
@@ -330,6 +332,16 @@ def price_record(record: UsageRecord) -> Cost:
         reasoning_tokens=record.reasoning_tokens,
         provider=record.provider,
     )
+
+
+def ensure_priced(record: UsageRecord) -> UsageRecord:
+    """``record`` with ``cost_usd`` and ``priced`` filled from the price table, if
+    they were not yet."""
+    if record.cost_usd is None:
+        cost = price_record(record)
+        record.cost_usd = cost.usd
+        record.priced = cost.priced
+    return record
 
 
 def calculate_cost(

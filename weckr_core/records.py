@@ -147,16 +147,6 @@ class UsageRecord:
         self.reasoning_tokens = usage.reasoning_tokens
         self.usage_reported = usage.reported
 
-    def ensure_priced(self) -> UsageRecord:
-        """Fill ``cost_usd`` and ``priced`` from the price table, if not done yet."""
-        if self.cost_usd is None:
-            from weckr_core.pricing import price_record
-
-            cost = price_record(self)
-            self.cost_usd = cost.usd
-            self.priced = cost.priced
-        return self
-
     def replace(self, **changes: Any) -> UsageRecord:
         return dataclasses.replace(self, **changes)
 

@@ -60,8 +60,7 @@ from typing import Any, Literal
 
 from django.db.models import Max, Sum
 
-from weckr_core.pricing import ModelPricing, cheaper_alternative, resolve_pricing
-from weckr_core.records import TokenUsage
+from weckr_core.pricing import cheaper_alternative, price_usage, resolve_pricing
 from weckr_django.models import ANONYMOUS_KEY, DailyUsage, MonthlyUserSpend, Project
 from weckr_django.periods import local_day, month_start, next_month
 from weckr_django.reports import plan_prices
@@ -77,7 +76,6 @@ MIN_PLAN_CALLS = 30
 P90 = Decimal("0.9")
 
 _ZERO = Decimal(0)
-_MILLION = Decimal(1_000_000)
 _CENTS = Decimal("0.01")
 _MICRO = Decimal("0.000001")
 
@@ -150,20 +148,6 @@ def percentile_nearest_rank(values: Iterable[Decimal], fraction: Decimal) -> Dec
     return ordered[rank - 1]
 
 
-def projected_cost(pricing: ModelPricing, usage: TokenUsage, calls: int) -> Decimal:
-    """Cost of ``calls`` calls that used ``usage`` tokens in all, at ``pricing``'s rates."""
-    cached = min(usage.cached_input_tokens, usage.input_tokens)
-    output = max(usage.output_tokens, usage.reasoning_tokens)
-    writes = usage.cache_creation_tokens
-    prompt_per_call = (usage.input_tokens + writes) // calls if calls else 0
-    return (
-        (usage.input_tokens - cached) * pricing.input.per_mtok(prompt_per_call)
-        + cached * pricing.cached_input.per_mtok(prompt_per_call)
-        + writes * pricing.cache_write.per_mtok(prompt_per_call)
-        + output * pricing.output.per_mtok(prompt_per_call)
-    ) / _MILLION
-
-
 def model_swap_recommendations(
     project: Project,
     *,
@@ -212,14 +196,16 @@ def model_swap_recommendations(
         if current_pricing.provider != suggested_pricing.provider:
             continue  # never advise switching vendors
         current = Decimal(row["cost"] or 0)
-        usage = TokenUsage(
+        projected = price_usage(
+            suggested,
+            provider=provider or None,
             input_tokens=row["input_sum"] or 0,
             output_tokens=row["output_sum"] or 0,
             cached_input_tokens=row["cached_sum"] or 0,
             cache_creation_tokens=row["writes_sum"] or 0,
             reasoning_tokens=row["reasoning_sum"] or 0,
-        )
-        projected = projected_cost(suggested_pricing, usage, calls)
+            calls=calls,
+        ).usd
         saving = current - projected
         monthly = saving * progress.days_in_month / progress.days_elapsed
         if monthly < min_monthly_saving_usd:

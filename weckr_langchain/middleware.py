@@ -12,7 +12,6 @@ import asyncio
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +29,7 @@ from weckr_core.errors import (
     WeckrDowngradeWarning,
     is_weckr_cap_error,
     is_weckr_config_error,
+    warn_at_caller,
     warn_downgrade,
 )
 from weckr_core.records import UsageRecord, utc_now
@@ -272,7 +272,7 @@ class WeckrAgentMiddleware(AgentMiddleware):  # type: ignore[misc]
             call.provider = provider
         key = (call.user_id, call.requested_model, name)
         if self._first_time(key):
-            warn_downgrade(call.user_id, call.requested_model, name, stacklevel=4)
+            warn_downgrade(call.user_id, call.requested_model, name)
         if isinstance(settings.get("model"), str):
             return request.override(model=cheaper, model_settings={**settings, "model": name})
         return request.override(model=cheaper)
@@ -323,7 +323,7 @@ class WeckrAgentMiddleware(AgentMiddleware):  # type: ignore[misc]
 
     def _warn_once(self, key: tuple[str | None, str, str], message: str) -> None:
         if self._first_time(key):
-            warnings.warn(message, category=WeckrDowngradeWarning, stacklevel=4)
+            warn_at_caller(message, WeckrDowngradeWarning)
 
 
 def _stopped_before_the_provider(error: BaseException) -> bool:

@@ -53,7 +53,7 @@ class UsageTotals(UsageTally):
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, record: UsageRecord) -> None:
-        """Count one priced record (``record.ensure_priced()`` first)."""
+        """Count one priced record (``pricing.ensure_priced(record)`` first)."""
         totals: UsageTotals | None = self
         while totals is not None:
             with totals._lock:

@@ -21,7 +21,6 @@ import functools
 import logging
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -48,8 +47,10 @@ from weckr_core.errors import (
     WeckrLoopError,
     is_weckr_cap_error,
     is_weckr_config_error,
+    warn_at_caller,
 )
 from weckr_core.guards import RunGuard, RunLimits
+from weckr_core.pricing import ensure_priced
 from weckr_core.records import UsageRecord, utc_now
 from weckr_langchain.readers import (
     agent_of,
@@ -515,10 +516,10 @@ class RunTracker:
             guard = root.guard
             if guard is not None:
                 if guard.limits.max_cost_usd is not None:
-                    record.ensure_priced()
+                    ensure_priced(record)
                 guard.after_llm_call(record.total_tokens, record.cost_usd)
             if self.totals is not None:
-                self.totals.add(record.ensure_priced())
+                self.totals.add(ensure_priced(record))
             if call.owner:
                 caps.finish(call.backend, call.reservation, record, hold_not_dropped)
         except Exception as bug:
@@ -584,11 +585,10 @@ def _warn_downgrade_skipped(
         if len(_warned_downgrades) > 10_000:
             _warned_downgrades.clear()
         _warned_downgrades.add(key)
-    warnings.warn(
+    warn_at_caller(
         f"Weckr: user {user_id} is over the cap of plan {plan} and the cap says "
         f"downgrade to {alternative}, but a LangChain model cannot be swapped once its "
         f"run has started: the call runs on {model}. Pass downgrade_as_block=True to "
         "refuse such calls instead. Later occurrences for this user and model are silent.",
-        category=WeckrDowngradeWarning,
-        stacklevel=2,
+        WeckrDowngradeWarning,
     )

@@ -179,8 +179,9 @@ def test_a_downgrade_decision_warns_and_runs_the_requested_model(
     model = ScriptedChatModel(model="gpt-4o")
     handler = WeckrHandler(user_id="downgraded-user", plan="pro")
 
-    with pytest.warns(WeckrDowngradeWarning, match="gpt-4o-mini"):
+    with pytest.warns(WeckrDowngradeWarning, match="gpt-4o-mini") as warned:
         model.invoke("hi", {"callbacks": [handler]})
+    assert [w.filename for w in warned] == [__file__]
 
     assert model.calls == 1
     (record,) = memory_backend.records

@@ -109,12 +109,14 @@ def test_a_call_under_the_cap_is_reserved_and_recorded(memory_backend: MemoryBac
 def test_over_the_cap_the_call_runs_on_the_cheaper_model(memory_backend: MemoryBackend) -> None:
     model = ScriptedChatModel(model="gpt-4o", tool="search", vary_args=True, tool_turns=1)
 
-    with pytest.warns(WeckrDowngradeWarning, match="from gpt-4o to gpt-4o-mini"):
+    with pytest.warns(WeckrDowngradeWarning, match="from gpt-4o to gpt-4o-mini") as warned:
         agent_run(
             model,
             WeckrAgentMiddleware(),
             metadata=over_the_cap(memory_backend, "downgraded-user"),
         )
+    # At the line that ran the agent (in ``agent_run``), past LangGraph's frames.
+    assert [w.filename for w in warned] == [__file__]
 
     assert model.called_as == ["gpt-4o-mini", "gpt-4o-mini"]
     records = memory_backend.records

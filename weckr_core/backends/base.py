@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from weckr_core import estimate
 from weckr_core.errors import CapKind, WeckrLoopError
-from weckr_core.pricing import price_usage
+from weckr_core.pricing import ensure_priced, price_usage
 from weckr_core.records import Source, UsageRecord, utc_now
 
 logger = logging.getLogger("weckr")
@@ -90,8 +90,7 @@ class Reservation:
             return _ZERO
         if not record.usage_reported:
             return self.amount_usd
-        record.ensure_priced()
-        return record.cost_usd or _ZERO
+        return ensure_priced(record).cost_usd or _ZERO
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from weckr_core.backends.base import (
     Reservation,
     RunStop,
 )
-from weckr_core.pricing import cheaper_alternative
+from weckr_core.pricing import cheaper_alternative, ensure_priced
 from weckr_core.records import UsageRecord
 
 _ZERO = Decimal(0)
@@ -178,7 +178,7 @@ class MemoryBackend(Backend):
     # -- records -----------------------------------------------------------------
 
     def record(self, record: UsageRecord) -> None:
-        record.ensure_priced()
+        ensure_priced(record)
         with self._lock:
             self._records.append(record)
             if record.reservation_id is not None:
