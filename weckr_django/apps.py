@@ -11,7 +11,7 @@ class WeckrConfig(AppConfig):
 
     def ready(self) -> None:
         # No queries here: the database may not exist yet (migrate, check, collectstatic).
-        from weckr_django import checks, overrides, plans
+        from weckr_django import checks, overrides, plans, signals, tasks
         from weckr_django.backend import install_default_backend
 
         checks.register_checks()
@@ -19,3 +19,6 @@ class WeckrConfig(AppConfig):
         plans.connect_signals()
         overrides.install()
         install_default_backend()
+        signals.usage_ingested.connect(
+            tasks.on_usage_ingested, dispatch_uid="weckr_follow_up_after_ingest"
+        )

@@ -2,7 +2,8 @@
 
 Everything happens in one transaction, so a caller that sees ``ingest_records``
 return knows the events and the rollups are committed together (a cap check right
-after sees the spend). Idempotency rests on the unique (project, event_id)
+after sees the spend); after the commit, ``signals.usage_ingested`` announces the new
+usage to the follow-up work. Idempotency rests on the unique (project, event_id)
 constraint: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` says which rows are new,
 and only those reach the rollups, which are updated with additive upserts. That
 stays exact with any number of concurrent workers on PostgreSQL, and on SQLite.
@@ -28,6 +29,7 @@ from weckr_django import overrides
 from weckr_django.models import ANONYMOUS_KEY, DailyUsage, MonthlyUserSpend, Project, UsageEvent
 from weckr_django.periods import local_day
 from weckr_django.plans import match_plan
+from weckr_django.signals import usage_ingested
 from weckr_django.stores import SpendKey, cap_store
 
 logger = logging.getLogger("weckr_django")
@@ -95,9 +97,20 @@ def ingest_records(project: Project, records: Sequence[UsageRecord]) -> IngestRe
 
 
 def _after_commit(project: Project, user_keys: list[str]) -> None:
-    from weckr_django import tasks
-
-    tasks.schedule_after_ingest(str(project.pk), user_keys)
+    """Announce the committed usage (``signals.usage_ingested``); a receiver that
+    raises is logged, and the ingest stands."""
+    outcomes = usage_ingested.send_robust(
+        sender=Project, project_id=str(project.pk), user_keys=user_keys
+    )
+    for receiver, outcome in outcomes:
+        if isinstance(outcome, Exception):
+            logger.error(
+                "Weckr: follow-up work after ingest for project %s failed in %s: %s",
+                project.pk,
+                getattr(receiver, "__qualname__", receiver),
+                outcome,
+                exc_info=outcome,
+            )
 
 
 def _plan_names(project: Project, records: Iterable[UsageRecord]) -> dict[str | None, str | None]:

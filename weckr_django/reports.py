@@ -58,11 +58,22 @@ class UserMargin:
 
     @property
     def margin_usd(self) -> Decimal:
-        return (self.revenue_usd or ZERO) - self.cost_usd
+        return margin_of(self.cost_usd, self.revenue_usd)
 
     @property
     def status(self) -> MarginStatus:
         return margin_status(self.cost_usd, self.revenue_usd or ZERO)
+
+    @classmethod
+    def of_spend(cls, row: MonthlyUserSpend, prices: Mapping[str, Decimal]) -> UserMargin:
+        """The margin of one monthly rollup row (``prices`` from ``plan_prices``)."""
+        return cls(
+            user_key=row.user_key,
+            plan_name=row.plan_name,
+            cost_usd=row.cost_usd,
+            revenue_usd=_revenue(row.user_key, row.plan_name, row.plan_revenue_usd, prices),
+            calls=row.calls,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +108,17 @@ class MonthSummary:
 
     @property
     def margin_usd(self) -> Decimal:
-        return self.revenue_usd - self.cost_usd
+        return margin_of(self.cost_usd, self.revenue_usd)
+
+
+def margin_of(cost: Decimal, revenue: Decimal | None) -> Decimal:
+    """The margin: revenue (none counts as zero) minus AI cost. Every margin Weckr
+    shows, and the margin alert, is this."""
+    return (revenue or ZERO) - cost
 
 
 def margin_status(cost: Decimal, revenue: Decimal) -> MarginStatus:
-    if revenue - cost < 0:
+    if margin_of(cost, revenue) < 0:
         return "unprofitable"
     if revenue > 0 and cost >= revenue * WATCH_COST_SHARE:
         return "watch"

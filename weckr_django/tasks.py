@@ -1,5 +1,8 @@
 """Celery tasks: ingest usage, detect runaway loops, check budgets, dispatch alerts.
 
+The alert tasks are thin wrappers over ``alert_rules``; their ``name=``s are a wire
+contract with running workers and do not change.
+
 With a broker the follow-up tasks are queued. With none (the embedded default) they
 run in this process on one background thread, so an API request never waits on loop
 detection, budget checks or a Slack webhook; with ``DELIVERY = "sync"`` (scripts and
@@ -12,9 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
-from decimal import Decimal
+from collections.abc import Sequence
 from typing import Any, Literal, TypedDict
 
 from celery import Task, shared_task
@@ -24,19 +25,14 @@ from django.db import (
     OperationalError,
     close_old_connections,
     connections,
-    transaction,
 )
-from django.db.models import F, Sum
-from django.utils import timezone
 
 from weckr_core.backends import RunStop
 from weckr_core.records import UsageRecord
-from weckr_django import alerts, reports
+from weckr_django import alert_rules, alerts
 from weckr_django.conf import celery_broker_configured, weckr_settings
 from weckr_django.ingest import ingest_records
-from weckr_django.models import ANONYMOUS_KEY, AlertLog, MonthlyUserSpend, Project, UsageEvent
-from weckr_django.periods import month_bounds, month_start
-from weckr_django.plans import configured_plans, match_plan, unknown_plan_rule
+from weckr_django.models import AlertLog, Project
 from weckr_django.stores import delete_expired_reservations
 from weckr_django.wire import WireError, parse_event
 
@@ -65,7 +61,7 @@ class RecordUsageResult(TypedDict):
 def record_usage(events: list[dict[str, Any]], project_id: str) -> RecordUsageResult:
     """Ingest wire-format events for ``project_id``. Redelivery never double counts:
     events are unique per (project, eventId)."""
-    project = Project.objects.filter(pk=project_id).first()
+    project = _project(project_id)
     if project is None:
         logger.error(
             "Weckr: %d usage event(s) for unknown project %s not recorded.", len(events), project_id
@@ -91,96 +87,33 @@ def record_usage(events: list[dict[str, Any]], project_id: str) -> RecordUsageRe
     return {"created": result.created, "duplicates": result.duplicates, "invalid": invalid}
 
 
-def _window_settings(project: Project) -> tuple[int, int, int]:
-    return (
-        project.loop_window_seconds or weckr_settings.LOOP_WINDOW_SECONDS,
-        project.loop_token_threshold or weckr_settings.LOOP_TOKEN_THRESHOLD,
-        project.loop_cooldown_seconds or weckr_settings.LOOP_COOLDOWN_SECONDS,
-    )
+def _project(project_id: str) -> Project | None:
+    return Project.objects.filter(pk=project_id).first()
 
 
-def _user_filter(user_key: str) -> dict[str, Any]:
-    return {"user_id__isnull": True} if user_key == ANONYMOUS_KEY else {"user_id": user_key}
+def _ids(created: list[AlertLog]) -> list[int]:
+    return [alert.pk for alert in created]
 
 
 @shared_task(name="weckr_django.detect_loops", autoretry_for=_DB_ERRORS, max_retries=3)
 def detect_loops(project_id: str, user_ids: Sequence[str]) -> list[int]:
-    """Alert on users whose tokens in the sliding window pass the project's threshold.
-
-    ``user_ids`` are rollup user keys ("" for calls made with no user). Returns the
-    ids of the alerts created; a user alerted within the cooldown is not alerted again.
-    """
-    project = Project.objects.filter(pk=project_id).first()
+    """``alert_rules.loop_alerts`` for rollup user keys ("" for calls made with no
+    user); the ids of the alerts created."""
+    project = _project(project_id)
     if project is None:
         return []
-    window, threshold, cooldown = _window_settings(project)
-    now = timezone.now()
-    since = now - timedelta(seconds=window)
-    created: list[int] = []
-    for user_key in dict.fromkeys(user_ids):
-        totals = UsageEvent.objects.filter(
-            project=project, timestamp__gte=since, **_user_filter(user_key)
-        ).aggregate(
-            tokens=Sum(F("input_tokens") + F("cache_creation_tokens") + F("output_tokens")),
-            cost=Sum("cost_usd"),
-        )
-        tokens = int(totals["tokens"] or 0)
-        if tokens < threshold:
-            continue
-        alert_user = user_key or None
-        with transaction.atomic():
-            # Serialises alerting per project so two workers cannot both pass the cooldown.
-            Project.objects.select_for_update().filter(pk=project.pk).first()
-            recent = AlertLog.objects.filter(
-                project=project,
-                kind=AlertLog.Kind.LOOP,
-                created_at__gte=now - timedelta(seconds=cooldown),
-                **_user_filter(user_key),
-            ).exists()
-            if recent:
-                continue
-            alert = AlertLog.objects.create(
-                project=project,
-                kind=AlertLog.Kind.LOOP,
-                user_id=alert_user,
-                window_seconds=window,
-                window_tokens=tokens,
-                window_cost_usd=Decimal(totals["cost"] or 0),
-                details={"threshold": threshold, "cooldown_seconds": cooldown},
-            )
-            transaction.on_commit(_dispatch_later(alert.pk), robust=True)
-        created.append(alert.pk)
-    return created
+    return _ids(alert_rules.loop_alerts(project, user_ids, send=_send_alert))
 
 
 @shared_task(name="weckr_django.record_run_stop", autoretry_for=_DB_ERRORS, max_retries=3)
 def record_run_stop(project_id: str, stop: dict[str, Any]) -> int | None:
-    """Keep a loop-guard stop (``run_stop_payload``) as an alert and send it. Once per
-    run: a redelivered task adds nothing."""
-    project = Project.objects.filter(pk=project_id).first()
+    """``alert_rules.run_stop_alert`` for a ``run_stop_payload``: once per run, so a
+    redelivered task adds nothing."""
+    project = _project(project_id)
     if project is None:
         return None
-    run_id = stop.get("run_id")
-    with transaction.atomic():
-        if run_id is not None:
-            Project.objects.select_for_update().filter(pk=project.pk).first()
-            if AlertLog.objects.filter(
-                project=project, kind=AlertLog.Kind.RUN_STOPPED, details__run_id=run_id
-            ).exists():
-                return None
-        alert = AlertLog.objects.create(
-            project=project,
-            kind=AlertLog.Kind.RUN_STOPPED,
-            user_id=stop.get("user_id"),
-            window_tokens=int(stop.get("tokens") or 0),
-            window_cost_usd=Decimal(str(stop.get("cost_usd") or 0)),
-            details={
-                key: stop.get(key)
-                for key in ("run_id", "reason", "source", "llm_calls", "plan", "feature", "agent")
-            },
-        )
-        transaction.on_commit(_dispatch_later(alert.pk), robust=True)
-    return alert.pk
+    alert = alert_rules.run_stop_alert(project, stop, send=_send_alert)
+    return None if alert is None else alert.pk
 
 
 def run_stop_payload(stop: RunStop) -> dict[str, Any]:
@@ -201,125 +134,26 @@ def run_stop_payload(stop: RunStop) -> dict[str, Any]:
 
 @shared_task(name="weckr_django.check_budgets", autoretry_for=_DB_ERRORS, max_retries=3)
 def check_budgets(project_id: str, user_ids: Sequence[str]) -> list[int]:
-    """Soft-cap, cap-reached and margin alerts, each at most once per user per month,
-    and one alert per plan name per month for calls on a plan Weckr does not know.
-    Also deletes the project's cap reservations that stopped counting."""
-    project = Project.objects.filter(pk=project_id).first()
+    """``alert_rules.budget_alerts`` (cap, soft cap, margin, unknown plans); the ids of
+    the alerts created. Also deletes the project's cap reservations that stopped
+    counting."""
+    project = _project(project_id)
     if project is None:
         return []
-    month = month_start(project)
-    month_begins, _ = month_bounds(project, month)
-    keys = [key for key in dict.fromkeys(user_ids) if key != ANONYMOUS_KEY]
-    rows = MonthlyUserSpend.objects.filter(project=project, month=month, user_key__in=keys)
-    created: list[int] = []
-    unknown: set[str | None] = set()
-    for row in rows:
-        match = match_plan(project, row.plan_name)
-        if not match.known:
-            unknown.add(row.plan_name)
-        terms = match.terms
-        if terms is None:
-            continue
-        spend = Decimal(row.cost_usd)
-        wanted: list[tuple[str, dict[str, Any]]] = []
-        cap = terms.monthly_cap_usd
-        if cap is not None and cap > 0:
-            info = {"plan": terms.name, "spend": f"{spend:.4f}", "cap": f"{cap:.2f}"}
-            if spend >= cap:
-                wanted.append((AlertLog.Kind.CAP_REACHED, info))
-            elif terms.soft_alert_percent and spend * 100 >= cap * terms.soft_alert_percent:
-                wanted.append((AlertLog.Kind.SOFT_CAP, info))
-        threshold = project.margin_alert_threshold_usd
-        if threshold is not None and match.known:
-            revenue = terms.monthly_price_usd
-            margin = revenue - spend
-            if margin < threshold:
-                wanted.append(
-                    (
-                        AlertLog.Kind.MARGIN,
-                        {
-                            "plan": terms.name,
-                            "revenue": f"{revenue:.2f}",
-                            "spend": f"{spend:.4f}",
-                            "margin": f"{margin:.2f}",
-                            "threshold": f"{threshold:.2f}",
-                        },
-                    )
-                )
-        for kind, details in wanted:
-            alert_id = _alert_once(
-                project, kind, month_begins, details, user_id=row.user_key, per_user=True
-            )
-            if alert_id is not None:
-                created.append(alert_id)
-    if unknown and configured_plans(project):
-        created.extend(_unknown_plan_alerts(project, month_begins, unknown))
+    created = alert_rules.budget_alerts(project, user_ids, send=_send_alert)
     # Housekeeping, here rather than in a task of its own: holds that stopped counting.
     delete_expired_reservations(project)
-    return created
-
-
-def _unknown_plan_alerts(
-    project: Project, month_begins: datetime, plan_names: set[str | None]
-) -> list[int]:
-    created = []
-    known = [terms.name for terms in configured_plans(project).values()]
-    usage = {item.plan_name: item for item in reports.unknown_plan_usage(project, known)}
-    for name in sorted(plan_names, key=lambda name: name or ""):
-        item = usage.get(name)
-        if item is None:
-            continue
-        details = {
-            "plan": item.label,
-            "users": item.users,
-            "calls": item.calls,
-            "cost": f"{item.cost_usd:.4f}",
-            "rule": unknown_plan_rule(),
-        }
-        alert_id = _alert_once(project, AlertLog.Kind.UNKNOWN_PLAN, month_begins, details)
-        if alert_id is not None:
-            created.append(alert_id)
-    return created
+    return _ids(created)
 
 
 @shared_task(name="weckr_django.unknown_plan_refused", autoretry_for=_DB_ERRORS, max_retries=3)
 def unknown_plan_refused(project_id: str, plan_name: str | None) -> int | None:
-    """Calls on ``plan_name``, which the project does not have, are being refused:
-    one alert per plan name and month (the banner reads it too)."""
-    project = Project.objects.filter(pk=project_id).first()
+    """``alert_rules.unknown_plan_refused_alert``: one alert per plan name and month."""
+    project = _project(project_id)
     if project is None:
         return None
-    month_begins, _ = month_bounds(project, month_start(project))
-    label = reports.NO_PLAN_LABEL if plan_name is None else plan_name
-    details = {"plan": label, "refused": True, "rule": unknown_plan_rule()}
-    return _alert_once(project, AlertLog.Kind.UNKNOWN_PLAN, month_begins, details)
-
-
-def _alert_once(
-    project: Project,
-    kind: str,
-    month_begins: datetime,
-    details: dict[str, Any],
-    *,
-    user_id: str | None = None,
-    per_user: bool = False,
-) -> int | None:
-    """Create and dispatch an alert unless one of its kind exists this month (for the
-    same user, or for the same plan name); the id of the new alert."""
-    with transaction.atomic():
-        Project.objects.select_for_update().filter(pk=project.pk).first()
-        earlier = AlertLog.objects.filter(project=project, kind=kind, created_at__gte=month_begins)
-        if per_user:
-            earlier = earlier.filter(user_id=user_id)
-        else:
-            earlier = earlier.filter(details__plan=details["plan"])
-        if earlier.exists():
-            return None
-        alert = AlertLog.objects.create(
-            project=project, kind=kind, user_id=user_id, details=details
-        )
-        transaction.on_commit(_dispatch_later(alert.pk), robust=True)
-    return alert.pk
+    alert = alert_rules.unknown_plan_refused_alert(project, plan_name, send=_send_alert)
+    return None if alert is None else alert.pk
 
 
 @shared_task(
@@ -338,8 +172,9 @@ def dispatch_alert(self: Task[Any, Any], alert_id: int) -> str:
     return str(alert.status)
 
 
-def _dispatch_later(alert_id: int) -> Callable[[], None]:
-    return lambda: run_task(dispatch_alert, alert_id)
+def _send_alert(alert_id: int) -> None:
+    """Send a committed alert: queued, or run in this process (``run_task``)."""
+    run_task(dispatch_alert, alert_id)
 
 
 def run_task(task: Task[Any, Any], *args: Any) -> None:
@@ -462,3 +297,9 @@ def schedule_after_ingest(project_id: str, user_keys: list[str]) -> None:
         return
     run_task(detect_loops, project_id, user_keys)
     run_task(check_budgets, project_id, user_keys)
+
+
+def on_usage_ingested(sender: object, *, project_id: str, user_keys: list[str], **_: Any) -> None:
+    """``signals.usage_ingested`` receiver (connected in ``apps``): schedule the
+    follow-up work."""
+    schedule_after_ingest(project_id, user_keys)

@@ -1,13 +1,24 @@
 from __future__ import annotations
 
+import ast
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
+from weckr_django import ingest
 from weckr_django.ingest import ingest_records
-from weckr_django.models import ANONYMOUS_KEY, DailyUsage, ModelPrice, MonthlyUserSpend, UsageEvent
+from weckr_django.models import (
+    ANONYMOUS_KEY,
+    DailyUsage,
+    ModelPrice,
+    MonthlyUserSpend,
+    Project,
+    UsageEvent,
+)
 from weckr_django.periods import local_day, month_bounds, month_start
+from weckr_django.signals import usage_ingested
 
 from .helpers import expected_cost, make_project, make_record
 
@@ -164,3 +175,57 @@ def test_record_usage_task_counts_and_logs_invalid_events(caplog):
     assert result == {"created": 1, "duplicates": 1, "invalid": 1}
     assert any("bad" in m and "outputTokens must be a whole number" in m for m in caplog.messages)
     assert UsageEvent.objects.filter(project=project).count() == 1
+
+
+def test_ingest_announces_new_usage_after_the_commit(django_capture_on_commit_callbacks):
+    project = make_project()
+    heard: list[dict[str, object]] = []
+
+    def listen(sender: object, **kwargs: object) -> None:
+        heard.append({"sender": sender, **kwargs})
+
+    usage_ingested.connect(listen)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            records = [make_record("e1", user_id="u2"), make_record("e2", user_id=None)]
+            ingest_records(project, records)
+            assert heard == []  # not before the commit
+        with django_capture_on_commit_callbacks(execute=True):
+            ingest_records(project, [make_record("e1", user_id="u2")])  # nothing new
+    finally:
+        usage_ingested.disconnect(listen)
+    assert len(heard) == 1
+    assert heard[0]["sender"] is Project
+    assert heard[0]["project_id"] == str(project.pk)
+    assert heard[0]["user_keys"] == [ANONYMOUS_KEY, "u2"]
+
+
+def test_a_failing_receiver_is_logged_and_the_ingest_stands(
+    django_capture_on_commit_callbacks, caplog
+):
+    project = make_project()
+
+    def broken(sender: object, **kwargs: object) -> None:
+        raise RuntimeError("receiver down")
+
+    usage_ingested.connect(broken)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            assert ingest_records(project, [make_record("e1")]).created == 1
+    finally:
+        usage_ingested.disconnect(broken)
+    assert UsageEvent.objects.filter(project=project).count() == 1
+    assert any(
+        record.name == "weckr_django" and "receiver down" in record.getMessage()
+        for record in caplog.records
+    )
+
+
+def test_ingest_does_not_import_the_tasks():
+    """The follow-up work hangs on ``signals.usage_ingested``: no import circle."""
+    for node in ast.walk(ast.parse(Path(ingest.__file__).read_text())):
+        if isinstance(node, ast.ImportFrom):
+            assert node.module != "weckr_django.tasks"
+            assert all(alias.name != "tasks" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            assert all(alias.name != "weckr_django.tasks" for alias in node.names)

@@ -1,0 +1,113 @@
+"""The alert rules as plain functions, and the task wrappers' wire contract."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from weckr_django import alert_rules, reports, tasks
+from weckr_django.ingest import ingest_records
+from weckr_django.models import ANONYMOUS_KEY, AlertLog
+
+from .helpers import make_plan, make_project, make_record
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_tasks_keep_their_published_names():
+    names = {
+        task.name
+        for task in (
+            tasks.record_usage,
+            tasks.detect_loops,
+            tasks.record_run_stop,
+            tasks.check_budgets,
+            tasks.unknown_plan_refused,
+            tasks.dispatch_alert,
+        )
+    }
+    assert names == {
+        "weckr_django.record_usage",
+        "weckr_django.detect_loops",
+        "weckr_django.record_run_stop",
+        "weckr_django.check_budgets",
+        "weckr_django.unknown_plan_refused",
+        "weckr_django.dispatch_alert",
+    }
+
+
+def test_a_rule_returns_its_alerts_and_sends_them_after_the_commit(
+    django_capture_on_commit_callbacks,
+):
+    project = make_project(loop_token_threshold=1_000)
+    ingest_records(project, [make_record("e1", input_tokens=2_000, output_tokens=0)])
+    sent: list[int] = []
+    with django_capture_on_commit_callbacks(execute=True):
+        created = alert_rules.loop_alerts(project, ["u1", "u1", "u2"], send=sent.append)
+        assert sent == []  # not before the commit
+    assert [(alert.kind, alert.user_id) for alert in created] == [(AlertLog.Kind.LOOP, "u1")]
+    assert sent == [created[0].pk]
+    assert alert_rules.loop_alerts(project, ["u1"], send=sent.append) == []  # cooldown
+
+
+def test_the_margin_alert_reads_the_dashboards_margin():
+    project = make_project(margin_alert_threshold_usd=Decimal("5"))
+    make_plan(project, "starter", price="1")
+    ingest_records(project, [make_record("e1", plan="starter", input_tokens=400_000)])
+    sent: list[int] = []
+    [alert] = alert_rules.budget_alerts(project, ["u1", ANONYMOUS_KEY], send=sent.append)
+    margin = reports.user_margin(project, "u1")
+    assert margin is not None
+    assert alert.kind == AlertLog.Kind.MARGIN
+    assert alert.details["margin"] == f"{margin.margin_usd:.2f}"
+    assert alert.details["revenue"] == f"{margin.revenue_usd:.2f}" == "1.00"
+    assert alert.details["spend"] == f"{margin.cost_usd:.4f}"
+    assert alert_rules.budget_alerts(project, ["u1"], send=sent.append) == []  # once a month
+
+
+def test_margin_of_is_revenue_minus_cost():
+    assert reports.margin_of(Decimal("3"), Decimal("10")) == Decimal("7")
+    assert reports.margin_of(Decimal("3"), None) == Decimal("-3")
+    assert reports.margin_status(Decimal("3"), Decimal("2")) == "unprofitable"
+
+
+def test_a_run_stop_is_alerted_once_per_run():
+    project = make_project()
+    stop = {"run_id": "r1", "reason": "too many calls", "tokens": 50, "cost_usd": "0.25"}
+    sent: list[int] = []
+    alert = alert_rules.run_stop_alert(project, stop, send=sent.append)
+    assert alert is not None
+    assert (alert.window_tokens, alert.window_cost_usd) == (50, Decimal("0.25"))
+    assert alert.details["reason"] == "too many calls"
+    assert alert_rules.run_stop_alert(project, stop, send=sent.append) is None
+    assert tasks.record_run_stop(str(project.pk), stop) is None
+
+
+def test_refused_calls_on_an_unknown_plan_are_alerted_once_a_month():
+    project = make_project()
+    sent: list[int] = []
+    alert = alert_rules.unknown_plan_refused_alert(project, None, send=sent.append)
+    assert alert is not None
+    assert alert.details["plan"] == reports.NO_PLAN_LABEL
+    assert alert.details["refused"] is True
+    assert alert_rules.unknown_plan_refused_alert(project, None, send=sent.append) is None
+    assert tasks.unknown_plan_refused(str(project.pk), "gold") is not None
+
+
+def test_tasks_for_a_deleted_project_do_nothing():
+    gone = "00000000-0000-0000-0000-000000000000"
+    assert tasks.detect_loops(gone, ["u1"]) == []
+    assert tasks.check_budgets(gone, ["u1"]) == []
+    assert tasks.record_run_stop(gone, {"run_id": "r1"}) is None
+    assert tasks.unknown_plan_refused(gone, "gold") is None
+
+
+def test_check_budgets_returns_the_ids_of_the_alerts_it_created():
+    project = make_project()
+    make_plan(project, "pro", cap="0.001")
+    now = datetime.now(UTC)
+    ingest_records(project, [make_record("e1", plan="pro", input_tokens=10_000, when=now)])
+    [alert_id] = tasks.check_budgets(str(project.pk), ["u1"])
+    assert AlertLog.objects.get(pk=alert_id).kind == AlertLog.Kind.CAP_REACHED

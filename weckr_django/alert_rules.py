@@ -1,0 +1,262 @@
+"""Alert rules: which alerts a project's usage calls for.
+
+Plain functions over a project, free of Celery: ``weckr_django.tasks`` wraps each in
+a task. A rule creates ``AlertLog`` rows, each at most once per cooldown, run or
+month as the rule says (checked under a row lock on the project, so two workers
+cannot both pass), and hands each new alert's id to ``send`` once its transaction
+commits. Delivery itself is ``alerts.deliver``.
+
+Margins are ``reports.UserMargin``'s: the margin alert and the dashboard read the
+same figure.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from weckr_django import reports
+from weckr_django.conf import weckr_settings
+from weckr_django.models import ANONYMOUS_KEY, AlertLog, MonthlyUserSpend, Project, UsageEvent
+from weckr_django.periods import month_bounds, month_start
+from weckr_django.plans import PlanTerms, configured_plans, match_plan, unknown_plan_rule
+
+#: Sends the alert with this id; called after the alert is committed.
+Send = Callable[[int], None]
+
+#: The details a run stop alert keeps from ``tasks.run_stop_payload``.
+RUN_STOP_DETAILS = ("run_id", "reason", "source", "llm_calls", "plan", "feature", "agent")
+
+
+@dataclass(frozen=True, slots=True)
+class LoopWindow:
+    """A project's loop detection settings (its own, else ``WECKR``'s)."""
+
+    seconds: int
+    token_threshold: int
+    cooldown_seconds: int
+
+    @classmethod
+    def of(cls, project: Project) -> LoopWindow:
+        return cls(
+            seconds=project.loop_window_seconds or weckr_settings.LOOP_WINDOW_SECONDS,
+            token_threshold=project.loop_token_threshold or weckr_settings.LOOP_TOKEN_THRESHOLD,
+            cooldown_seconds=project.loop_cooldown_seconds or weckr_settings.LOOP_COOLDOWN_SECONDS,
+        )
+
+
+def loop_alerts(project: Project, user_keys: Iterable[str], *, send: Send) -> list[AlertLog]:
+    """Alert on users whose tokens in the sliding window reach the threshold.
+
+    ``user_keys`` are rollup user keys ("" for calls made with no user). A user
+    alerted within the cooldown is not alerted again.
+    """
+    window = LoopWindow.of(project)
+    now = timezone.now()
+    since = now - timedelta(seconds=window.seconds)
+    created: list[AlertLog] = []
+    for user_key in dict.fromkeys(user_keys):
+        totals = UsageEvent.objects.filter(
+            project=project, timestamp__gte=since, **_user_filter(user_key)
+        ).aggregate(
+            tokens=Sum(F("input_tokens") + F("cache_creation_tokens") + F("output_tokens")),
+            cost=Sum("cost_usd"),
+        )
+        tokens = int(totals["tokens"] or 0)
+        if tokens < window.token_threshold:
+            continue
+        with transaction.atomic():
+            _lock(project)
+            recent = AlertLog.objects.filter(
+                project=project,
+                kind=AlertLog.Kind.LOOP,
+                created_at__gte=now - timedelta(seconds=window.cooldown_seconds),
+                **_user_filter(user_key),
+            ).exists()
+            if recent:
+                continue
+            alert = AlertLog.objects.create(
+                project=project,
+                kind=AlertLog.Kind.LOOP,
+                user_id=user_key or None,
+                window_seconds=window.seconds,
+                window_tokens=tokens,
+                window_cost_usd=Decimal(totals["cost"] or 0),
+                details={
+                    "threshold": window.token_threshold,
+                    "cooldown_seconds": window.cooldown_seconds,
+                },
+            )
+            _send_on_commit(alert, send)
+        created.append(alert)
+    return created
+
+
+def run_stop_alert(project: Project, stop: Mapping[str, Any], *, send: Send) -> AlertLog | None:
+    """Keep a loop-guard stop (``tasks.run_stop_payload``) as an alert; once per run,
+    so None when the run was already alerted."""
+    run_id = stop.get("run_id")
+    with transaction.atomic():
+        if run_id is not None:
+            _lock(project)
+            if AlertLog.objects.filter(
+                project=project, kind=AlertLog.Kind.RUN_STOPPED, details__run_id=run_id
+            ).exists():
+                return None
+        alert = AlertLog.objects.create(
+            project=project,
+            kind=AlertLog.Kind.RUN_STOPPED,
+            user_id=stop.get("user_id"),
+            window_tokens=int(stop.get("tokens") or 0),
+            window_cost_usd=Decimal(str(stop.get("cost_usd") or 0)),
+            details={key: stop.get(key) for key in RUN_STOP_DETAILS},
+        )
+        _send_on_commit(alert, send)
+    return alert
+
+
+def budget_alerts(project: Project, user_keys: Iterable[str], *, send: Send) -> list[AlertLog]:
+    """Soft-cap, cap-reached and margin alerts, each at most once per user per month,
+    and one alert per plan name per month for calls on a plan Weckr does not know.
+
+    Calls made with no user have no plan and no budget: "" is skipped.
+    """
+    month = month_start(project)
+    month_begins, _ = month_bounds(project, month)
+    keys = [key for key in dict.fromkeys(user_keys) if key != ANONYMOUS_KEY]
+    rows = MonthlyUserSpend.objects.filter(project=project, month=month, user_key__in=keys)
+    prices = reports.plan_prices(project)
+    created: list[AlertLog] = []
+    unknown: set[str | None] = set()
+    for row in rows:
+        match = match_plan(project, row.plan_name)
+        if not match.known:
+            unknown.add(row.plan_name)
+        terms = match.terms
+        if terms is None:
+            continue
+        wanted = _cap_alerts(terms, row.cost_usd)
+        if match.known:
+            wanted += _margin_alerts(project, terms, reports.UserMargin.of_spend(row, prices))
+        for kind, details in wanted:
+            alert = _alert_once(
+                project, kind, month_begins, details, send, user_id=row.user_key, per_user=True
+            )
+            if alert is not None:
+                created.append(alert)
+    if unknown and configured_plans(project):
+        created += _unknown_plan_alerts(project, month_begins, unknown, send)
+    return created
+
+
+def _cap_alerts(terms: PlanTerms, spend: Decimal) -> list[tuple[str, dict[str, Any]]]:
+    """Cap reached, or the plan's soft-alert share of the cap reached."""
+    cap = terms.monthly_cap_usd
+    if cap is None or cap <= 0:
+        return []
+    info = {"plan": terms.name, "spend": f"{spend:.4f}", "cap": f"{cap:.2f}"}
+    if spend >= cap:
+        return [(AlertLog.Kind.CAP_REACHED, info)]
+    if terms.soft_alert_percent and spend * 100 >= cap * terms.soft_alert_percent:
+        return [(AlertLog.Kind.SOFT_CAP, info)]
+    return []
+
+
+def _margin_alerts(
+    project: Project, terms: PlanTerms, margin: reports.UserMargin
+) -> list[tuple[str, dict[str, Any]]]:
+    """The user's margin this month is below the project's threshold."""
+    threshold = project.margin_alert_threshold_usd
+    if threshold is None or margin.margin_usd >= threshold:
+        return []
+    details = {
+        "plan": terms.name,
+        "revenue": f"{margin.revenue_usd or reports.ZERO:.2f}",
+        "spend": f"{margin.cost_usd:.4f}",
+        "margin": f"{margin.margin_usd:.2f}",
+        "threshold": f"{threshold:.2f}",
+    }
+    return [(AlertLog.Kind.MARGIN, details)]
+
+
+def _unknown_plan_alerts(
+    project: Project, month_begins: datetime, plan_names: set[str | None], send: Send
+) -> list[AlertLog]:
+    created = []
+    known = [terms.name for terms in configured_plans(project).values()]
+    usage = {item.plan_name: item for item in reports.unknown_plan_usage(project, known)}
+    for name in sorted(plan_names, key=lambda name: name or ""):
+        item = usage.get(name)
+        if item is None:
+            continue
+        details = {
+            "plan": item.label,
+            "users": item.users,
+            "calls": item.calls,
+            "cost": f"{item.cost_usd:.4f}",
+            "rule": unknown_plan_rule(),
+        }
+        alert = _alert_once(project, AlertLog.Kind.UNKNOWN_PLAN, month_begins, details, send)
+        if alert is not None:
+            created.append(alert)
+    return created
+
+
+def unknown_plan_refused_alert(
+    project: Project, plan_name: str | None, *, send: Send
+) -> AlertLog | None:
+    """Calls on ``plan_name``, which the project does not have, are being refused:
+    one alert per plan name and month (the banner reads it too)."""
+    month_begins, _ = month_bounds(project, month_start(project))
+    label = reports.NO_PLAN_LABEL if plan_name is None else plan_name
+    details = {"plan": label, "refused": True, "rule": unknown_plan_rule()}
+    return _alert_once(project, AlertLog.Kind.UNKNOWN_PLAN, month_begins, details, send)
+
+
+def _alert_once(
+    project: Project,
+    kind: str,
+    month_begins: datetime,
+    details: dict[str, Any],
+    send: Send,
+    *,
+    user_id: str | None = None,
+    per_user: bool = False,
+) -> AlertLog | None:
+    """Create and send an alert unless one of its kind exists this month (for the
+    same user, or for the same plan name)."""
+    with transaction.atomic():
+        _lock(project)
+        earlier = AlertLog.objects.filter(project=project, kind=kind, created_at__gte=month_begins)
+        if per_user:
+            earlier = earlier.filter(user_id=user_id)
+        else:
+            earlier = earlier.filter(details__plan=details["plan"])
+        if earlier.exists():
+            return None
+        alert = AlertLog.objects.create(
+            project=project, kind=kind, user_id=user_id, details=details
+        )
+        _send_on_commit(alert, send)
+    return alert
+
+
+def _lock(project: Project) -> None:
+    """Serialise alerting per project until the transaction ends."""
+    Project.objects.select_for_update().filter(pk=project.pk).first()
+
+
+def _send_on_commit(alert: AlertLog, send: Send) -> None:
+    transaction.on_commit(functools.partial(send, alert.pk), robust=True)
+
+
+def _user_filter(user_key: str) -> dict[str, Any]:
+    return {"user_id__isnull": True} if user_key == ANONYMOUS_KEY else {"user_id": user_key}
