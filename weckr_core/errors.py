@@ -149,6 +149,7 @@ _PASS_THROUGH_PACKAGES = (
     "google",
     "langchain",
     "langgraph",
+    "langsmith",
     "crewai",
     "asyncio",
     "concurrent",

@@ -23,7 +23,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from typing import Final, TypeVar
 
@@ -41,6 +40,7 @@ from weckr_core.backends.base import (
     Reservation,
     RunStop,
 )
+from weckr_core.batching import BatchWorker
 from weckr_core.pricing import preload_prices
 from weckr_core.records import UsageRecord
 from weckr_django.conf import Delivery, effective_delivery, weckr_settings
@@ -50,6 +50,7 @@ logger = logging.getLogger("weckr_django")
 
 DEFAULT_PROJECT_NAME: Final = "Default"
 MAX_BATCH: Final = 500
+RECORDER_THREAD: Final = "weckr-django-recorder"
 PROJECT_REFRESH_SECONDS: Final = 60.0
 _BROKER_RETRY_DELAYS: Final = (0.5, 2.0, 5.0)
 _DB_RETRY_DELAYS: Final = (0.5, 2.0, 5.0)
@@ -179,12 +180,16 @@ class DjangoBackend(Backend):
 
     def _init_queue(self) -> None:
         self._lock = threading.Lock()
-        self._has_work = threading.Condition(self._lock)
-        self._progress = threading.Condition(self._lock)
-        self._queue: deque[tuple[int, UsageRecord]] = deque()
-        self._next_seq = 0
-        self._in_flight_from: int | None = None
-        self._worker: threading.Thread | None = None
+        # Records for "thread" and "celery" delivery, delivered in batches by one
+        # thread, which gives its database connection back whenever it runs dry.
+        self._recorder: BatchWorker[UsageRecord] = BatchWorker(
+            self._deliver,
+            name=RECORDER_THREAD,
+            max_batch=MAX_BATCH,
+            max_queue=self._max_queue,
+            on_drop=_log_dropped,
+            on_idle=self._release_connection,
+        )
         # Settles handed to a helper thread from an event loop, not done yet.
         self._handed_off: set[concurrent.futures.Future[None]] = set()
 
@@ -286,18 +291,11 @@ class DjangoBackend(Backend):
                 # Recording must never break the caller's LLM call; say what was lost.
                 logger.exception("Weckr: usage event %s was not recorded.", record.event_id)
             return
-        with self._lock:
-            if len(self._queue) >= self._max_queue:
-                _, dropped = self._queue.popleft()
-                logger.error(
-                    "Weckr: the usage queue is full (%d); event %s was not recorded.",
-                    self._max_queue,
-                    dropped.event_id,
-                )
-            self._queue.append((self._next_seq, record))
-            self._next_seq += 1
-            self._start_worker()
-            self._has_work.notify()
+        if not self._recorder.pending:
+            # The recorder thread prices records: import the price database here,
+            # not there (see weckr_core.pricing.preload_prices).
+            preload_prices()
+        self._recorder.put(record)
 
     def record_run_stop(self, stop: RunStop) -> None:
         """Keep a loop-guard stop as an alert on the project's channels (off the
@@ -312,60 +310,13 @@ class DjangoBackend(Backend):
     def flush(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         with self._lock:
-            target = self._next_seq
             handed_off = list(self._handed_off)
-            while self._pending_before(target):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._progress.wait(remaining)
+        if not self._recorder.flush(timeout):
+            return False
         _, not_done = concurrent.futures.wait(
             handed_off, timeout=max(0.0, deadline - time.monotonic())
         )
         return not not_done
-
-    def _pending_before(self, seq: int) -> bool:
-        if self._in_flight_from is not None and self._in_flight_from < seq:
-            return True
-        return bool(self._queue) and self._queue[0][0] < seq
-
-    def _start_worker(self) -> None:
-        # Called with the lock held. After a fork the parent's thread is gone.
-        if self._worker is None or not self._worker.is_alive():
-            # The worker prices records: import the price database here, not there
-            # (see weckr_core.pricing.preload_prices).
-            preload_prices()
-            self._worker = threading.Thread(
-                target=self._run, name="weckr-django-recorder", daemon=True
-            )
-            self._worker.start()
-
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._lock:
-                    while not self._queue:
-                        # Idle: give the connection back before sleeping.
-                        self._release_connection()
-                        self._has_work.wait()
-                    count = min(len(self._queue), MAX_BATCH)
-                    batch = [self._queue.popleft() for _ in range(count)]
-                    self._in_flight_from = batch[0][0]
-                records = [record for _, record in batch]
-                try:
-                    self._deliver(records)
-                except Exception:  # a bug here must not stop delivery for good
-                    logger.exception(
-                        "Weckr: %d usage event(s) were not recorded: %s",
-                        len(records),
-                        ", ".join(record.event_id for record in records),
-                    )
-                finally:
-                    with self._lock:
-                        self._in_flight_from = None
-                        self._progress.notify_all()
-        finally:
-            self._release_connection()
 
     @staticmethod
     def _release_connection() -> None:
@@ -376,10 +327,18 @@ class DjangoBackend(Backend):
             logger.debug("Weckr: closing the recorder's connection failed.", exc_info=True)
 
     def _deliver(self, records: list[UsageRecord]) -> None:
-        if self.delivery() == "celery":
-            self._send_to_celery(records)
-        else:
-            self._ingest(records)
+        """One batch of the recorder thread; what cannot be delivered is logged by id."""
+        try:
+            if self.delivery() == "celery":
+                self._send_to_celery(records)
+            else:
+                self._ingest(records)
+        except Exception:
+            logger.exception(
+                "Weckr: %d usage event(s) were not recorded: %s",
+                len(records),
+                ", ".join(record.event_id for record in records),
+            )
 
     def _send_to_celery(self, records: list[UsageRecord]) -> None:
         from weckr_django.tasks import record_usage
@@ -425,7 +384,7 @@ class DjangoBackend(Backend):
         """Ingest, riding out a short database outage (idempotent, so safe to repeat)."""
         from weckr_django.ingest import ingest_records
 
-        on_caller_thread = threading.current_thread() is not self._worker
+        on_caller_thread = threading.current_thread().name != RECORDER_THREAD
         for attempt, delay in enumerate((*_DB_RETRY_DELAYS, None)):
             try:
                 ingest_records(project, records)
@@ -446,6 +405,14 @@ class DjangoBackend(Backend):
     def _after_fork_in_child(self) -> None:
         self._init_queue()
         self._project = None
+
+
+def _log_dropped(records: list[UsageRecord]) -> None:
+    logger.error(
+        "Weckr: the usage queue is full; %d event(s) were not recorded: %s",
+        len(records),
+        ", ".join(record.event_id for record in records),
+    )
 
 
 def _validated(records: list[UsageRecord]) -> list[UsageRecord]:

@@ -12,10 +12,9 @@ tests) they run right away on the calling thread.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from celery import Task, shared_task
@@ -28,6 +27,7 @@ from django.db import (
 )
 
 from weckr_core.backends import RunStop
+from weckr_core.batching import BatchWorker
 from weckr_core.records import UsageRecord
 from weckr_django import alert_rules, alerts
 from weckr_django.conf import celery_broker_configured, weckr_settings
@@ -206,85 +206,103 @@ def _run_here(task: Task[Any, Any], args: tuple[Any, ...]) -> None:
         logger.exception("Weckr: %s failed.", task.name)
 
 
-class LocalTaskRunner:
-    """One daemon thread that runs tasks in order when there is no broker.
+@dataclass(frozen=True, slots=True)
+class TaskRun:
+    """A task to run on the local thread."""
 
-    Follow-up work after ingest is merged per project while it waits: a burst of
-    ingests queues one loop-detection and budget pass over all the users it touched,
-    so the queue cannot outgrow the thread under sustained load.
-    """
+    task: Task[Any, Any]
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """Loop detection and budget alerts for users whose usage was just stored."""
+
+    project_id: str
+    user_keys: tuple[str, ...]
+
+
+LocalWork = TaskRun | FollowUp
+
+
+def merge_follow_ups(batch: Sequence[LocalWork]) -> list[LocalWork]:
+    """``batch`` in order, each project's follow-ups merged into its first one: a
+    burst of ingests gets one pass over all the users it touched."""
+    merged: list[LocalWork] = []
+    users: dict[str, set[str]] = {}
+    for work in batch:
+        if isinstance(work, TaskRun):
+            merged.append(work)
+        elif work.project_id in users:
+            users[work.project_id].update(work.user_keys)
+        else:
+            users[work.project_id] = set(work.user_keys)
+            merged.append(work)
+    return [
+        FollowUp(work.project_id, tuple(sorted(users[work.project_id])))
+        if isinstance(work, FollowUp)
+        else work
+        for work in merged
+    ]
+
+
+class LocalTaskRunner:
+    """One daemon thread that runs tasks in order when there is no broker, taking
+    what is queued in batches (follow-ups merged per project, ``merge_follow_ups``),
+    so the queue cannot outgrow the thread under sustained load."""
 
     def __init__(self) -> None:
-        # A None task stands for the merged follow-up work of one project.
-        self._queue: queue.SimpleQueue[tuple[Task[Any, Any] | None, tuple[Any, ...]]] = (
-            queue.SimpleQueue()
+        self._worker: BatchWorker[LocalWork] = BatchWorker(
+            self._run_batch,
+            name="weckr-local-tasks",
+            on_drop=_log_dropped_work,
+            # Give this thread's connections back while there is nothing to do.
+            on_idle=connections.close_all,
         )
-        self._follow_ups: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._pending = 0
-        self._thread: threading.Thread | None = None
 
-    def submit(self, task: Task[Any, Any] | None, args: tuple[Any, ...]) -> None:
-        with self._lock:
-            self._pending += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="weckr-local-tasks", daemon=True
-                )
-                self._thread.start()
-        self._queue.put((task, args))
+    def submit(self, task: Task[Any, Any], args: tuple[Any, ...]) -> None:
+        self._worker.put(TaskRun(task, args))
 
     def submit_follow_up(self, project_id: str, user_keys: Sequence[str]) -> None:
-        with self._lock:
-            waiting = self._follow_ups.get(project_id)
-            if waiting is not None:
-                waiting.update(user_keys)
-                return
-            self._follow_ups[project_id] = set(user_keys)
-        self.submit(None, (project_id,))
+        self._worker.put(FollowUp(project_id, tuple(user_keys)))
 
     @property
     def pending(self) -> int:
-        """Queued and running items (a project's merged follow-up counts once)."""
-        with self._lock:
-            return self._pending
+        """Submitted and not run yet."""
+        return self._worker.pending
 
     def wait(self, timeout: float = 5.0) -> bool:
-        """Wait until every submitted task has run; False when time ran out."""
+        """Wait until every submitted task has run, and the tasks those submitted
+        (an alert's sending); False when time ran out."""
         deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(remaining)
+        while self._worker.pending:
+            if not self._worker.flush(deadline - time.monotonic()):
+                return False
         return True
 
-    def _run(self) -> None:
-        while True:
-            task, args = self._queue.get()
-            try:
-                # A connection broken since the last task (a restarted server) is
-                # replaced, as Django does at the start of each request.
-                close_old_connections()
-                if task is None:
-                    (project_id,) = args
-                    with self._lock:
-                        user_keys = sorted(self._follow_ups.pop(project_id))
-                    _run_here(detect_loops, (project_id, user_keys))
-                    _run_here(check_budgets, (project_id, user_keys))
-                else:
-                    _run_here(task, args)
-            finally:
-                with self._lock:
-                    self._pending -= 1
-                    idle = self._pending == 0
-                    if idle:
-                        self._idle.notify_all()
-                if idle:
-                    # Give this thread's connections back while there is nothing to do.
-                    connections.close_all()
+    @staticmethod
+    def _run_batch(batch: list[LocalWork]) -> None:
+        for work in merge_follow_ups(batch):
+            # A connection broken since the last task (a restarted server) is
+            # replaced, as Django does at the start of each request.
+            close_old_connections()
+            if isinstance(work, TaskRun):
+                _run_here(work.task, work.args)
+            else:
+                user_keys = list(work.user_keys)
+                _run_here(detect_loops, (work.project_id, user_keys))
+                _run_here(check_budgets, (work.project_id, user_keys))
+
+
+def _log_dropped_work(dropped: list[LocalWork]) -> None:
+    logger.error(
+        "Weckr: the local task queue is full; %d task(s) were not run: %s",
+        len(dropped),
+        ", ".join(
+            work.task.name if isinstance(work, TaskRun) else f"follow-up of {work.project_id}"
+            for work in dropped
+        ),
+    )
 
 
 local_tasks = LocalTaskRunner()

@@ -219,8 +219,23 @@ def block_local_runner() -> None:
     _release.wait(10)
 
 
+def test_follow_ups_in_one_batch_are_merged_per_project_in_order():
+    blocker = tasks.TaskRun(block_local_runner, ())
+    batch: list[tasks.LocalWork] = [
+        tasks.FollowUp("p1", ("u2",)),
+        blocker,
+        tasks.FollowUp("p2", ("u9",)),
+        tasks.FollowUp("p1", ("u1", "u2")),
+    ]
+    assert tasks.merge_follow_ups(batch) == [
+        tasks.FollowUp("p1", ("u1", "u2")),
+        blocker,
+        tasks.FollowUp("p2", ("u9",)),
+    ]
+
+
 @pytest.mark.django_db(transaction=True)
-def test_follow_up_work_waiting_on_the_local_thread_is_merged_per_project():
+def test_follow_up_work_waiting_on_the_local_thread_runs_once_per_user():
     project = make_project(loop_token_threshold=1_000)
     burst(project, "u1", 2_000, 1, prefix="x")
     burst(project, "u2", 2_000, 1, prefix="y")
@@ -229,9 +244,10 @@ def test_follow_up_work_waiting_on_the_local_thread_is_merged_per_project():
     runner.submit(block_local_runner, ())
     for user_keys in (["u1"], ["u2"], ["u1"]):
         runner.submit_follow_up(str(project.pk), user_keys)
-    assert runner.pending == 2  # the blocker, and one pass over u1 and u2
+    assert runner.pending == 4
     _release.set()
     assert runner.wait(timeout=10)
+    assert runner.pending == 0
     alerts = AlertLog.objects.filter(kind=AlertLog.Kind.LOOP)
     assert set(alerts.values_list("user_id", flat=True)) == {"u1", "u2"}
     assert alerts.count() == 2

@@ -18,8 +18,8 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, get_args
 from urllib.parse import quote, urlencode
@@ -36,6 +36,7 @@ from weckr_core.backends.base import (
     Reservation,
 )
 from weckr_core.backends.lifecycle import ATEXIT_FLUSH_SECONDS
+from weckr_core.batching import BatchWorker
 from weckr_core.errors import CapKind, WeckrConfigError
 from weckr_core.pricing import preload_prices, price_record
 from weckr_core.records import UsageRecord
@@ -54,6 +55,17 @@ logger = logging.getLogger("weckr")
 ErrorHandler = Callable[[BaseException], None]
 _DecisionKey = tuple[str, str, str]
 _Event = tuple[str, bytes]  # event id, its JSON
+
+
+@dataclass(frozen=True, slots=True)
+class _Release:
+    """A hold to drop: the ``DELETE`` URL of its reservation."""
+
+    url: str
+
+
+def _is_urgent(item: UsageRecord | _Release) -> bool:
+    return isinstance(item, _Release) or item.reservation_id is not None
 
 
 class WeckrBackendError(Exception):
@@ -160,7 +172,6 @@ class HttpBackend(Backend):
         # the expiry of "this plan has no cap" per plan name.
         self._decisions: dict[_DecisionKey, tuple[CapDecision, float]] = {}
         self._uncapped_plans: dict[str | None, float] = {}
-        self._closed = False
         # The sender prices events; importing the price database there would race
         # with SDKs that read sys.modules without the import lock on other threads.
         preload_prices()
@@ -173,19 +184,20 @@ class HttpBackend(Backend):
         self._pending_checks: dict[_DecisionKey, _PendingCheck] = {}
         self._api_client: httpx.Client | None = None
 
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)  # the sender: something to send
-        self._progress = threading.Condition(self._lock)  # flush: something settled
-        self._queue: deque[UsageRecord] = deque()
-        self._releases: deque[str] = deque()  # DELETE URLs of holds to drop
-        self._oldest_at = 0.0  # when the oldest queued event was queued (about)
-        self._reserved_queued = 0  # queued events of calls that hold a reservation
-        self._added = 0  # events and releases queued so far
-        self._settled = 0  # of those, sent or reported as not sent
-        self._dropped: list[str] = []  # ids of events pushed out of the full queue
-        self._flushing = 0  # callers waiting in flush(): the sender does not linger
-        self._sender: threading.Thread | None = None
-        self._stopping = threading.Event()
+        # Events and releases, sent by one thread; reserved calls' events and
+        # releases go without lingering (until an event arrives, its reservation
+        # keeps holding the user's budget).
+        self._sender: BatchWorker[UsageRecord | _Release] = BatchWorker(
+            self._send,
+            name="weckr-sender",
+            max_batch=self._max_batch_size,
+            linger=self._linger,
+            max_queue=self._max_queue,
+            urgent=_is_urgent,
+            on_drop=self._report_dropped,
+        )
+        self._send_client: httpx.Client | None = None  # the sender thread's own
+        self._stopping = threading.Event()  # ends retries' waits when closing
 
     def _after_fork_in_child(self) -> None:
         # The parent keeps delivering its own queue and owns the sockets.
@@ -245,15 +257,7 @@ class HttpBackend(Backend):
         url = f"{endpoint.rstrip('/')}/{quote(reservation.id, safe='')}"
         if reservation.user_id is not None:
             url += "?" + urlencode({"userId": reservation.user_id})
-        with self._lock:
-            closed = self._closed
-            if not closed:
-                self._releases.append(url)
-                self._added += 1
-                self._wake.notify()
-                if self._sender is None:
-                    self._start_sender()
-        if closed:
+        if not self._sender.put(_Release(url)):
             self._report(f"Weckr: backend is closed; reservation {reservation.id} not released.")
 
     def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
@@ -393,87 +397,40 @@ class HttpBackend(Backend):
     # -- usage events ------------------------------------------------------------
 
     def record(self, record: UsageRecord) -> None:
-        with self._lock:
-            closed = self._closed
-            if not closed:
-                queue = self._queue
-                if len(queue) >= self._max_queue:
-                    # Reported by the sender, one error per burst rather than per event.
-                    dropped = queue.popleft()
-                    self._dropped.append(dropped.event_id)
-                    if dropped.reservation_id is not None:
-                        self._reserved_queued -= 1
-                queue.append(record)
-                self._added += 1
-                if len(queue) == 1:
-                    self._oldest_at = time.monotonic()
-                    self._wake.notify()
-                # Until its event arrives, a reserved call's worst-case estimate keeps
-                # holding the user's budget: it goes without lingering.
-                if record.reservation_id is not None:
-                    self._reserved_queued += 1
-                    self._wake.notify()
-                elif len(queue) == self._max_batch_size:
-                    self._wake.notify()
-                if self._sender is None:
-                    self._start_sender()
-        if closed:
+        if not self._sender.put(record):
             self._report(
                 f"Weckr: backend is closed; event {record.event_id} not sent.",
                 event_ids=[record.event_id],
             )
 
     def flush(self, timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            target = self._added
-            self._flushing += 1
-            self._wake.notify()
-            try:
-                while self._settled < target:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self._progress.wait(remaining)
-            finally:
-                self._flushing -= 1
-        return True
+        return self._sender.flush(timeout)
 
     def close(self, timeout: float = ATEXIT_FLUSH_SECONDS) -> None:
         """Flush for up to ``timeout`` seconds, then stop the sender and release the
         connections. Events not delivered by then are reported as not sent."""
         deadline = time.monotonic() + timeout
-        self.flush(timeout)
-        with self._lock:
-            self._closed = True
-            leftovers = [record.event_id for record in self._queue]
-            unreleased = len(self._releases)
-            self._queue.clear()
-            self._releases.clear()
-            self._reserved_queued = 0
-            self._settled += len(leftovers) + unreleased
-            self._wake.notify_all()
-            self._progress.notify_all()
-            sender = self._sender
+        self._sender.flush(timeout)
         self._stopping.set()
+        leftovers = self._sender.close(max(0.0, deadline - time.monotonic()))
         lifecycle.unwatch(self)
-        self._report_dropped()
-        if leftovers:
+        events = [item.event_id for item in leftovers if isinstance(item, UsageRecord)]
+        unreleased = len(leftovers) - len(events)
+        if events:
             self._report(
-                f"Weckr: backend closed with {len(leftovers)} event(s) not sent.",
-                event_ids=leftovers,
+                f"Weckr: backend closed with {len(events)} event(s) not sent.",
+                event_ids=events,
             )
         if unreleased:
             self._report(
                 f"Weckr: backend closed with {unreleased} reservation(s) not released; "
                 "they hold budget until the server expires them."
             )
-        if sender is not None and sender is not threading.current_thread():
-            sender.join(max(0.0, deadline - time.monotonic()))
         with self._check_lock:
             client, self._api_client = self._api_client, None
-        if client is not None:
-            client.close()
+        for opened in (client, self._send_client):
+            if opened is not None:
+                opened.close()
 
     def __enter__(self) -> HttpBackend:
         return self
@@ -483,70 +440,18 @@ class HttpBackend(Backend):
 
     # -- the sender thread ---------------------------------------------------------
 
-    def _start_sender(self) -> None:
-        # Called with self._lock held, when ``_sender`` is None: the sender clears it
-        # when it ends, and a forked child starts with none.
-        self._sender = threading.Thread(target=self._run, name="weckr-sender", daemon=True)
+    def _send(self, batch: list[UsageRecord | _Release]) -> None:
+        """Send one batch of the queue: releases first, then the events."""
+        client = self._send_client
+        if client is None:
+            client = self._send_client = httpx.Client(
+                headers=self._headers, timeout=self._send_timeout
+            )
+        records = [item for item in batch if isinstance(item, UsageRecord)]
         try:
-            self._sender.start()
-        except RuntimeError:  # interpreter shutting down: the work stays queued
-            self._sender = None
-            logger.warning("Weckr: could not start the sender thread.", exc_info=True)
-
-    def _run(self) -> None:
-        try:
-            with httpx.Client(headers=self._headers, timeout=self._send_timeout) as client:
-                while True:
-                    with self._lock:
-                        work = self._next_work()
-                    if work is None:
-                        return
-                    self._send_work(client, *work)
-        finally:
-            with self._lock:
-                if self._sender is threading.current_thread():
-                    self._sender = None
-
-    def _next_work(self) -> tuple[list[str], list[UsageRecord]] | None:
-        """Waits for releases to send or a batch that is due; None once closed and
-        done. Called with self._lock held."""
-        while True:
-            releases = list(self._releases)
-            self._releases.clear()
-            timeout: float | None = None
-            if self._queue:
-                now = time.monotonic()
-                waited = now - self._oldest_at
-                if (
-                    self._flushing
-                    or self._closed
-                    or self._reserved_queued
-                    or len(self._queue) >= self._max_batch_size
-                    or waited >= self._linger
-                ):
-                    return releases, self._take_batch(now)
-                timeout = self._linger - waited
-            if releases:
-                return releases, []
-            if self._closed:
-                return None
-            self._wake.wait(timeout)
-
-    def _take_batch(self, now: float) -> list[UsageRecord]:
-        """The oldest queued events, up to a batch; called with self._lock held."""
-        count = min(len(self._queue), self._max_batch_size)
-        batch = [self._queue.popleft() for _ in range(count)]
-        self._reserved_queued -= sum(record.reservation_id is not None for record in batch)
-        self._oldest_at = now  # of what is left: not older than now
-        return batch
-
-    def _send_work(
-        self, client: httpx.Client, releases: list[str], records: list[UsageRecord]
-    ) -> None:
-        try:
-            self._report_dropped()
-            for url in releases:
-                self._send_release(client, url)
+            for item in batch:
+                if isinstance(item, _Release):
+                    self._send_release(client, item.url)
             if records:
                 self._send_events(client, self._encode(records))
         except Exception as error:  # a bug here must not stop delivery, nor lose events
@@ -555,24 +460,14 @@ class HttpBackend(Backend):
                 error,
                 event_ids=[record.event_id for record in records],
             )
-        finally:
-            with self._lock:
-                self._settled += len(releases) + len(records)
-                self._progress.notify_all()
 
-    def _report_dropped(self) -> None:
-        with self._lock:
-            dropped, self._dropped = self._dropped, []
-        if not dropped:
-            return
+    def _report_dropped(self, dropped: list[UsageRecord | _Release]) -> None:
+        events = [item.event_id for item in dropped if isinstance(item, UsageRecord)]
         self._report(
             f"Weckr: send queue full ({self._max_queue} events); dropped the "
-            f"{len(dropped)} oldest event(s).",
-            event_ids=dropped,
+            f"{len(dropped)} oldest event(s) or release(s).",
+            event_ids=events,
         )
-        with self._lock:
-            self._settled += len(dropped)
-            self._progress.notify_all()
 
     def _send_release(self, client: httpx.Client, url: str) -> None:
         cause: httpx.TransportError | None = None
@@ -721,7 +616,6 @@ class HttpBackend(Backend):
                     return response
                 failure, status = f"HTTP {response.status_code}", response.status_code
                 delay = max(delay, _retry_after(response))
-            self._report_dropped()  # an outage is when the queue fills up
             if attempt >= self._max_retries or self._stopping.wait(delay):
                 why = "backend closed" if self._stopping.is_set() else "giving up"
                 self._report(
