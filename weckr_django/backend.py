@@ -28,7 +28,13 @@ from typing import Final, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    connections,
+)
 
 import weckr_core
 from weckr_core.backends import lifecycle
@@ -146,6 +152,17 @@ def _log_set_up_error(error: ImproperlyConfigured) -> None:
         )
 
 
+def _drop_broken_connections() -> None:
+    """After a database error, replace this thread's broken connections, as Django
+    does between requests: a thread outside the request cycle (a Celery worker's,
+    CrewAI's or LangChain's executor threads, a script's) would otherwise keep a dead
+    connection, and every later cap check would fail. A connection inside a
+    transaction is left to the code that opened the transaction."""
+    for opened in connections.all(initialized_only=True):
+        if not opened.in_atomic_block:
+            opened.close_if_unusable_or_obsolete()
+
+
 def _with_fresh_connection(function: Callable[[], T]) -> T:
     # Helper threads follow CONN_MAX_AGE like request threads do.
     close_old_connections()
@@ -244,6 +261,7 @@ class DjangoBackend(Backend):
         except Exception:
             logger.exception("Weckr: cap check for user %s failed.", user_id)
             self.forget_project()
+            _drop_broken_connections()
         if weckr_settings.CAP_FAIL_CLOSED:
             return CapDecision("block", reason="cap_store_unavailable")
         return ALLOW
@@ -290,6 +308,7 @@ class DjangoBackend(Backend):
             except Exception:
                 # Recording must never break the caller's LLM call; say what was lost.
                 logger.exception("Weckr: usage event %s was not recorded.", record.event_id)
+                _drop_broken_connections()
             return
         if not self._recorder.pending:
             # The recorder thread prices records: import the price database here,
