@@ -73,7 +73,8 @@ class WeckrCrew:
         Attaching again (this or another ``WeckrCrew``) replaces the previous one.
         """
         install()
-        marker = Attachment(self, current_attribution())
+        attached = current_attribution()
+        marker = Attachment(lambda crew: self._start_kickoff(crew, attached), self.feature)
         crew.before_kickoff_callbacks = [
             *(cb for cb in crew.before_kickoff_callbacks if not isinstance(cb, Attachment)),
             marker,

@@ -16,29 +16,27 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from crewai.events.base_events import BaseEvent
 from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.llm_events import LLMCallCompletedEvent, LLMCallFailedEvent
 from crewai.hooks.dispatch import InterceptionPoint, get_hooks, register
 
-from weckr_core.context import Attribution
 from weckr_crewai import hooks
 from weckr_crewai.kickoff import Kickoff, current_kickoff
-
-if TYPE_CHECKING:
-    from weckr_crewai.crew import WeckrCrew
 
 logger = logging.getLogger("weckr_crewai")
 
 
 class Attachment:
-    """The marker ``attach`` leaves on a crew; a no-op ``before_kickoff`` callback."""
+    """The marker ``attach`` leaves on a crew; a no-op ``before_kickoff`` callback.
+    ``start`` begins tracking one kickoff of the crew (``WeckrCrew``'s)."""
 
-    def __init__(self, weckr: WeckrCrew, attribution: Attribution) -> None:
-        self.weckr = weckr
-        self.attribution = attribution
+    def __init__(self, start: Callable[[Any], Kickoff], feature: str | None) -> None:
+        self.start = start
+        self.feature = feature
 
     def __call__(self, inputs: dict[str, Any]) -> dict[str, Any]:
         kickoff = current_kickoff.get()
@@ -52,7 +50,7 @@ class Attachment:
         return inputs
 
     def __repr__(self) -> str:
-        return f"<weckr_crewai attachment feature={self.weckr.feature!r}>"
+        return f"<weckr_crewai attachment feature={self.feature!r}>"
 
 
 _install_lock = threading.Lock()
@@ -82,7 +80,7 @@ def _on_execution_start(context: Any) -> None:
     if attachment is None:
         return
     try:
-        kickoff = attachment.weckr._start_kickoff(crew, attachment.attribution)
+        kickoff = attachment.start(crew)
         kickoff.enter(hooks.scoped_hooks_for(kickoff))
     except Exception:
         # CrewAI would swallow it too; say why the kickoff goes untracked.
