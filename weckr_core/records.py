@@ -84,7 +84,7 @@ class TokenUsage:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class UsageRecord:
     """One LLM call: who made it, for which feature and plan, what it used.
 
