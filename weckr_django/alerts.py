@@ -4,11 +4,17 @@ A Slack URL must be https and on an allowed host (``WECKR["SLACK_ALLOWED_HOSTS"]
 the URL is typed into the admin, and the server must not be made to POST to
 arbitrary internal addresses. A rejected URL is recorded as a failed channel with
 the reason, never retried.
+
+Text that users, SDK clients or the admin control (user ids, plans, run ids, the
+project name...) is escaped for each channel (``slack_text``, ``plain_text``), so it
+can neither mention, link nor format in Slack, nor add lines or headers to an e-mail.
 """
 
 from __future__ import annotations
 
 import logging
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -75,73 +81,114 @@ class AlertMessage:
     body: str
 
 
-def compose(alert: AlertLog) -> AlertMessage:
-    project = alert.project
-    who = alert.user_id or ANONYMOUS_LABEL
+#: Turns a piece of user-controlled text into safe text for one channel.
+Escape = Callable[[str], str]
+
+#: Characters shown as ``\uXXXX``: controls (newlines included), format characters
+#: (bidi overrides, zero-width) and line/paragraph separators.
+_HIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def plain_text(text: str) -> str:
+    """``text`` on one line with its invisible characters shown as escapes: user text
+    cannot start a line of its own, forge an e-mail header or reorder what is shown."""
+    return "".join(
+        f"\\u{ord(char):04x}" if unicodedata.category(char) in _HIDDEN_CATEGORIES else char
+        for char in text
+    )
+
+
+def slack_text(text: str) -> str:
+    """``plain_text`` escaped for Slack mrkdwn (``&``, ``<``, ``>``), so user text
+    cannot mention ``<!channel>``, a user, or post a ``<url|label>`` link."""
+    return plain_text(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def compose(alert: AlertLog, escape: Escape = plain_text) -> AlertMessage:
+    """The alert's subject and body. Every value that users, SDK clients or the admin
+    control (user id, plan, run, reason, project name...) goes through ``escape``:
+    ``plain_text`` for e-mail, ``slack_text`` for Slack."""
     details = alert.details or {}
+
+    def text(value: object) -> str:
+        return escape(str(value))
+
+    def detail(name: str, missing: str = "?") -> str:
+        value = details.get(name)
+        return text(missing if value is None else value)
+
+    def count(name: str) -> str:
+        value = details.get(name)
+        return f"{value:,}" if isinstance(value, int) else detail(name)
+
+    project = text(alert.project.name)
+    who = text(alert.user_id or ANONYMOUS_LABEL)
+    plan = detail("plan")
     if alert.kind == AlertLog.Kind.LOOP:
-        subject = f"[Weckr] Runaway AI usage for user {who} in {project.name}"
+        subject = f"[Weckr] Runaway AI usage for user {who} in {project}"
         body = (
             f"User {who} used {alert.window_tokens or 0:,} tokens "
             f"(${alert.window_cost_usd or 0:.4f}) in the last {alert.window_seconds or 0} "
-            f"seconds; the threshold is {details.get('threshold', '?'):,} tokens. "
+            f"seconds; the threshold is {count('threshold')} tokens. "
             "An agent may be stuck in a loop."
         )
     elif alert.kind in (AlertLog.Kind.SOFT_CAP, AlertLog.Kind.CAP_REACHED):
         reached = alert.kind == AlertLog.Kind.CAP_REACHED
         subject = (
             f"[Weckr] User {who} {'reached' if reached else 'is close to'} the "
-            f"{details.get('plan', '')} cap in {project.name}"
+            f"{detail('plan', '')} cap in {project}"
         )
         body = (
-            f"User {who} on plan {details.get('plan', '?')} spent ${details.get('spend', '?')} "
-            f"of a ${details.get('cap', '?')} monthly cap this month."
+            f"User {who} on plan {plan} spent ${detail('spend')} "
+            f"of a ${detail('cap')} monthly cap this month."
         )
     elif alert.kind == AlertLog.Kind.MARGIN:
-        subject = f"[Weckr] Margin of user {who} below threshold in {project.name}"
+        subject = f"[Weckr] Margin of user {who} below threshold in {project}"
         body = (
-            f"User {who} on plan {details.get('plan', '?')}: revenue "
-            f"${details.get('revenue', '?')}, AI cost ${details.get('spend', '?')}, margin "
-            f"${details.get('margin', '?')} (threshold ${details.get('threshold', '?')})."
+            f"User {who} on plan {plan}: revenue ${detail('revenue')}, AI cost "
+            f"${detail('spend')}, margin ${detail('margin')} (threshold ${detail('threshold')})."
         )
     elif alert.kind == AlertLog.Kind.RUN_STOPPED:
-        subject = f"[Weckr] Agent run of user {who} stopped by a loop guard in {project.name}"
+        subject = f"[Weckr] Agent run of user {who} stopped by a loop guard in {project}"
         body = (
-            f"A {details.get('source', '?')} run ({details.get('run_id', '?')}) of user {who} "
-            f"was stopped before its next LLM call: {details.get('reason', '?')}. It had made "
-            f"{details.get('llm_calls', '?')} LLM calls, {alert.window_tokens or 0:,} tokens, "
-            f"${alert.window_cost_usd or 0:.4f}."
+            f"A {detail('source')} run ({detail('run_id')}) of user {who} was stopped before "
+            f"its next LLM call: {detail('reason')}. It had made {count('llm_calls')} "
+            f"LLM calls, {alert.window_tokens or 0:,} tokens, ${alert.window_cost_usd or 0:.4f}."
         )
     elif alert.kind == AlertLog.Kind.UNKNOWN_PLAN and details.get("refused"):
-        plan = details.get("plan", "?")
-        subject = f"[Weckr] Calls on plan {plan} are refused in {project.name}"
+        subject = f"[Weckr] Calls on plan {plan} are refused in {project}"
         body = (
             f"A user's call on plan {plan} was refused: the plan matches none of the "
-            f"project's plans. {details.get('rule', '')} Add the plan with its cap, fix "
+            f"project's plans. {detail('rule', '')} Add the plan with its cap, fix "
             "the plan name your app passes, or change WECKR['UNKNOWN_PLAN'] / "
             "WECKR['DEFAULT_PLAN']. Later refusals this month are not alerted again."
         )
     elif alert.kind == AlertLog.Kind.UNKNOWN_PLAN:
-        plan = details.get("plan", "?")
-        subject = f"[Weckr] Calls on plan {plan}, which Weckr does not know, in {project.name}"
+        subject = f"[Weckr] Calls on plan {plan}, which Weckr does not know, in {project}"
         body = (
-            f"This month {details.get('users', '?')} user(s) made {details.get('calls', '?')} "
-            f"call(s) costing ${details.get('cost', '?')} on plan {plan}, which matches none "
-            f"of the project's plans: {details.get('rule', '')} Add the plan with its cap, "
-            "or fix the plan name your app passes."
+            f"This month {count('users')} user(s) made "
+            f"{count('calls')} call(s) costing ${detail('cost')} on plan "
+            f"{plan}, which matches none of the project's plans: {detail('rule', '')} Add "
+            "the plan with its cap, or fix the plan name your app passes."
         )
     else:
-        subject = f"[Weckr] Test alert for {project.name}"
+        subject = f"[Weckr] Test alert for {project}"
         body = "This is a test alert from Weckr. If you can read it, alerts reach you here."
     return AlertMessage(subject=subject, body=body)
 
 
 def send_slack(url: str, message: AlertMessage) -> None:
+    """Post ``message`` (composed with ``slack_text``) to a Slack incoming webhook."""
     validate_slack_url(url)
     try:
         response = httpx.post(
             url,
-            json={"text": f"*{message.subject}*\n{message.body}"},
+            json={
+                "text": f"*{message.subject}*\n{message.body}",
+                # No previews of links that user text may carry.
+                "unfurl_links": False,
+                "unfurl_media": False,
+            },
             timeout=SLACK_TIMEOUT_SECONDS,
             follow_redirects=False,
         )
@@ -155,6 +202,8 @@ def send_slack(url: str, message: AlertMessage) -> None:
 
 
 def send_email(address: str, message: AlertMessage) -> None:
+    """Send ``message`` (composed with ``plain_text``) as a plain-text e-mail: there is
+    no HTML part for user text to inject into, and the subject is one line."""
     sender = weckr_settings.ALERT_FROM_EMAIL or settings.DEFAULT_FROM_EMAIL
     try:
         send_mail(message.subject, message.body, sender, [address], fail_silently=False)
@@ -177,24 +226,30 @@ def deliver(alert: AlertLog) -> bool:
         alert.save(update_fields=("channels", "attempts", "status", "error"))
         return False
 
-    message = compose(alert)
+    slack_message = compose(alert, slack_text)
+    email_message = compose(alert, plain_text)
     details = dict(alert.details or {})
     outcome: dict[str, str] = dict(details.get("delivery") or {})
+    details["delivery"] = outcome
+    alert.details = details
     retryable = False
     for channel in channels:
         if outcome.get(channel) == SENT:
             continue
         try:
             if channel == SLACK:
-                send_slack(project.slack_webhook_url, message)
+                send_slack(project.slack_webhook_url, slack_message)
             else:
-                send_email(project.alert_email, message)
+                send_email(project.alert_email, email_message)
         except AlertChannelError as error:
             logger.warning("Weckr alert %s: %s failed: %s", alert.pk, channel, error)
             outcome[channel] = str(error)
             retryable = retryable or error.retryable
         else:
             outcome[channel] = SENT
+            # Kept at once: the task redelivered after its worker died mid-way (acks_late)
+            # does not send this channel again.
+            alert.save(update_fields=("details",))
 
     sent = [channel for channel in channels if outcome.get(channel) == SENT]
     errors = [f"{channel}: {outcome[channel]}" for channel in channels if channel not in sent]
@@ -206,8 +261,6 @@ def deliver(alert: AlertLog) -> bool:
         alert.status = AlertLog.Status.FAILED
     if sent and alert.sent_at is None:
         alert.sent_at = timezone.now()
-    details["delivery"] = outcome
-    alert.details = details
     alert.error = "\n".join(errors)
     alert.save(update_fields=("channels", "attempts", "status", "error", "sent_at", "details"))
     return retryable
