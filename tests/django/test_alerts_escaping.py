@@ -42,7 +42,7 @@ def slack_posts(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         posts.append(json)
         return httpx.Response(200, text="ok", request=httpx.Request("POST", url))
 
-    monkeypatch.setattr(alerts.httpx, "post", post)
+    monkeypatch.setattr(httpx, "post", post)
     return posts
 
 
