@@ -36,6 +36,7 @@ DEFAULTS: Mapping[str, Any] = {
     "LOOP_COOLDOWN_SECONDS": 1800,
     "SLACK_ALLOWED_HOSTS": ["hooks.slack.com"],
     "API_RATE_LIMIT": "6000/min",
+    "API_UNAUTHENTICATED_RATE_LIMIT": "60/min",
     "MAX_BATCH_EVENTS": 500,
     "ALERT_FROM_EMAIL": None,
     "SITE_URL": "http://localhost:8000",
@@ -144,6 +145,18 @@ class WeckrSettings:
     @property
     def API_RATE_LIMIT(self) -> str | None:
         value = self.get("API_RATE_LIMIT")
+        return None if value in (None, "") else str(value)
+
+    @property
+    def API_UNAUTHENTICATED_RATE_LIMIT(self) -> str | None:
+        """Requests per client address with no API key or one that does not resolve
+        (e.g. "60/min"), refused with 429 before the key is looked up; None: no limit.
+
+        The address is DRF's: set ``REST_FRAMEWORK["NUM_PROXIES"]`` to the number of
+        proxies in front of the server (0 when clients connect directly), or
+        X-Forwarded-For, which any client can write, is trusted as DRF does.
+        """
+        value = self.get("API_UNAUTHENTICATED_RATE_LIMIT")
         return None if value in (None, "") else str(value)
 
     @property

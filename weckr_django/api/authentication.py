@@ -9,6 +9,8 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from weckr_django.api.throttling import ClientAddressThrottle
+from weckr_django.managers import hash_key
 from weckr_django.models import ApiKey
 
 HEADER = "x-api-key"
@@ -20,19 +22,26 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     No header: not authenticated (401 through ``HasApiKey``). Unknown key: 401.
     Revoked key: 403, so a client can tell a typo from a key that was withdrawn.
+    Too many requests without a valid key from one address: 429, decided from the
+    cache before the key is looked up (``ClientAddressThrottle``).
     """
 
     def authenticate(self, request: Request) -> tuple[AnonymousUser, ApiKey] | None:
         plaintext = request.headers.get(HEADER, "").strip()
+        usable = bool(plaintext) and len(plaintext) <= _MAX_KEY_LENGTH
+        throttle = ClientAddressThrottle(request, hash_key(plaintext) if usable else None)
+        throttle.check()
         if not plaintext:
+            throttle.failed()
             return None
-        if len(plaintext) > _MAX_KEY_LENGTH:
-            raise exceptions.AuthenticationFailed("Unknown API key.")
-        key = ApiKey.objects.authenticate(plaintext)
+        key = ApiKey.objects.authenticate(plaintext) if usable else None
         if key is None:
+            throttle.failed()
             raise exceptions.AuthenticationFailed("Unknown API key.")
         if key.is_revoked:
+            throttle.forget_key()
             raise exceptions.PermissionDenied("This API key has been revoked.")
+        throttle.resolved()
         ApiKey.objects.touch(key)
         return AnonymousUser(), key
 
