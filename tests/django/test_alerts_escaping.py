@@ -130,7 +130,7 @@ def test_an_email_alert_keeps_user_text_on_its_line(payload: str) -> None:
         assert not getattr(sent, "alternatives", None), "an HTML part"
         assert alerts.plain_text(payload) in sent.subject
         assert "\n" not in sent.body and "\r" not in sent.body
-        assert "Bcc" not in sent.message().keys()
+        assert sent.message()["Bcc"] is None
 
 
 def test_plain_text_loses_nothing_and_keeps_ordinary_text() -> None:
