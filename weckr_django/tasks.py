@@ -95,7 +95,14 @@ def _ids(created: list[AlertLog]) -> list[int]:
     return [alert.pk for alert in created]
 
 
-@shared_task(name="weckr_django.detect_loops", autoretry_for=_DB_ERRORS, max_retries=3)
+@shared_task(
+    name="weckr_django.detect_loops",
+    # Redelivery is safe: a user alerted within the cooldown is not alerted again.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=_DB_ERRORS,
+    max_retries=3,
+)
 def detect_loops(project_id: str, user_ids: Sequence[str]) -> list[int]:
     """``alert_rules.loop_alerts`` for rollup user keys ("" for calls made with no
     user); the ids of the alerts created."""
@@ -105,7 +112,14 @@ def detect_loops(project_id: str, user_ids: Sequence[str]) -> list[int]:
     return _ids(alert_rules.loop_alerts(project, user_ids, send=_send_alert))
 
 
-@shared_task(name="weckr_django.record_run_stop", autoretry_for=_DB_ERRORS, max_retries=3)
+@shared_task(
+    name="weckr_django.record_run_stop",
+    # Redelivery is safe: one alert per run id.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=_DB_ERRORS,
+    max_retries=3,
+)
 def record_run_stop(project_id: str, stop: dict[str, Any]) -> int | None:
     """``alert_rules.run_stop_alert`` for a ``run_stop_payload``: once per run, so a
     redelivered task adds nothing."""
@@ -132,7 +146,14 @@ def run_stop_payload(stop: RunStop) -> dict[str, Any]:
     }
 
 
-@shared_task(name="weckr_django.check_budgets", autoretry_for=_DB_ERRORS, max_retries=3)
+@shared_task(
+    name="weckr_django.check_budgets",
+    # Redelivery is safe: each alert once per user (or plan) and month.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=_DB_ERRORS,
+    max_retries=3,
+)
 def check_budgets(project_id: str, user_ids: Sequence[str]) -> list[int]:
     """``alert_rules.budget_alerts`` (cap, soft cap, margin, unknown plans); the ids of
     the alerts created. Also deletes the project's cap reservations that stopped
@@ -146,7 +167,14 @@ def check_budgets(project_id: str, user_ids: Sequence[str]) -> list[int]:
     return _ids(created)
 
 
-@shared_task(name="weckr_django.unknown_plan_refused", autoretry_for=_DB_ERRORS, max_retries=3)
+@shared_task(
+    name="weckr_django.unknown_plan_refused",
+    # Redelivery is safe: one alert per plan name and month.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=_DB_ERRORS,
+    max_retries=3,
+)
 def unknown_plan_refused(project_id: str, plan_name: str | None) -> int | None:
     """``alert_rules.unknown_plan_refused_alert``: one alert per plan name and month."""
     project = _project(project_id)
@@ -157,7 +185,14 @@ def unknown_plan_refused(project_id: str, plan_name: str | None) -> int | None:
 
 
 @shared_task(
-    bind=True, name="weckr_django.dispatch_alert", autoretry_for=_DB_ERRORS, max_retries=10
+    bind=True,
+    name="weckr_django.dispatch_alert",
+    # Redelivery is safe: a channel is marked sent as soon as it is, then skipped. A
+    # worker killed mid-send repeats that one message; acking early would lose it.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=_DB_ERRORS,
+    max_retries=10,
 )
 def dispatch_alert(self: Task[Any, Any], alert_id: int) -> str:
     """Send one alert on its project's channels; retried with backoff on failures
