@@ -94,6 +94,13 @@ EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or None
 CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL is None
 CELERY_TASK_EAGER_PROPAGATES = True
+# At-least-once delivery (Weckr's tasks are acknowledged after they run): on Redis or
+# SQS the tasks of a killed worker come back after 10 minutes, not the default hour;
+# a worker process holds only the task it runs; a task cut off from the broker stops
+# and is redelivered rather than running on unacknowledged.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 
 WECKR = {
     "DEFAULT_PROJECT": os.environ.get("WECKR_PROJECT", "Demo SaaS"),

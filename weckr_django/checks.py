@@ -139,6 +139,106 @@ def check_cap_settings(
     return errors
 
 
+#: Brokers that redeliver an unacknowledged message only after ``visibility_timeout``.
+REDIS_BROKERS = ("redis", "rediss", "redis+socket", "sentinel")
+VISIBILITY_TIMEOUT_BROKERS = (*REDIS_BROKERS, "sqs")
+#: The longest countdown a Weckr task is retried with (dispatch_alert, 30 s * 2**4).
+LONGEST_RETRY_COUNTDOWN = 480
+#: A visibility timeout in this range (seconds) redelivers the tasks of a killed
+#: worker within minutes, yet outlasts Weckr's retry countdowns: a countdown longer
+#: than the timeout makes the broker hand the waiting task to a second worker.
+VISIBILITY_TIMEOUT_RANGE = (600, 900)
+
+
+def _celery_setting(name: str, default: Any = None) -> Any:
+    """A Celery setting as the worker sees it: ``CELERY_<NAME>`` in Django settings
+    (the ``namespace="CELERY"`` set-up), else the current Celery app's."""
+    value = getattr(settings, f"CELERY_{name.upper()}", None)
+    if value is not None:
+        return value
+    try:
+        from celery import current_app
+    except ImportError:  # pragma: no cover - celery is an optional dependency
+        return default
+    value = current_app.conf.get(name)
+    return default if value is None else value
+
+
+def _broker_transport() -> str:
+    """The scheme of the (first) broker URL: "redis", "amqp", "sqs"..."""
+    url = _celery_setting("broker_url", "")
+    if isinstance(url, list | tuple):
+        url = url[0] if url else ""
+    return str(url).split(";")[0].partition("://")[0].lower()
+
+
+def check_celery_delivery(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Broker settings that Weckr's tasks (``acks_late``, ``reject_on_worker_lost``)
+    rely on for at-least-once delivery and that only the project's Celery app sets."""
+    if not celery_broker_configured():
+        return []
+    messages: list[CheckMessage] = []
+    transport = _broker_transport()
+    if transport in VISIBILITY_TIMEOUT_BROKERS:
+        problem = _visibility_timeout_problem(transport)
+        if problem:
+            low = VISIBILITY_TIMEOUT_RANGE[0]
+            messages.append(
+                Warning(
+                    problem,
+                    hint=f'Set CELERY_BROKER_TRANSPORT_OPTIONS = {{"visibility_timeout": {low}}} '
+                    "(seconds). If your own tasks run or wait (countdown, ETA) longer, "
+                    "set that instead and silence weckr.W005.",
+                    id="weckr.W005",
+                )
+            )
+    prefetch = _celery_setting("worker_prefetch_multiplier", 4)
+    no_prefetch = transport in REDIS_BROKERS and _celery_setting("worker_disable_prefetch")
+    if isinstance(prefetch, int) and prefetch > 1 and not no_prefetch:
+        messages.append(
+            Warning(
+                f"worker_prefetch_multiplier is {prefetch}: each worker process reserves "
+                "that many of Weckr's tasks, which are acknowledged only after they run; "
+                "they wait behind the task it runs while other workers idle, and all wait "
+                "for redelivery when the worker dies.",
+                hint="Set CELERY_WORKER_PREFETCH_MULTIPLIER = 1.",
+                id="weckr.W006",
+            )
+        )
+    return messages
+
+
+def _visibility_timeout_problem(transport: str) -> str | None:
+    options = _celery_setting("broker_transport_options", {}) or {}
+    timeout = options.get("visibility_timeout") if isinstance(options, dict) else None
+    if timeout is None:
+        default = "30 minutes" if transport == "sqs" else "an hour"
+        return (
+            f"The {transport} broker has no visibility_timeout in broker_transport_options: "
+            f"the tasks of a worker that dies are redelivered only after the default, "
+            f"{default}."
+        )
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        return f"broker_transport_options visibility_timeout = {timeout!r} is not a number."
+    low, high = VISIBILITY_TIMEOUT_RANGE
+    if seconds < low:
+        return (
+            f"broker_transport_options visibility_timeout = {timeout!r} s is shorter than "
+            f"{low} s: Weckr retries tasks with countdowns up to {LONGEST_RETRY_COUNTDOWN} s, "
+            "which the broker would hand to a second worker, so they would run twice."
+        )
+    if seconds > high:
+        return (
+            f"broker_transport_options visibility_timeout = {timeout!r} s: the tasks of a "
+            "worker that dies wait that long to be redelivered."
+        )
+    return None
+
+
 def check_projects_and_plans(
     app_configs: Sequence[Any] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
@@ -232,4 +332,5 @@ def register_checks() -> None:
     register(Tags.compatibility)(check_middleware)
     register(Tags.compatibility)(check_settings)
     register(Tags.compatibility)(check_cap_settings)
+    register(Tags.compatibility)(check_celery_delivery)
     register(Tags.compatibility)(check_projects_and_plans)
