@@ -30,7 +30,8 @@ class BatchWorker(Generic[T]):
     - Past ``max_queue`` items the oldest are dropped; ``on_drop`` hears of them on
       the worker thread, before the next batch.
     - ``handle`` raising is logged and the worker goes on; the batch counts as done.
-    - ``on_idle`` runs on the worker thread each time the queue runs empty.
+    - ``on_idle`` runs on the worker thread each time the queue runs empty, and
+      every ``idle_every`` seconds while it stays empty (when given).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class BatchWorker(Generic[T]):
         urgent: Callable[[T], bool] | None = None,
         on_drop: Callable[[list[T]], None] | None = None,
         on_idle: Callable[[], None] | None = None,
+        idle_every: float | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
@@ -57,6 +59,7 @@ class BatchWorker(Generic[T]):
         self._urgent = urgent
         self._on_drop = on_drop
         self._on_idle = on_idle
+        self._idle_every = idle_every
         self._reset()
 
     def _reset(self) -> None:
@@ -107,6 +110,12 @@ class BatchWorker(Generic[T]):
         """Items put and not handled yet (queued or in the batch being handled)."""
         with self._lock:
             return self._added - self._done
+
+    @property
+    def waiting(self) -> int:
+        """Items queued and not taken yet."""
+        with self._lock:
+            return len(self._queue)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every item put so far is handled; False when time ran out."""
@@ -185,7 +194,7 @@ class BatchWorker(Generic[T]):
     def _next_batch(self) -> tuple[list[T], list[T]] | None:
         """Wait for items that are due; ``(dropped, batch)``, or None once closed.
         Called with the lock held."""
-        idle_reported = False
+        idle_due: float | None = 0.0  # when on_idle runs next (monotonic); None: not again
         while True:
             dropped, self._dropped = self._dropped, []
             timeout: float | None = None
@@ -205,8 +214,9 @@ class BatchWorker(Generic[T]):
                 return dropped, []
             if self._closed:
                 return None
-            if not self._queue and not idle_reported and self._on_idle is not None:
-                idle_reported = True
+            now = time.monotonic()
+            if not self._queue and idle_due is not None and now >= idle_due and self._on_idle:
+                idle_due = None if self._idle_every is None else now + self._idle_every
                 self._lock.release()
                 try:
                     self._on_idle()
@@ -215,6 +225,8 @@ class BatchWorker(Generic[T]):
                 finally:
                     self._lock.acquire()
                 continue  # items may have come meanwhile
+            if not self._queue and idle_due is not None and self._on_idle:
+                timeout = max(0.0, idle_due - now)
             self._wake.wait(timeout)
 
     def _take(self, now: float) -> list[T]:

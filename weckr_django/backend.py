@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
@@ -336,6 +336,11 @@ class DjangoBackend(Backend):
             handed_off, timeout=max(0.0, deadline - time.monotonic())
         )
         return not not_done
+
+    def health(self) -> dict[str, Any]:
+        """Events waiting for the recorder thread (``thread`` and ``celery``
+        delivery); the database or the broker is the durable store after that."""
+        return {"queued": self._recorder.pending, "spooled": None}
 
     @staticmethod
     def _release_connection() -> None:

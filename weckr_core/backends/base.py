@@ -169,6 +169,12 @@ class Backend(ABC):
     def close(self) -> None:
         """Release threads and connections; the default has none."""
 
+    def health(self) -> dict[str, Any]:
+        """Where delivery stands, for monitoring: ``queued`` (events in memory),
+        ``spooled`` (on disk, None without a spool), ``oldest_spooled_seconds``,
+        ``retries``, ``dropped`` and ``last_error``. The default knows nothing."""
+        return {}
+
     def record_run_stop(self, stop: RunStop) -> None:
         """A loop guard stopped a run; backends that keep alerts keep it."""
 

@@ -16,6 +16,8 @@ import enum
 import json
 import logging
 import math
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +42,7 @@ from weckr_core.batching import BatchWorker
 from weckr_core.errors import CapKind, WeckrConfigError
 from weckr_core.pricing import preload_prices, price_record
 from weckr_core.records import UsageRecord
+from weckr_core.spool import DEFAULT_MAX_EVENTS, Spool
 
 DEFAULT_LOG_ENDPOINT: Final = "https://app.useweckr.com/api/v1/log"
 DEFAULT_CHECK_ENDPOINT: Final = "https://app.useweckr.com/api/v1/check"
@@ -47,6 +50,8 @@ SERVER_MAX_BATCH_SIZE: Final = 500
 # weckr_django refuses request bodies over 1 MiB (413); batches stay under this.
 MAX_BATCH_BYTES: Final = 900_000
 MAX_RETRY_AFTER_SECONDS: Final = 30.0
+# With a spool, how often the sender tries again what the server did not take.
+SPOOL_RETRY_SECONDS: Final = 2.0
 _MAX_CACHED_DECISIONS: Final = 10_000
 _REASONS: Final = get_args(CapKind)
 
@@ -64,8 +69,29 @@ class _Release:
     url: str
 
 
-def _is_urgent(item: UsageRecord | _Release) -> bool:
-    return isinstance(item, _Release) or item.reservation_id is not None
+class _Drain:
+    """Asks the sender to send the spool now (``flush``)."""
+
+
+_DRAIN: Final = _Drain()
+_Work = UsageRecord | _Release | _Drain
+
+
+def _is_urgent(item: _Work) -> bool:
+    return not isinstance(item, UsageRecord) or item.reservation_id is not None
+
+
+@dataclass(slots=True)
+class _Health:
+    """Counters for ``health()``, written by the sender thread."""
+
+    retries: int = 0
+    dropped: int = 0
+    last_error: str | None = None
+    last_status: int | None = None  # the HTTP status of the last failure, if any
+    last_cause: BaseException | None = None  # its exception, if any
+    last_attempts: int = 0  # attempts made for the last body not delivered
+    retry_after: float = 0.0  # the server's last Retry-After, in seconds
 
 
 class WeckrBackendError(Exception):
@@ -137,6 +163,8 @@ class HttpBackend(Backend):
         linger_seconds: float = 0.5,
         on_error: ErrorHandler | None = None,
         reserve_endpoint: str | _Unset | None = _Unset.TOKEN,
+        spool: str | os.PathLike[str] | None = None,
+        spool_max_events: int = DEFAULT_MAX_EVENTS,
     ) -> None:
         if not api_key:
             raise WeckrConfigError("invalid_api_key", "Weckr: HttpBackend needs an API key.")
@@ -168,6 +196,9 @@ class HttpBackend(Backend):
         self._backoff = tuple(backoff_seconds)
         self._linger = linger_seconds
         self._on_error = on_error
+        # Events written here before each send, kept until delivered (see spool.py).
+        self._spool = None if spool is None else Spool(spool, max_events=spool_max_events)
+        self._health = _Health()
         # Plain data, kept by a forked child: (decision, expiry) per check key, and
         # the expiry of "this plan has no cap" per plan name.
         self._decisions: dict[_DecisionKey, tuple[CapDecision, float]] = {}
@@ -187,16 +218,22 @@ class HttpBackend(Backend):
         # Events and releases, sent by one thread; reserved calls' events and
         # releases go without lingering (until an event arrives, its reservation
         # keeps holding the user's budget).
-        self._sender: BatchWorker[UsageRecord | _Release] = BatchWorker(
+        self._sender: BatchWorker[_Work] = BatchWorker(
             self._send,
             name="weckr-sender",
             max_batch=self._max_batch_size,
-            linger=self._linger,
+            # With a spool, events go to disk at once (a kill -9 loses only what
+            # was queued during the send in progress); batches form meanwhile.
+            linger=self._linger if self._spool is None else 0.0,
             max_queue=self._max_queue,
             urgent=_is_urgent,
             on_drop=self._report_dropped,
+            # With a spool, what the server did not take is tried again while idle.
+            on_idle=None if self._spool is None else self._drain_when_due,
+            idle_every=None if self._spool is None else SPOOL_RETRY_SECONDS,
         )
         self._send_client: httpx.Client | None = None  # the sender thread's own
+        self._drain_after = 0.0  # monotonic time before which the spool is left alone
         self._stopping = threading.Event()  # ends retries' waits when closing
 
     def _after_fork_in_child(self) -> None:
@@ -404,7 +441,37 @@ class HttpBackend(Backend):
             )
 
     def flush(self, timeout: float = 5.0) -> bool:
-        return self._sender.flush(timeout)
+        """Send what is queued at once; with a spool, until the spool is empty too.
+        False when time ran out."""
+        deadline = time.monotonic() + timeout
+        if not self._sender.flush(timeout):
+            return False
+        if self._spool is None:
+            return True
+        while self._spool.stats().events:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._drain_after = 0.0
+            if not (self._sender.put(_DRAIN) and self._sender.flush(remaining)):
+                return False
+            if self._spool.stats().events:
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return True
+
+    def health(self) -> dict[str, Any]:
+        """Where delivery stands: events queued in memory, spooled on disk (and the
+        age of the oldest), retries, events dropped, and the last error."""
+        spooled = None if self._spool is None else self._spool.stats()
+        return {
+            # In memory only (with a spool, what has not reached the disk yet).
+            "queued": self._sender.pending,
+            "spooled": None if spooled is None else spooled.events,
+            "oldest_spooled_seconds": None if spooled is None else spooled.oldest_age_seconds,
+            "retries": self._health.retries,
+            "dropped": self._health.dropped,
+            "last_error": self._health.last_error,
+        }
 
     def close(self, timeout: float = ATEXIT_FLUSH_SECONDS) -> None:
         """Flush for up to ``timeout`` seconds, then stop the sender and release the
@@ -414,8 +481,22 @@ class HttpBackend(Backend):
         self._stopping.set()
         leftovers = self._sender.close(max(0.0, deadline - time.monotonic()))
         lifecycle.unwatch(self)
-        events = [item.event_id for item in leftovers if isinstance(item, UsageRecord)]
-        unreleased = len(leftovers) - len(events)
+        records = [item for item in leftovers if isinstance(item, UsageRecord)]
+        unreleased = sum(isinstance(item, _Release) for item in leftovers)
+        if records and self._spool is not None:
+            # Kept on disk: the next process to open the spool sends them.
+            self._spool_events(self._encode(records))
+            records = []
+        events = [record.event_id for record in records]
+        if self._spool is not None:
+            left = self._spool.stats().events
+            if left:
+                logger.warning(
+                    "Weckr: %d event(s) stay in the spool %s until a backend opens it again.",
+                    left,
+                    self._spool.path,
+                )
+            self._spool.close()
         if events:
             self._report(
                 f"Weckr: backend closed with {len(events)} event(s) not sent.",
@@ -440,20 +521,32 @@ class HttpBackend(Backend):
 
     # -- the sender thread ---------------------------------------------------------
 
-    def _send(self, batch: list[UsageRecord | _Release]) -> None:
-        """Send one batch of the queue: releases first, then the events."""
-        client = self._send_client
-        if client is None:
-            client = self._send_client = httpx.Client(
-                headers=self._headers, timeout=self._send_timeout
-            )
+    def _send(self, batch: list[_Work]) -> None:
+        """Send one batch of the queue: releases first, then the events (through the
+        spool when there is one)."""
+        client = self._client()
         records = [item for item in batch if isinstance(item, UsageRecord)]
         try:
             for item in batch:
                 if isinstance(item, _Release):
                     self._send_release(client, item.url)
-            if records:
-                self._send_events(client, self._encode(records))
+            if self._spool is not None:
+                self._spool_events(self._encode(records))
+                # One batch: the next events go to disk before the drain goes on
+                # (it does when the queue runs dry, ``on_idle``).
+                self._drain_when_due(batches=1)
+            elif records:
+                undelivered = self._send_events(client, self._encode(records))
+                if undelivered:
+                    why = "backend closed" if self._stopping.is_set() else "giving up"
+                    self._report(
+                        f"Weckr: {len(undelivered)} event(s) not delivered after "
+                        f"{self._health.last_attempts} attempt(s), last "
+                        f"{self._health.last_error}; {why}.",
+                        self._health.last_cause,
+                        status_code=self._health.last_status,
+                        event_ids=undelivered,
+                    )
         except Exception as error:  # a bug here must not stop delivery, nor lose events
             self._report(
                 f"Weckr: unexpected error sending {len(records)} event(s).",
@@ -461,8 +554,64 @@ class HttpBackend(Backend):
                 event_ids=[record.event_id for record in records],
             )
 
-    def _report_dropped(self, dropped: list[UsageRecord | _Release]) -> None:
+    def _client(self) -> httpx.Client:
+        client = self._send_client
+        if client is None:
+            client = self._send_client = httpx.Client(
+                headers=self._headers, timeout=self._send_timeout
+            )
+        return client
+
+    def _spool_events(self, events: list[_Event]) -> None:
+        assert self._spool is not None
+        refused = self._spool.put(events)
+        if refused:
+            self._health.dropped += len(refused)
+            self._report(
+                f"Weckr: the spool {self._spool.path} is full ({self._spool.max_events} "
+                f"events); {len(refused)} new event(s) not kept.",
+                event_ids=refused,
+            )
+
+    def _drain_when_due(self, batches: int = sys.maxsize) -> None:
+        """Send the spool's events, oldest first, ``batches`` batches at most, until
+        it is empty or the server stops taking them (then again after a backoff)."""
+        spool = self._spool
+        if spool is None or time.monotonic() < self._drain_after:
+            return
+        client = self._client()
+        failures = 0
+        for _ in range(batches):
+            claimed = spool.claim(self._max_batch_size)
+            if not claimed:
+                return
+            undelivered = set(
+                self._send_events(client, [(event.event_id, event.body) for event in claimed])
+            )
+            spool.done(event.event_id for event in claimed if event.event_id not in undelivered)
+            if undelivered:
+                spool.unclaim(undelivered)
+                self._health.retries += len(undelivered)
+                failures += 1
+                delay = self._backoff[min(failures - 1, len(self._backoff) - 1)]
+                self._drain_after = time.monotonic() + max(delay, self._health.retry_after)
+                first_tries = [
+                    e.event_id for e in claimed if e.attempts == 1 and e.event_id in undelivered
+                ]
+                if first_tries:  # each event said once, not on every retry
+                    self._report(
+                        f"Weckr: {len(first_tries)} event(s) not delivered now "
+                        f"({self._health.last_error}); kept in the spool, sent when the "
+                        "server is back.",
+                        self._health.last_cause,
+                        status_code=self._health.last_status,
+                        event_ids=first_tries,
+                    )
+                return
+
+    def _report_dropped(self, dropped: list[_Work]) -> None:
         events = [item.event_id for item in dropped if isinstance(item, UsageRecord)]
+        self._health.dropped += len(events)
         self._report(
             f"Weckr: send queue full ({self._max_queue} events); dropped the "
             f"{len(dropped)} oldest event(s) or release(s).",
@@ -513,44 +662,47 @@ class HttpBackend(Backend):
                 )
         return events
 
-    def _send_events(self, client: httpx.Client, events: list[_Event]) -> None:
+    def _send_events(self, client: httpx.Client, events: list[_Event]) -> list[str]:
+        """Sends the events (in batches when the server has a batch endpoint).
+        Returns the ids of those not delivered for now (the server unreachable or
+        answering 429 / 5xx after the retries); rejected ones are reported."""
         batch_endpoint = self.batch_endpoint
-        if (
-            len(events) > 1
-            and batch_endpoint is not None
-            and self._send_batch(client, batch_endpoint, events)
-        ):
-            return
-        for event in events:
-            self._send_one(client, event)
+        if len(events) > 1 and batch_endpoint is not None:
+            undelivered = self._send_batch(client, batch_endpoint, events)
+            if undelivered is not None:
+                return undelivered
+        return [event_id for event in events for event_id in self._send_one(client, event)]
 
-    def _send_one(self, client: httpx.Client, event: _Event) -> None:
+    def _send_one(self, client: httpx.Client, event: _Event) -> list[str]:
         event_id, body = event
-        response = self._post(client, self.endpoint, body, [event_id])
-        if response is not None and not response.is_success:
+        response = self._post(client, self.endpoint, body)
+        if response is None:
+            return [event_id]
+        if not response.is_success:
             self._report(
                 f"Weckr: server rejected event {event_id} with HTTP {response.status_code}: "
                 f"{_server_message(response)}",
                 status_code=response.status_code,
                 event_ids=[event_id],
             )
+        return []
 
-    def _send_batch(self, client: httpx.Client, url: str, events: list[_Event]) -> bool:
+    def _send_batch(self, client: httpx.Client, url: str, events: list[_Event]) -> list[str] | None:
         """Sends one batch, split in halves while its body is over ``MAX_BATCH_BYTES``
-        or the server answers 413. False when the server has no batch endpoint (the
-        caller sends the events singly)."""
+        or the server answers 413; the ids not delivered for now. None when the
+        server has no batch endpoint (the caller sends the events singly)."""
         body = b'{"events":[' + b",".join(body for _, body in events) + b"]}"
         if len(body) > MAX_BATCH_BYTES and len(events) > 1:
             return self._send_halves(client, url, events)
         event_ids = [event_id for event_id, _ in events]
-        response = self._post(client, url, body, event_ids)
+        response = self._post(client, url, body)
         if response is None:
-            return True
+            return event_ids
         status = response.status_code
         if status in (404, 405):
             logger.info("Weckr: %s answered HTTP %s; sending events one by one.", url, status)
             self.batch_endpoint = None
-            return False
+            return None
         if status == 413 and len(events) > 1:
             return self._send_halves(client, url, events)
         if not response.is_success:
@@ -560,21 +712,24 @@ class HttpBackend(Backend):
                 status_code=status,
                 event_ids=event_ids,
             )
-            return True
+            return []
         self._report_rejected_events(response, event_ids)
-        return True
+        return []
 
-    def _send_halves(self, client: httpx.Client, url: str, events: list[_Event]) -> bool:
+    def _send_halves(
+        self, client: httpx.Client, url: str, events: list[_Event]
+    ) -> list[str] | None:
         middle = len(events) // 2
-        if not self._send_batch(client, url, events[:middle]):
+        first = self._send_batch(client, url, events[:middle])
+        if first is None:
             # No batch endpoint after all: the caller sends every event singly, and
             # none of the first half went out.
-            return False
+            return None
         rest = events[middle:]
-        if self.batch_endpoint is None or not self._send_batch(client, url, rest):
-            for event in rest:
-                self._send_one(client, event)
-        return True
+        second = None if self.batch_endpoint is None else self._send_batch(client, url, rest)
+        if second is None:
+            second = [event_id for event in rest for event_id in self._send_one(client, event)]
+        return first + second
 
     def _report_rejected_events(self, response: httpx.Response, event_ids: list[str]) -> None:
         """Reports the events a 2xx batch answer lists under ``rejected``."""
@@ -597,35 +752,35 @@ class HttpBackend(Backend):
                 event_ids=[event_id] if isinstance(event_id, str) else [],
             )
 
-    def _post(
-        self, client: httpx.Client, url: str, body: bytes, event_ids: list[str]
-    ) -> httpx.Response | None:
+    def _post(self, client: httpx.Client, url: str, body: bytes) -> httpx.Response | None:
         """POSTs a JSON body with bounded retries on 429, 5xx, network errors and
-        timeouts (waiting at least the server's Retry-After). Returns the final
-        response, or None (reported) when the events are given up."""
+        timeouts (waiting at least the server's Retry-After); with a spool, once (the
+        spool is the retry). Returns the final response, or None when the body was
+        not delivered (why is in ``health()["last_error"]``)."""
+        retries = 0 if self._spool is not None else self._max_retries
         attempt = 0
         while True:
-            cause: BaseException | None = None
             delay = self._backoff[min(attempt, len(self._backoff) - 1)]
+            retry_after = 0.0
+            cause: BaseException | None = None
+            status: int | None = None
             try:
                 response = client.post(url, content=body, headers=_JSON_CONTENT)
             except httpx.TransportError as error:
-                cause, failure, status = error, _describe(error), None
+                cause, failure = error, _describe(error)
             else:
                 if not _is_retryable(response.status_code):
                     return response
-                failure, status = f"HTTP {response.status_code}", response.status_code
-                delay = max(delay, _retry_after(response))
-            if attempt >= self._max_retries or self._stopping.wait(delay):
-                why = "backend closed" if self._stopping.is_set() else "giving up"
-                self._report(
-                    f"Weckr: {len(event_ids)} event(s) not delivered after {attempt + 1} "
-                    f"attempt(s), last {failure}; {why}.",
-                    cause,
-                    status_code=status,
-                    event_ids=event_ids,
-                )
+                status = response.status_code
+                failure = f"HTTP {status}"
+                retry_after = _retry_after(response)
+            health = self._health
+            health.last_error, health.last_status, health.last_cause = failure, status, cause
+            health.retry_after = retry_after
+            if attempt >= retries or self._stopping.wait(max(delay, retry_after)):
+                health.last_attempts = attempt + 1
                 return None
+            self._health.retries += 1
             attempt += 1
 
     def _report(
