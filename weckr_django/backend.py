@@ -19,16 +19,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import (
+    DEFAULT_DB_ALIAS,
     InterfaceError,
     OperationalError,
     close_old_connections,
@@ -49,6 +52,7 @@ from weckr_core.backends.base import (
 from weckr_core.batching import BatchWorker
 from weckr_core.pricing import preload_prices
 from weckr_core.records import UsageRecord
+from weckr_core.spool import Spool
 from weckr_django.conf import Delivery, effective_delivery, weckr_settings
 from weckr_django.models import Project
 
@@ -57,6 +61,8 @@ logger = logging.getLogger("weckr_django")
 DEFAULT_PROJECT_NAME: Final = "Default"
 MAX_BATCH: Final = 500
 RECORDER_THREAD: Final = "weckr-django-recorder"
+SPOOL_RETRY_SECONDS: Final = 5.0
+SPOOL_FILE_NAME: Final = "weckr-spool.sqlite3"
 PROJECT_REFRESH_SECONDS: Final = 60.0
 _BROKER_RETRY_DELAYS: Final = (0.5, 2.0, 5.0)
 _DB_RETRY_DELAYS: Final = (0.5, 2.0, 5.0)
@@ -192,21 +198,25 @@ class DjangoBackend(Backend):
         self._project_key: object = None
         self._project_expires = 0.0
         self._max_queue = max_queue
+        self._opened_spool: Spool | None = None
         self._init_queue()
         lifecycle.watch(self)
 
     def _init_queue(self) -> None:
         self._lock = threading.Lock()
         # Records for "thread" and "celery" delivery, delivered in batches by one
-        # thread, which gives its database connection back whenever it runs dry.
+        # thread, which gives its database connection back whenever it runs dry and
+        # then sends what the spool holds (what the database or broker refused).
         self._recorder: BatchWorker[UsageRecord] = BatchWorker(
             self._deliver,
             name=RECORDER_THREAD,
             max_batch=MAX_BATCH,
             max_queue=self._max_queue,
             on_drop=_log_dropped,
-            on_idle=self._release_connection,
+            on_idle=self._when_idle,
+            idle_every=SPOOL_RETRY_SECONDS,
         )
+        self._spool_drain_after = 0.0
         # Settles handed to a helper thread from an event loop, not done yet.
         self._handed_off: set[concurrent.futures.Future[None]] = set()
 
@@ -337,10 +347,27 @@ class DjangoBackend(Backend):
         )
         return not not_done
 
+    def _spool(self, *, create: bool = True) -> Spool | None:
+        """The spool ``WECKR["SPOOL"]`` names, opened on first use; with ``create``
+        False, None while its file does not exist (nothing was ever spooled)."""
+        path = spool_path()
+        if path is None or (not create and not path.exists()):
+            return None
+        spool = self._opened_spool
+        if spool is None or spool.path != path:
+            spool = self._opened_spool = Spool(path)
+        return spool
+
     def health(self) -> dict[str, Any]:
         """Events waiting for the recorder thread (``thread`` and ``celery``
         delivery); the database or the broker is the durable store after that."""
-        return {"queued": self._recorder.pending, "spooled": None}
+        spool = self._spool(create=False)
+        stats = None if spool is None else spool.stats()
+        return {
+            "queued": self._recorder.pending,
+            "spooled": None if stats is None else stats.events,
+            "oldest_spooled_seconds": None if stats is None else stats.oldest_age_seconds,
+        }
 
     @staticmethod
     def _release_connection() -> None:
@@ -351,18 +378,71 @@ class DjangoBackend(Backend):
             logger.debug("Weckr: closing the recorder's connection failed.", exc_info=True)
 
     def _deliver(self, records: list[UsageRecord]) -> None:
-        """One batch of the recorder thread; what cannot be delivered is logged by id."""
+        """One batch of the recorder thread. What the database or the broker cannot
+        take now goes to the spool; without one, it is logged by id."""
         try:
-            if self.delivery() == "celery":
-                self._send_to_celery(records)
-            else:
-                self._ingest(records)
-        except Exception:
-            logger.exception(
-                "Weckr: %d usage event(s) were not recorded: %s",
-                len(records),
-                ", ".join(record.event_id for record in records),
+            self._deliver_now(records)
+        except Exception as error:
+            spool = self._spool()
+            if spool is None or not _unavailable(error, self.delivery()):
+                logger.exception(
+                    "Weckr: %d usage event(s) were not recorded: %s",
+                    len(records),
+                    ", ".join(record.event_id for record in records),
+                )
+                return
+            refused = set(spool.put([(r.event_id, _wire_json(r)) for r in records]))
+            kept = len(records) - len(refused)
+            logger.warning(
+                "Weckr: %d usage event(s) kept in the spool %s until the %s is back: %s",
+                kept,
+                spool.path,
+                "broker" if self.delivery() == "celery" else "database",
+                error,
             )
+            if refused:
+                logger.error(
+                    "Weckr: the spool is full; %d event(s) were not recorded: %s",
+                    len(refused),
+                    ", ".join(sorted(refused)),
+                )
+            self._spool_drain_after = time.monotonic() + SPOOL_RETRY_SECONDS
+
+    def _deliver_now(self, records: list[UsageRecord]) -> None:
+        if self.delivery() == "celery":
+            self._send_to_celery(records)
+        else:
+            self._ingest(records)
+
+    def _when_idle(self) -> None:
+        self._release_connection()
+        if time.monotonic() >= self._spool_drain_after:
+            self._drain_spool()
+
+    def _drain_spool(self) -> None:
+        """Deliver what the spool holds, oldest first, until it is empty or delivery
+        fails again (then again ``SPOOL_RETRY_SECONDS`` later)."""
+        spool = self._spool(create=False)
+        if spool is None:
+            return
+        while claimed := spool.claim(MAX_BATCH):
+            from weckr_django.wire import parse_event
+
+            records = []
+            for event in claimed:
+                try:
+                    records.append(parse_event(json.loads(event.body)))
+                except Exception:  # written by us from a valid record: not expected
+                    logger.exception("Weckr: spooled event %s is unreadable.", event.event_id)
+            try:
+                self._deliver_now(records)
+            except Exception as error:
+                spool.unclaim(event.event_id for event in claimed)
+                self._spool_drain_after = time.monotonic() + SPOOL_RETRY_SECONDS
+                logger.warning("Weckr: the spool's events are not delivered yet: %s", error)
+                self._release_connection()
+                return
+            spool.done(event.event_id for event in claimed)
 
     def _send_to_celery(self, records: list[UsageRecord]) -> None:
         from weckr_django.tasks import record_usage
@@ -393,6 +473,8 @@ class DjangoBackend(Backend):
         project = self.project()
         try:
             self._ingest_retrying(project, records)
+        except (OperationalError, InterfaceError):
+            raise  # the database is away: the batch is kept whole (spool) or reported
         except Exception:
             if len(records) == 1:
                 self.forget_project()
@@ -429,6 +511,33 @@ class DjangoBackend(Backend):
     def _after_fork_in_child(self) -> None:
         self._init_queue()
         self._project = None
+
+
+def spool_path() -> Path | None:
+    """``WECKR["SPOOL"]`` as a path: "auto" is a file beside the default database
+    when that is a SQLite file (a directory the app can write), else no spool."""
+    setting = weckr_settings.SPOOL
+    if setting is None:
+        return None
+    if setting != "auto":
+        return Path(setting)
+    database = connections[DEFAULT_DB_ALIAS].settings_dict
+    name = str(database.get("NAME") or "")
+    if database.get("ENGINE", "").endswith("sqlite3") and name and "memory" not in name:
+        return Path(name).resolve().parent / SPOOL_FILE_NAME
+    return None
+
+
+def _unavailable(error: BaseException, delivery: Delivery) -> bool:
+    """The database (or, with Celery, the broker) could not be reached: worth
+    keeping the events for later, rather than a bad event."""
+    if delivery == "celery":
+        return True  # the broker refused after retries
+    return isinstance(error, OperationalError | InterfaceError)
+
+
+def _wire_json(record: UsageRecord) -> bytes:
+    return json.dumps(record.to_wire()).encode()
 
 
 def _log_dropped(records: list[UsageRecord]) -> None:

@@ -31,6 +31,7 @@ DEFAULTS: Mapping[str, Any] = {
     "DEFAULT_PLAN": None,
     "UNKNOWN_PLAN": "block",
     "DELIVERY": "auto",
+    "SPOOL": "auto",
     "LOOP_WINDOW_SECONDS": 300,
     "LOOP_TOKEN_THRESHOLD": 50_000,
     "LOOP_COOLDOWN_SECONDS": 1800,
@@ -125,6 +126,14 @@ class WeckrSettings:
         if value not in DELIVERY_MODES:
             raise ValueError(f"WECKR['DELIVERY'] must be one of {DELIVERY_MODES}, not {value!r}.")
         return cast(Delivery, value)
+
+    @property
+    def SPOOL(self) -> str | None:
+        """Where ``DjangoBackend`` keeps events it cannot deliver yet (a SQLite file):
+        a path; "auto" (the default) for ``weckr-spool.sqlite3`` beside a SQLite
+        database file and none otherwise; None or False for none."""
+        value = self.get("SPOOL")
+        return None if value in (None, False, "") else str(value)
 
     @property
     def LOOP_WINDOW_SECONDS(self) -> int:

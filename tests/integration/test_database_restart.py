@@ -1,0 +1,60 @@
+"""A PostgreSQL restart in the middle of a stream of usage (a private server)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from tests.integration.private_postgres import PrivatePostgres
+from tests.races import ROOT, Racers
+
+EVENTS = 2_500
+DOWN_SECONDS = 9.0  # longer than DjangoBackend's own retries (0.5 + 2 + 5 s)
+
+
+def test_a_restart_mid_stream_loses_nothing_duplicates_nothing_and_caps_come_back() -> None:
+    with tempfile.TemporaryDirectory(prefix="weckr-spool-") as scratch:
+        folder = Path(scratch)
+        with PrivatePostgres() as postgres:
+            postgres.create_database("weckr")
+            racers = Racers(
+                {
+                    "DJANGO_SETTINGS_MODULE": "tests.settings",
+                    "WECKR_TEST_DATABASE_URL": postgres.url("weckr"),
+                    "WECKR_SPOOL": str(folder / "spool.sqlite3"),
+                }
+            )
+            racers.setup("0")  # the plan "free" capped at $0: its user "racer" is blocked
+            producer = subprocess.Popen(
+                [sys.executable, "-m", "tests.integration.restart_producer", str(EVENTS)],
+                cwd=ROOT,
+                env=racers.env,
+                stdout=subprocess.PIPE,
+                stderr=(folder / "producer.log").open("w"),
+                text=True,
+            )
+            assert producer.stdout is not None
+            while producer.stdout.readline().strip() != "sent 500":
+                pass
+            postgres.stop()
+            time.sleep(DOWN_SECONDS)
+            postgres.start()
+            lines = producer.stdout.read().strip().splitlines()
+            assert producer.wait(180) == 0
+            outcome = json.loads(lines[-1])
+            log = (folder / "producer.log").read_text()
+            with psycopg.connect(postgres.url("weckr")) as connection:
+                row = connection.execute(
+                    "SELECT count(*), count(DISTINCT event_id) FROM weckr_django_usageevent"
+                ).fetchone()
+
+    assert "kept in the spool" in log  # the outage outlasted the recorder's retries
+    assert outcome["delivered"], outcome
+    assert row == (EVENTS, EVENTS)  # 0 lost, 0 duplicated
+    assert outcome["capped_again"], outcome
