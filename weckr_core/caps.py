@@ -6,6 +6,8 @@ go through these, so a cap behaves the same whichever way a call is made.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 
 from weckr_core.backends.base import ALLOW, Backend, CapDecision, CapRequest, Reservation
@@ -74,3 +76,31 @@ def release(backend: Backend, reservation: Reservation | None, report: ErrorRepo
         backend.release(reservation)
     except Exception as error:
         report(error)
+
+
+class KnownRefusals:
+    """Users the cap refused lately, per plan. While decisions cannot be read (the
+    database, the cap store or the server away), a user already known to be over
+    the cap stays refused instead of failing open with everyone else."""
+
+    def __init__(self, remember_seconds: float = 600.0, max_users: int = 10_000) -> None:
+        self._remember = remember_seconds
+        self._max_users = max_users
+        self._refusals: dict[tuple[str | None, str | None], tuple[CapDecision, float]] = {}
+        self._lock = threading.Lock()
+
+    def note(self, user_id: str | None, plan: str | None, decision: CapDecision) -> None:
+        """Remember a refusal by the cap; forget the user once a call is allowed."""
+        key = (user_id, plan)
+        with self._lock:
+            if decision.action == "block" and decision.reason in (None, "cap"):
+                if len(self._refusals) >= self._max_users:
+                    self._refusals.clear()
+                self._refusals[key] = (decision, time.monotonic() + self._remember)
+            elif decision.allowed and decision.reason is None:
+                self._refusals.pop(key, None)
+
+    def recall(self, user_id: str | None, plan: str | None) -> CapDecision | None:
+        with self._lock:
+            known = self._refusals.get((user_id, plan))
+        return known[0] if known is not None and known[1] > time.monotonic() else None

@@ -50,6 +50,7 @@ from weckr_core.backends.base import (
     RunStop,
 )
 from weckr_core.batching import BatchWorker
+from weckr_core.caps import KnownRefusals
 from weckr_core.pricing import preload_prices
 from weckr_core.records import UsageRecord
 from weckr_core.spool import Spool
@@ -199,6 +200,8 @@ class DjangoBackend(Backend):
         self._project_expires = 0.0
         self._max_queue = max_queue
         self._opened_spool: Spool | None = None
+        self._refusals = KnownRefusals()
+        self._outage_logged_at: float | None = None
         self._init_queue()
         lifecycle.watch(self)
 
@@ -246,7 +249,9 @@ class DjangoBackend(Backend):
             return ALLOW
         from weckr_django import caps
 
-        return self._deciding(lambda: caps.reserve(self.project(), request), request.user_id)
+        return self._deciding(
+            lambda: caps.reserve(self.project(), request), request.user_id, request.plan
+        )
 
     async def areserve(self, request: CapRequest) -> CapDecision:
         """``reserve`` through ``sync_to_async``, so the event loop goes on meanwhile."""
@@ -259,22 +264,49 @@ class DjangoBackend(Backend):
             return ALLOW
         from weckr_django import caps
 
-        return self._deciding(lambda: caps.decide(self.project(), user_id, plan, model), user_id)
+        return self._deciding(
+            lambda: caps.decide(self.project(), user_id, plan, model), user_id, plan
+        )
 
-    def _deciding(self, decide: Callable[[], CapDecision], user_id: str) -> CapDecision:
-        """``decide()`` off the event loop; a set-up mistake or an outage allows the call
-        (refuses it with ``CAP_FAIL_CLOSED``), loudly, rather than failing the view."""
+    def _deciding(
+        self, decide: Callable[[], CapDecision], user_id: str, plan: str | None
+    ) -> CapDecision:
+        """``decide()`` off the event loop. A set-up mistake or an outage allows the
+        call (refuses it with ``CAP_FAIL_CLOSED``), loudly, rather than failing the
+        view; a user the cap refused lately stays refused meanwhile."""
+        unavailable = CapDecision(
+            "block" if weckr_settings.CAP_FAIL_CLOSED else "allow",
+            reason="cap_store_unavailable",
+        )
         try:
-            return _outside_event_loop(decide)
+            decision = _outside_event_loop(decide)
         except ImproperlyConfigured as error:
             _log_set_up_error(error)
-        except Exception:
-            logger.exception("Weckr: cap check for user %s failed.", user_id)
+        except Exception as error:
+            self._log_outage(user_id, error)
             self.forget_project()
             _drop_broken_connections()
-        if weckr_settings.CAP_FAIL_CLOSED:
-            return CapDecision("block", reason="cap_store_unavailable")
-        return ALLOW
+        else:
+            if decision.reason != "cap_store_unavailable":
+                self._refusals.note(user_id, plan, decision)
+                self._outage_logged_at = None
+                return decision
+            unavailable = decision  # the store is away: decided by CAP_FAIL_CLOSED
+        if unavailable.allowed:
+            return self._refusals.recall(user_id, plan) or unavailable
+        return unavailable
+
+    def _log_outage(self, user_id: str, error: Exception) -> None:
+        """The first failure of an outage with its traceback, then a line a minute."""
+        now = time.monotonic()
+        last = self._outage_logged_at
+        if last is None:
+            logger.error("Weckr: cap check for user %s failed.", user_id, exc_info=error)
+        elif now - last >= 60:
+            logger.error("Weckr: cap checks are still failing: %s", error)
+        else:
+            return
+        self._outage_logged_at = now
 
     def settle(self, reservation: Reservation, record: UsageRecord) -> None:
         from weckr_django import caps

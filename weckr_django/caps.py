@@ -166,4 +166,4 @@ def _store_down(error: CapStoreUnavailable, user_id: str, match: PlanMatch) -> C
         error,
         user_id,
     )
-    return CapDecision("allow", plan=match.name)
+    return CapDecision("allow", plan=match.name, reason="cap_store_unavailable")

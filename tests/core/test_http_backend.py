@@ -25,6 +25,7 @@ from tests.core.http_server import (
     Reply,
 )
 from weckr_core.backends import ALLOW, CapDecision, CapRequest, Reservation
+from weckr_core.backends import http as http_backend
 from weckr_core.backends.http import (
     MAX_BATCH_BYTES,
     SERVER_MAX_BATCH_SIZE,
@@ -212,7 +213,7 @@ def test_check_fails_open_and_reports(
     assert make_backend().check("u1", "pro", "gpt-4o").allowed
     [error] = errors
     assert isinstance(error, WeckrBackendError)
-    assert "allowing the call" in str(error)
+    assert "allowing calls" in str(error)
 
 
 def test_check_fails_open_on_timeout(
@@ -254,17 +255,40 @@ def test_check_caches_decisions_for_the_ttl_per_key(
     assert len(server.requests(CHECK_PATH)) == 4
 
 
-def test_check_does_not_cache_failures(
-    server: FakeWeckrServer, make_backend: BackendFactory
+@pytest.fixture
+def short_outages(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Calls stop asking a failing server for 0.2 s (2 s by default)."""
+    monkeypatch.setattr(http_backend, "SERVER_DOWN_SECONDS", 0.2)
+    return 0.2
+
+
+def test_a_failed_check_is_not_asked_again_for_a_moment(
+    server: FakeWeckrServer, make_backend: BackendFactory, short_outages: float
 ) -> None:
     server.enqueue(CHECK_PATH, 503)
     server.set_reply(CHECK_PATH, Reply(body={"allowed": False, "action": "block"}))
     backend = make_backend()
 
     assert backend.check("u1", "pro", "gpt-4o").allowed  # failed open
+    assert backend.check("u1", "pro", "gpt-4o").allowed  # without waiting on the server
+    assert len(server.requests(CHECK_PATH)) == 1
+    time.sleep(short_outages + 0.05)
     assert backend.check("u1", "pro", "gpt-4o").action == "block"
     assert backend.check("u1", "pro", "gpt-4o").action == "block"  # now cached
     assert len(server.requests(CHECK_PATH)) == 2
+
+
+def test_a_user_refused_lately_stays_refused_while_the_server_is_away(
+    server: FakeWeckrServer, make_backend: BackendFactory, short_outages: float
+) -> None:
+    server.enqueue(RESERVE_PATH, Reply(body={"allowed": False, "action": "block"}))
+    server.set_reply(RESERVE_PATH, 503)
+    backend = make_backend()
+
+    assert backend.reserve(cap_request()).action == "block"
+    assert backend.reserve(cap_request()).action == "block"  # the server failed
+    other = CapRequest("u2", "pro", "gpt-4o", "openai", input_tokens=10, max_output_tokens=5)
+    assert backend.reserve(other) is ALLOW  # nothing known of u2: fails open
 
 
 @pytest.mark.parametrize("reply", [Reply(delay=0.3), Reply(503, delay=0.3)], ids=["ok", "error"])
@@ -1118,17 +1142,21 @@ def test_reserve_fails_open_reports_and_asks_again(
     make_backend: BackendFactory,
     errors: list[BaseException],
     reply: Reply,
+    short_outages: float,
 ) -> None:
     server.set_reply(RESERVE_PATH, reply)
     backend = make_backend(check_timeout_seconds=0.2)
 
     assert backend.reserve(cap_request()) is ALLOW
-    assert backend.reserve(cap_request()) is ALLOW
+    assert backend.reserve(cap_request()) is ALLOW  # not asked: the server failed
+    assert len(server.requests(RESERVE_PATH)) == 1
+    time.sleep(short_outages + 0.05)
+    assert backend.reserve(cap_request()) is ALLOW  # asked again
 
     assert len(server.requests(RESERVE_PATH)) == 2
-    assert len(errors) == 2
-    assert all(isinstance(e, WeckrBackendError) for e in errors)
-    assert "cap reservation" in str(errors[0]) and "allowing the call" in str(errors[0])
+    [error] = errors  # one report for the outage, not one per call
+    assert isinstance(error, WeckrBackendError)
+    assert "cap reservation" in str(error) and "allowing calls" in str(error)
 
 
 def test_reserve_fails_open_when_connection_refused(errors: list[BaseException]) -> None:

@@ -60,7 +60,8 @@ def main() -> None:
         time.sleep(0.2)
     capped_again = False
     while time.monotonic() < deadline:
-        if backend.check("racer", "free", "gpt-4o").action == "block":
+        # A user this process never asked about: decided by the database again.
+        if backend.check("racer-after", "free", "gpt-4o").action == "block":
             capped_again = True
             break
         time.sleep(0.2)

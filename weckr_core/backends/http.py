@@ -39,6 +39,7 @@ from weckr_core.backends.base import (
 )
 from weckr_core.backends.lifecycle import ATEXIT_FLUSH_SECONDS
 from weckr_core.batching import BatchWorker
+from weckr_core.caps import KnownRefusals
 from weckr_core.errors import CapKind, WeckrConfigError
 from weckr_core.pricing import preload_prices, price_record
 from weckr_core.records import UsageRecord
@@ -50,6 +51,8 @@ SERVER_MAX_BATCH_SIZE: Final = 500
 # weckr_django refuses request bodies over 1 MiB (413); batches stay under this.
 MAX_BATCH_BYTES: Final = 900_000
 MAX_RETRY_AFTER_SECONDS: Final = 30.0
+# After a failed cap decision, calls fail open without asking for this long.
+SERVER_DOWN_SECONDS: Final = 2.0
 # With a spool, how often the sender tries again what the server did not take.
 SPOOL_RETRY_SECONDS: Final = 2.0
 _MAX_CACHED_DECISIONS: Final = 10_000
@@ -213,6 +216,9 @@ class HttpBackend(Backend):
         # Everything that must not cross a fork: locks, the thread, connections, queue.
         self._check_lock = threading.Lock()
         self._pending_checks: dict[_DecisionKey, _PendingCheck] = {}
+        self._refusals = KnownRefusals()  # fail open, except for users refused lately
+        self._down_until = 0.0  # no decision is asked for until then
+        self._in_outage = False  # the outage was reported
         self._api_client: httpx.Client | None = None
 
         # Events and releases, sent by one thread; reserved calls' events and
@@ -251,6 +257,8 @@ class HttpBackend(Backend):
         url = self.reserve_endpoint
         if url is None:
             return self.check(request.user_id, request.plan, request.model)
+        if self._server_down():
+            return self._while_down(request.user_id, request.plan)
         body = {
             "userId": request.user_id,
             "planName": request.plan,
@@ -261,13 +269,14 @@ class HttpBackend(Backend):
         }
         response = self._ask("cap reservation", "POST", url, json=body)
         if response is None:
-            return ALLOW
+            return self._while_down(request.user_id, request.plan)
         if response.status_code in (404, 405):
             self._use_check_only(url, response.status_code)
             return self.check(request.user_id, request.plan, request.model)
         decision = self._read_decision("cap reservation", response, request.user_id)
         if decision is None:
-            return ALLOW
+            return self._while_down(request.user_id, request.plan)
+        self._refusals.note(request.user_id, request.plan, decision)
         if decision.allowed and decision.cap is None and decision.reason is None:
             self._remember_uncapped(request.plan)
         return decision
@@ -322,7 +331,8 @@ class HttpBackend(Backend):
 
         decision: CapDecision | None = None
         try:
-            decision = self._fetch_check(user_id, plan, model)
+            if not self._server_down():
+                decision = self._fetch_check(user_id, plan, model)
         except WeckrConfigError as error:
             pending.error = error
             raise
@@ -331,9 +341,34 @@ class HttpBackend(Backend):
                 del self._pending_checks[key]
                 if decision is not None:
                     self._cache_decision(key, decision)
-            pending.decision = decision if decision is not None else ALLOW
+            if decision is not None:
+                self._refusals.note(user_id, plan, decision)
+            pending.decision = decision or self._while_down(user_id, plan)
             pending.done.set()
         return pending.decision
+
+    def _server_down(self) -> bool:
+        """A decision failed a moment ago: calls do not wait for the server again
+        until ``SERVER_DOWN_SECONDS`` have passed."""
+        return time.monotonic() < self._down_until
+
+    def _while_down(self, user_id: str | None, plan: str | None) -> CapDecision:
+        """Fail open, except for a user the cap refused lately."""
+        return self._refusals.recall(user_id, plan) or ALLOW
+
+    def _server_failed(
+        self,
+        message: str,
+        cause: BaseException | None = None,
+        *,
+        status_code: int | None = None,
+    ) -> None:
+        """Report the first failure of an outage (not one per call), and stop
+        asking for ``SERVER_DOWN_SECONDS``."""
+        if not self._in_outage:
+            self._in_outage = True
+            self._report(message, cause, status_code=status_code)
+        self._down_until = time.monotonic() + SERVER_DOWN_SECONDS
 
     def _decided_without_asking(self, request: CapRequest) -> CapDecision | None:
         """The decision when no request is needed: no user, a plan known to have no
@@ -396,7 +431,9 @@ class HttpBackend(Backend):
         try:
             response = self._api().request(method, url, **options)
         except Exception as error:  # network errors, timeouts, a closed client: fail open
-            self._report(f"Weckr: {what} failed ({_describe(error)}); allowing the call.", error)
+            self._server_failed(
+                f"Weckr: {what} failed ({_describe(error)}); allowing calls.", error
+            )
             return None
         status = response.status_code
         if status in (401, 403):
@@ -411,18 +448,27 @@ class HttpBackend(Backend):
     def _read_decision(
         self, what: str, response: httpx.Response, user_id: str | None = None
     ) -> CapDecision | None:
+        status = response.status_code
         if not response.is_success:
-            self._report(
-                f"Weckr: {what} failed with HTTP {response.status_code} "
-                f"({_server_message(response)}); allowing the call.",
-                status_code=response.status_code,
+            message = (
+                f"Weckr: {what} failed with HTTP {status} ({_server_message(response)}); "
+                "allowing calls."
             )
+            if status == 429 or status >= 500:
+                self._server_failed(message, status_code=status)
+            else:  # a request the server refuses: not an outage, said each time
+                self._report(message, status_code=status)
             return None
         try:
-            return _parse_decision(response.json(), user_id)
+            decision = _parse_decision(response.json(), user_id)
         except ValueError as error:
-            self._report(f"Weckr: unreadable {what} response ({error}); allowing the call.", error)
+            self._server_failed(
+                f"Weckr: unreadable {what} response ({error}); allowing calls.", error
+            )
             return None
+        self._down_until = 0.0
+        self._in_outage = False
+        return decision
 
     def _api(self) -> httpx.Client:
         """The client of the callers' threads (decisions), shared by them."""
