@@ -18,7 +18,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 from django.utils import timezone
@@ -31,6 +31,7 @@ from weckr_django.periods import local_day
 from weckr_django.plans import match_plan
 from weckr_django.signals import usage_ingested
 from weckr_django.stores import SpendKey, cap_store
+from weckr_django.wire import Rejection, parse_batch
 
 logger = logging.getLogger("weckr_django")
 
@@ -94,6 +95,56 @@ def ingest_records(project: Project, records: Sequence[UsageRecord]) -> IngestRe
         duplicates=len(records) - len(created_ids),
         created_event_ids=created_ids,
     )
+
+
+@dataclass
+class BatchResult:
+    """What became of a batch of wire events: how many were stored now, how many
+    were known already (``event_ids`` holds the ids of both, in batch order), and
+    the events rejected, by index, with the reason."""
+
+    created: int = 0
+    duplicates: int = 0
+    event_ids: list[str] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def ingest_payloads(project: Project, payloads: Sequence[Any]) -> BatchResult:
+    """Validate wire events (``wire.parse_batch``) and store the valid ones with
+    ``ingest_records``. One bad event never sinks its neighbours: an invalid one is
+    rejected with the rule it breaks, and an event the database refuses (a
+    ``DataError``) is isolated by halving the batch and rejected alone."""
+    records, rejected = parse_batch(payloads)
+    result = BatchResult(rejected=rejected)
+    _ingest_isolating(project, records, result)
+    result.rejected.sort(key=lambda rejection: rejection.index)
+    valid = {index for index, _ in records} - {item.index for item in result.rejected}
+    result.event_ids = [record.event_id for index, record in records if index in valid]
+    return result
+
+
+def _ingest_isolating(
+    project: Project, records: list[tuple[int, UsageRecord]], result: BatchResult
+) -> None:
+    if not records:
+        return
+    try:
+        stored = ingest_records(project, [record for _, record in records])
+    except DataError as error:
+        if len(records) > 1:
+            middle = len(records) // 2
+            _ingest_isolating(project, records[:middle], result)
+            _ingest_isolating(project, records[middle:], result)
+            return
+        index, record = records[0]
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else "DataError"
+        logger.warning("Weckr: the database refused usage event %s: %s", record.event_id, reason)
+        result.rejected.append(
+            Rejection(index, record.event_id, f"The database refused this event: {reason}")
+        )
+        return
+    result.created += stored.created
+    result.duplicates += stored.duplicates
 
 
 def _after_commit(project: Project, user_keys: list[str]) -> None:

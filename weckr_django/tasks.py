@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from celery import Task, shared_task
+from django.core.exceptions import ValidationError
 from django.db import (
     DatabaseError,
     InterfaceError,
@@ -28,13 +29,11 @@ from django.db import (
 
 from weckr_core.backends import RunStop
 from weckr_core.batching import BatchWorker
-from weckr_core.records import UsageRecord
 from weckr_django import alert_rules, alerts
 from weckr_django.conf import celery_broker_configured, weckr_settings
-from weckr_django.ingest import ingest_records
+from weckr_django.ingest import ingest_payloads
 from weckr_django.models import AlertLog, Project
 from weckr_django.stores import delete_expired_reservations
-from weckr_django.wire import WireError, parse_event
 
 logger = logging.getLogger("weckr_django")
 
@@ -60,35 +59,40 @@ class RecordUsageResult(TypedDict):
 )
 def record_usage(events: list[dict[str, Any]], project_id: str) -> RecordUsageResult:
     """Ingest wire-format events for ``project_id``. Redelivery never double counts:
-    events are unique per (project, eventId)."""
+    events are unique per (project, eventId). The valid events are stored and each
+    invalid one is logged with its id and reason; the task succeeds either way (a
+    retry cannot make a bad event good). Database outages are retried."""
+    if not isinstance(events, list):
+        logger.error("Weckr: a record_usage message for project %s holds no list.", project_id)
+        return {"created": 0, "duplicates": 0, "invalid": 1}
     project = _project(project_id)
     if project is None:
         logger.error(
             "Weckr: %d usage event(s) for unknown project %s not recorded.", len(events), project_id
         )
         return {"created": 0, "duplicates": 0, "invalid": len(events)}
-    records: list[UsageRecord] = []
-    invalid = 0
-    for index, payload in enumerate(events):
-        try:
-            records.append(parse_event(payload))
-        except WireError as error:
-            invalid += 1
-            event_id = payload.get("eventId") if isinstance(payload, dict) else None
-            logger.error(
-                "Weckr: usage event %s (#%d of the batch) for project %s is invalid and was "
-                "not recorded: %s",
-                event_id,
-                index,
-                project_id,
-                error.message,
-            )
-    result = ingest_records(project, records)
-    return {"created": result.created, "duplicates": result.duplicates, "invalid": invalid}
+    result = ingest_payloads(project, events)
+    for rejection in result.rejected:
+        logger.error(
+            "Weckr: usage event %s (#%d of the batch) for project %s is invalid and was "
+            "not recorded: %s",
+            rejection.event_id,
+            rejection.index,
+            project_id,
+            rejection.error,
+        )
+    return {
+        "created": result.created,
+        "duplicates": result.duplicates,
+        "invalid": len(result.rejected),
+    }
 
 
 def _project(project_id: str) -> Project | None:
-    return Project.objects.filter(pk=project_id).first()
+    try:
+        return Project.objects.filter(pk=project_id).first()
+    except ValidationError:  # not a UUID: no such project
+        return None
 
 
 def _ids(created: list[AlertLog]) -> list[int]:

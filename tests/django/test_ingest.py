@@ -229,3 +229,46 @@ def test_ingest_does_not_import_the_tasks():
             assert all(alias.name != "tasks" for alias in node.names)
         elif isinstance(node, ast.Import):
             assert all(alias.name != "weckr_django.tasks" for alias in node.names)
+
+
+def test_record_usage_stores_the_valid_events_of_a_message_and_logs_the_rest(caplog):
+    from weckr_django.tasks import record_usage
+
+    project = make_project()
+    events = [make_record(f"m{index}").to_wire() for index in range(20)]
+    events[3]["tags"] = ["\x00"]
+    events[11]["userId"] = "\ud800"
+    events[15]["feature"] = "jane@example.com"
+
+    result = record_usage.delay(events, str(project.pk)).get()
+
+    assert result == {"created": 17, "duplicates": 0, "invalid": 3}
+    assert UsageEvent.objects.filter(project=project).count() == 17
+    logged = [
+        message for message in caplog.messages if "is invalid and was not recorded" in message
+    ]
+    assert len(logged) == 3
+    assert "m3 (#3 of the batch)" in logged[0] and "tags[0] contains a NUL character" in logged[0]
+    assert "m11 (#11 of the batch)" in logged[1] and "surrogate" in logged[1]
+    assert "m15 (#15 of the batch)" in logged[2] and "e-mail" in logged[2]
+
+
+def test_record_usage_for_a_malformed_project_id_records_nothing_and_succeeds():
+    from weckr_django.tasks import record_usage
+
+    result = record_usage.delay([make_record("x").to_wire()], "not-a-uuid").get()
+
+    assert result == {"created": 0, "duplicates": 0, "invalid": 1}
+
+
+def test_ingest_payloads_lists_the_ids_of_the_stored_and_known_events():
+    project = make_project()
+    ingest.ingest_payloads(project, [make_record("known").to_wire()])
+
+    result = ingest.ingest_payloads(
+        project, [make_record("new").to_wire(), {"model": 5}, make_record("known").to_wire()]
+    )
+
+    assert (result.created, result.duplicates) == (1, 1)
+    assert result.event_ids == ["new", "known"]
+    assert [(item.index, item.field) for item in result.rejected] == [(1, "model")]
