@@ -2,6 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from django.db import DataError
+from django.db.backends.utils import CursorWrapper
 from django.test import override_settings
 
 from tests.api.conftest import Api, event, expected_cost
@@ -74,3 +77,72 @@ def test_a_batch_over_the_limit_is_refused_whole(api: Api) -> None:
     assert response.status_code == 400
     assert "at most 3" in response.json()["error"]
     assert not UsageEvent.objects.exists()
+
+
+def test_text_no_database_can_store_is_rejected_and_the_neighbours_stored(api: Api) -> None:
+    events = [
+        event(eventId="t-1"),
+        event(eventId="t-2", tags=["\x00"]),
+        event(eventId="t-3", userId="\ud800"),
+        event(eventId="t-4", agent="a" * 256),
+        event(eventId="t-5"),
+    ]
+
+    response = api.post("log/batch", {"events": events})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["accepted"] == 2
+    assert [(item["index"], item["field"]) for item in body["rejected"]] == [
+        (1, "tags"),
+        (2, "userId"),
+        (3, "agent"),
+    ]
+    assert set(UsageEvent.objects.values_list("event_id", flat=True)) == {"t-1", "t-5"}
+
+
+@pytest.fixture
+def database_refuses_feature(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The database refuses any statement carrying this feature name, as PostgreSQL
+    refuses a value it cannot store (a DataError)."""
+    marker = "refused-by-the-database"
+    execute = CursorWrapper._execute  # type: ignore[attr-defined]
+
+    def refusing(self: CursorWrapper, sql: str, params: Any, *args: Any) -> Any:
+        if params and marker in params:
+            raise DataError("value too long for type character varying(255)\nCONTEXT: ...")
+        return execute(self, sql, params, *args)
+
+    monkeypatch.setattr(CursorWrapper, "_execute", refusing)
+    return marker
+
+
+def test_an_event_the_database_refuses_is_rejected_alone(
+    api: Api, database_refuses_feature: str
+) -> None:
+    events = [event(eventId=f"d-{index}") for index in range(7)]
+    events[4]["feature"] = database_refuses_feature
+
+    body = api.post("log/batch", {"events": events}).json()
+
+    assert (body["accepted"], body["duplicates"]) == (6, 0)
+    assert body["rejected"] == [
+        {
+            "index": 4,
+            "eventId": "d-4",
+            "error": "The database refused this event: value too long for type character "
+            "varying(255)",
+            "field": None,
+        }
+    ]
+    assert UsageEvent.objects.count() == 6
+    assert MonthlyUserSpend.objects.get(user_key="user-1").calls == 6
+
+
+def test_a_single_event_the_database_refuses_is_a_400(
+    api: Api, database_refuses_feature: str
+) -> None:
+    response = api.log(feature=database_refuses_feature)
+
+    assert response.status_code == 400
+    assert "The database refused this event" in response.json()["error"]

@@ -9,6 +9,7 @@ from typing import Any
 from django.test import override_settings
 
 from tests.api.conftest import Api, event
+from tests.api.nasty import EVENT_FIELDS, NASTY_VALUES
 from weckr_django.models import ApiKey
 
 
@@ -29,67 +30,15 @@ def test_the_rate_limit_can_be_switched_off(api: Api) -> None:
     assert {api.get("me").status_code for _ in range(10)} == {200}
 
 
-_NASTY_VALUES: list[Any] = [
-    None,
-    True,
-    False,
-    0,
-    -1,
-    1.5,
-    -0.0,
-    10**30,
-    1e308,
-    "",
-    " ",
-    "\x00",
-    "é" * 300,
-    "9" * 5000,
-    [],
-    [None],
-    {},
-    {"a": {"b": []}},
-    "2024-13-45T99:99:99",
-    "NaN",
-    "Infinity",
-    "<script>",
-    "'; DROP TABLE weckr_django_usageevent; --",
-    "4111111111111111",
-]
-_FIELDS = [
-    "eventId",
-    "userId",
-    "feature",
-    "model",
-    "provider",
-    "planName",
-    "planRevenueUsd",
-    "inputTokens",
-    "outputTokens",
-    "cachedInputTokens",
-    "cacheCreationTokens",
-    "reasoningTokens",
-    "latencyMs",
-    "timestamp",
-    "status",
-    "tags",
-    "source",
-    "usageReported",
-    "runId",
-    "step",
-    "requestedModel",
-    "errorType",
-]
-
-
 def _mutations(seed: int, count: int) -> list[bytes]:
     rng = random.Random(seed)
     bodies: list[bytes] = []
     for _ in range(count):
         payload: Any = event(eventId=f"fuzz-{rng.randrange(10**9)}")
         for _ in range(rng.randint(1, 4)):
-            payload[rng.choice(_FIELDS)] = rng.choice(_NASTY_VALUES)
+            payload[rng.choice(EVENT_FIELDS)] = rng.choice(NASTY_VALUES)
         if rng.random() < 0.1:
-            payload = rng.choice(_NASTY_VALUES)
+            payload = rng.choice(NASTY_VALUES)
         body = json.dumps(payload).encode()
         if rng.random() < 0.15:
             cut = rng.randrange(len(body) + 1)

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from django.urls import path
 
-from weckr_django.api import recommendations, views
+from weckr_django.api import recommendations, schema, views
 
 app_name = "weckr_api"
 
 urlpatterns = [
+    path("schema", schema.SchemaView.as_view(), name="schema"),
     path("log", views.LogView.as_view(), name="log"),
     path("log/batch", views.LogBatchView.as_view(), name="log-batch"),
     path("check", views.CheckView.as_view(), name="check"),

@@ -8,32 +8,45 @@ same ``{"error": ..., "field": ...}`` answer as a rejected event.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.http.request import RawPostDataException
+from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView, exception_handler
+from rest_framework.views import APIView, exception_handler, set_rollback
 
 from weckr_core.backends.base import CapDecision
-from weckr_core.records import UsageRecord
 from weckr_django import caps, reports
+from weckr_django.api import schema as openapi
 from weckr_django.api.authentication import ApiKeyAuthentication, HasApiKey
 from weckr_django.api.throttling import ApiKeyRateThrottle
 from weckr_django.conf import weckr_settings
-from weckr_django.ingest import ingest_records
+from weckr_django.ingest import ingest_payloads
 from weckr_django.models import ApiKey, Project, UsageEvent
 from weckr_django.stores import CapStoreUnavailable
-from weckr_django.wire import WireError, parse_event, parse_reserve, reservation_id
+from weckr_django.wire import (
+    TEXT_FIELDS,
+    WireError,
+    parse_check,
+    parse_reserve,
+    reservation_id,
+    text_value,
+)
+
+logger = logging.getLogger("weckr_django")
 
 #: Largest request body accepted, checked before anything is parsed. A batch of the
 #: default 500 events from weckr-sdk (about 600 bytes each) fits with room to spare.
 MAX_BODY_BYTES = 1024 * 1024
-_MAX_QUERY_VALUE = 255
+#: Seconds a client is asked to wait (``Retry-After``) when a 503 answers it.
+RETRY_AFTER_SECONDS = 5
 
 
 class BadRequest(exceptions.APIException):
@@ -50,13 +63,23 @@ class ServiceUnavailable(exceptions.APIException):
     default_detail = "The cap store is unavailable; try again."
 
 
+class DatabaseUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The database is unavailable; try again."
+
+
 class PayloadTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = f"The request body is larger than {MAX_BODY_BYTES} bytes."
 
 
 def weckr_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler with every error body in one shape: ``{"error", "field"}``."""
+    """DRF's handler with every error body in one shape: ``{"error", "field"}``; an
+    unreachable database is 503 with ``Retry-After``, not 500."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        logger.warning("Weckr API: the database is unavailable (%s); answering 503.", exc)
+        set_rollback()
+        exc = DatabaseUnavailable()
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -73,6 +96,8 @@ def weckr_exception_handler(exc: Exception, context: dict[str, Any]) -> Response
     else:
         message = str(response.data)
     response.data = {"error": message, "field": getattr(exc, "field", None)}
+    if response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        response.headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     return response
 
 
@@ -85,6 +110,7 @@ class WeckrAPIView(APIView):
     permission_classes = (HasApiKey,)
     throttle_classes = (ApiKeyRateThrottle,)
     parser_classes = ()
+    schema = openapi.AutoSchema()
 
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
         return weckr_exception_handler
@@ -132,19 +158,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number in JSON")
 
 
-def _event_id(payload: Any) -> str | None:
-    if isinstance(payload, dict):
-        value = payload.get("eventId")
-        if isinstance(value, str) and len(value) <= 64:
-            return value
-    return None
-
-
-def _ingest(project: Project, records: Sequence[UsageRecord]) -> tuple[int, int]:
-    result = ingest_records(project, records)
-    return result.created, result.duplicates
-
-
+@extend_schema(
+    request={"application/json": openapi.EVENT_REF},
+    responses=openapi.answers({201: openapi.LOGGED, 200: openapi.LOGGED}, 400, 413),
+)
 class LogView(WeckrAPIView):
     """``POST /api/v1/log``: one event. 201 when stored, 200 for a resend (duplicate).
 
@@ -154,33 +171,36 @@ class LogView(WeckrAPIView):
 
     def post(self, request: Request) -> Response:
         project = self.project(request)
-        payload = self.json_body(request)
-        try:
-            record = parse_event(payload)
-        except WireError as error:
-            raise BadRequest(error.message, error.field) from None
-        created, _ = _ingest(project, [record])
+        result = ingest_payloads(project, [self.json_body(request)])
+        if result.rejected:
+            raise BadRequest(result.rejected[0].error, result.rejected[0].field)
+        event_id = result.event_ids[0]
         cost = (
-            UsageEvent.objects.filter(project=project, event_id=record.event_id)
+            UsageEvent.objects.filter(project=project, event_id=event_id)
             .values_list("cost_usd", flat=True)
             .first()
         )
         return Response(
             {
                 "ok": True,
-                "eventId": record.event_id,
-                "duplicate": not created,
+                "eventId": event_id,
+                "duplicate": not result.created,
                 "costUsd": _money(cost),
             },
-            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
         )
 
 
+@extend_schema(
+    request={"application/json": openapi.BATCH},
+    responses=openapi.answers({200: openapi.BATCH_RESULT}, 400, 413),
+)
 class LogBatchView(WeckrAPIView):
     """``POST /api/v1/log/batch`` with ``{"events": [...]}``.
 
     Valid events are stored even when others are rejected; each rejected event is
-    listed with its index, its eventId when it had a readable one, and the reason.
+    listed with its index, its eventId when it had a valid one, the reason and the
+    field at fault.
     """
 
     def post(self, request: Request) -> Response:
@@ -196,22 +216,14 @@ class LogBatchView(WeckrAPIView):
             raise BadRequest(
                 f"A batch holds at most {limit} events, not {len(events)}; split it.", "events"
             )
-        records: list[UsageRecord] = []
-        rejected: list[dict[str, Any]] = []
-        for index, item in enumerate(events):
-            try:
-                records.append(parse_event(item))
-            except WireError as error:
-                rejected.append(
-                    {
-                        "index": index,
-                        "eventId": _event_id(item),
-                        "error": error.message,
-                        "field": error.field,
-                    }
-                )
-        created, duplicates = _ingest(project, records) if records else (0, 0)
-        return Response({"accepted": created, "duplicates": duplicates, "rejected": rejected})
+        result = ingest_payloads(project, events)
+        return Response(
+            {
+                "accepted": result.created,
+                "duplicates": result.duplicates,
+                "rejected": [rejection.to_wire() for rejection in result.rejected],
+            }
+        )
 
 
 def _decision(decision: CapDecision) -> dict[str, Any]:
@@ -229,27 +241,26 @@ def _decision(decision: CapDecision) -> dict[str, Any]:
     }
 
 
+@extend_schema(
+    parameters=openapi.CHECK_PARAMETERS, responses=openapi.answers({200: openapi.DECISION}, 400)
+)
 class CheckView(WeckrAPIView):
     """``GET /api/v1/check?userId=&planName=&model=``: may this user's next call go
     ahead? Holds nothing; ``POST /api/v1/reserve`` holds the call's cost."""
 
     def get(self, request: Request) -> Response:
-        params = {
-            name: request.query_params.get(name, "").strip()
-            for name in ("userId", "planName", "model")
-        }
-        for name, value in params.items():
-            if len(value) > _MAX_QUERY_VALUE or "\x00" in value:
-                raise BadRequest(f"{name} is not a valid value.", name)
-        decision = caps.decide(
-            self.project(request),
-            params["userId"] or None,
-            params["planName"] or None,
-            params["model"] or "unknown",
-        )
+        try:
+            user_id, plan, model = parse_check(request.query_params)
+        except WireError as error:
+            raise BadRequest(error.message, error.field) from None
+        decision = caps.decide(self.project(request), user_id, plan, model)
         return Response(_decision(decision))
 
 
+@extend_schema(
+    request={"application/json": openapi.RESERVE},
+    responses=openapi.answers({200: openapi.RESERVED}, 400, 413),
+)
 class ReserveView(WeckrAPIView):
     """``POST /api/v1/reserve``: decide a call and hold its worst-case cost against
     the user's cap. The call's event settles the reservation when it names it as
@@ -275,16 +286,18 @@ class ReserveView(WeckrAPIView):
         return Response(body)
 
 
+@extend_schema(parameters=[openapi.USER_PARAMETER], responses=openapi.answers({204: None}, 400))
 class ReleaseView(WeckrAPIView):
     """``DELETE /api/v1/reserve/<id>?userId=``: the reserved call was never made."""
 
     def delete(self, request: Request, reservation: str) -> Response:
         user_id = request.query_params.get("userId", "")
         try:
-            held = reservation_id({"reservationId": reservation}, "reservationId")
+            held = reservation_id({"reservationId": reservation})
+            text_value("userId", user_id, max_length=TEXT_FIELDS["userId"].max_length)
         except WireError as error:
             raise BadRequest(error.message, error.field) from None
-        if not user_id or len(user_id) > _MAX_QUERY_VALUE or "\x00" in user_id:
+        if not user_id:
             raise BadRequest("userId is required: the user the reservation was for.", "userId")
         assert held is not None
         try:
@@ -294,6 +307,7 @@ class ReleaseView(WeckrAPIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+@extend_schema(responses=openapi.answers({200: openapi.OBJECT}))
 class MeView(WeckrAPIView):
     """``GET /api/v1/me``: the project this key belongs to."""
 
@@ -310,6 +324,7 @@ class MeView(WeckrAPIView):
         )
 
 
+@extend_schema(responses=openapi.answers({200: openapi.OBJECT}, 404))
 class StatsView(WeckrAPIView):
     """``GET /api/v1/stats/<project_id>``: the current month (project timezone)."""
 
@@ -350,6 +365,7 @@ class StatsView(WeckrAPIView):
         )
 
 
+@extend_schema(responses=openapi.answers({200: openapi.OBJECT}, 404))
 class UsersView(WeckrAPIView):
     """``GET /api/v1/users/<project_id>``: this month's margin per user, worst first."""
 

@@ -1,0 +1,68 @@
+"""While the database is unreachable the API answers 503 with ``Retry-After``, not 500."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.db import InterfaceError, OperationalError
+from django.db.backends.utils import CursorWrapper
+
+from tests.api.conftest import Api, event
+from weckr_django.api.views import RETRY_AFTER_SECONDS
+
+GoDown = Callable[..., None]
+
+
+@pytest.fixture
+def database_down(api: Api) -> Iterator[GoDown]:
+    """``go_down(error, statement="")``: every statement containing ``statement``
+    fails with ``error`` from then on, as when the server goes away. Up again before
+    the test database is torn down."""
+    with ExitStack() as patches:
+
+        def go_down(error: type[Exception], statement: str = "") -> None:
+            execute = CursorWrapper._execute  # type: ignore[attr-defined]
+
+            def failing(self: CursorWrapper, sql: str, params: Any, *args: Any) -> Any:
+                if statement in sql:
+                    raise error("connection to server at 127.0.0.1, port 5432 failed")
+                return execute(self, sql, params, *args)
+
+            patches.enter_context(mock.patch.object(CursorWrapper, "_execute", failing))
+
+        yield go_down
+
+
+def assert_unavailable(response: Any) -> None:
+    assert response.status_code == 503, response.content
+    assert response.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    assert response.json() == {"error": "The database is unavailable; try again.", "field": None}
+
+
+@pytest.mark.parametrize("error", [OperationalError, InterfaceError])
+def test_every_endpoint_is_503_while_the_database_is_down(
+    api: Api, database_down: GoDown, error: type[Exception]
+) -> None:
+    database_down(error)
+
+    assert_unavailable(api.get("me"))
+    assert_unavailable(api.get("check", {"userId": "u1", "planName": "pro"}))
+    assert_unavailable(api.post("log", event()))
+    assert_unavailable(api.get(f"stats/{api.project.pk}"))
+
+
+def test_a_database_lost_in_the_middle_of_an_ingest_is_503(api: Api, database_down: GoDown) -> None:
+    database_down(OperationalError, "INSERT INTO")
+
+    assert_unavailable(api.post("log", event()))
+    assert_unavailable(api.post("log/batch", {"events": [event(), event()]}))
+
+
+def test_the_schema_needs_no_database(client: Any, database_down: GoDown) -> None:
+    database_down(OperationalError)
+
+    assert client.get("/api/v1/schema").status_code == 200
