@@ -51,7 +51,7 @@ def new_event_id() -> str:
 utc_now: Callable[[], datetime] = functools.partial(datetime.now, UTC)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class TokenUsage:
     """Token counts of one LLM call, in one convention for every provider.
 
@@ -131,12 +131,12 @@ class UsageRecord:
     def token_usage(self) -> TokenUsage:
         """The record's counts as a ``TokenUsage`` (the inverse of ``apply_usage``)."""
         return TokenUsage(
-            self.input_tokens,
-            self.output_tokens,
-            self.cached_input_tokens,
-            self.cache_creation_tokens,
-            self.reasoning_tokens,
-            self.usage_reported,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cached_input_tokens=self.cached_input_tokens,
+            cache_creation_tokens=self.cache_creation_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            reported=self.usage_reported,
         )
 
     def apply_usage(self, usage: TokenUsage) -> None:

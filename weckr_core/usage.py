@@ -136,14 +136,12 @@ def usage_from_langchain(usage_metadata: Any) -> TokenUsage:
     cache_creation = count(field(input_details, "cache_creation"))
     cache_creation = min(cache_creation, max(0, input_total - cache_read))
     input_tokens = input_total - cache_creation
-    # Positional (input, output, cached input, cache creation, reasoning): this runs
-    # once per LangChain model call.
     return TokenUsage(
-        input_tokens,
-        output_tokens,
-        min(cache_read, input_tokens),
-        cache_creation,
-        min(count(field(output_details, "reasoning")), output_tokens),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_input_tokens=min(cache_read, input_tokens),
+        cache_creation_tokens=cache_creation,
+        reasoning_tokens=min(count(field(output_details, "reasoning")), output_tokens),
     )
 
 

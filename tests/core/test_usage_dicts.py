@@ -25,7 +25,13 @@ def test_openai_chat_completions_usage() -> None:
             }
         }
     )
-    assert usage == TokenUsage(1200, 300, 1024, 0, 200)
+    assert usage == TokenUsage(
+        input_tokens=1200,
+        output_tokens=300,
+        cached_input_tokens=1024,
+        cache_creation_tokens=0,
+        reasoning_tokens=200,
+    )
 
 
 def test_openai_responses_api_usage() -> None:
@@ -37,7 +43,13 @@ def test_openai_responses_api_usage() -> None:
             "output_tokens_details": {"reasoning_tokens": 64},
         }
     )
-    assert usage == TokenUsage(50, 70, 10, 0, 64)
+    assert usage == TokenUsage(
+        input_tokens=50,
+        output_tokens=70,
+        cached_input_tokens=10,
+        cache_creation_tokens=0,
+        reasoning_tokens=64,
+    )
 
 
 def test_anthropic_folds_cache_reads_into_input_and_keeps_writes_apart() -> None:
@@ -51,7 +63,13 @@ def test_anthropic_folds_cache_reads_into_input_and_keeps_writes_apart() -> None
             }
         }
     )
-    assert usage == TokenUsage(1020, 5, 1000, 300, 0)
+    assert usage == TokenUsage(
+        input_tokens=1020,
+        output_tokens=5,
+        cached_input_tokens=1000,
+        cache_creation_tokens=300,
+        reasoning_tokens=0,
+    )
     assert usage.total_tokens == 1325
 
 
@@ -66,7 +84,13 @@ def test_gemini_thoughts_count_as_output() -> None:
             }
         }
     )
-    assert usage == TokenUsage(100, 100, 30, 0, 60)
+    assert usage == TokenUsage(
+        input_tokens=100,
+        output_tokens=100,
+        cached_input_tokens=30,
+        cache_creation_tokens=0,
+        reasoning_tokens=60,
+    )
 
 
 def test_langchain_usage_metadata_takes_cache_writes_out_of_input() -> None:
@@ -80,7 +104,13 @@ def test_langchain_usage_metadata_takes_cache_writes_out_of_input() -> None:
             "output_token_details": {"reasoning": 20},
         }
     )
-    assert usage == TokenUsage(1020, 50, 1000, 300, 20)
+    assert usage == TokenUsage(
+        input_tokens=1020,
+        output_tokens=50,
+        cached_input_tokens=1000,
+        cache_creation_tokens=300,
+        reasoning_tokens=20,
+    )
 
 
 def test_litellm_usage_with_anthropic_cache_fields() -> None:
@@ -94,7 +124,13 @@ def test_litellm_usage_with_anthropic_cache_fields() -> None:
             "prompt_tokens_details": {"cached_tokens": 1000},
         }
     )
-    assert usage == TokenUsage(1020, 50, 1000, 300, 0)
+    assert usage == TokenUsage(
+        input_tokens=1020,
+        output_tokens=50,
+        cached_input_tokens=1000,
+        cache_creation_tokens=300,
+        reasoning_tokens=0,
+    )
 
 
 def test_missing_usage_is_flagged_not_zero() -> None:

@@ -77,7 +77,14 @@ def response_with(usage_metadata: Any) -> LLMResult:
 def test_usage_metadata_is_read_in_our_convention(
     shape: Any, counts: tuple[int, int, int, int, int]
 ) -> None:
-    expected = TokenUsage(*counts)
+    given, output, cached, writes, reasoning = counts
+    expected = TokenUsage(
+        input_tokens=given,
+        output_tokens=output,
+        cached_input_tokens=cached,
+        cache_creation_tokens=writes,
+        reasoning_tokens=reasoning,
+    )
     record = UsageRecord(model="gpt-4o", provider="unknown")
 
     record_result(record, response_with(shape))
