@@ -5,26 +5,19 @@ from __future__ import annotations
 import threading
 from decimal import Decimal
 
-import psycopg
 import pytest
-from django.conf import settings
 from django.db import connection
 
 from weckr_django.backend import DjangoBackend
 from weckr_django.models import Plan, Project
 
+from .database import open_test_database
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def terminate(pid: int) -> None:
-    db = settings.DATABASES["default"]
-    with psycopg.connect(
-        host=str(db["HOST"]),
-        port=str(db["PORT"]),
-        user=str(db["USER"]),
-        dbname=str(db["NAME"]),
-        autocommit=True,
-    ) as admin:
+    with open_test_database() as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
 

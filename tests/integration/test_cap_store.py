@@ -6,7 +6,6 @@ import os
 from collections.abc import Iterator
 from decimal import Decimal
 
-import psycopg
 import pytest
 import redis
 from django.conf import settings
@@ -20,6 +19,7 @@ from weckr_django.models import MonthlyUserSpend, Plan, Project
 from weckr_django.stores import CapStoreUnavailable, RedisCapStore, SpendKey, cap_store
 
 from ..django.helpers import make_record
+from .database import open_test_database
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,13 +40,10 @@ def project_with_cap(cap: Decimal) -> Project:
 
 
 def other_connection_sees_holds() -> int:
-    db = settings.DATABASES["default"]
-    with psycopg.connect(
-        host=str(db["HOST"]), port=str(db["PORT"]), user=str(db["USER"]), dbname=str(db["NAME"])
-    ) as other:
+    with open_test_database() as other:
         row = other.execute("SELECT count(*) FROM weckr_django_capreservation").fetchone()
-    assert row is not None
-    return int(row[0])
+    assert row is not None and isinstance(row[0], int)
+    return row[0]
 
 
 def test_a_hold_made_inside_the_callers_transaction_is_committed_at_once() -> None:
@@ -68,14 +65,7 @@ def test_a_store_connection_dropped_by_the_server_fails_one_call_then_reconnects
     key = SpendKey.of(project, "u1")
     first = store.reserve(key, PER_CALL, Decimal(5), 60)
     assert first.reservation_id is not None
-    db = settings.DATABASES["default"]
-    with psycopg.connect(
-        host=str(db["HOST"]),
-        port=str(db["PORT"]),
-        user=str(db["USER"]),
-        dbname=str(db["NAME"]),
-        autocommit=True,
-    ) as admin:
+    with open_test_database() as admin:
         # The store's own connection: the one whose last statement ended a reservation.
         dropped = admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
