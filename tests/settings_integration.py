@@ -34,7 +34,12 @@ CELERY_RESULT_BACKEND = _REDIS
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_DEFAULT_QUEUE = f"weckr-it-{RUN_TOKEN}"
-CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"weckr-it-{RUN_TOKEN}:"}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "global_keyprefix": f"weckr-it-{RUN_TOKEN}:",
+    # As recommended (weckr.W005); the broker fault tests shorten it.
+    "visibility_timeout": int(os.environ.get("WECKR_IT_VISIBILITY_TIMEOUT", "600")),
+}
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_RESULT_EXPIRES = 600
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

@@ -477,13 +477,18 @@ class DjangoBackend(Backend):
             spool.done(event.event_id for event in claimed)
 
     def _send_to_celery(self, records: list[UsageRecord]) -> None:
-        from weckr_django.tasks import record_usage
+        from weckr_django.tasks import PUBLISH_RETRY, record_usage
 
         project_id = str(self.project().pk)
         payloads = [record.to_wire() for record in records]
         for attempt, delay in enumerate((*_BROKER_RETRY_DELAYS, None)):
             try:
-                record_usage.delay(payloads, project_id)
+                # No result is awaited (subscribing to one waits ~20 s for a Redis
+                # that is down), and Celery's retries are short: ours, then the
+                # spool, take over.
+                record_usage.apply_async(
+                    (payloads, project_id), ignore_result=True, retry_policy=PUBLISH_RETRY
+                )
                 return
             except Exception:
                 if delay is None:

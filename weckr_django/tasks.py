@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Final, Literal, TypedDict
 
 from celery import Task, shared_task
 from django.core.exceptions import ValidationError
@@ -37,6 +37,9 @@ from weckr_django.stores import delete_expired_reservations
 
 logger = logging.getLogger("weckr_django")
 
+# Celery's retries when publishing (its default waits long for a broker that is down):
+# whoever publishes retries, spools or runs the task here instead.
+PUBLISH_RETRY: Final = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
 _DB_ERRORS = (OperationalError, InterfaceError)
 ALERT_MAX_RETRIES = 5
 
@@ -221,7 +224,16 @@ def run_task(task: Task[Any, Any], *args: Any) -> None:
     (see the module docstring), logging rather than raising its errors."""
     route = _task_route()
     if route == "broker":
-        task.delay(*args)
+        try:
+            task.apply_async(args, ignore_result=True, retry_policy=PUBLISH_RETRY)
+        except Exception as error:
+            # The broker is away: the work is not lost, it runs in this process.
+            logger.warning(
+                "Weckr: could not queue %s (%s); running it in this process instead.",
+                task.name,
+                error,
+            )
+            local_tasks.submit(task, args)
     elif route == "here":
         _run_here(task, args)
     else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import random
 import socket
 import sys
 import threading
@@ -57,6 +58,8 @@ class Reply:
     delay: float = 0.0
     raw: bytes | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Process the request, then close the connection without answering.
+    drop: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class FakeWeckrServer:
         self._requests: list[ReceivedRequest] = []
         self._accepted: dict[str, dict[str, Any]] = {}
         self._duplicates = 0
+        self._flaky: tuple[float, random.Random] | None = None
         self._connections: set[socket.socket] = set()
         self._httpd = _Server(("127.0.0.1", 0), _Handler, self)
         self._thread = threading.Thread(
@@ -160,6 +164,13 @@ class FakeWeckrServer:
         with self._lock:
             return self._duplicates
 
+    def make_flaky(self, fraction: float, seed: int = 0) -> None:
+        """From now on, ``fraction`` of the usage posts fail: half answered 503 without
+        storing anything, half stored and then cut off without an answer (the client
+        cannot tell they landed). ``fraction`` 0 ends it."""
+        with self._lock:
+            self._flaky = (fraction, random.Random(seed)) if fraction else None
+
     def _answer(
         self, method: str, target: str, headers: dict[str, str], body: Any, client_port: int
     ) -> Reply:
@@ -171,6 +182,13 @@ class FakeWeckrServer:
             reply = queued.popleft() if queued else self._replies.get(path)
             if reply is None:
                 reply = _default_reply(method, path)
+            if self._flaky is not None and path in (LOG_PATH, BATCH_PATH):
+                fraction, chance = self._flaky
+                draw = chance.random()
+                if draw < fraction / 2:
+                    reply = Reply(503)
+                elif draw < fraction:
+                    reply = dataclasses.replace(reply, drop=True)
             status, payload = reply.status, reply.body
             if 200 <= status < 300 and path in (LOG_PATH, BATCH_PATH):
                 status, payload = self._accept(path, _events(path, body), reply)
@@ -285,7 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {name.lower(): value for name, value in self.headers.items()}
         fake = self.server.fake
         reply = fake._answer(self.command, self.path, headers, body, self.client_address[1])
-        if reply.delay and fake._stopped.wait(reply.delay):
+        if (reply.delay and fake._stopped.wait(reply.delay)) or reply.drop:
             self.close_connection = True
             return
         payload = reply.raw or b""

@@ -259,3 +259,28 @@ def test_a_sender_killed_mid_delivery_loses_nothing_that_reached_the_spool(
     landed = [event["eventId"] for event in server.accepted_events]
     assert len(landed) == len(set(landed)) == count  # 0 lost, each stored once
     assert errors == []
+
+
+def test_a_flaky_server_loses_nothing_and_stores_each_event_once(
+    server: FakeWeckrServer, tmp_path: Path
+) -> None:
+    """30% of posts fail: half answered 503, half stored but never answered."""
+    server.make_flaky(0.3, seed=7)
+    errors: list[BaseException] = []
+    backend = spooled_backend(server, tmp_path / "spool.db", errors)
+    records = [usage(n) for n in range(1_000)]
+    for record in records:
+        backend.record(record)
+        if record.event_id.endswith("0"):
+            time.sleep(0.001)  # many small batches, so many posts
+
+    assert backend.flush(timeout=60)
+    server.make_flaky(0)
+    backend.close(timeout=1)
+
+    assert sorted(event["eventId"] for event in server.accepted_events) == sorted(
+        record.event_id for record in records
+    )  # 0 lost; the server kept each once (a re-sent event it had is a duplicate)
+    assert server.duplicates > 0  # some posts did land unanswered, and were sent again
+    # Nothing was reported as lost, only as kept for a retry.
+    assert all("kept in the spool" in str(error) for error in errors)

@@ -32,7 +32,7 @@ def test_a_restart_mid_stream_loses_nothing_duplicates_nothing_and_caps_come_bac
             )
             racers.setup("0")  # the plan "free" capped at $0: its user "racer" is blocked
             producer = subprocess.Popen(
-                [sys.executable, "-m", "tests.integration.restart_producer", str(EVENTS)],
+                [sys.executable, "-m", "tests.integration.outage_producer", str(EVENTS)],
                 cwd=ROOT,
                 env=racers.env,
                 stdout=subprocess.PIPE,

@@ -1,14 +1,16 @@
-"""Run as ``python -m tests.integration.restart_producer COUNT``, with
-``tests.settings`` on the database of ``WECKR_TEST_DATABASE_URL``: record COUNT
-usage events through ``DjangoBackend`` ("thread" delivery, the spool of
-``WECKR_SPOOL``), printing ``sent N`` as it goes; then wait until every event is
-delivered and the capped user ``racer`` is blocked again, and print the outcome as
-JSON. The test stops and starts the database meanwhile."""
+"""Run as ``python -m tests.integration.outage_producer COUNT``: record COUNT usage
+events through ``DjangoBackend`` (the delivery of ``WECKR_DELIVERY``, "thread" by
+default, and the spool of ``WECKR_SPOOL``), printing ``sent N`` as it goes; then
+wait until every event is delivered (ingested, or handed to the broker) and a user
+of the capped plan "free" is blocked again, and print the outcome as JSON. The test
+stops and starts the database or the broker meanwhile."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 import time
 
@@ -16,6 +18,7 @@ import django
 
 
 def main() -> None:
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: every thread's stack
     django.setup()
     from django.conf import settings
 
@@ -25,7 +28,7 @@ def main() -> None:
 
     settings.WECKR = {
         **settings.WECKR,
-        "DELIVERY": "thread",
+        "DELIVERY": os.environ.get("WECKR_DELIVERY", "thread"),
         "SPOOL": os.environ["WECKR_SPOOL"],
         "DEFAULT_PROJECT": os.environ["WECKR_DEFAULT_PROJECT"],
     }
@@ -50,14 +53,17 @@ def main() -> None:
                 allowed_while_away += 1  # fail open while the database is away
         time.sleep(0.004)
 
-    deadline = time.monotonic() + 120
+    started = time.monotonic()
+    deadline = started + 120
     delivered = False
     while time.monotonic() < deadline:
         health = backend.health()
         if not health["queued"] and not health["spooled"]:
             delivered = True
             break
-        time.sleep(0.2)
+        print(f"{time.monotonic() - started:6.1f} s waiting: {health}", file=sys.stderr)
+        time.sleep(1)
+    print(f"{time.monotonic() - started:6.1f} s delivered: {delivered}", file=sys.stderr)
     capped_again = False
     while time.monotonic() < deadline:
         # A user this process never asked about: decided by the database again.
