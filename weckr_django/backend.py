@@ -202,6 +202,10 @@ class DjangoBackend(Backend):
         self._opened_spool: Spool | None = None
         self._refusals = KnownRefusals()
         self._outage_logged_at: float | None = None
+        # For health(), written by the recorder thread.
+        self._retries = 0
+        self._dropped = 0
+        self._last_error: str | None = None
         self._init_queue()
         lifecycle.watch(self)
 
@@ -215,7 +219,7 @@ class DjangoBackend(Backend):
             name=RECORDER_THREAD,
             max_batch=MAX_BATCH,
             max_queue=self._max_queue,
-            on_drop=_log_dropped,
+            on_drop=self._log_dropped,
             on_idle=self._when_idle,
             idle_every=SPOOL_RETRY_SECONDS,
         )
@@ -391,14 +395,18 @@ class DjangoBackend(Backend):
         return spool
 
     def health(self) -> dict[str, Any]:
-        """Events waiting for the recorder thread (``thread`` and ``celery``
-        delivery); the database or the broker is the durable store after that."""
+        """See ``Backend.health``: ``queued`` counts the events waiting for the
+        recorder thread ("thread" and "celery" delivery); ``retries`` the batches
+        tried again; ``dropped`` the events lost to a full queue or spool."""
         spool = self._spool(create=False)
         stats = None if spool is None else spool.stats()
         return {
             "queued": self._recorder.pending,
             "spooled": None if stats is None else stats.events,
             "oldest_spooled_seconds": None if stats is None else stats.oldest_age_seconds,
+            "retries": self._retries,
+            "dropped": self._dropped,
+            "last_error": self._last_error,
         }
 
     @staticmethod
@@ -409,12 +417,21 @@ class DjangoBackend(Backend):
         except Exception:
             logger.debug("Weckr: closing the recorder's connection failed.", exc_info=True)
 
+    def _log_dropped(self, records: list[UsageRecord]) -> None:
+        self._dropped += len(records)
+        logger.error(
+            "Weckr: the usage queue is full; %d event(s) were not recorded: %s",
+            len(records),
+            ", ".join(record.event_id for record in records),
+        )
+
     def _deliver(self, records: list[UsageRecord]) -> None:
         """One batch of the recorder thread. What the database or the broker cannot
         take now goes to the spool; without one, it is logged by id."""
         try:
             self._deliver_now(records)
         except Exception as error:
+            self._last_error = f"{type(error).__name__}: {error}"
             spool = self._spool()
             if spool is None or not _unavailable(error, self.delivery()):
                 logger.exception(
@@ -433,6 +450,7 @@ class DjangoBackend(Backend):
                 error,
             )
             if refused:
+                self._dropped += len(refused)
                 logger.error(
                     "Weckr: the spool is full; %d event(s) were not recorded: %s",
                     len(refused),
@@ -469,6 +487,8 @@ class DjangoBackend(Backend):
             try:
                 self._deliver_now(records)
             except Exception as error:
+                self._retries += 1
+                self._last_error = f"{type(error).__name__}: {error}"
                 spool.unclaim(event.event_id for event in claimed)
                 self._spool_drain_after = time.monotonic() + SPOOL_RETRY_SECONDS
                 logger.warning("Weckr: the spool's events are not delivered yet: %s", error)
@@ -493,6 +513,7 @@ class DjangoBackend(Backend):
             except Exception:
                 if delay is None:
                     raise
+                self._retries += 1
                 logger.warning(
                     "Weckr: queueing %d usage event(s) failed (attempt %d); retrying.",
                     len(records),
@@ -535,6 +556,7 @@ class DjangoBackend(Backend):
             except (OperationalError, InterfaceError):
                 if delay is None or on_caller_thread:
                     raise
+                self._retries += 1
                 logger.warning(
                     "Weckr: database unavailable recording %d event(s) (attempt %d); retrying.",
                     len(records),
@@ -575,14 +597,6 @@ def _unavailable(error: BaseException, delivery: Delivery) -> bool:
 
 def _wire_json(record: UsageRecord) -> bytes:
     return json.dumps(record.to_wire()).encode()
-
-
-def _log_dropped(records: list[UsageRecord]) -> None:
-    logger.error(
-        "Weckr: the usage queue is full; %d event(s) were not recorded: %s",
-        len(records),
-        ", ".join(record.event_id for record in records),
-    )
 
 
 def _validated(records: list[UsageRecord]) -> list[UsageRecord]:

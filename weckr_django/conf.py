@@ -190,14 +190,16 @@ def celery_broker_configured() -> bool:
     """True when tasks go to a real broker: a broker URL is configured (Django settings
     or the current Celery app) and tasks are not run eagerly."""
     broker = getattr(settings, "CELERY_BROKER_URL", None)
-    eager = bool(getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False))
-    try:
-        from celery import current_app
-    except ImportError:  # pragma: no cover - celery is an optional dependency
-        return bool(broker) and not eager
-    conf = current_app.conf
-    broker = broker or conf.get("broker_url")
-    eager = eager or bool(conf.get("task_always_eager"))
+    eager = getattr(settings, "CELERY_TASK_ALWAYS_EAGER", None)
+    if broker is None or eager is None:
+        # Not in Django's settings (the CELERY_ namespace): the Celery app's own.
+        try:
+            from celery import current_app
+        except ImportError:  # pragma: no cover - celery is an optional dependency
+            return bool(broker) and not eager
+        conf = current_app.conf
+        broker = conf.get("broker_url") if broker is None else broker
+        eager = conf.get("task_always_eager") if eager is None else eager
     return bool(broker) and not eager
 
 

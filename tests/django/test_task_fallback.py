@@ -24,8 +24,13 @@ def test_a_task_the_broker_refuses_runs_here(
     def broker_down(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
+    # Load the Celery app's configuration now, from the test settings: loaded inside
+    # the override below, it would keep that broker for every later test.
+    assert current_app.conf.task_always_eager
     monkeypatch.setitem(current_app.conf, "task_always_eager", False)
+    # The alert it raises is sent by a task too: both find the broker down.
     monkeypatch.setattr(tasks.unknown_plan_refused, "apply_async", broker_down)
+    monkeypatch.setattr(tasks.dispatch_alert, "apply_async", broker_down)
     with override_settings(
         CELERY_TASK_ALWAYS_EAGER=False, CELERY_BROKER_URL="redis://127.0.0.1:1/0"
     ):

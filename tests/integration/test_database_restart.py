@@ -56,6 +56,8 @@ def test_a_restart_mid_stream_loses_nothing_duplicates_nothing_and_caps_come_bac
 
     assert "kept in the spool" in log  # the outage outlasted the recorder's retries
     assert outcome["delivered"], outcome
+    health = outcome["health"]
+    assert health["retries"] > 0 and health["dropped"] == 0 and health["last_error"]
     assert row == (EVENTS, EVENTS)  # 0 lost, 0 duplicated
     assert outcome["allowed_while_away"] == 0, outcome  # a capped user stays capped
     assert outcome["capped_again"], outcome
