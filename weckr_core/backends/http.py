@@ -240,6 +240,7 @@ class HttpBackend(Backend):
         )
         self._send_client: httpx.Client | None = None  # the sender thread's own
         self._drain_after = 0.0  # monotonic time before which the spool is left alone
+        self._drain_failures = 0  # failed drains in a row
         self._stopping = threading.Event()  # ends retries' waits when closing
 
     def _after_fork_in_child(self) -> None:
@@ -626,7 +627,6 @@ class HttpBackend(Backend):
         if spool is None or time.monotonic() < self._drain_after:
             return
         client = self._client()
-        failures = 0
         for _ in range(batches):
             claimed = spool.claim(self._max_batch_size)
             if not claimed:
@@ -635,11 +635,14 @@ class HttpBackend(Backend):
                 self._send_events(client, [(event.event_id, event.body) for event in claimed])
             )
             spool.done(event.event_id for event in claimed if event.event_id not in undelivered)
-            if undelivered:
+            if not undelivered:
+                self._drain_failures = 0
+            else:
                 spool.unclaim(undelivered)
                 self._health.retries += len(undelivered)
-                failures += 1
-                delay = self._backoff[min(failures - 1, len(self._backoff) - 1)]
+                # Backing off further with each failed drain, up to the last delay.
+                self._drain_failures += 1
+                delay = self._backoff[min(self._drain_failures - 1, len(self._backoff) - 1)]
                 self._drain_after = time.monotonic() + max(delay, self._health.retry_after)
                 first_tries = [
                     e.event_id for e in claimed if e.attempts == 1 and e.event_id in undelivered
