@@ -21,6 +21,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import (
     DEFAULT_DB_ALIAS,
@@ -573,8 +575,9 @@ class DjangoBackend(Backend):
 
 
 def spool_path() -> Path | None:
-    """``WECKR["SPOOL"]`` as a path: "auto" is a file beside the default database
-    when that is a SQLite file (a directory the app can write), else no spool."""
+    """``WECKR["SPOOL"]`` as a path. "auto": beside the default database when that is
+    a SQLite file, else in ``settings.BASE_DIR`` when the app can write there, else
+    no spool."""
     setting = weckr_settings.SPOOL
     if setting is None:
         return None
@@ -584,6 +587,9 @@ def spool_path() -> Path | None:
     name = str(database.get("NAME") or "")
     if database.get("ENGINE", "").endswith("sqlite3") and name and "memory" not in name:
         return Path(name).resolve().parent / SPOOL_FILE_NAME
+    base = getattr(settings, "BASE_DIR", None)
+    if base is not None and os.access(base, os.W_OK):
+        return Path(base) / SPOOL_FILE_NAME
     return None
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -258,3 +259,19 @@ def test_a_reported_run_stop_becomes_one_alert_sent_on_the_projects_channels(
     [message] = mail.outbox
     assert "stopped by a loop guard" in message.subject
     assert "max_llm_calls=5 reached" in message.body
+
+
+def test_the_spool_goes_beside_a_sqlite_database_or_in_a_writable_base_dir(
+    tmp_path: Path,
+) -> None:
+    from weckr_django.backend import SPOOL_FILE_NAME, spool_path
+
+    # The test database is SQLite in memory: no file to sit beside.
+    with override_settings(BASE_DIR=tmp_path):
+        assert spool_path() == tmp_path / SPOOL_FILE_NAME
+    with override_settings(BASE_DIR=tmp_path / "not-there"):  # nowhere to write
+        assert spool_path() is None
+    with override_settings(WECKR={"SPOOL": str(tmp_path / "mine.db")}):
+        assert spool_path() == tmp_path / "mine.db"
+    with override_settings(WECKR={"SPOOL": None}, BASE_DIR=tmp_path):
+        assert spool_path() is None
