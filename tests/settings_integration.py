@@ -29,6 +29,12 @@ DATABASES = {
     }
 }
 
+if os.environ.get("WECKR_IT_DATABASE_URL"):
+    # A fault test's private PostgreSQL, for its worker and producer subprocesses.
+    from example_project.database_url import parse_database_url
+
+    DATABASES = {"default": parse_database_url(os.environ["WECKR_IT_DATABASE_URL"])}
+
 CELERY_BROKER_URL = _REDIS
 CELERY_RESULT_BACKEND = _REDIS
 CELERY_TASK_ALWAYS_EAGER = False

@@ -198,6 +198,7 @@ class DjangoBackend(Backend):
         self._project_setting = project
         self._delivery = delivery
         self._project: Project | None = None
+        self._last_project: Project | None = None  # kept through an outage
         self._project_key: object = None
         self._project_expires = 0.0
         self._max_queue = max_queue
@@ -238,8 +239,16 @@ class DjangoBackend(Backend):
         project = self._project
         now = time.monotonic()
         if project is None or self._project_key != key or now >= self._project_expires:
-            project = resolve_default_project(self._project_setting)
-            self._project, self._project_key = project, key
+            try:
+                project = resolve_default_project(self._project_setting)
+            except (OperationalError, InterfaceError):
+                # The database is away: the project read last (same setting) still
+                # names where usage goes; Celery delivery needs nothing more.
+                if self._last_project is None or self._project_key != key:
+                    raise
+                return self._last_project
+            self._project = self._last_project = project
+            self._project_key = key
             self._project_expires = now + PROJECT_REFRESH_SECONDS
         return project
 

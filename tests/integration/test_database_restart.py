@@ -10,11 +10,15 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.integration.private_postgres import PrivatePostgres
 from tests.races import ROOT, Racers
 
+from .conftest import CeleryWorker, subprocess_env, wait_until
+
 EVENTS = 2_500
+CELERY_EVENTS = 500
 DOWN_SECONDS = 9.0  # longer than DjangoBackend's own retries (0.5 + 2 + 5 s)
 
 
@@ -61,3 +65,58 @@ def test_a_restart_mid_stream_loses_nothing_duplicates_nothing_and_caps_come_bac
     assert row == (EVENTS, EVENTS)  # 0 lost, 0 duplicated
     assert outcome["allowed_while_away"] == 0, outcome  # a capped user stays capped
     assert outcome["capped_again"], outcome
+
+
+def test_a_restart_with_celery_delivery_loses_nothing_and_duplicates_nothing(
+    celery_worker: CeleryWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's ingest fails while the database is away; its retries (with
+    backoff) store every event once it is back."""
+    with PrivatePostgres() as postgres:
+        postgres.create_database("weckr")
+        url = postgres.url("weckr")
+        racers = Racers(
+            {"DJANGO_SETTINGS_MODULE": "tests.settings", "WECKR_TEST_DATABASE_URL": url}
+        )
+        racers.setup("0")
+        monkeypatch.setenv("WECKR_IT_DATABASE_URL", url)
+        celery_worker.start()
+        producer = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.outage_producer", str(CELERY_EVENTS)],
+            cwd=ROOT,
+            env={
+                **subprocess_env(),
+                "WECKR_DELIVERY": "celery",
+                "WECKR_SPOOL": "",
+                "WECKR_DEFAULT_PROJECT": racers.project,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert producer.stdout is not None
+        while producer.stdout.readline().strip() != "sent 200":
+            pass
+        postgres.stop()
+        time.sleep(DOWN_SECONDS)
+        postgres.start()
+        lines = producer.stdout.read().strip().splitlines()
+        assert producer.wait(180) == 0
+        outcome = json.loads(lines[-1])
+
+        def stored() -> tuple[int, int]:
+            with psycopg.connect(url) as connection:
+                row = connection.execute(
+                    "SELECT count(*), count(DISTINCT event_id) FROM weckr_django_usageevent"
+                ).fetchone()
+            assert row is not None
+            return int(row[0]), int(row[1])
+
+        # One worker runs each event's task and two follow-ups: it takes a while.
+        assert wait_until(lambda: stored()[0] >= CELERY_EVENTS, timeout=150), stored()
+        time.sleep(3)  # a late retry of an event already stored is dropped, not added
+        counts = stored()
+        celery_worker.stop()  # before its database goes
+
+    assert outcome["delivered"], outcome
+    assert counts == (CELERY_EVENTS, CELERY_EVENTS)  # 0 lost, 0 duplicated
