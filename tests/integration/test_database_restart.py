@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -20,6 +21,41 @@ from .conftest import CeleryWorker, subprocess_env, wait_until
 EVENTS = 2_500
 CELERY_EVENTS = 500
 DOWN_SECONDS = 9.0  # longer than DjangoBackend's own retries (0.5 + 2 + 5 s)
+
+
+def produce_through_a_restart(
+    postgres: PrivatePostgres, env: dict[str, str], events: int, stop_at: int, log: Any
+) -> dict[str, Any]:
+    """Run ``outage_producer`` for ``events`` events, stop the database once
+    ``stop_at`` are sent, start it again ``DOWN_SECONDS`` later; its outcome."""
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.outage_producer", str(events)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    assert producer.stdout is not None
+    while producer.stdout.readline().strip() != f"sent {stop_at}":
+        pass
+    postgres.stop()
+    time.sleep(DOWN_SECONDS)
+    postgres.start()
+    lines = producer.stdout.read().strip().splitlines()
+    assert producer.wait(180) == 0
+    outcome: dict[str, Any] = json.loads(lines[-1])
+    return outcome
+
+
+def stored_events(url: str) -> tuple[int, int]:
+    """Events stored, and distinct event ids among them."""
+    with psycopg.connect(url) as connection:
+        row = connection.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM weckr_django_usageevent"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def test_a_restart_mid_stream_loses_nothing_duplicates_nothing_and_caps_come_back() -> None:
@@ -35,28 +71,10 @@ def test_a_restart_mid_stream_loses_nothing_duplicates_nothing_and_caps_come_bac
                 }
             )
             racers.setup("0")  # the plan "free" capped at $0: its user "racer" is blocked
-            producer = subprocess.Popen(
-                [sys.executable, "-m", "tests.integration.outage_producer", str(EVENTS)],
-                cwd=ROOT,
-                env=racers.env,
-                stdout=subprocess.PIPE,
-                stderr=(folder / "producer.log").open("w"),
-                text=True,
-            )
-            assert producer.stdout is not None
-            while producer.stdout.readline().strip() != "sent 500":
-                pass
-            postgres.stop()
-            time.sleep(DOWN_SECONDS)
-            postgres.start()
-            lines = producer.stdout.read().strip().splitlines()
-            assert producer.wait(180) == 0
-            outcome = json.loads(lines[-1])
+            with (folder / "producer.log").open("w") as log_file:
+                outcome = produce_through_a_restart(postgres, racers.env, EVENTS, 500, log_file)
             log = (folder / "producer.log").read_text()
-            with psycopg.connect(postgres.url("weckr")) as connection:
-                row = connection.execute(
-                    "SELECT count(*), count(DISTINCT event_id) FROM weckr_django_usageevent"
-                ).fetchone()
+            row = stored_events(postgres.url("weckr"))
 
     assert "kept in the spool" in log  # the outage outlasted the recorder's retries
     assert outcome["delivered"], outcome
@@ -81,41 +99,19 @@ def test_a_restart_with_celery_delivery_loses_nothing_and_duplicates_nothing(
         racers.setup("0")
         monkeypatch.setenv("WECKR_IT_DATABASE_URL", url)
         celery_worker.start()
-        producer = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.outage_producer", str(CELERY_EVENTS)],
-            cwd=ROOT,
-            env={
-                **subprocess_env(),
-                "WECKR_DELIVERY": "celery",
-                "WECKR_SPOOL": "",
-                "WECKR_DEFAULT_PROJECT": racers.project,
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert producer.stdout is not None
-        while producer.stdout.readline().strip() != "sent 200":
-            pass
-        postgres.stop()
-        time.sleep(DOWN_SECONDS)
-        postgres.start()
-        lines = producer.stdout.read().strip().splitlines()
-        assert producer.wait(180) == 0
-        outcome = json.loads(lines[-1])
-
-        def stored() -> tuple[int, int]:
-            with psycopg.connect(url) as connection:
-                row = connection.execute(
-                    "SELECT count(*), count(DISTINCT event_id) FROM weckr_django_usageevent"
-                ).fetchone()
-            assert row is not None
-            return int(row[0]), int(row[1])
+        env = {
+            **subprocess_env(),
+            "WECKR_DELIVERY": "celery",
+            "WECKR_SPOOL": "",
+            "WECKR_DEFAULT_PROJECT": racers.project,
+        }
+        outcome = produce_through_a_restart(postgres, env, CELERY_EVENTS, 200, subprocess.DEVNULL)
 
         # One worker runs each event's task and two follow-ups: it takes a while.
-        assert wait_until(lambda: stored()[0] >= CELERY_EVENTS, timeout=150), stored()
+        landed = wait_until(lambda: stored_events(url)[0] >= CELERY_EVENTS, timeout=150)
+        assert landed, stored_events(url)
         time.sleep(3)  # a late retry of an event already stored is dropped, not added
-        counts = stored()
+        counts = stored_events(url)
         celery_worker.stop()  # before its database goes
 
     assert outcome["delivered"], outcome
