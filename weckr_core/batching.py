@@ -111,12 +111,6 @@ class BatchWorker(Generic[T]):
         with self._lock:
             return self._added - self._done
 
-    @property
-    def waiting(self) -> int:
-        """Items queued and not taken yet."""
-        with self._lock:
-            return len(self._queue)
-
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every item put so far is handled; False when time ran out."""
         deadline = time.monotonic() + timeout

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,6 +120,25 @@ class Spool:
         return [
             SpooledEvent(event_id, body, attempts) for _, event_id, body, attempts in sorted(rows)
         ]
+
+    def deliver_oldest(
+        self, limit: int, send: Callable[[list[SpooledEvent]], Collection[str]]
+    ) -> tuple[list[SpooledEvent], set[str]]:
+        """Claim up to ``limit`` of the oldest events and hand them to ``send``, which
+        returns the ids it could not deliver (or raises: none delivered). The rest
+        leave the spool; those are free for the next try. Returns the events claimed
+        (none: the spool has nothing to send) and the ids not delivered."""
+        claimed = self.claim(limit)
+        if not claimed:
+            return [], set()
+        try:
+            undelivered = set(send(claimed))
+        except BaseException:
+            self.unclaim(event.event_id for event in claimed)
+            raise
+        self.done(event.event_id for event in claimed if event.event_id not in undelivered)
+        self.unclaim(undelivered)
+        return claimed, undelivered
 
     def done(self, event_ids: Iterable[str]) -> None:
         """Delivered, or refused for good: gone from the spool."""

@@ -55,7 +55,7 @@ from weckr_core.batching import BatchWorker
 from weckr_core.caps import KnownRefusals
 from weckr_core.pricing import preload_prices
 from weckr_core.records import UsageRecord
-from weckr_core.spool import Spool
+from weckr_core.spool import Spool, SpooledEvent
 from weckr_django.conf import Delivery, effective_delivery, weckr_settings
 from weckr_django.models import Project
 
@@ -486,26 +486,32 @@ class DjangoBackend(Backend):
         spool = self._spool(create=False)
         if spool is None:
             return
-        while claimed := spool.claim(MAX_BATCH):
-            from weckr_django.wire import parse_event
-
-            records = []
-            for event in claimed:
-                try:
-                    records.append(parse_event(json.loads(event.body)))
-                except Exception:  # written by us from a valid record: not expected
-                    logger.exception("Weckr: spooled event %s is unreadable.", event.event_id)
+        while True:
             try:
-                self._deliver_now(records)
+                claimed, _ = spool.deliver_oldest(MAX_BATCH, self._deliver_spooled)
             except Exception as error:
                 self._retries += 1
                 self._last_error = f"{type(error).__name__}: {error}"
-                spool.unclaim(event.event_id for event in claimed)
                 self._spool_drain_after = time.monotonic() + SPOOL_RETRY_SECONDS
                 logger.warning("Weckr: the spool's events are not delivered yet: %s", error)
                 self._release_connection()
                 return
-            spool.done(event.event_id for event in claimed)
+            if not claimed:
+                return
+
+    def _deliver_spooled(self, events: list[SpooledEvent]) -> list[str]:
+        """Deliver spooled events whole (raises when the database or broker is still
+        away); an event that cannot be read is logged and dropped."""
+        from weckr_django.wire import parse_event
+
+        records = []
+        for event in events:
+            try:
+                records.append(parse_event(json.loads(event.body)))
+            except Exception:  # written by us from a valid record: not expected
+                logger.exception("Weckr: spooled event %s is unreadable.", event.event_id)
+        self._deliver_now(records)
+        return []  # all delivered
 
     def _send_to_celery(self, records: list[UsageRecord]) -> None:
         from weckr_django.tasks import PUBLISH_RETRY, record_usage

@@ -16,7 +16,7 @@ import pytest
 from tests.core.http_server import BATCH_PATH, LOG_PATH, FakeWeckrServer, Reply
 from weckr_core.backends.http import HttpBackend, WeckrBackendError
 from weckr_core.records import UsageRecord
-from weckr_core.spool import Spool
+from weckr_core.spool import Spool, SpooledEvent
 
 API_KEY = "wk_test_123"
 
@@ -42,6 +42,23 @@ def test_events_are_kept_until_done_and_tried_again_when_unclaimed(tmp_path: Pat
     assert [(event.event_id, event.attempts) for event in again] == [("e1", 2)]
     stats = spool.stats()
     assert (stats.events, stats.claimed, stats.most_attempts) == (2, 2, 2)
+
+
+def test_deliver_oldest_drops_what_was_delivered_and_frees_the_rest(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    spool.put(events(4))
+
+    claimed, undelivered = spool.deliver_oldest(3, lambda batch: ["e1"])
+    assert [event.event_id for event in claimed] == ["e0", "e1", "e2"]
+    assert undelivered == {"e1"}
+
+    def server_away(batch: list[SpooledEvent]) -> list[str]:
+        raise ConnectionError("away")
+
+    with pytest.raises(ConnectionError):
+        spool.deliver_oldest(5, server_away)
+    assert [event.event_id for event in spool.claim(5)] == ["e1", "e3"]  # both free again
+    assert spool.deliver_oldest(5, server_away) == ([], set())  # all claimed: nothing to send
 
 
 def test_a_full_spool_refuses_new_events_and_keeps_the_oldest(tmp_path: Path) -> None:

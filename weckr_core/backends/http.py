@@ -628,17 +628,17 @@ class HttpBackend(Backend):
             return
         client = self._client()
         for _ in range(batches):
-            claimed = spool.claim(self._max_batch_size)
+            claimed, undelivered = spool.deliver_oldest(
+                self._max_batch_size,
+                lambda events: self._send_events(
+                    client, [(event.event_id, event.body) for event in events]
+                ),
+            )
             if not claimed:
                 return
-            undelivered = set(
-                self._send_events(client, [(event.event_id, event.body) for event in claimed])
-            )
-            spool.done(event.event_id for event in claimed if event.event_id not in undelivered)
             if not undelivered:
                 self._drain_failures = 0
             else:
-                spool.unclaim(undelivered)
                 self._health.retries += len(undelivered)
                 # Backing off further with each failed drain, up to the last delay.
                 self._drain_failures += 1
