@@ -46,6 +46,7 @@ from weckr_core.backends import lifecycle
 from weckr_core.backends.base import (
     ALLOW,
     Backend,
+    CapAction,
     CapDecision,
     CapRequest,
     Reservation,
@@ -289,10 +290,7 @@ class DjangoBackend(Backend):
         """``decide()`` off the event loop. A set-up mistake or an outage allows the
         call (refuses it with ``CAP_FAIL_CLOSED``), loudly, rather than failing the
         view; a user the cap refused lately stays refused meanwhile."""
-        unavailable = CapDecision(
-            "block" if weckr_settings.CAP_FAIL_CLOSED else "allow",
-            reason="cap_store_unavailable",
-        )
+        decision: CapDecision | None = None
         try:
             decision = _outside_event_loop(decide)
         except ImproperlyConfigured as error:
@@ -301,15 +299,16 @@ class DjangoBackend(Backend):
             self._log_outage(user_id, error)
             self.forget_project()
             _drop_broken_connections()
-        else:
-            if decision.reason != "cap_store_unavailable":
-                self._refusals.note(user_id, plan, decision)
-                self._outage_logged_at = None
-                return decision
-            unavailable = decision  # the store is away: decided by CAP_FAIL_CLOSED
-        if unavailable.allowed:
-            return self._refusals.recall(user_id, plan) or unavailable
-        return unavailable
+        if decision is not None and decision.reason != "cap_store_unavailable":
+            self._refusals.note(user_id, plan, decision)
+            self._outage_logged_at = None
+            return decision
+        if decision is None:  # decided here by CAP_FAIL_CLOSED, as the store does
+            action: CapAction = "block" if weckr_settings.CAP_FAIL_CLOSED else "allow"
+            decision = CapDecision(action, reason="cap_store_unavailable")
+        if decision.allowed:
+            return self._refusals.recall(user_id, plan) or decision
+        return decision
 
     def _log_outage(self, user_id: str, error: Exception) -> None:
         """The first failure of an outage with its traceback, then a line a minute."""
