@@ -8,6 +8,19 @@ from weckr_core.pricing import price_record
 from weckr_core.records import UsageRecord
 from weckr_django.models import Plan, Project
 
+# The Celery task names Weckr publishes: running workers and queued messages know
+# the tasks by these, so they never change.
+PUBLISHED_TASK_NAMES = frozenset(
+    {
+        "weckr_django.record_usage",
+        "weckr_django.detect_loops",
+        "weckr_django.record_run_stop",
+        "weckr_django.check_budgets",
+        "weckr_django.unknown_plan_refused",
+        "weckr_django.dispatch_alert",
+    }
+)
+
 
 def make_project(name: str = "Acme", **fields: Any) -> Project:
     return Project.objects.create(name=name, **fields)

@@ -11,7 +11,7 @@ from weckr_django import alert_rules, reports, tasks
 from weckr_django.ingest import ingest_records
 from weckr_django.models import ANONYMOUS_KEY, AlertLog
 
-from .helpers import make_plan, make_project, make_record
+from .helpers import PUBLISHED_TASK_NAMES, make_plan, make_project, make_record
 
 pytestmark = pytest.mark.django_db
 
@@ -28,14 +28,7 @@ def test_the_tasks_keep_their_published_names():
             tasks.dispatch_alert,
         )
     }
-    assert names == {
-        "weckr_django.record_usage",
-        "weckr_django.detect_loops",
-        "weckr_django.record_run_stop",
-        "weckr_django.check_budgets",
-        "weckr_django.unknown_plan_refused",
-        "weckr_django.dispatch_alert",
-    }
+    assert names == PUBLISHED_TASK_NAMES
 
 
 def test_a_rule_returns_its_alerts_and_sends_them_after_the_commit(
