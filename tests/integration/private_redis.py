@@ -1,5 +1,5 @@
 """A Redis server of a test's own (append-only file, fsync on every write, as the
-README recommends for a broker), to crash and restart without touching the
+README recommends for a broker), to stop or crash and restart without touching the
 machine's shared one."""
 
 from __future__ import annotations
@@ -56,6 +56,16 @@ class PrivateRedis:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM, as a service manager stops it: Redis runs its SHUTDOWN (clients
+        disconnected, the append-only file flushed) and exits 0, or this raises."""
+        if self.process is not None:
+            self.process.terminate()
+            code = self.process.wait(timeout)  # on a timeout, __exit__ kills it
+            self.process = None
+            if code != 0:
+                raise RuntimeError(f"redis-server exited {code} on SIGTERM")
 
     def crash(self) -> None:
         """SIGKILL: no shutdown save; what survives is what the append-only file has."""
