@@ -136,15 +136,28 @@ def _has_card_number(value: str) -> bool:
         for start in range(first, last):
             digits = ""
             for end in range(start, last):
-                # Cards are grouped in fours (or 4-6-5): a shorter group is a date or time.
-                if end > start and (len(groups[start]) < 3 or len(groups[end]) < 3):
-                    break
                 digits += groups[end]
                 if len(digits) > 19:
                     break
-                if len(digits) >= 13 and digits[0] in "23456" and _luhn_valid(digits):
+                if (
+                    len(digits) >= 13
+                    and digits[0] in "23456"
+                    and _grouped_like_a_card([len(group) for group in groups[start : end + 1]])
+                    and _luhn_valid(digits)
+                ):
                     return True
     return False
+
+
+def _grouped_like_a_card(lengths: list[int]) -> bool:
+    """Cards are printed in one run of digits, in fours (the last group shorter:
+    4-4-4-1, 4-4-4-4-3) or as 4-6-5 and 4-6-4. Other groupings ("3428-682065006887",
+    a date then a number) are ids."""
+    if len(lengths) == 1:
+        return True
+    if len(lengths) == 3 and lengths[:2] == [4, 6] and lengths[2] in (4, 5):
+        return True
+    return all(length == 4 for length in lengths[:-1]) and 1 <= lengths[-1] <= 4
 
 
 def _has_phone_number(value: str) -> bool:

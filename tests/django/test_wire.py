@@ -122,6 +122,9 @@ def test_ibans(value: str) -> None:
         "12345678-1234-1234-1234-123456789012",
         "abcd1234-5678-9012-3456-abcdef123456",
         "4111111111111112",  # fails Luhn
+        # Digit groups that pass Luhn but are not grouped as cards are: ids.
+        "api-3428-682065006887",
+        "order-20240806-42424246",
         "DE89370400440532013001",  # fails the IBAN check
         "192.168.100.10",
         "v1.2.3",
