@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from decimal import Decimal
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.core.cache import cache
+from django.db.backends.utils import CursorWrapper
 from django.test import Client
 
 from weckr_core.pricing import price_usage
@@ -107,3 +110,26 @@ def project(db: None) -> Project:
 def api(client: Client, project: Project) -> Api:
     _, key = ApiKey.objects.create_key(project, "tests")
     return Api(client, project, key)
+
+
+GoDown = Callable[..., None]
+
+
+@pytest.fixture
+def database_down(api: Api) -> Iterator[GoDown]:
+    """``go_down(error, statement="")``: every statement containing ``statement``
+    fails with ``error`` from then on, as when the server goes away. Up again before
+    the test database is torn down."""
+    with ExitStack() as patches:
+
+        def go_down(error: type[Exception], statement: str = "") -> None:
+            execute = CursorWrapper._execute  # type: ignore[attr-defined]
+
+            def failing(self: CursorWrapper, sql: str, params: Any, *args: Any) -> Any:
+                if statement in sql:
+                    raise error("connection to server at 127.0.0.1, port 5432 failed")
+                return execute(self, sql, params, *args)
+
+            patches.enter_context(mock.patch.object(CursorWrapper, "_execute", failing))
+
+        yield go_down

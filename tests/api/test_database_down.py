@@ -2,39 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from typing import Any
-from unittest import mock
 
 import pytest
 from django.db import InterfaceError, OperationalError
-from django.db.backends.utils import CursorWrapper
 
-from tests.api.conftest import Api, event
+from tests.api.conftest import Api, GoDown, event
 from weckr_django.api.views import RETRY_AFTER_SECONDS
-
-GoDown = Callable[..., None]
-
-
-@pytest.fixture
-def database_down(api: Api) -> Iterator[GoDown]:
-    """``go_down(error, statement="")``: every statement containing ``statement``
-    fails with ``error`` from then on, as when the server goes away. Up again before
-    the test database is torn down."""
-    with ExitStack() as patches:
-
-        def go_down(error: type[Exception], statement: str = "") -> None:
-            execute = CursorWrapper._execute  # type: ignore[attr-defined]
-
-            def failing(self: CursorWrapper, sql: str, params: Any, *args: Any) -> Any:
-                if statement in sql:
-                    raise error("connection to server at 127.0.0.1, port 5432 failed")
-                return execute(self, sql, params, *args)
-
-            patches.enter_context(mock.patch.object(CursorWrapper, "_execute", failing))
-
-        yield go_down
 
 
 def assert_unavailable(response: Any) -> None:

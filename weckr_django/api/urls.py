@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from django.urls import path
 
-from weckr_django.api import recommendations, schema, views
+from weckr_django.api import health, recommendations, schema, views
 
 app_name = "weckr_api"
 
 urlpatterns = [
+    path("health", health.health, name="health"),
+    path("ready", health.ready, name="ready"),
     path("schema", schema.SchemaView.as_view(), name="schema"),
     path("log", views.LogView.as_view(), name="log"),
     path("log/batch", views.LogBatchView.as_view(), name="log-batch"),
