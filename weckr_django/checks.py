@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -12,7 +14,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
 from django.utils.module_loading import import_string
 
-from weckr_django.conf import DELIVERY_MODES, celery_broker_configured, weckr_settings
+from weckr_django.conf import (
+    DELIVERY_MODES,
+    celery_broker_configured,
+    effective_delivery,
+    weckr_settings,
+)
 
 MIDDLEWARE_PATH = "weckr_django.middleware.WeckrMiddleware"
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
@@ -239,6 +246,68 @@ def _visibility_timeout_problem(transport: str) -> str | None:
     return None
 
 
+def check_spool(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """The spool ``DjangoBackend`` keeps usage in while the database or broker is
+    away: one it can write, or, under "auto", one at all (not with "sync" delivery,
+    which has none)."""
+    from weckr_django.backend import spool_path
+
+    setting = weckr_settings.SPOOL
+    if setting is None or weckr_settings.get("DELIVERY") not in DELIVERY_MODES:
+        return []
+    if effective_delivery() == "sync":
+        return []
+    path = spool_path()
+    if path is None:
+        return [
+            Warning(
+                "WECKR['SPOOL'] is 'auto' but the database is not a SQLite file and "
+                "BASE_DIR is not set or not writable, so there is no spool: usage the "
+                "database or broker cannot take during an outage is lost.",
+                hint="Set WECKR['SPOOL'] to a file on a writable, persistent volume, such as "
+                "'/var/lib/myapp/weckr-spool.sqlite3', or to None to run without one.",
+                id="weckr.W008",
+            )
+        ]
+    problem = _spool_problem(path)
+    if problem is None:
+        return []
+    return [
+        Warning(
+            f"The Weckr spool {str(path)!r} (WECKR['SPOOL'] = {setting!r}) cannot be "
+            f"used: {problem}. Usage the database or broker cannot take during an "
+            "outage would be lost.",
+            hint="Create the directory and let the app's user write there, or point "
+            "WECKR['SPOOL'] at a file on a writable volume.",
+            id="weckr.W007",
+        )
+    ]
+
+
+def _spool_problem(path: Path) -> str | None:
+    """Why a spool file cannot be opened at ``path`` by this process, if it cannot.
+    (The spool creates missing directories, and SQLite its -wal and -shm files
+    beside the file.)"""
+    if path.is_dir():
+        return "it is a directory; give the path of a file in it"
+    directory = path.parent
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{str(existing)!r} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == directory:
+            return f"the directory {str(directory)!r} is not writable by this process"
+        return (
+            f"the directory {str(directory)!r} does not exist and cannot be created "
+            f"({str(existing)!r} is not writable by this process)"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return "the file is not writable by this process"
+    return None
+
+
 def check_projects_and_plans(
     app_configs: Sequence[Any] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
@@ -333,4 +402,5 @@ def register_checks() -> None:
     register(Tags.compatibility)(check_settings)
     register(Tags.compatibility)(check_cap_settings)
     register(Tags.compatibility)(check_celery_delivery)
+    register(Tags.compatibility)(check_spool)
     register(Tags.compatibility)(check_projects_and_plans)

@@ -131,7 +131,8 @@ class WeckrSettings:
     def SPOOL(self) -> str | None:
         """Where ``DjangoBackend`` keeps events it cannot deliver yet (a SQLite file):
         a path; "auto" (the default) for ``weckr-spool.sqlite3`` beside a SQLite
-        database file and none otherwise; None or False for none."""
+        database file, else in a writable ``BASE_DIR``, else none (weckr.W008);
+        None or False for none."""
         value = self.get("SPOOL")
         return None if value in (None, False, "") else str(value)
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from django.conf import settings
 from django.core.checks import run_checks
@@ -101,6 +104,53 @@ def test_cap_store_setting_is_checked():
         assert "weckr.E007" not in check_ids()
     with override_settings(WECKR={"UNKNOWN_PLAN": 3}):
         assert "weckr.E008" in check_ids()
+
+
+def spool_messages(**weckr: object) -> dict[str, str]:
+    """The spool checks' messages under WECKR = ``weckr``, "thread" delivery unless said."""
+    with override_settings(WECKR={"DELIVERY": "thread", **weckr}):
+        return {
+            message.id: message.msg
+            for message in run_checks()
+            if message.id in ("weckr.W007", "weckr.W008")
+        }
+
+
+def test_a_spool_path_that_cannot_be_opened_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    under_a_file = spool_messages(SPOOL=str(tmp_path / "a-file" / "spool.sqlite3"))
+    assert "a-file' is not a directory" in under_a_file["weckr.W007"]
+    assert "is a directory" in spool_messages(SPOOL=str(tmp_path))["weckr.W007"]
+
+    missing = tmp_path / "not-yet" / "spool.sqlite3"
+    assert spool_messages(SPOOL=str(missing)) == {}  # the spool creates it at first use
+    assert not missing.parent.exists()  # and the check did not
+    assert spool_messages(SPOOL=str(tmp_path / "spool.sqlite3")) == {}
+    # "sync" delivery records on the caller's thread and keeps no spool.
+    assert spool_messages(DELIVERY="sync", SPOOL=str(tmp_path)) == {}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in any directory")
+def test_a_spool_directory_the_app_cannot_write_is_reported(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        here = spool_messages(SPOOL=str(locked / "spool.sqlite3"))
+        below = spool_messages(SPOOL=str(locked / "weckr" / "spool.sqlite3"))
+    finally:
+        locked.chmod(0o700)
+    assert "is not writable" in here["weckr.W007"]
+    assert "does not exist and cannot be created" in below["weckr.W007"]
+
+
+def test_an_auto_spool_with_nowhere_to_go_is_reported(tmp_path: Path) -> None:
+    # The test database is SQLite in memory, and the test settings have no BASE_DIR.
+    assert "there is no spool" in spool_messages()["weckr.W008"]
+    with override_settings(BASE_DIR=tmp_path):
+        assert spool_messages() == {}
+    assert spool_messages(SPOOL=None) == {}  # none, on purpose
+    assert spool_messages(DELIVERY="sync") == {}
 
 
 @pytest.mark.django_db
