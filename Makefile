@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration browser bench clean
+.PHONY: demo serve test lint typecheck unit integration browser bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python example_project/demo.py
+
+# The server as in production (gunicorn, DEBUG off) on whatever DATABASE_URL and
+# CELERY_BROKER_URL say; by default the embedded SQLite file, tasks in-process.
+serve: $(STAMP)
+	$(BIN)/python example_project/manage.py migrate --noinput
+	$(BIN)/python example_project/manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/gunicorn -c example_project/gunicorn.conf.py example_project.wsgi
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -15,7 +15,8 @@ from example_project.database_url import parse_database_url
 BASE_DIR = Path(__file__).resolve().parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "weckr-example-project-not-for-production")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+# Off unless asked: ``make demo`` asks (DJANGO_DEBUG=1); ``make serve`` does not.
+DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
 ALLOWED_HOSTS = [
     host.strip()
     for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
@@ -41,6 +42,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves collectstatic's files (the admin's, the dashboard's) without DEBUG.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -72,6 +75,11 @@ DATABASES = {
         os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
     )
 }
+# Persistent connections: a new PostgreSQL connection per request costs more than
+# the request (/check, /log). Checked before reuse, so a restarted database costs
+# one failed request per thread, not a broken worker.
+DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("DJANGO_CONN_MAX_AGE", "600"))
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if (
     DATABASES["default"]["ENGINE"].endswith("sqlite3")
     and DATABASES["default"]["NAME"] != ":memory:"
@@ -88,6 +96,7 @@ if (
     )
 
 STATIC_URL = "/static/"
+STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT") or str(BASE_DIR / "staticfiles")
 LOGIN_URL = "/admin/login/"
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 
@@ -106,6 +115,8 @@ WECKR = {
     "DEFAULT_PROJECT": os.environ.get("WECKR_PROJECT", "Demo SaaS"),
     # Signed-in users without a profile (the admin, say) are on the free plan.
     "DEFAULT_PLAN": "free",
+    # Requests per minute per API key ("6000/min" by default); empty: no limit.
+    "API_RATE_LIMIT": os.environ.get("WECKR_API_RATE_LIMIT", "6000/min") or None,
 }
 
 # The app's own LLM endpoint. By default the fake OpenAI-compatible one this project
