@@ -1,46 +1,54 @@
-"""Throughput of the ingest API and latency of the cap check, on PostgreSQL.
+"""The server as deployed: ingest rate and ``/check`` latency over sockets, on PostgreSQL.
 
-Run: ``.venv/bin/python -m bench.bench_server [--events 1000000] [--singles 2000]``.
+Run: ``.venv/bin/python -m bench.bench_server [--events 1000000] [--seconds 10]``.
 
 Creates a scratch database on 127.0.0.1:5432 (user postgres), migrates it,
-bulk-loads ``--events`` usage events with COPY (5,000 users over 60 days) and
-rebuilds the rollups from them in SQL, then, with that table in place, measures:
+bulk-loads ``--events`` usage events with COPY (5,000 users over 60 days), times
+COPY and a multi-row INSERT of fresh rows into the same loaded table (the
+database's own speed, the baseline), and rebuilds the rollups from the events in
+SQL. Then it starts the example project as in production, ``gunicorn -c
+example_project/gunicorn.conf.py`` (DEBUG off, persistent connections), and drives
+it with ``--clients`` concurrent clients, each on one keep-alive connection:
 
-- events per second through ``POST /api/v1/log``, one event per request;
-- events per second through ``POST /api/v1/log/batch``, 500 events per request;
-- ``GET /api/v1/check`` latency (median and p99).
+- ``POST /api/v1/log``, one event per request;
+- ``POST /api/v1/log/batch``, 500 events per request (its rate ÷ COPY's);
+- ``GET /api/v1/check`` with no writes, and again while half the clients ingest
+  batches as fast as they can.
 
-By default the follow-up tasks of each ingest (loop detection, budget alerts) run
-in the request process, as in the embedded set-up without a broker. With
-``--broker redis://127.0.0.1:6379/15`` they are queued to that broker instead, as
-in production (nothing consumes them; the bench deletes its queue at the end).
-
-Requests go through Django's test ``Client`` in-process: the full middleware, DRF,
-authentication, validation, pricing and database work, one request at a time, but
-no sockets or HTTP server. The scratch database is dropped at the end.
+Each phase runs ``--seconds``. Follow-up work (loop detection, budget alerts) runs
+where the deployment runs it: in the web workers with no broker, or queued to
+``--broker`` (nothing consumes it here; the queue is deleted at the end). At the
+end the rollups must still agree with the events. The scratch database is dropped.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import random
-import statistics
+import signal
+import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
+ROOT = Path(__file__).resolve().parent.parent
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 USERS = 5_000
 DAYS = 60
 BATCH = 500
+BASELINE_ROWS = 50_000
 MODELS = (
     ("openai", "gpt-4o"),
     ("openai", "gpt-4o-mini"),
@@ -56,34 +64,31 @@ def _admin(sql: str) -> None:
         connection.execute(sql)
 
 
-def _configure(database: str, broker: str | None, queue: str) -> None:
-    import django
-    from django.conf import settings
-
-    import tests.settings as base
-
-    values = {name: getattr(base, name) for name in dir(base) if name.isupper()}
-    values["DATABASES"] = {
-        "default": {"ENGINE": "django.db.backends.postgresql", "NAME": database, **PG}
+def _server_env(database: str, port: int, broker: str | None, queue: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "DATABASE_URL": f"postgres://{PG['user']}@{PG['host']}:{PG['port']}/{database}",
+        "WECKR_PROJECT": "bench",
+        "WECKR_API_RATE_LIMIT": "",
+        "WECKR_BIND": f"127.0.0.1:{port}",
     }
-    values["DATABASES"]["default"]["USER"] = PG["user"]
-    values["DATABASES"]["default"].pop("user", None)
-    values["WECKR"] = {"API_RATE_LIMIT": None, "DEFAULT_PROJECT": "bench"}
+    env.pop("CELERY_BROKER_URL", None)
     if broker:
-        values.update(
-            CELERY_BROKER_URL=broker,
-            CELERY_TASK_ALWAYS_EAGER=False,
-            CELERY_TASK_DEFAULT_QUEUE=queue,
-        )
-    settings.configure(**values)
-    django.setup()
-    if broker:
-        from celery import Celery
+        env["CELERY_BROKER_URL"] = broker
+        env["CELERY_TASK_DEFAULT_QUEUE"] = queue
+    return env
 
-        app = Celery("weckr_bench")
-        app.config_from_object("django.conf:settings", namespace="CELERY")
-        app.set_current()
-        app.set_default()
+
+def _configure(env: dict[str, str]) -> None:
+    """This process uses the server's own settings, to migrate and load the data."""
+    import django
+
+    for name in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "WECKR_PROJECT"):
+        os.environ[name] = env[name]
+    os.environ.pop("CELERY_BROKER_URL", None)
+    django.setup()
 
 
 def _drop_queue(broker: str, queue: str) -> None:
@@ -131,9 +136,13 @@ def _token_mixes() -> list[tuple[Any, Decimal, bool]]:
 
 
 def _rows(
-    project_id: uuid.UUID, count: int, now: datetime, mixes: list[tuple[Any, Decimal, bool]]
+    project_id: uuid.UUID,
+    count: int,
+    now: datetime,
+    mixes: list[tuple[Any, Decimal, bool]],
+    prefix: str = "bulk",
 ) -> Iterator[tuple[Any, ...]]:
-    rng = random.Random(2)
+    rng = random.Random(prefix)
     span = DAYS * 86_400
     for index in range(count):
         record, cost, priced = mixes[index % len(mixes)]
@@ -141,7 +150,7 @@ def _rows(
         moment = now - timedelta(seconds=rng.randrange(span))
         yield (
             project_id,
-            f"bulk-{index}",
+            f"{prefix}-{index}",
             moment,
             moment,
             f"user-{user}",
@@ -183,9 +192,19 @@ _COUNTERS = (
 )
 
 
-def bulk_load(project_id: uuid.UUID, count: int) -> float:
-    """COPY ``count`` events, then rebuild both rollups from the whole table (project
-    timezone UTC), so events and rollups agree. Returns seconds taken."""
+@dataclass
+class Baseline:
+    """Rows per second the database itself takes into the loaded events table."""
+
+    copy: float
+    insert: float
+
+
+def bulk_load(project_id: uuid.UUID, count: int) -> tuple[float, Baseline]:
+    """COPY ``count`` events; time COPY and multi-row INSERTs (500 rows each, the
+    statement prepared once) of ``BASELINE_ROWS`` more; then rebuild both rollups from
+    the whole table (project timezone UTC), so events and rollups agree. Returns the
+    seconds the load took and the baseline."""
     from django.db import connection
 
     started = time.perf_counter()
@@ -193,14 +212,40 @@ def bulk_load(project_id: uuid.UUID, count: int) -> float:
     connection.ensure_connection()
     mixes = _token_mixes()
     raw = connection.connection
+    copy_sql = f"COPY weckr_django_usageevent ({_COPY_COLUMNS}) FROM STDIN"
     with raw.cursor() as cursor:
-        with cursor.copy(f"COPY weckr_django_usageevent ({_COPY_COLUMNS}) FROM STDIN") as copy:
+        with cursor.copy(copy_sql) as copy:
             for row in _rows(project_id, count, now, mixes):
                 copy.write_row(row)
-        cursor.execute(
-            "DELETE FROM weckr_django_monthlyuserspend WHERE project_id = %s", [project_id]
-        )
-        cursor.execute("DELETE FROM weckr_django_dailyusage WHERE project_id = %s", [project_id])
+        cursor.execute("ANALYZE weckr_django_usageevent")
+    raw.commit()
+    loaded = time.perf_counter() - started
+
+    rows = list(_rows(project_id, BASELINE_ROWS, now, mixes, prefix="copy"))
+    with raw.cursor() as cursor:
+        timer = time.perf_counter()
+        with cursor.copy(copy_sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+        raw.commit()
+        copy_rate = len(rows) / (time.perf_counter() - timer)
+
+    rows = list(_rows(project_id, BASELINE_ROWS, now, mixes, prefix="insert"))
+    width = len(rows[0])
+    one = "(" + ", ".join(["%s"] * width) + ")"
+    insert_sql = f"INSERT INTO weckr_django_usageevent ({_COPY_COLUMNS}) VALUES " + ", ".join(
+        [one] * BATCH
+    )
+    with raw.cursor() as cursor:
+        timer = time.perf_counter()
+        for start in range(0, len(rows), BATCH):
+            params = [value for row in rows[start : start + BATCH] for value in row]
+            cursor.execute(insert_sql, params, prepare=True)
+        raw.commit()
+        insert_rate = len(rows) / (time.perf_counter() - timer)
+
+    timer = time.perf_counter()
+    with raw.cursor() as cursor:
         local = "(timestamp AT TIME ZONE 'UTC')"
         cursor.execute(
             f"INSERT INTO weckr_django_monthlyuserspend (project_id, user_key, month, {_COUNTERS}, "
@@ -221,7 +266,7 @@ def bulk_load(project_id: uuid.UUID, count: int) -> float:
         for table in ("usageevent", "monthlyuserspend", "dailyusage"):
             cursor.execute(f"ANALYZE weckr_django_{table}")
     raw.commit()
-    return time.perf_counter() - started
+    return loaded + time.perf_counter() - timer, Baseline(copy=copy_rate, insert=insert_rate)
 
 
 def rollups_agree(project_id: uuid.UUID) -> bool:
@@ -239,33 +284,218 @@ def rollups_agree(project_id: uuid.UUID) -> bool:
     return bool(totals[0] == totals[1] == totals[2])
 
 
-def _post(client: Any, path: str, body: Any, key: str) -> int:
-    response = client.post(
-        path, data=json.dumps(body), content_type="application/json", headers={"x-api-key": key}
+@dataclass
+class Phase:
+    """What the clients of one phase saw."""
+
+    seconds: float = 0.0
+    events: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    failures: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    def percentile(self, share: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else 0.0
+
+
+class Connection:
+    """One client's keep-alive connection to the server."""
+
+    def __init__(self, port: int, key: str) -> None:
+        self.port = port
+        self.headers = {"x-api-key": key, "Content-Type": "application/json"}
+        self.http = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> int:
+        for attempt in (1, 2):
+            try:
+                self.http.request(method, path, body=body, headers=self.headers)
+                response = self.http.getresponse()
+                response.read()
+                return response.status
+            except (http.client.RemoteDisconnected, ConnectionResetError):
+                self.http.close()  # the server closed an idle connection: reconnect once
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+#: One request of a client: sends it and returns (HTTP status, events it carried).
+Work = Callable[[Connection], tuple[int, int]]
+
+
+def run_phase(
+    port: int, key: str, works: list[tuple[str, Work]], seconds: float
+) -> dict[str, Phase]:
+    """Each work function on a client thread of its own, in a loop, for ``seconds``;
+    one ``Phase`` per kind of work (the clients of a kind summed)."""
+    phases = {kind: Phase(seconds=seconds) for kind, _ in works}
+    lock = threading.Lock()
+    ready = threading.Barrier(len(works) + 1)
+    deadline = [0.0]
+
+    def client(kind: str, work: Work) -> None:
+        connection = Connection(port, key)
+        connection.request("GET", "/api/v1/me")  # connected before the clock starts
+        latencies: list[float] = []
+        events = 0
+        failures: dict[int, int] = {}
+        ready.wait()
+        while time.perf_counter() < deadline[0]:
+            started = time.perf_counter()
+            status, carried = work(connection)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if status >= 300:
+                failures[status] = failures.get(status, 0) + 1
+            else:
+                events += carried
+        with lock:
+            phase = phases[kind]
+            phase.latencies_ms.extend(latencies)
+            phase.events += events
+            for status, count in failures.items():
+                phase.failures[status] = phase.failures.get(status, 0) + count
+
+    threads = [threading.Thread(target=client, args=work) for work in works]
+    for thread in threads:
+        thread.start()
+    deadline[0] = time.perf_counter() + seconds
+    ready.wait()
+    for thread in threads:
+        thread.join()
+    return phases
+
+
+def single_events(client: int) -> Work:
+    rng = random.Random(f"single-{client}")
+    sequence = iter(range(10**9))
+
+    def work(connection: Connection) -> tuple[int, int]:
+        body = json.dumps(_event(rng, next(sequence))).encode()
+        return connection.request("POST", "/api/v1/log", body), 1
+
+    return work
+
+
+def batches(client: int) -> Work:
+    """Batches of fresh events: one template per client, whose event ids get the
+    request's sequence number (building 500 events per request would load the
+    client side of this machine more than the server)."""
+    rng = random.Random(f"batch-{client}")
+    events = []
+    for index in range(BATCH):
+        event = _event(rng, index)
+        event["eventId"] = f"batch-{client}-SEQUENCE-{index}"
+        events.append(event)
+    template = json.dumps({"events": events}).encode()
+    sequence = iter(range(10**9))
+
+    def work(connection: Connection) -> tuple[int, int]:
+        body = template.replace(b"SEQUENCE", str(next(sequence)).encode())
+        return connection.request("POST", "/api/v1/log/batch", body), BATCH
+
+    return work
+
+
+def checks(client: int) -> Work:
+    rng = random.Random(f"check-{client}")
+
+    def work(connection: Connection) -> tuple[int, int]:
+        user = rng.randrange(USERS)
+        path = f"/api/v1/check?userId=user-{user}&planName=pro&model=gpt-4o"
+        return connection.request("GET", path), 0
+
+    return work
+
+
+def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "-c",
+            str(ROOT / "example_project" / "gunicorn.conf.py"),
+            "example_project.wsgi",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    return int(response.status_code)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/api/v1/ready")
+            if connection.getresponse().status == 200:
+                return process
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the server did not become ready")
+        time.sleep(0.2)
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def line(name: str, measured: str, goal: str = "", met: bool | None = None) -> None:
+    verdict = "" if met is None else f"  goal {goal}: {'met' if met else 'MISSED'}"
+    print(f"{name:<42} {measured}{verdict}")
+
+
+def p99(phase: Phase) -> float:
+    return phase.percentile(0.99)
+
+
+def latency_of(phase: Phase) -> str:
+    failed = f", failures {phase.failures}" if phase.failures else ""
+    return f"p50 {phase.percentile(0.5):.1f} ms, p99 {p99(phase):.1f} ms{failed}"
+
+
+def rate_of(phase: Phase) -> str:
+    return f"{phase.rate:,.0f} events/s ({latency_of(phase)} per request)"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Weckr server benchmark on PostgreSQL.")
     parser.add_argument("--events", type=int, default=1_000_000, help="Rows to bulk-load.")
-    parser.add_argument("--singles", type=int, default=2_000, help="Single-event POSTs.")
-    parser.add_argument("--batches", type=int, default=40, help="Batch POSTs of 500 events.")
-    parser.add_argument("--checks", type=int, default=3_000, help="GET /check requests.")
+    parser.add_argument("--seconds", type=float, default=10.0, help="Length of each phase.")
+    parser.add_argument("--clients", type=int, default=8, help="Concurrent clients.")
     parser.add_argument(
-        "--broker", help="Queue follow-up tasks to this Redis URL instead of running them inline."
+        "--broker", help="Queue follow-up work to this Redis URL instead of running it in-process."
     )
     options = parser.parse_args()
 
     database = f"weckr_bench_{os.getpid()}"
     queue = f"weckr-bench-{os.getpid()}"
+    port = _free_port()
+    env = _server_env(database, port, options.broker, queue)
     _admin(f'CREATE DATABASE "{database}"')
+    server = None
     try:
-        _configure(database, options.broker, queue)
+        _configure(env)
         from django.core.management import call_command
-        from django.test import Client
+        from django.db import connection
 
-        from weckr_django import tasks
         from weckr_django.models import ApiKey, Plan, Project, UsageEvent
 
         call_command("migrate", interactive=False, verbosity=0)
@@ -274,71 +504,67 @@ def main() -> int:
             project=project, name="pro", monthly_price_usd=29, monthly_cap_usd=Decimal(50)
         )
         _, key = ApiKey.objects.create_key(project, "bench")
-        client = Client()
-        rng = random.Random(7)
 
         print(f"Bulk-loading {options.events:,} events with COPY and rebuilding rollups...")
-        seconds = bulk_load(project.pk, options.events)
-        print(
-            f"  loaded in {seconds:.1f} s; rollups agree with events: {rollups_agree(project.pk)}"
-        )
+        seconds, baseline = bulk_load(project.pk, options.events)
+        print(f"  loaded in {seconds:.1f} s; rollups agree: {rollups_agree(project.pk)}")
+        connection.close()
 
-        # Warm up pricing caches and connections.
-        for index in range(20):
-            _post(client, "/api/v1/log", _event(rng, -index - 1), key)
-
-        started = time.perf_counter()
-        statuses = {
-            _post(client, "/api/v1/log", _event(rng, i), key) for i in range(options.singles)
-        }
-        single_rate = options.singles / (time.perf_counter() - started)
-        assert statuses == {201}, statuses
-
-        batches = [
-            {"events": [_event(rng, 10**7 + b * BATCH + i) for i in range(BATCH)]}
-            for b in range(options.batches)
-        ]
-        started = time.perf_counter()
-        for body in batches:
-            assert _post(client, "/api/v1/log/batch", body, key) == 200
-        batch_rate = options.batches * BATCH / (time.perf_counter() - started)
-        # Without a broker the follow-up tasks run on an in-process thread: let them
-        # finish so the check latencies below are not measured against that backlog.
-        drained = tasks.local_tasks.wait(timeout=300)
-
-        latencies = []
-        for _ in range(options.checks):
-            params = {
-                "userId": f"user-{rng.randrange(USERS)}",
-                "planName": "pro",
-                "model": "gpt-4o",
-            }
-            started = time.perf_counter()
-            response = client.get("/api/v1/check", params, headers={"x-api-key": key})
-            latencies.append((time.perf_counter() - started) * 1000)
-            assert response.status_code == 200
-        latencies.sort()
-        median = statistics.median(latencies)
-        p99 = latencies[int(len(latencies) * 0.99) - 1]
+        server = start_server(env, port)
+        clients = options.clients
+        run_phase(port, key, [("log", single_events(-1)), ("batch", batches(-1))], 2.0)  # warm-up
+        seconds = options.seconds
+        single = run_phase(port, key, [("log", single_events(i)) for i in range(clients)], seconds)
+        batch = run_phase(port, key, [("batch", batches(i)) for i in range(clients)], seconds)
+        idle = run_phase(port, key, [("check", checks(i)) for i in range(clients)], seconds)
+        half = max(1, clients // 2)
+        mixed = [("batch", batches(100 + i)) for i in range(half)]
+        mixed += [("check", checks(100 + i)) for i in range(half)]
+        busy = run_phase(port, key, mixed, seconds)
+        stop_server(server)
+        server = None
 
         total = UsageEvent.objects.filter(project=project).count()
-        follow_ups = (
-            f"queued to {options.broker}"
-            if options.broker
-            else f"in-process background thread (drained before the checks: {drained})"
+        print()
+        print(
+            f"Events stored at the end: {total:,}. Server: gunicorn with "
+            f"example_project/gunicorn.conf.py on {os.cpu_count()} CPUs; {clients} clients "
+            f"on keep-alive sockets, {options.seconds:g} s per phase."
         )
-        print(f"UsageEvent rows during the measurements: {total:,} (PostgreSQL, in-process Client)")
-        print(f"Follow-up tasks (loop detection, budget alerts): {follow_ups}")
-        print(f"POST /api/v1/log        {single_rate:8.0f} events/s  (1 event per request)")
-        print(f"POST /api/v1/log/batch  {batch_rate:8.0f} events/s  ({BATCH} events per request)")
-        print(f"GET  /api/v1/check      median {median:.2f} ms, p99 {p99:.2f} ms")
+        follow_ups = f"queued to {options.broker}" if options.broker else "in the web workers"
+        print(f"Follow-up work (loop detection, budget alerts): {follow_ups}.")
+        print()
+        line("PostgreSQL COPY into the loaded table", f"{baseline.copy:,.0f} rows/s")
+        line("PostgreSQL INSERT, 500 rows per statement", f"{baseline.insert:,.0f} rows/s")
+        line("POST /api/v1/log, 1 event per request", rate_of(single["log"]))
+        line("POST /api/v1/log/batch, 500 events", rate_of(batch["batch"]))
+        ratio = batch["batch"].rate / baseline.copy
+        line("batch ingest ÷ COPY", f"{ratio:.3f}", "≥ 0.5", ratio >= 0.5)
+        line(
+            "single-event ingest",
+            f"{single['log'].rate:,.0f} events/s",
+            "≥ 1,000",
+            single["log"].rate >= 1000,
+        )
+        line(
+            "GET /api/v1/check, no writes",
+            latency_of(idle["check"]),
+            "p99 ≤ 10 ms",
+            p99(idle["check"]) <= 10,
+        )
+        line(
+            "GET /api/v1/check while batches run",
+            latency_of(busy["check"]),
+            "p99 ≤ 25 ms",
+            p99(busy["check"]) <= 25,
+        )
+        line("  batches meanwhile", rate_of(busy["batch"]))
         print(f"Rollups still agree with events: {rollups_agree(project.pk)}")
     finally:
         from django.db import connections
 
-        loaded_tasks = sys.modules.get("weckr_django.tasks")
-        if loaded_tasks is not None:  # follow-ups still running would hit the dropped database
-            loaded_tasks.local_tasks.wait(timeout=60)
+        if server is not None:
+            stop_server(server)
         connections.close_all()
         if options.broker:
             _drop_queue(options.broker, queue)
