@@ -11,8 +11,9 @@ stays exact with any number of concurrent workers on PostgreSQL, and on SQLite.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -261,27 +262,96 @@ def _insert_new_events(connection: BaseDatabaseWrapper, events: list[UsageEvent]
         return _insert_one_by_one(events)
     fields = _concrete_fields(UsageEvent)
     quote = connection.ops.quote_name
-    table = quote(UsageEvent._meta.db_table)
-    columns = ", ".join(quote(str(f.column)) for f in fields)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    project_col = quote(_column(UsageEvent, "project"))
     event_col = quote(_column(UsageEvent, "event_id"))
+    project_col = quote(_column(UsageEvent, "project"))
+    preparers = [(f.attname, _preparer(f, connection)) for f in fields]
+    rows = [[prepare(getattr(event, name)) for name, prepare in preparers] for event in events]
+    found = _insert_rows(
+        connection,
+        UsageEvent,
+        [str(f.column) for f in fields],
+        rows,
+        order_by=event_col,
+        on_conflict=f"ON CONFLICT ({project_col}, {event_col}) DO NOTHING RETURNING {event_col}",
+    )
+    return {str(event_id) for (event_id,) in found}
+
+
+#: From this many rows on, PostgreSQL writes go through COPY and a staging table; below,
+#: its three extra round trips cost more than the statement text they save.
+_STAGING_MIN_ROWS = 50
+
+
+def _insert_rows(
+    connection: BaseDatabaseWrapper,
+    model: type[Model],
+    columns: list[str],
+    rows: list[list[Any]],
+    *,
+    order_by: str,
+    on_conflict: str,
+) -> list[tuple[Any, ...]]:
+    """``INSERT INTO model's table (columns) <rows> <on_conflict>``, in ``order_by``
+    order (one lock order for every writer), and what it returns.
+
+    Many rows on PostgreSQL are COPYed into a temporary staging table of this session
+    and inserted from there in one statement of a fixed text: no statement of
+    thousands of placeholders to build, parse and plan for every batch. A few rows
+    (a single event), and every row elsewhere, go in multi-row ``VALUES`` statements.
+    """
+    quote = connection.ops.quote_name
+    table = quote(model._meta.db_table)
+    names = ", ".join(quote(column) for column in columns)
+    if connection.vendor == "postgresql" and len(rows) >= _STAGING_MIN_ROWS:
+        staging = quote(f"weckr_staging_{model._meta.db_table}")
+        return _insert_through_staging(
+            connection, table, staging, names, rows, order_by, on_conflict
+        )
+    row = "(" + ", ".join(["%s"] * len(columns)) + ")"
     # Keep statements under SQLite's bound-parameter limit (32,766 since 3.32).
-    per_statement = max(1, 30_000 // len(fields))
-    new_ids: set[str] = set()
+    per_statement = max(1, 30_000 // len(columns))
+    found: list[tuple[Any, ...]] = []
     with connection.cursor() as cursor:
-        for start in range(0, len(events), per_statement):
-            chunk = events[start : start + per_statement]
-            params: list[Any] = []
-            for event in chunk:
-                params.extend(_db_value(f, event, connection) for f in fields)
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
             cursor.execute(
-                f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(chunk))} "
-                f"ON CONFLICT ({project_col}, {event_col}) DO NOTHING RETURNING {event_col}",
-                params,
+                f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * len(chunk))} "
+                f"{on_conflict}",
+                [value for values in chunk for value in values],
             )
-            new_ids.update(str(found) for (found,) in cursor.fetchall())
-    return new_ids
+            if "RETURNING" in on_conflict:
+                found.extend(cursor.fetchall())
+    return found
+
+
+def _insert_through_staging(
+    connection: BaseDatabaseWrapper,
+    table: str,
+    staging: str,
+    names: str,
+    rows: list[list[Any]],
+    order_by: str,
+    on_conflict: str,
+) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    # The staging table is this session's, emptied at every commit and by the
+    # statement that reads it: a second batch in one transaction starts empty too.
+    raw = connection.connection
+    with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS "
+            f"AS SELECT {names} FROM {table} WITH NO DATA"
+        )
+        with cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(
+            f"WITH staged AS (DELETE FROM {staging} RETURNING {names}) "
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM staged ORDER BY {order_by} "
+            f"{on_conflict}"
+        )
+        return cursor.fetchall() if cursor.description else []
 
 
 def _insert_one_by_one(events: list[UsageEvent]) -> set[str]:
@@ -301,10 +371,6 @@ def _column(model: type[Model], name: str) -> str:
     field = model._meta.get_field(name)
     assert isinstance(field, Field) and field.column is not None
     return field.column
-
-
-def _db_value(f: Field[Any, Any], instance: Model, connection: BaseDatabaseWrapper) -> Any:
-    return f.get_db_prep_save(getattr(instance, f.attname), connection)
 
 
 @dataclass
@@ -401,10 +467,8 @@ def _upsert_add(
     coalesce_fields: tuple[str, ...] = (),
     replace_fields: tuple[str, ...] = (),
 ) -> None:
-    """``INSERT ... ON CONFLICT (key) DO UPDATE SET counter = counter + excluded.counter``.
-
-    Rows come sorted by key, so concurrent writers take row locks in the same order.
-    """
+    """``INSERT ... ON CONFLICT (key) DO UPDATE SET counter = counter + excluded.counter``,
+    in key order, so concurrent writers take row locks in the same order."""
     if not rows:
         return
     if not _supports_returning_upsert(connection):
@@ -428,29 +492,54 @@ def _upsert_add(
     for name in replace_fields:
         column = quote(_column(model, name))
         assignments.append(f"{column} = excluded.{column}")
-    placeholder = "(" + ", ".join(["%s"] * len(names)) + ")"
-    per_statement = max(1, 30_000 // len(names))
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), per_statement):
-            chunk = rows[start : start + per_statement]
-            params: list[Any] = []
-            for keys, totals, extra in chunk:
-                values = {**keys, **totals.counters, **extra}
-                for name, f in zip(names, model_fields, strict=True):
-                    params.append(_prep(f, values[name], connection))
-            cursor.execute(
-                f"INSERT INTO {table} ({', '.join(columns)}) "
-                f"VALUES {', '.join([placeholder] * len(chunk))} "
-                f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {', '.join(assignments)}",
-                params,
-            )
+    preparers = [
+        (name, _preparer(f, connection)) for name, f in zip(names, model_fields, strict=True)
+    ]
+    values = [{**keys, **totals.counters, **extra} for keys, totals, extra in rows]
+    conflict_key = ", ".join(key_columns)
+    _insert_rows(
+        connection,
+        model,
+        [_column(model, name) for name in names],
+        [[prepare(row[name]) for name, prepare in preparers] for row in values],
+        order_by=conflict_key,
+        on_conflict=f"ON CONFLICT ({conflict_key}) DO UPDATE SET {', '.join(assignments)}",
+    )
 
 
-def _prep(f: Field[Any, Any], value: Any, connection: BaseDatabaseWrapper) -> Any:
-    if f.is_relation:
-        target = f.target_field  # type: ignore[attr-defined]
-        return target.get_db_prep_save(value, connection)
-    return f.get_db_prep_save(value, connection)
+#: Fields whose Python values psycopg writes to PostgreSQL as they are.
+_NATIVE_ON_POSTGRESQL = frozenset(
+    {
+        "BigIntegerField",
+        "BooleanField",
+        "CharField",
+        "DateField",
+        "DateTimeField",
+        "DecimalField",
+        "ForeignKey",
+        "IntegerField",
+        "PositiveBigIntegerField",
+        "PositiveIntegerField",
+        "PositiveSmallIntegerField",
+        "SmallIntegerField",
+        "TextField",
+        "UUIDField",
+    }
+)
+
+
+def _preparer(f: Field[Any, Any], connection: BaseDatabaseWrapper) -> Callable[[Any], Any]:
+    """How a value of ``f`` becomes a database parameter on ``connection``: Django's
+    own preparation, except for the types psycopg writes to PostgreSQL unchanged
+    (Django's per-value conversions were a third of a batch's time there)."""
+    if connection.vendor == "postgresql" and f.get_internal_type() in _NATIVE_ON_POSTGRESQL:
+        return _unchanged
+    target = f.target_field if f.is_relation else f  # type: ignore[attr-defined]
+    return functools.partial(target.get_db_prep_save, connection=connection)
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 def _update_one_by_one(

@@ -1,5 +1,7 @@
-"""Run as ``python -m tests.integration.ingest_process PROJECT_ID SEED``: ingest
-batches that overlap with the other process's, as fast as it can."""
+"""Run as ``python -m tests.integration.ingest_process PROJECT_ID SEED BATCH_SIZE``:
+ingest ``EVENTS`` events in batches that overlap with the other process's, as fast as
+it can. (On PostgreSQL, batches and rollups of 50 rows or more go through COPY and a
+staging table, smaller ones through ``VALUES``.)"""
 
 from __future__ import annotations
 
@@ -9,24 +11,24 @@ from typing import Any
 
 import django
 
-BATCHES = 30
-BATCH_SIZE = 40
+EVENTS = 1200
 
 
-def batches(seed: int) -> list[list[dict[str, Any]]]:
-    """Half of each batch is shared by every process (same event ids), half is own."""
+def batches(seed: int, size: int) -> list[list[dict[str, Any]]]:
+    """Half of each batch is shared by every process (same event ids), half is own;
+    a quarter as many users as events per batch."""
     now = datetime.now(UTC)
     result: list[list[dict[str, Any]]] = []
-    for batch in range(BATCHES):
+    for batch in range(EVENTS // size):
         events: list[dict[str, Any]] = []
-        for i in range(BATCH_SIZE):
+        for i in range(size):
             shared = i % 2 == 0
             owner = "shared" if shared else f"p{seed}"
             events.append(
                 {
                     "eventId": f"{owner}-{batch}-{i}",
                     "timestamp": (now - timedelta(seconds=i)).isoformat(),
-                    "userId": f"user-{i % 4}",
+                    "userId": f"user-{i % (size // 4)}",
                     "feature": "chat" if i % 3 else "summary",
                     "provider": "openai",
                     "model": "gpt-4o-mini" if i % 5 else "gpt-4o",
@@ -44,10 +46,10 @@ def main() -> None:
     from weckr_django.models import Project
     from weckr_django.wire import parse_event
 
-    project_id, seed = sys.argv[1], int(sys.argv[2])
+    project_id, seed, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     project = Project.objects.get(pk=project_id)
     created = 0
-    for events in batches(seed):
+    for events in batches(seed, size):
         created += ingest_records(project, [parse_event(e) for e in events]).created
     print(f"created={created}")
 

@@ -15,7 +15,7 @@ from weckr_django.tasks import record_usage
 
 from ..django.helpers import expected_cost, make_record
 from .conftest import ROOT, CeleryWorker, subprocess_env, wait_until
-from .ingest_process import BATCH_SIZE, BATCHES
+from .ingest_process import EVENTS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -95,11 +95,19 @@ def test_invalid_events_are_counted_and_logged_not_dropped_silently(
     )
 
 
-def test_concurrent_ingest_from_two_processes_keeps_rollups_exact():
+@pytest.mark.parametrize("batch_size", [40, 240], ids=["values", "copy-through-staging"])
+def test_concurrent_ingest_from_two_processes_keeps_rollups_exact(batch_size: int) -> None:
     project = Project.objects.create(name="Acme")
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.ingest_process", str(project.pk), str(seed)],
+            [
+                sys.executable,
+                "-m",
+                "tests.integration.ingest_process",
+                str(project.pk),
+                str(seed),
+                str(batch_size),
+            ],
             cwd=ROOT,
             env=subprocess_env(),
             stdout=subprocess.PIPE,
@@ -112,7 +120,7 @@ def test_concurrent_ingest_from_two_processes_keeps_rollups_exact():
     for process, (_out, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err
     created = sum(int(out.strip().rsplit("=", 1)[1]) for out, _ in outputs)
-    shared, own_each = BATCHES * BATCH_SIZE // 2, BATCHES * BATCH_SIZE // 2
+    shared, own_each = EVENTS // 2, EVENTS // 2
     assert created == shared + 2 * own_each
     assert UsageEvent.objects.filter(project=project).count() == created
     assert_rollups_match_events(project)
