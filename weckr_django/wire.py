@@ -75,6 +75,9 @@ _EMAIL = re.compile(
     r"[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}",
     re.IGNORECASE,
 )
+# Every rule below needs a digit or an at sign (in one of its spellings): a value with
+# neither ("chat", "openai", "pro") is let through without running them.
+_MAY_BE_PERSONAL = re.compile(r"[\d@\uff20]|%40|\(at\)|\[at\]", re.IGNORECASE)
 # Set aside before any of these rules: a UUID is an id, whatever its digits look like.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 # A card number: digit groups with any separators (up to three characters between
@@ -199,6 +202,8 @@ def contains_personal_data(value: str, *, phones: bool = True) -> str | None:
     """What kind of personal data ``value`` holds ("an e-mail address", "a card
     number", ...), or None. Phone numbers only with ``phones`` (free text). UUIDs
     are set aside first: their digit groups are neither cards nor phone numbers."""
+    if not _MAY_BE_PERSONAL.search(value):
+        return None
     value = _UUID.sub(" ", value)
     if _EMAIL.search(value):
         return "an e-mail address"
