@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from weckr_django import reports
@@ -62,23 +62,24 @@ def loop_alerts(project: Project, user_keys: Iterable[str], *, send: Send) -> li
     window = LoopWindow.of(project)
     now = timezone.now()
     since = now - timedelta(seconds=window.seconds)
+    cooldown_start = now - timedelta(seconds=window.cooldown_seconds)
+    over = {
+        user_key: totals
+        for user_key, totals in _window_totals(project, user_keys, since).items()
+        if int(totals["tokens"] or 0) >= window.token_threshold
+    }
+    alerted = _alerted_since(project, [AlertLog.Kind.LOOP], cooldown_start, over)
     created: list[AlertLog] = []
-    for user_key in dict.fromkeys(user_keys):
-        totals = UsageEvent.objects.filter(
-            project=project, timestamp__gte=since, **_user_filter(user_key)
-        ).aggregate(
-            tokens=Sum(F("input_tokens") + F("cache_creation_tokens") + F("output_tokens")),
-            cost=Sum("cost_usd"),
-        )
-        tokens = int(totals["tokens"] or 0)
-        if tokens < window.token_threshold:
+    for user_key, totals in over.items():
+        if (AlertLog.Kind.LOOP, user_key) in alerted:
             continue
+        tokens = int(totals["tokens"])
         with transaction.atomic():
             _lock(project)
             recent = AlertLog.objects.filter(
                 project=project,
                 kind=AlertLog.Kind.LOOP,
-                created_at__gte=now - timedelta(seconds=window.cooldown_seconds),
+                created_at__gte=cooldown_start,
                 **_user_filter(user_key),
             ).exists()
             if recent:
@@ -98,6 +99,52 @@ def loop_alerts(project: Project, user_keys: Iterable[str], *, send: Send) -> li
             _send_on_commit(alert, send)
         created.append(alert)
     return created
+
+
+def _window_totals(
+    project: Project, user_keys: Iterable[str], since: datetime
+) -> dict[str, dict[str, Any]]:
+    """Tokens and cost of each user's calls since ``since``, in one grouped query per
+    thousand users (an index range scan per user), whatever the batch touched."""
+    keys = list(dict.fromkeys(user_keys))
+    totals: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        named = [key for key in chunk if key != ANONYMOUS_KEY]
+        users = Q(user_id__in=named)
+        if len(named) < len(chunk):
+            users |= Q(user_id__isnull=True)
+        rows = (
+            UsageEvent.objects.filter(users, project=project, timestamp__gte=since)
+            .order_by()
+            .values("user_id")
+            .annotate(
+                tokens=Sum(F("input_tokens") + F("cache_creation_tokens") + F("output_tokens")),
+                cost=Sum("cost_usd"),
+            )
+        )
+        for row in rows:
+            totals[row["user_id"] or ANONYMOUS_KEY] = row
+    return {key: totals[key] for key in keys if key in totals}
+
+
+def _alerted_since(
+    project: Project, kinds: Iterable[str], since: datetime, user_keys: Iterable[str]
+) -> set[tuple[str, str]]:
+    """(kind, user key) of the alerts of ``kinds`` since ``since`` for ``user_keys``:
+    read in one query up front, so a user alerted already costs no lock. (The check
+    under the lock stays the one that counts.)"""
+    keys = list(user_keys)
+    if not keys:
+        return set()
+    named = [key for key in keys if key != ANONYMOUS_KEY]
+    users = Q(user_id__in=named)
+    if len(named) < len(keys):
+        users |= Q(user_id__isnull=True)
+    found = AlertLog.objects.filter(
+        users, project=project, kind__in=list(kinds), created_at__gte=since
+    ).values_list("kind", "user_id")
+    return {(kind, user_id or ANONYMOUS_KEY) for kind, user_id in found}
 
 
 def run_stop_alert(project: Project, stop: Mapping[str, Any], *, send: Send) -> AlertLog | None:
@@ -132,7 +179,9 @@ def budget_alerts(project: Project, user_keys: Iterable[str], *, send: Send) -> 
     month = month_start(project)
     month_begins, _ = month_bounds(project, month)
     keys = [key for key in dict.fromkeys(user_keys) if key != ANONYMOUS_KEY]
-    rows = MonthlyUserSpend.objects.filter(project=project, month=month, user_key__in=keys)
+    rows = list(MonthlyUserSpend.objects.filter(project=project, month=month, user_key__in=keys))
+    kinds = (AlertLog.Kind.SOFT_CAP, AlertLog.Kind.CAP_REACHED, AlertLog.Kind.MARGIN)
+    alerted = _alerted_since(project, kinds, month_begins, [row.user_key for row in rows])
     prices = reports.plan_prices(project)
     created: list[AlertLog] = []
     unknown: set[str | None] = set()
@@ -147,6 +196,8 @@ def budget_alerts(project: Project, user_keys: Iterable[str], *, send: Send) -> 
         if match.known:
             wanted += _margin_alerts(project, terms, reports.UserMargin.of_spend(row, prices))
         for kind, details in wanted:
+            if (kind, row.user_key) in alerted:
+                continue
             alert = _alert_once(
                 project, kind, month_begins, details, send, user_id=row.user_key, per_user=True
             )

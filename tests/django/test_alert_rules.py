@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from weckr_django import alert_rules, reports, tasks
 from weckr_django.ingest import ingest_records
@@ -104,3 +106,29 @@ def test_check_budgets_returns_the_ids_of_the_alerts_it_created():
     ingest_records(project, [make_record("e1", plan="pro", input_tokens=10_000, when=now)])
     [alert_id] = tasks.check_budgets(str(project.pk), ["u1"])
     assert AlertLog.objects.get(pk=alert_id).kind == AlertLog.Kind.CAP_REACHED
+
+
+def test_loop_detection_reads_every_user_of_a_batch_in_one_query(
+    django_assert_num_queries,
+):
+    project = make_project(loop_token_threshold=1_000)
+    records = [make_record(f"e{i}", user_id=f"u{i}", input_tokens=10) for i in range(40)]
+    records.append(make_record("anon", user_id=None, input_tokens=5_000, output_tokens=0))
+    ingest_records(project, records)
+    users = [f"u{i}" for i in range(40)] + [ANONYMOUS_KEY]
+
+    # 40 users under the threshold and one over it (the calls with no user): one
+    # grouped read for all of them, then the alert for the one.
+    with CaptureQueriesContext(connection) as captured:
+        created = alert_rules.loop_alerts(project, users, send=lambda alert_id: None)
+    reads = [
+        query["sql"]
+        for query in captured.captured_queries
+        if "weckr_django_usageevent" in query["sql"]
+    ]
+    assert len(reads) == 1 and "GROUP BY" in reads[0]
+    assert [(alert.kind, alert.user_id) for alert in created] == [(AlertLog.Kind.LOOP, None)]
+
+    # Alerted already: no lock taken, no alert made.
+    with django_assert_num_queries(2):
+        assert alert_rules.loop_alerts(project, users, send=lambda alert_id: None) == []
