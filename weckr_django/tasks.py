@@ -297,6 +297,10 @@ def merge_follow_ups(batch: Sequence[LocalWork]) -> list[LocalWork]:
     ]
 
 
+#: How long the local runner collects follow-ups before one pass over their users.
+FOLLOW_UP_LINGER_SECONDS = 1.0
+
+
 class LocalTaskRunner:
     """One daemon thread that runs tasks in order when there is no broker, taking
     what is queued in batches (follow-ups merged per project, ``merge_follow_ups``),
@@ -306,6 +310,10 @@ class LocalTaskRunner:
         self._worker: BatchWorker[LocalWork] = BatchWorker(
             self._run_batch,
             name="weckr-local-tasks",
+            # Follow-ups wait up to a second, so a stream of small ingests gets one
+            # pass over the users of that second; other tasks (alerts) go at once.
+            linger=FOLLOW_UP_LINGER_SECONDS,
+            urgent=lambda work: isinstance(work, TaskRun),
             on_drop=_log_dropped_work,
             # Give this thread's connections back while there is nothing to do.
             on_idle=connections.close_all,
