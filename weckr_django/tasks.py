@@ -304,7 +304,8 @@ FOLLOW_UP_LINGER_SECONDS = 1.0
 class LocalTaskRunner:
     """One daemon thread that runs tasks in order when there is no broker, taking
     what is queued in batches (follow-ups merged per project, ``merge_follow_ups``),
-    so the queue cannot outgrow the thread under sustained load."""
+    so the queue cannot outgrow the thread under sustained load. With a broker it
+    only coalesces follow-ups, and queues each merged one."""
 
     def __init__(self) -> None:
         self._worker: BatchWorker[LocalWork] = BatchWorker(
@@ -347,6 +348,9 @@ class LocalTaskRunner:
             close_old_connections()
             if isinstance(work, TaskRun):
                 _run_here(work.task, work.args)
+            elif _task_route() == "broker":
+                run_task(detect_loops, work.project_id, list(work.user_keys))
+                run_task(check_budgets, work.project_id, list(work.user_keys))
             else:
                 user_keys = list(work.user_keys)
                 _run_here(detect_loops, (work.project_id, user_keys))
@@ -368,12 +372,17 @@ local_tasks = LocalTaskRunner()
 
 
 def schedule_after_ingest(project_id: str, user_keys: list[str]) -> None:
-    """Follow-up work after new usage is committed: loop detection, budget alerts."""
-    if _task_route() == "local":
-        local_tasks.submit_follow_up(project_id, user_keys)
+    """Follow-up work after new usage is committed: loop detection, budget alerts.
+
+    Coalesced in this process (``LocalTaskRunner``): the ingests of up to a second
+    get one pass per project over all the users they touched, run on the runner's
+    thread, or queued as one ``detect_loops`` and one ``check_budgets`` task when a
+    broker is configured. With ``DELIVERY = "sync"`` it runs at once, here."""
+    if _task_route() == "here":
+        run_task(detect_loops, project_id, user_keys)
+        run_task(check_budgets, project_id, user_keys)
         return
-    run_task(detect_loops, project_id, user_keys)
-    run_task(check_budgets, project_id, user_keys)
+    local_tasks.submit_follow_up(project_id, user_keys)
 
 
 def on_usage_ingested(sender: object, *, project_id: str, user_keys: list[str], **_: Any) -> None:

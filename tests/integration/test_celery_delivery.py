@@ -124,3 +124,41 @@ def test_concurrent_ingest_from_two_processes_keeps_rollups_exact(batch_size: in
     assert created == shared + 2 * own_each
     assert UsageEvent.objects.filter(project=project).count() == created
     assert_rollups_match_events(project)
+
+
+def test_follow_ups_of_a_burst_of_ingests_are_queued_once_per_project() -> None:
+    """Thirty single-event ingests within the runner's linger: one ``detect_loops``
+    and one ``check_budgets`` message for all thirty users, not sixty messages."""
+    import base64
+    import json
+
+    import redis
+
+    from tests import settings_integration as settings
+    from weckr_django import tasks
+    from weckr_django.ingest import ingest_records
+
+    project = Project.objects.create(name="Acme")
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    key = f"{settings.CELERY_BROKER_TRANSPORT_OPTIONS['global_keyprefix']}{queue}"
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete(key)
+    try:
+        for i in range(30):
+            ingest_records(project, [make_record(f"burst-{i}", user_id=f"u{i}")])
+        assert tasks.local_tasks.wait(timeout=10)
+        messages = [json.loads(raw) for raw in broker.lrange(key, 0, -1)]
+    finally:
+        broker.delete(key)
+    published = sorted(
+        (
+            message["headers"]["task"],
+            sorted(json.loads(base64.b64decode(message["body"]))[0][1]),
+        )
+        for message in messages
+    )
+    users = sorted(f"u{i}" for i in range(30))
+    assert published == [
+        ("weckr_django.check_budgets", users),
+        ("weckr_django.detect_loops", users),
+    ]
