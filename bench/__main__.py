@@ -9,7 +9,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("bench_client", "bench_langchain", "bench_server", "bench_dashboard", "bench_caps")
+BENCHMARKS = (
+    "bench_client",
+    "bench_langchain",
+    "bench_server",
+    "bench_delivery",
+    "bench_dashboard",
+    "bench_caps",
+)
 
 
 def main() -> int:

@@ -101,6 +101,8 @@ LOGIN_URL = "/admin/login/"
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or None
+# One queue per deployment when several share a broker.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL is None
 CELERY_TASK_EAGER_PROPAGATES = True
 # At-least-once delivery (Weckr's tasks are acknowledged after they run): on Redis or
