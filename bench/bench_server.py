@@ -13,7 +13,8 @@ it with ``--clients`` concurrent clients, each on one keep-alive connection:
 - ``POST /api/v1/log``, one event per request;
 - ``POST /api/v1/log/batch``, 500 events per request (its rate ÷ COPY's);
 - ``GET /api/v1/check`` with no writes, and again while half the clients ingest
-  batches as fast as they can.
+  batches as fast as they can;
+- batch ingest again with 1, 2 and 4 web processes (``--web-processes``).
 
 Each phase runs ``--seconds``. Follow-up work (loop detection, budget alerts) runs
 where the deployment runs it: in the web workers with no broker, or queued to
@@ -481,6 +482,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="Length of each phase.")
     parser.add_argument("--clients", type=int, default=8, help="Concurrent clients.")
     parser.add_argument(
+        "--web-processes",
+        type=int,
+        nargs="*",
+        default=[1, 2, 4],
+        help="Batch ingest again with each of these numbers of gunicorn workers.",
+    )
+    parser.add_argument(
         "--broker", help="Queue follow-up work to this Redis URL instead of running it in-process."
     )
     options = parser.parse_args()
@@ -523,6 +531,13 @@ def main() -> int:
         busy = run_phase(port, key, mixed, seconds)
         stop_server(server)
         server = None
+        scaling = {}
+        for processes in options.web_processes:
+            server = start_server({**env, "WEB_CONCURRENCY": str(processes)}, port)
+            works = [("batch", batches(1000 * processes + i)) for i in range(clients)]
+            scaling[processes] = run_phase(port, key, works, seconds)["batch"]
+            stop_server(server)
+            server = None
 
         total = UsageEvent.objects.filter(project=project).count()
         print()
@@ -559,6 +574,8 @@ def main() -> int:
             p99(busy["check"]) <= 25,
         )
         line("  batches meanwhile", rate_of(busy["batch"]))
+        for processes, phase in scaling.items():
+            line(f"batch ingest, {processes} web process(es)", rate_of(phase))
         print(f"Rollups still agree with events: {rollups_agree(project.pk)}")
     finally:
         from django.db import connections
