@@ -207,11 +207,13 @@ def contains_personal_data(value: str, *, phones: bool = True) -> str | None:
     value = _UUID.sub(" ", value)
     if _EMAIL.search(value):
         return "an e-mail address"
-    if _has_card_number(value):
+    # A card has at least 13 digits and a phone number 8: most ids have fewer.
+    digits = sum(map(str.isdigit, value))
+    if digits >= 13 and _has_card_number(value):
         return "a card number"
     if _has_iban(value):
         return "a bank account number (IBAN)"
-    if phones and _has_phone_number(value):
+    if phones and digits >= 8 and _has_phone_number(value):
         return "a phone number"
     return None
 
