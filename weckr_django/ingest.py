@@ -56,6 +56,8 @@ class IngestResult:
     created: int
     duplicates: int
     created_event_ids: list[str] = field(default_factory=list)
+    #: The server's cost of each event stored now, by event id.
+    costs: dict[str, Decimal] = field(default_factory=dict)
 
 
 def ingest_records(project: Project, records: Sequence[UsageRecord]) -> IngestResult:
@@ -95,19 +97,22 @@ def ingest_records(project: Project, records: Sequence[UsageRecord]) -> IngestRe
         created=len(created_ids),
         duplicates=len(records) - len(created_ids),
         created_event_ids=created_ids,
+        costs={event.event_id: event.cost_usd for event in new_events},
     )
 
 
 @dataclass
 class BatchResult:
     """What became of a batch of wire events: how many were stored now, how many
-    were known already (``event_ids`` holds the ids of both, in batch order), and
-    the events rejected, by index, with the reason."""
+    were known already (``event_ids`` holds the ids of both, in batch order), the
+    events rejected, by index, with the reason, and the cost of each event stored
+    now (``costs``, by event id)."""
 
     created: int = 0
     duplicates: int = 0
     event_ids: list[str] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    costs: dict[str, Decimal] = field(default_factory=dict)
 
 
 def ingest_payloads(project: Project, payloads: Sequence[Any]) -> BatchResult:
@@ -146,6 +151,7 @@ def _ingest_isolating(
         return
     result.created += stored.created
     result.duplicates += stored.duplicates
+    result.costs.update(stored.costs)
 
 
 def _after_commit(project: Project, user_keys: list[str]) -> None:

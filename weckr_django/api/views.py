@@ -175,11 +175,13 @@ class LogView(WeckrAPIView):
         if result.rejected:
             raise BadRequest(result.rejected[0].error, result.rejected[0].field)
         event_id = result.event_ids[0]
-        cost = (
-            UsageEvent.objects.filter(project=project, event_id=event_id)
-            .values_list("cost_usd", flat=True)
-            .first()
-        )
+        cost = result.costs.get(event_id)
+        if cost is None:  # a resend: the cost the event was stored with
+            cost = (
+                UsageEvent.objects.filter(project=project, event_id=event_id)
+                .values_list("cost_usd", flat=True)
+                .first()
+            )
         return Response(
             {
                 "ok": True,
