@@ -14,6 +14,8 @@ it with ``--clients`` concurrent clients, each on one keep-alive connection:
 - ``POST /api/v1/log/batch``, 500 events per request (its rate ÷ COPY's);
 - ``GET /api/v1/check`` with no writes, and again while half the clients ingest
   batches as fast as they can;
+- the same with the checks sent to a second server process of their own (a pool
+  for the latency-critical endpoints, as a proxy routing by path would give);
 - batch ingest again with 1, 2 and 4 web processes (``--web-processes``).
 
 Each phase runs ``--seconds``. Follow-up work (loop detection, budget alerts) runs
@@ -330,17 +332,22 @@ Work = Callable[[Connection], tuple[int, int]]
 
 
 def run_phase(
-    port: int, key: str, works: list[tuple[str, Work]], seconds: float
+    port: int,
+    key: str,
+    works: list[tuple[str, Work]],
+    seconds: float,
+    ports: dict[str, int] | None = None,
 ) -> dict[str, Phase]:
     """Each work function on a client thread of its own, in a loop, for ``seconds``;
-    one ``Phase`` per kind of work (the clients of a kind summed)."""
+    one ``Phase`` per kind of work (the clients of a kind summed). A kind named in
+    ``ports`` goes to that server's port instead of ``port``."""
     phases = {kind: Phase(seconds=seconds) for kind, _ in works}
     lock = threading.Lock()
     ready = threading.Barrier(len(works) + 1)
     deadline = [0.0]
 
     def client(kind: str, work: Work) -> None:
-        connection = Connection(port, key)
+        connection = Connection((ports or {}).get(kind, port), key)
         connection.request("GET", "/api/v1/me")  # connected before the clock starts
         latencies: list[float] = []
         events = 0
@@ -529,6 +536,16 @@ def main() -> int:
         mixed = [("batch", batches(100 + i)) for i in range(half)]
         mixed += [("check", checks(100 + i)) for i in range(half)]
         busy = run_phase(port, key, mixed, seconds)
+        # The same, with the checks on a pool of their own (one more gunicorn
+        # process, as a proxy routing /api/v1/check to it would have them).
+        check_port = _free_port()
+        check_pool = start_server(
+            {**env, "WECKR_BIND": f"127.0.0.1:{check_port}", "WEB_CONCURRENCY": "1"}, check_port
+        )
+        mixed = [("batch", batches(200 + i)) for i in range(half)]
+        mixed += [("check", checks(200 + i)) for i in range(half)]
+        split = run_phase(port, key, mixed, seconds, ports={"check": check_port})
+        stop_server(check_pool)
         stop_server(server)
         server = None
         scaling = {}
@@ -574,6 +591,13 @@ def main() -> int:
             p99(busy["check"]) <= 25,
         )
         line("  batches meanwhile", rate_of(busy["batch"]))
+        line(
+            "/check on its own pool while batches run",
+            latency_of(split["check"]),
+            "p99 ≤ 25 ms",
+            p99(split["check"]) <= 25,
+        )
+        line("  batches meanwhile", rate_of(split["batch"]))
         for processes, phase in scaling.items():
             line(f"batch ingest, {processes} web process(es)", rate_of(phase))
         print(f"Rollups still agree with events: {rollups_agree(project.pk)}")
