@@ -12,6 +12,8 @@ it with ``--clients`` concurrent clients, each on one keep-alive connection:
 
 - ``POST /api/v1/log``, one event per request;
 - ``POST /api/v1/log/batch``, 500 events per request (its rate ÷ COPY's);
+- how long after the last batch a looping user's call raises its loop alert (the
+  lag of follow-up work);
 - ``GET /api/v1/check`` with no writes, and again while half the clients ingest
   batches as fast as they can;
 - the same with the checks sent to a second server process of their own (a pool
@@ -420,6 +422,24 @@ def checks(client: int) -> Work:
     return work
 
 
+def follow_up_lag(port: int, key: str, project: Any) -> float:
+    """Seconds from a looping user's call being logged to its loop alert, right
+    after a phase of full-rate ingest: how far follow-up work lags behind."""
+    from weckr_django.models import AlertLog
+
+    user = f"loop-probe-{uuid.uuid4().hex[:8]}"
+    event = {"userId": user, "planName": "pro", "model": "gpt-4o-mini", "inputTokens": 60_000}
+    started = time.perf_counter()
+    status = Connection(port, key).request("POST", "/api/v1/log", json.dumps(event).encode())
+    assert status == 201, status
+    alerts = AlertLog.objects.filter(project=project, kind=AlertLog.Kind.LOOP, user_id=user)
+    while not alerts.exists():
+        if time.perf_counter() - started > 300:
+            return float("inf")
+        time.sleep(0.05)
+    return time.perf_counter() - started
+
+
 def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [
@@ -531,6 +551,7 @@ def main() -> int:
         seconds = options.seconds
         single = run_phase(port, key, [("log", single_events(i)) for i in range(clients)], seconds)
         batch = run_phase(port, key, [("batch", batches(i)) for i in range(clients)], seconds)
+        lag = follow_up_lag(port, key, project)
         idle = run_phase(port, key, [("check", checks(i)) for i in range(clients)], seconds)
         half = max(1, clients // 2)
         mixed = [("batch", batches(100 + i)) for i in range(half)]
@@ -577,6 +598,12 @@ def main() -> int:
             f"{single['log'].rate:,.0f} events/s",
             "≥ 1,000",
             single["log"].rate >= 1000,
+        )
+        line(
+            "loop alert lag after full-rate ingest",
+            f"{lag:.1f} s",
+            "a few seconds (≤ 5 s)",
+            lag <= 5,
         )
         line(
             "GET /api/v1/check, no writes",
