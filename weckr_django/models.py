@@ -245,7 +245,11 @@ class UsageEvent(models.Model):
         MANUAL = "manual", "Manual"
 
     project = models.ForeignKey(
-        Project, on_delete=models.CASCADE, related_name="events", verbose_name="project"
+        Project,
+        on_delete=models.CASCADE,
+        related_name="events",
+        verbose_name="project",
+        db_index=False,  # every index below starts with it
     )
     event_id = models.CharField(
         "event id", max_length=64, help_text="Client-generated id; a resend is not counted twice."
@@ -359,7 +363,11 @@ class MonthlyUserSpend(_UsageTotals):
     reads one row of this table."""
 
     project = models.ForeignKey(
-        Project, on_delete=models.CASCADE, related_name="monthly_spend", verbose_name="project"
+        Project,
+        on_delete=models.CASCADE,
+        related_name="monthly_spend",
+        verbose_name="project",
+        db_index=False,  # the unique key's first column
     )
     user_key = models.CharField(
         "user", max_length=255, help_text="User id; empty for calls made with no user."
@@ -377,11 +385,12 @@ class MonthlyUserSpend(_UsageTotals):
         verbose_name = "monthly user spend"
         verbose_name_plural = "monthly user spend"
         constraints = (
+            # Month before user: the one index serves a cap check (all three columns)
+            # and the dashboard's reads of a month (project and month).
             models.UniqueConstraint(
-                fields=("project", "user_key", "month"), name="weckr_monthly_user_uniq"
+                fields=("project", "month", "user_key"), name="weckr_monthly_month_user_uniq"
             ),
         )
-        indexes = (models.Index(fields=("project", "month"), name="weckr_monthly_proj_month_idx"),)
 
     def __str__(self) -> str:
         return f"{self.user_key or ANONYMOUS_LABEL} {self.month:%Y-%m}"
@@ -391,7 +400,11 @@ class DailyUsage(_UsageTotals):
     """Usage per day, user, feature and model, for the dashboard and the API."""
 
     project = models.ForeignKey(
-        Project, on_delete=models.CASCADE, related_name="daily_usage", verbose_name="project"
+        Project,
+        on_delete=models.CASCADE,
+        related_name="daily_usage",
+        verbose_name="project",
+        db_index=False,  # the unique key's first column
     )
     day = models.DateField("day", help_text="Calendar day in the project's timezone.")
     user_key = models.CharField("user", max_length=255)
@@ -408,8 +421,7 @@ class DailyUsage(_UsageTotals):
                 fields=("project", "day", "user_key", "feature", "model"),
                 name="weckr_daily_uniq",
             ),
-        )
-        indexes = (models.Index(fields=("project", "day"), name="weckr_daily_proj_day_idx"),)
+        )  # (project, day, ...) also serves the reads of a range of days
 
     def __str__(self) -> str:
         return f"{self.day} {self.user_key or ANONYMOUS_LABEL} {self.feature} {self.model}"
