@@ -44,3 +44,22 @@ def test_a_large_batch_rolled_back_leaves_nothing_behind_for_the_next() -> None:
     assert not UsageEvent.objects.filter(project=project).exists()
     assert ingest_records(project, batch).created == 120
     assert_rollups_match_events(project)
+
+
+def test_an_event_postgresql_refuses_in_a_large_batch_is_rejected_alone() -> None:
+    """The wire refuses what the columns cannot hold; a record that got past it (the
+    database is the last word) is isolated by halving, through COPY as well."""
+    from weckr_django.ingest import BatchResult, _ingest_isolating
+
+    project = Project.objects.create(name="Acme")
+    records = [(index, make_record(f"e{index}", user_id=f"u{index % 60}")) for index in range(120)]
+    records[77][1].feature = "f" * 300  # longer than the column
+
+    result = BatchResult()
+    _ingest_isolating(project, records, result)
+
+    assert result.created == 119
+    assert [(item.index, item.event_id) for item in result.rejected] == [(77, "e77")]
+    assert "value too long" in result.rejected[0].error
+    assert UsageEvent.objects.filter(project=project).count() == 119
+    assert_rollups_match_events(project)
