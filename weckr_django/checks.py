@@ -105,6 +105,16 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
                 id="weckr.E003",
             )
         )
+    try:
+        weckr_settings.EVENT_RETENTION_MONTHS  # noqa: B018 - validates the value
+    except ValueError as error:
+        errors.append(
+            Error(
+                str(error),
+                hint="For example 13 (this month and the twelve before it), or None.",
+                id="weckr.E010",
+            )
+        )
     return errors
 
 

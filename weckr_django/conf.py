@@ -39,6 +39,7 @@ DEFAULTS: Mapping[str, Any] = {
     "API_RATE_LIMIT": "6000/min",
     "API_UNAUTHENTICATED_RATE_LIMIT": "60/min",
     "MAX_BATCH_EVENTS": 500,
+    "EVENT_RETENTION_MONTHS": None,
     "ALERT_FROM_EMAIL": None,
     "SITE_URL": "http://localhost:8000",
 }
@@ -172,6 +173,20 @@ class WeckrSettings:
     @property
     def MAX_BATCH_EVENTS(self) -> int:
         return int(self.get("MAX_BATCH_EVENTS"))
+
+    @property
+    def EVENT_RETENTION_MONTHS(self) -> int | None:
+        """Calendar months of usage events kept (the current one included), or None
+        to keep them all; the rollups keep every month either way."""
+        value = self.get("EVENT_RETENTION_MONTHS")
+        if value in (None, "", 0):
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"WECKR['EVENT_RETENTION_MONTHS'] must be a whole number of months (1 or "
+                f"more) or None, not {value!r}."
+            )
+        return value
 
     @property
     def ALERT_FROM_EMAIL(self) -> str | None:

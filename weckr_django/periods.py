@@ -7,6 +7,8 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from weckr_django.conf import weckr_settings
+
 if TYPE_CHECKING:
     from weckr_django.models import Project
 
@@ -57,3 +59,20 @@ def day_bounds(project: Project, day: date) -> tuple[datetime, datetime]:
         datetime.combine(day, time.min, tzinfo=zone),
         datetime.combine(day + timedelta(days=1), time.min, tzinfo=zone),
     )
+
+
+def event_cutoff(now: datetime | None = None) -> datetime | None:
+    """The oldest moment whose events are kept, or None when all are.
+
+    The first day of the earliest kept month, in UTC, less one day: whatever a
+    project's timezone, its kept months are whole (time zones are at most 14 hours
+    from UTC).
+    """
+    months = weckr_settings.EVENT_RETENTION_MONTHS
+    if months is None:
+        return None
+    now = now or datetime.now(UTC)
+    year, month = now.year, now.month - (months - 1)
+    while month < 1:
+        year, month = year - 1, month + 12
+    return datetime(year, month, 1, tzinfo=UTC) - timedelta(days=1)

@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 from weckr_core.backends.base import CapRequest
 from weckr_core.pricing import is_priced
 from weckr_core.records import SOURCES, UsageRecord, new_event_id
+from weckr_django.conf import weckr_settings
+from weckr_django.periods import event_cutoff
 
 #: A single call above this many tokens of one kind is a client bug or an attack.
 MAX_TOKENS_PER_CALL = 20_000_000
@@ -320,6 +322,14 @@ def _timestamp(payload: Mapping[str, Any], now: datetime) -> datetime:
         raise WireError("timestamp is in the future.", "timestamp")
     if moment < now - timedelta(days=400):
         raise WireError("timestamp is more than 400 days old.", "timestamp")
+    cutoff = event_cutoff(now)
+    if cutoff is not None and moment < cutoff:
+        raise WireError(
+            f"timestamp is before {cutoff:%Y-%m-%d}: this server keeps "
+            f"{weckr_settings.EVENT_RETENTION_MONTHS} month(s) of events "
+            "(WECKR['EVENT_RETENTION_MONTHS']).",
+            "timestamp",
+        )
     return moment
 
 
