@@ -12,6 +12,7 @@ stays exact with any number of concurrent workers on PostgreSQL, and on SQLite.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -309,7 +310,10 @@ def _insert_rows(
     table = quote(model._meta.db_table)
     names = ", ".join(quote(column) for column in columns)
     if connection.vendor == "postgresql" and len(rows) >= _STAGING_MIN_ROWS:
-        staging = quote(f"weckr_staging_{model._meta.db_table}")
+        # Named after its columns too: a connection that outlives a migration adding
+        # a column makes a new staging table rather than COPYing into a stale one.
+        shape = hashlib.sha256(names.encode()).hexdigest()[:8]
+        staging = quote(f"weckr_staging_{model._meta.db_table}_{shape}")
         return _insert_through_staging(
             connection, table, staging, names, rows, order_by, on_conflict
         )
