@@ -109,13 +109,10 @@ def _window_totals(
     keys = list(dict.fromkeys(user_keys))
     totals: dict[str, dict[str, Any]] = {}
     for start in range(0, len(keys), 1000):
-        chunk = keys[start : start + 1000]
-        named = [key for key in chunk if key != ANONYMOUS_KEY]
-        users = Q(user_id__in=named)
-        if len(named) < len(chunk):
-            users |= Q(user_id__isnull=True)
         rows = (
-            UsageEvent.objects.filter(users, project=project, timestamp__gte=since)
+            UsageEvent.objects.filter(
+                _users(keys[start : start + 1000]), project=project, timestamp__gte=since
+            )
             .order_by()
             .values("user_id")
             .annotate(
@@ -137,12 +134,8 @@ def _alerted_since(
     keys = list(user_keys)
     if not keys:
         return set()
-    named = [key for key in keys if key != ANONYMOUS_KEY]
-    users = Q(user_id__in=named)
-    if len(named) < len(keys):
-        users |= Q(user_id__isnull=True)
     found = AlertLog.objects.filter(
-        users, project=project, kind__in=list(kinds), created_at__gte=since
+        _users(keys), project=project, kind__in=list(kinds), created_at__gte=since
     ).values_list("kind", "user_id")
     return {(kind, user_id or ANONYMOUS_KEY) for kind, user_id in found}
 
@@ -307,6 +300,15 @@ def _lock(project: Project) -> None:
 
 def _send_on_commit(alert: AlertLog, send: Send) -> None:
     transaction.on_commit(functools.partial(send, alert.pk), robust=True)
+
+
+def _users(user_keys: list[str]) -> Q:
+    """Rows of any of these rollup user keys ("" is the calls made with no user)."""
+    named = [key for key in user_keys if key != ANONYMOUS_KEY]
+    users = Q(user_id__in=named)
+    if len(named) < len(user_keys):
+        users |= Q(user_id__isnull=True)
+    return users
 
 
 def _user_filter(user_key: str) -> dict[str, Any]:

@@ -329,7 +329,7 @@ def _insert_rows(
                 f"{on_conflict}",
                 [value for values in chunk for value in values],
             )
-            if "RETURNING" in on_conflict:
+            if cursor.description:  # a RETURNING clause
                 found.extend(cursor.fetchall())
     return found
 
@@ -490,8 +490,8 @@ def _upsert_add(
     extra_names = list(rows[0][2])
     names = [*key_fields, *_COUNTERS, *extra_names]
     model_fields: list[Field[Any, Any]] = [meta.get_field(name) for name in names]  # type: ignore[misc]
-    columns = [quote(_column(model, name)) for name in names]
-    key_columns = columns[: len(key_fields)]
+    columns = [_column(model, name) for name in names]
+    key_columns = [quote(column) for column in columns[: len(key_fields)]]
     assignments = []
     for name in _COUNTERS:
         column = quote(_column(model, name))
@@ -510,7 +510,7 @@ def _upsert_add(
     _insert_rows(
         connection,
         model,
-        [_column(model, name) for name in names],
+        columns,
         [[prepare(row[name]) for name, prepare in preparers] for row in values],
         order_by=conflict_key,
         on_conflict=f"ON CONFLICT ({conflict_key}) DO UPDATE SET {', '.join(assignments)}",
