@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connections
+
+from weckr_core.records import UsageRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,3 +173,20 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60, interval: flo
             return True
         time.sleep(interval)
     return condition()
+
+
+def usage_records(count: int, poisoned_at: int | None = None) -> list[UsageRecord]:
+    """``count`` small OpenAI calls of seven users with fresh event ids; the one at
+    ``poisoned_at`` carries a NUL character in a tag, which PostgreSQL cannot store."""
+    return [
+        UsageRecord(
+            event_id=str(uuid.uuid4()),
+            user_id=f"user-{n % 7}",
+            provider="openai",
+            model="gpt-4o-mini",
+            input_tokens=100,
+            output_tokens=20,
+            tags=("bad\x00tag",) if n == poisoned_at else ("ok",),
+        )
+        for n in range(count)
+    ]

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.races import server_process
 from weckr_core.backends.http import HttpBackend
-from weckr_core.records import UsageRecord
 from weckr_django.models import ApiKey, Project, UsageEvent
 
+from .conftest import usage_records
 from .flaky_proxy import FlakyProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,17 +27,7 @@ def test_a_flaky_proxy_loses_nothing_duplicates_nothing_and_reports_nothing_lost
 ) -> None:
     project = Project.objects.create(name="Flaky proxy")
     _, key = ApiKey.objects.create_key(project, "flaky")
-    sent = [
-        UsageRecord(
-            event_id=str(uuid.uuid4()),
-            user_id=f"user-{n % 7}",
-            provider="openai",
-            model="gpt-4o-mini",
-            input_tokens=100,
-            output_tokens=20,
-        )
-        for n in range(EVENTS)
-    ]
+    sent = usage_records(EVENTS)
     errors: list[BaseException] = []
     env = {
         "DJANGO_SETTINGS_MODULE": "tests.settings_integration",

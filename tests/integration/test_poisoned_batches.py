@@ -4,43 +4,23 @@ HTTP to a server process, and a Celery message to a real worker."""
 from __future__ import annotations
 
 import os
-import uuid
 from decimal import Decimal
 
 import pytest
 
 from tests.races import server_process
 from weckr_core.backends.http import HttpBackend, WeckrBackendError
-from weckr_core.records import UsageRecord
 from weckr_django.models import ApiKey, Project, UsageEvent
 
-from .conftest import CeleryWorker, wait_until
+from .conftest import CeleryWorker, usage_records, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def records(count: int, poisoned_at: int) -> list[UsageRecord]:
-    made = []
-    for n in range(count):
-        made.append(
-            UsageRecord(
-                event_id=str(uuid.uuid4()),
-                user_id=f"user-{n % 7}",
-                provider="openai",
-                model="gpt-4o-mini",
-                input_tokens=100,
-                output_tokens=20,
-                # A NUL character: PostgreSQL cannot store it.
-                tags=("ok",) if n != poisoned_at else ("bad\x00tag",),
-            )
-        )
-    return made
 
 
 def test_httpbackend_batch_with_one_poisoned_event_stores_the_rest_and_reports_it_once() -> None:
     project = Project.objects.create(name="Poison")
     _, key = ApiKey.objects.create_key(project, "poison")
-    sent = records(500, poisoned_at=250)
+    sent = usage_records(500, poisoned_at=250)
     errors: list[BaseException] = []
     env = {
         "DJANGO_SETTINGS_MODULE": "tests.settings_integration",
@@ -70,7 +50,7 @@ def test_a_celery_message_with_one_poisoned_event_stores_the_rest(
     from weckr_django.tasks import record_usage
 
     project = Project.objects.create(name="Poison")
-    sent = records(20, poisoned_at=3)
+    sent = usage_records(20, poisoned_at=3)
     celery_worker.start()
     record_usage.delay([record.to_wire() for record in sent], str(project.pk))
 
