@@ -29,7 +29,7 @@ class Command(BaseCommand):
         except ValueError as error:
             raise CommandError(str(error)) from None
         cutoff = event_cutoff()
-        if months is None or cutoff is None:
+        if cutoff is None:
             self.stdout.write("WECKR['EVENT_RETENTION_MONTHS'] is not set: every event is kept.")
             return
         count = prune_events(dry_run=options["dry_run"])
