@@ -3,7 +3,10 @@ events through ``DjangoBackend`` (the delivery of ``WECKR_DELIVERY``, "thread" b
 default, and the spool of ``WECKR_SPOOL``), printing ``sent N`` as it goes; then
 wait until every event is delivered (ingested, or handed to the broker) and a user
 of the capped plan "free" is blocked again, and print the outcome as JSON. The test
-stops and starts the database or the broker meanwhile."""
+stops and starts the database or the broker meanwhile.
+
+With ``WECKR_IT_PAUSE_AT=N`` and ``WECKR_IT_RESUME_FILE=PATH`` it prints ``paused N``
+after N events and waits until PATH exists before it goes on."""
 
 from __future__ import annotations
 
@@ -34,9 +37,14 @@ def main() -> None:
     }
     weckr_settings.reload()
     count = int(sys.argv[1])
+    pause_at = int(os.environ.get("WECKR_IT_PAUSE_AT", -1))
     backend = DjangoBackend()
     allowed_while_away = 0
     for n in range(count):
+        if n == pause_at:
+            print(f"paused {n}", flush=True)
+            while not os.path.exists(os.environ["WECKR_IT_RESUME_FILE"]):
+                time.sleep(0.01)
         backend.record(
             UsageRecord(
                 event_id=f"00000000-0000-4000-8000-{n:012d}",

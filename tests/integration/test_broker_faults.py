@@ -16,6 +16,7 @@ import redis
 
 from tests import settings_integration as settings
 from weckr_django.models import Plan, Project, UsageEvent
+from weckr_django.tasks import FOLLOW_UP_LINGER_SECONDS
 
 from .conftest import ROOT, CeleryWorker, subprocess_env, wait_until
 from .private_redis import PrivateRedis
@@ -46,7 +47,10 @@ def test_the_broker_going_away_mid_stream_loses_nothing_and_duplicates_nothing(
 
     stop: the broker shuts down gracefully (SIGTERM, as a service manager or a
     redeploy stops it) at 500 and starts again ``DOWN_SECONDS`` later; the worker
-    runs throughout and must reconnect by itself.
+    runs throughout and must reconnect by itself. The producer pauses at 500 until
+    the worker has taken and acknowledged everything queued, so that the broker
+    does not go away in the instant it hands the worker a message: kombu's Redis
+    transport loses a message caught there (the window the README names).
 
     Either way the producer's events outlast its retries and wait in its spool."""
     project = Project.objects.create(name=f"Broker {broker_fault}")
@@ -59,6 +63,10 @@ def test_the_broker_going_away_mid_stream_loses_nothing_and_duplicates_nothing(
         monkeypatch.setenv("WECKR_IT_VISIBILITY_TIMEOUT", "5")
         celery_worker.start()
         log = tmp_path / "producer.log"
+        resume = tmp_path / "resume"
+        client = redis.Redis.from_url(broker.url)
+        prefix = settings.CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"]
+        queue, unacked = f"{prefix}{settings.CELERY_TASK_DEFAULT_QUEUE}", f"{prefix}unacked"
         producer = subprocess.Popen(
             [sys.executable, "-m", "tests.integration.outage_producer", str(EVENTS)],
             cwd=ROOT,
@@ -67,6 +75,8 @@ def test_the_broker_going_away_mid_stream_loses_nothing_and_duplicates_nothing(
                 "WECKR_DELIVERY": "celery",
                 "WECKR_SPOOL": str(tmp_path / "spool.sqlite3"),
                 "WECKR_DEFAULT_PROJECT": str(project.pk),
+                "WECKR_IT_PAUSE_AT": "501" if broker_fault == "stop" else "-1",
+                "WECKR_IT_RESUME_FILE": str(resume),
             },
             stdout=subprocess.PIPE,
             stderr=log.open("w"),
@@ -84,8 +94,6 @@ def test_the_broker_going_away_mid_stream_loses_nothing_and_duplicates_nothing(
             # recording it as unacknowledged loses that message: a window of kombu's
             # Redis transport, celery/celery#7950, which the README names; RabbitMQ's
             # acknowledgements have none.)
-            unacked = f"{settings.CELERY_BROKER_TRANSPORT_OPTIONS['global_keyprefix']}unacked"
-            client = redis.Redis.from_url(broker.url)
             assert wait_until(lambda: client.hlen(unacked) > 0, timeout=30, interval=0.001)
             worker.kill()
             worker.wait()
@@ -96,7 +104,16 @@ def test_the_broker_going_away_mid_stream_loses_nothing_and_duplicates_nothing(
         if broker_fault == "crash":
             broker.crash()
         else:
+            assert producer.stdout.readline().strip() == "paused 501"
+
+            def idle() -> bool:
+                return client.llen(queue) == 0 and client.hlen(unacked) == 0
+
+            assert wait_until(idle, timeout=60)
+            time.sleep(FOLLOW_UP_LINGER_SECONDS + 0.5)  # the worker's own follow-up tasks
+            assert wait_until(idle, timeout=60)
             broker.stop()
+            resume.touch()
         time.sleep(DOWN_SECONDS)
         broker.start()
         if celery_worker.process is None:
