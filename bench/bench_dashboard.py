@@ -8,7 +8,7 @@ the end), or, when PostgreSQL is not reachable, a scratch SQLite file. Bulk-load
 before it, 2,000 users on three plans, each user on two (feature, model) pairs,
 one unpriced model, and agent runs of 20 calls for 8% of this month's events, some
 ending in a loop stop or an error. The rollups are rebuilt from the events in SQL,
-so both agree, as ingestion keeps them. Then every page is rendered ``--repeat``
+so they agree, as ingestion keeps them. Then every page is rendered ``--repeat``
 times through Django's test ``Client`` as a logged-in staff user (full middleware,
 session, auth, templates; no sockets), after two warm-up renders, and the median
 and p95 render times are printed.
@@ -200,7 +200,7 @@ SUMS = (
 
 
 def bulk_load(project_id: uuid.UUID, count: int, postgres: bool) -> None:
-    """Insert the events, then build both rollups from them (project timezone UTC)."""
+    """Insert the events, then build the rollups from them (project timezone UTC)."""
     from django.db import connection, transaction
 
     now = datetime.now(UTC)
@@ -260,7 +260,15 @@ def bulk_load(project_id: uuid.UUID, count: int, postgres: bool) -> None:
             "FROM weckr_django_usageevent WHERE project_id = %s GROUP BY 1, 2, 3, 4, 5",
             [project],
         )
-        for table in ("usageevent", "monthlyuserspend", "dailyusage"):
+        cursor.execute(
+            "INSERT INTO weckr_django_agentrunusage (project_id, month, run_id, user_key, "
+            f"source, {COUNTERS}, started_at, ended_at) SELECT project_id, {month}, run_id, "
+            f"COALESCE(MAX(user_id), ''), MAX(source), {SUMS}, MIN(timestamp), MAX(timestamp) "
+            "FROM weckr_django_usageevent WHERE project_id = %s AND run_id IS NOT NULL "
+            "GROUP BY 1, 2, 3",
+            [project],
+        )
+        for table in ("usageevent", "monthlyuserspend", "dailyusage", "agentrunusage"):
             cursor.execute(f"ANALYZE weckr_django_{table}")
 
 
@@ -292,6 +300,7 @@ def run(options: argparse.Namespace, postgres: bool) -> None:
     from django.test import Client
 
     from weckr_django.models import (
+        AgentRunUsage,
         AlertLog,
         DailyUsage,
         MonthlyUserSpend,
@@ -321,12 +330,18 @@ def run(options: argparse.Namespace, postgres: bool) -> None:
     print(f"UsageEvent {events.count():,} rows ({in_runs:,} in agent runs)")
     print(f"DailyUsage {DailyUsage.objects.count():,} rows")
     print(f"MonthlyUserSpend {MonthlyUserSpend.objects.count():,} rows")
+    print(f"AgentRunUsage {AgentRunUsage.objects.count():,} rows")
     totals = [events.aggregate(calls=Count("id"), cost=Sum("cost_usd"))]
     totals.append(DailyUsage.objects.aggregate(calls=Sum("calls"), cost=Sum("cost_usd")))
     totals.append(MonthlyUserSpend.objects.aggregate(calls=Sum("calls"), cost=Sum("cost_usd")))
+    run_totals = [
+        events.exclude(run_id=None).aggregate(calls=Count("id"), cost=Sum("cost_usd")),
+        AgentRunUsage.objects.aggregate(calls=Sum("calls"), cost=Sum("cost_usd")),
+    ]
     # SQLite sums decimals as floats: compare to the micro-dollar.
     agree = {(t["calls"], round(Decimal(t["cost"]), 6)) for t in totals}
-    print(f"Rollups agree with events: {len(agree) == 1}")
+    agree_runs = {(t["calls"], round(Decimal(t["cost"] or 0), 6)) for t in run_totals}
+    print(f"Rollups agree with events: {len(agree) == 1 and len(agree_runs) == 1}")
 
     client = Client()
     client.force_login(staff)

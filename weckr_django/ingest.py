@@ -28,7 +28,14 @@ from django.utils import timezone
 from weckr_core import pricing
 from weckr_core.records import UsageRecord
 from weckr_django import overrides
-from weckr_django.models import ANONYMOUS_KEY, DailyUsage, MonthlyUserSpend, Project, UsageEvent
+from weckr_django.models import (
+    ANONYMOUS_KEY,
+    AgentRunUsage,
+    DailyUsage,
+    MonthlyUserSpend,
+    Project,
+    UsageEvent,
+)
 from weckr_django.periods import local_day
 from weckr_django.plans import match_plan
 from weckr_django.signals import usage_ingested
@@ -386,6 +393,7 @@ def _column(model: type[Model], name: str) -> str:
 @dataclass
 class _Totals:
     counters: dict[str, Any]
+    earliest: datetime
     latest: datetime
     plan_name: str | None = None
     plan_revenue_usd: Decimal | None = None
@@ -395,7 +403,7 @@ class _Totals:
     def empty(cls, when: datetime) -> _Totals:
         counters: dict[str, Any] = dict.fromkeys(_COUNTERS, 0)
         counters["cost_usd"] = Decimal(0)
-        return cls(counters=counters, latest=when)
+        return cls(counters=counters, earliest=when, latest=when)
 
     def add(self, event: UsageEvent) -> None:
         counters = self.counters
@@ -405,6 +413,7 @@ class _Totals:
         counters["unpriced_calls"] += not event.priced
         for name in _TOKEN_COUNTERS:
             counters[name] += getattr(event, name)
+        self.earliest = min(self.earliest, event.timestamp)
         if event.timestamp >= self.latest or self.plan_name is None:
             self.latest = max(self.latest, event.timestamp)
             if event.plan_name is not None:
@@ -418,6 +427,7 @@ def _update_rollups(
 ) -> None:
     monthly: dict[tuple[str, date], _Totals] = {}
     daily: dict[tuple[date, str, str, str], _Totals] = {}
+    runs: dict[tuple[date, str], tuple[_Totals, str, str]] = {}
     for event in events:
         user_key = event.user_id or ANONYMOUS_KEY
         day = local_day(project, event.timestamp)
@@ -425,6 +435,16 @@ def _update_rollups(
         monthly.setdefault(month_key, _Totals.empty(event.timestamp)).add(event)
         day_key = (day, user_key, event.feature or "", event.model)
         daily.setdefault(day_key, _Totals.empty(event.timestamp)).add(event)
+        if event.run_id:
+            run_key = (day.replace(day=1), event.run_id)
+            totals, run_user, run_source = runs.get(run_key) or (
+                _Totals.empty(event.timestamp),
+                user_key,
+                event.source,
+            )
+            totals.add(event)
+            # The largest user and source of the run's calls, as GREATEST merges them.
+            runs[run_key] = (totals, max(run_user, user_key), max(run_source, event.source))
 
     _upsert_add(
         connection,
@@ -466,6 +486,26 @@ def _update_rollups(
         coalesce_fields=("plan_name",),
         replace_fields=("provider",),
     )
+    _upsert_add(
+        connection,
+        AgentRunUsage,
+        key_fields=("project", "month", "run_id"),
+        rows=[
+            (
+                {"project": project.pk, "month": month, "run_id": run_id},
+                totals,
+                {
+                    "user_key": user_key,
+                    "source": source,
+                    "started_at": totals.earliest,
+                    "ended_at": totals.latest,
+                },
+            )
+            for (month, run_id), (totals, user_key, source) in sorted(runs.items())
+        ],
+        least_fields=("started_at",),
+        greatest_fields=("user_key", "source", "ended_at"),
+    )
 
 
 def _upsert_add(
@@ -476,13 +516,18 @@ def _upsert_add(
     rows: list[tuple[dict[str, Any], _Totals, dict[str, Any]]],
     coalesce_fields: tuple[str, ...] = (),
     replace_fields: tuple[str, ...] = (),
+    least_fields: tuple[str, ...] = (),
+    greatest_fields: tuple[str, ...] = (),
 ) -> None:
     """``INSERT ... ON CONFLICT (key) DO UPDATE SET counter = counter + excluded.counter``,
-    in key order, so concurrent writers take row locks in the same order."""
+    in key order, so concurrent writers take row locks in the same order. The other
+    fields of a row that exists already take the new value where it is not null
+    (``coalesce_fields``), always (``replace_fields``), or the smaller or larger of
+    the two (``least_fields``, ``greatest_fields``)."""
     if not rows:
         return
     if not _supports_returning_upsert(connection):
-        _update_one_by_one(model, key_fields, rows)
+        _update_one_by_one(model, key_fields, rows, least_fields, greatest_fields)
         return
     meta = model._meta
     quote = connection.ops.quote_name
@@ -502,6 +547,12 @@ def _upsert_add(
     for name in replace_fields:
         column = quote(_column(model, name))
         assignments.append(f"{column} = excluded.{column}")
+    # SQLite's two-argument MIN and MAX are PostgreSQL's LEAST and GREATEST.
+    least, greatest = ("MIN", "MAX") if connection.vendor == "sqlite" else ("LEAST", "GREATEST")
+    for function, merged in ((least, least_fields), (greatest, greatest_fields)):
+        for name in merged:
+            column = quote(_column(model, name))
+            assignments.append(f"{column} = {function}({table}.{column}, excluded.{column})")
     preparers = [
         (name, _preparer(f, connection)) for name, f in zip(names, model_fields, strict=True)
     ]
@@ -556,8 +607,11 @@ def _update_one_by_one(
     model: type[Model],
     key_fields: tuple[str, ...],
     rows: list[tuple[dict[str, Any], _Totals, dict[str, Any]]],
+    least_fields: tuple[str, ...],
+    greatest_fields: tuple[str, ...],
 ) -> None:
-    from django.db.models import F
+    from django.db.models import F, Value
+    from django.db.models.functions import Greatest, Least
 
     manager = model._default_manager
     for keys, totals, extra in rows:
@@ -570,5 +624,7 @@ def _update_one_by_one(
             pass
         updates: dict[str, Any] = {name: F(name) + totals.counters[name] for name in _COUNTERS}
         updates.update({name: value for name, value in extra.items() if value is not None})
+        updates.update({name: Least(F(name), Value(extra[name])) for name in least_fields})
+        updates.update({name: Greatest(F(name), Value(extra[name])) for name in greatest_fields})
         if manager.filter(**lookup).update(**updates) != 1:
             raise DatabaseError(f"Weckr: rollup row {lookup} vanished during ingest.")

@@ -427,6 +427,39 @@ class DailyUsage(_UsageTotals):
         return f"{self.day} {self.user_key or ANONYMOUS_LABEL} {self.feature} {self.model}"
 
 
+class AgentRunUsage(_UsageTotals):
+    """Usage of one agent run (or crew kickoff) in one calendar month, for the
+    dashboard's Agents page: a month of runs is read from here, not from the events."""
+
+    project = models.ForeignKey(
+        Project,
+        on_delete=models.CASCADE,
+        related_name="run_usage",
+        verbose_name="project",
+        db_index=False,  # the unique key's first column
+    )
+    month = models.DateField("month", help_text="First day of the month.")
+    run_id = models.CharField("run", max_length=64)
+    user_key = models.CharField(
+        "user", max_length=255, help_text="Empty: the run's calls named no user."
+    )
+    source = models.CharField("source", max_length=16, choices=UsageEvent.Source.choices)
+    started_at = models.DateTimeField("first call")
+    ended_at = models.DateTimeField("last call")
+
+    class Meta:
+        verbose_name = "agent run usage"
+        verbose_name_plural = "agent run usage"
+        constraints = (
+            models.UniqueConstraint(
+                fields=("project", "month", "run_id"), name="weckr_run_month_uniq"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.run_id} {self.month:%Y-%m}"
+
+
 class AlertLog(models.Model):
     class Kind(models.TextChoices):
         LOOP = "loop", "Runaway usage (loop velocity)"

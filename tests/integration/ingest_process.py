@@ -19,7 +19,10 @@ def batches(seed: int, size: int) -> list[list[dict[str, Any]]]:
     a quarter as many users as events per batch."""
     now = datetime.now(UTC)
     result: list[list[dict[str, Any]]] = []
-    for batch in range(EVENTS // size):
+    count = EVENTS // size
+    for batch in range(count):
+        # Batches out of time order: a later batch may hold a run's first call or its last.
+        earlier = timedelta(seconds=(batch * 7 % count) * size)
         events: list[dict[str, Any]] = []
         for i in range(size):
             shared = i % 2 == 0
@@ -27,13 +30,16 @@ def batches(seed: int, size: int) -> list[list[dict[str, Any]]]:
             events.append(
                 {
                     "eventId": f"{owner}-{batch}-{i}",
-                    "timestamp": (now - timedelta(seconds=i)).isoformat(),
+                    "timestamp": (now - earlier - timedelta(seconds=i)).isoformat(),
                     "userId": f"user-{i % (size // 4)}",
                     "feature": "chat" if i % 3 else "summary",
                     "provider": "openai",
                     "model": "gpt-4o-mini" if i % 5 else "gpt-4o",
                     "inputTokens": 1000 + i,
                     "outputTokens": 200 + batch,
+                    # Every fourth call in one of eight agent runs that span every
+                    # batch of both processes: concurrent upserts of the same run rows.
+                    **({"runId": f"run-{i % 8}"} if i % 4 == 0 else {}),
                 }
             )
         result.append(events)

@@ -7,10 +7,10 @@ import sys
 from decimal import Decimal
 
 import pytest
-from django.db.models import Count, Sum
+from django.db.models import Count, Max, Min, Sum
 
 from weckr_django.backend import DjangoBackend
-from weckr_django.models import DailyUsage, MonthlyUserSpend, Project, UsageEvent
+from weckr_django.models import AgentRunUsage, DailyUsage, MonthlyUserSpend, Project, UsageEvent
 from weckr_django.tasks import record_usage
 
 from ..django.helpers import expected_cost, make_record
@@ -39,6 +39,28 @@ def assert_rollups_match_events(project: Project) -> None:
     events = UsageEvent.objects.filter(project=project)
     assert daily["calls"] == events.count()
     assert daily["cost"] == events.aggregate(cost=Sum("cost_usd"))["cost"]
+    runs = {
+        row["run_id"]: (row["calls"], row["cost"], row["started"], row["ended"])
+        for row in events.exclude(run_id=None)
+        .values("run_id")
+        .annotate(
+            calls=Count("id"),
+            cost=Sum("cost_usd"),
+            started=Min("timestamp"),
+            ended=Max("timestamp"),
+        )
+    }
+    assert runs == {  # a run's rows of every month it spans, added up
+        row["run_id"]: (row["calls"], row["cost"], row["started"], row["ended"])
+        for row in AgentRunUsage.objects.filter(project=project)
+        .values("run_id")
+        .annotate(
+            calls=Sum("calls"),
+            cost=Sum("cost_usd"),
+            started=Min("started_at"),
+            ended=Max("ended_at"),
+        )
+    }
 
 
 def test_a_task_delivered_twice_lands_once(celery_worker: CeleryWorker):
