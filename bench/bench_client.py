@@ -25,6 +25,10 @@ event is checked to have reached it, so a sender that loses events cannot look c
    than the figure itself.
 3. Informational, not a target: with an instant provider (no wait), the wall time of
    a block of ``wk.chat`` calls (and its flush's CPU) over a block of direct calls.
+4. ``instrument()`` next to ``wrap()``, as figure 1, with the SDK patched: a plain
+   ``client.chat.completions.create`` attributed by ``weckr_*`` keywords, and the
+   wrapped client (whose call passes through the patched method), each against the
+   SDK's own unpatched method.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import httpx
 import openai
 
 from tests.core.http_server import CHECK_PATH, LOG_PATH, FakeWeckrServer
-from weckr_core import Weckr, attribute
+from weckr_core import Weckr, attribute, uninstrument
 
 PROVIDER_WAIT = 0.002  # seconds the fake provider takes to answer
 GOAL_CALLER_US = 15.0
@@ -58,6 +62,7 @@ CHUNKS = 3  # turns of figure 1: each group of modes runs in this many stretches
 MODEL = "gpt-4o-mini"
 MESSAGES: Any = [{"role": "user", "content": "Summarize this."}]
 CHAT_PARAMS = {"model": MODEL, "messages": MESSAGES, "user_id": "u1", "plan": "pro"}
+INSTRUMENT_KEYWORDS: dict[str, Any] = {"weckr_user_id": "u1", "weckr_plan": "pro"}
 BODY = json.dumps(
     {
         "id": "chatcmpl-bench",
@@ -351,6 +356,27 @@ def main() -> None:
         )
         blocks = process_cpu(server, direct, [weckr_chat, sdk_chat], args.calls, args.cycles)
         ratio = instant_ratio(server, instant_direct, instant_chat, 500, args.instant_cycles)
+        sdk_create = type(client.chat.completions).create  # before the patch
+        wk.instrument()
+        try:
+            unpatched = Mode(
+                "direct",
+                lambda: sdk_create(client.chat.completions, model=MODEL, messages=MESSAGES),
+            )
+            instrumented = Mode(
+                "instrument()",
+                lambda: client.chat.completions.create(
+                    model=MODEL, messages=MESSAGES, **INSTRUMENT_KEYWORDS
+                ),
+                flush_weckr,
+            )
+            wrap_patched = Mode("wrap(client)", via_wrap, flush_weckr)
+            warm_up(server, [unpatched, instrumented, wrap_patched], args.warmup)
+            patched = caller_cpu(
+                server, unpatched, [[instrumented, wrap_patched]], args.rounds, CHUNKS
+            )
+        finally:
+            uninstrument()
         wk.close()
         delivered = server.stop()
 
@@ -400,6 +426,12 @@ def main() -> None:
         f"\n3. not a target: instant provider (no wait), wk.chat time / direct time "
         f"= {ratio:.3f} (blocks of 500 calls, median of {args.instant_cycles} cycles)"
     )
+    patched.pop(unpatched.name)
+    print("\n4. caller's thread with the SDK patched by instrument(), added per call (as 1.)")
+    print(f"{'mode':<24}{'added':>8}{'quartiles':>22}")
+    for name, values in patched.items():
+        seconds = [value / 1e9 for value in values]
+        print(f"{name:<24}{us(statistics.median(seconds)):>8}{spread(seconds):>22}")
     print(
         "usage events the loopback server took, all that were sent: "
         + ", ".join(f"{source} {count}" for source, count in sorted(delivered.items()))

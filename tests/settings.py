@@ -85,5 +85,7 @@ WECKR: dict[str, object] = {"DELIVERY": "sync"}
 # The race tests and bench_caps choose the cap store of their subprocesses.
 if os.environ.get("WECKR_CAP_STORE"):
     WECKR["CAP_STORE"] = os.environ["WECKR_CAP_STORE"]
+if os.environ.get("WECKR_INSTRUMENT"):
+    WECKR["INSTRUMENT"] = True
 if os.environ.get("WECKR_CAP_RESERVATION_TTL_SECONDS"):
     WECKR["CAP_RESERVATION_TTL_SECONDS"] = float(os.environ["WECKR_CAP_RESERVATION_TTL_SECONDS"])

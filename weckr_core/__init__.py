@@ -24,6 +24,7 @@ from weckr_core.errors import (
     is_weckr_config_error,
 )
 from weckr_core.guards import RunGuard, RunLimits
+from weckr_core.instrument import instrument, is_instrumented, uninstrument
 from weckr_core.pricing import (
     CHEAPER_ALTERNATIVE,
     ModelPricing,
@@ -61,6 +62,8 @@ __all__ = [
     "configure",
     "current_attribution",
     "get_backend",
+    "instrument",
+    "is_instrumented",
     "is_priced",
     "is_weckr_cap_error",
     "is_weckr_config_error",
@@ -68,5 +71,6 @@ __all__ = [
     "resolve_pricing",
     "set_alternative_overrides",
     "set_price_overrides",
+    "uninstrument",
     "wrap",
 ]

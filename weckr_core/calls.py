@@ -18,7 +18,7 @@ from typing import Any
 
 from weckr_core import caps, estimate
 from weckr_core.backends import Backend, CapDecision, CapRequest, Reservation, get_backend
-from weckr_core.context import current_attribution
+from weckr_core.context import Attribution, current_attribution, recording_call
 from weckr_core.endpoints import Endpoint
 from weckr_core.errors import WeckrConfigError, warn_downgrade
 from weckr_core.records import Source, TokenUsage, UsageRecord, new_event_id, utc_now
@@ -66,6 +66,7 @@ class Call:
     """One intercepted LLM call, from its cap decision to its usage record."""
 
     __slots__ = (
+        "agent",
         "backend",
         "event_id",
         "feature",
@@ -95,6 +96,7 @@ class Call:
         plan_revenue: Decimal | None,
         feature: str | None,
         tags: tuple[str, ...],
+        agent: str | None,
     ) -> None:
         self.recorder = recorder
         self.backend = backend
@@ -110,6 +112,7 @@ class Call:
         self.plan_revenue = plan_revenue
         self.feature = feature
         self.tags = tags
+        self.agent = agent
         self.started = time.perf_counter()
 
     def finish(
@@ -132,6 +135,7 @@ class Call:
             error_type=None if error is None else type(error).__name__,
             source=self.source,
             tags=self.tags,
+            agent=self.agent,
         )
         record.apply_usage(usage)
         try:
@@ -180,12 +184,14 @@ class _DeferredCall:
         endpoint: Endpoint,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        attribution: Attribution,
     ) -> None:
         self._recorder = recorder
         self._method = method
         self._endpoint = endpoint
         self._args = args
         self._kwargs = kwargs
+        self._attribution = attribution
 
 
 class _StreamingResponse(_DeferredCall):
@@ -199,9 +205,12 @@ class _StreamingResponse(_DeferredCall):
     _recorded = False
 
     def _request(self, decision: CapDecision | None) -> tuple[Call, bool]:
-        call, stream = self._recorder.start_wrapped(self._endpoint, self._kwargs, decision=decision)
+        call, stream = self._recorder.start_wrapped(
+            self._endpoint, self._kwargs, self._attribution, decision=decision
+        )
         try:
-            self._manager = self._method(*self._args, **self._kwargs)
+            with recording_call():
+                self._manager = self._method(*self._args, **self._kwargs)
         except BaseException:
             call.release()
             raise
@@ -224,7 +233,8 @@ class _StreamingResponse(_DeferredCall):
     def __enter__(self) -> Any:
         call, stream = self._request(None)
         try:
-            response = self._manager.__enter__()
+            with recording_call():  # the SDK's manager sends the request here
+                response = self._manager.__enter__()
         except BaseException as error:
             self._recorded = True
             call.fail(error)
@@ -251,10 +261,13 @@ class _StreamingResponse(_DeferredCall):
 
 class _AsyncStreamingResponse(_StreamingResponse):
     async def __aenter__(self) -> Any:
-        decision = await self._recorder.areserve_wrapped(self._endpoint, self._kwargs)
+        decision = await self._recorder.areserve_wrapped(
+            self._endpoint, self._kwargs, self._attribution
+        )
         call, stream = self._request(decision)
         try:
-            response = await self._manager.__aenter__()
+            with recording_call():
+                response = await self._manager.__aenter__()
         except BaseException as error:
             self._recorded = True
             call.fail(error)
@@ -287,13 +300,16 @@ class _AsyncStreamHelper(_DeferredCall):
     _manager: RecordedStreamManager | None = None
 
     async def __aenter__(self) -> Any:
-        decision = await self._recorder.areserve_wrapped(self._endpoint, self._kwargs)
+        decision = await self._recorder.areserve_wrapped(
+            self._endpoint, self._kwargs, self._attribution
+        )
         call, _ = self._recorder.start_wrapped(
-            self._endpoint, self._kwargs, helper=True, decision=decision
+            self._endpoint, self._kwargs, self._attribution, helper=True, decision=decision
         )
         assert self._endpoint.final_usage is not None
         try:
-            manager = self._method(*self._args, **self._kwargs)
+            with recording_call():
+                manager = self._method(*self._args, **self._kwargs)
         except BaseException:
             call.release()
             raise
@@ -347,6 +363,7 @@ class CallRecorder:
         tags: tuple[str, ...],
         params: Mapping[str, Any],
         decision: CapDecision | None = None,
+        agent: str | None = None,
     ) -> Call:
         """Resolve the plan and reserve the call against the user's cap (may raise
         before anything is spent, or move the call to a cheaper model).
@@ -356,7 +373,17 @@ class CallRecorder:
         plan_revenue = self.plan_revenue(plan)
         backend = self.backend
         call = Call(
-            self, backend, source, provider, model, user_id, plan, plan_revenue, feature, tags
+            self,
+            backend,
+            source,
+            provider,
+            model,
+            user_id,
+            plan,
+            plan_revenue,
+            feature,
+            tags,
+            agent,
         )
         if user_id and not self.disable_cap_check:
             if decision is None:
@@ -391,21 +418,21 @@ class CallRecorder:
     def call(
         self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        call, stream = self.start_wrapped(endpoint, kwargs)
+        call, stream = self.start_wrapped(endpoint, kwargs, request_attribution(kwargs))
         return self.invoke(call, endpoint, stream, method, args, kwargs)
 
     async def acall(
         self, method: Any, endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        decision = await self.areserve_wrapped(endpoint, kwargs)
-        call, stream = self.start_wrapped(endpoint, kwargs, decision=decision)
+        attribution = request_attribution(kwargs)
+        decision = await self.areserve_wrapped(endpoint, kwargs, attribution)
+        call, stream = self.start_wrapped(endpoint, kwargs, attribution, decision=decision)
         return await self.ainvoke(call, endpoint, stream, method, args, kwargs)
 
     async def areserve_wrapped(
-        self, endpoint: Endpoint, kwargs: Mapping[str, Any]
+        self, endpoint: Endpoint, kwargs: Mapping[str, Any], attribution: Attribution
     ) -> CapDecision | None:
-        """``_areserve`` for a wrapped client's call, attributed from the context."""
-        attribution = current_attribution()
+        """``_areserve`` for a wrapped client's call."""
         return await self.areserve(
             attribution.user_id,
             attribution.plan,
@@ -438,12 +465,14 @@ class CallRecorder:
         kwargs: dict[str, Any],
         is_async: bool = False,
     ) -> Any:
+        attribution = request_attribution(kwargs)
         if is_async:
-            return _AsyncStreamHelper(self, method, endpoint, args, kwargs)
-        call, _ = self.start_wrapped(endpoint, kwargs, helper=True)
+            return _AsyncStreamHelper(self, method, endpoint, args, kwargs, attribution)
+        call, _ = self.start_wrapped(endpoint, kwargs, attribution, helper=True)
         assert endpoint.final_usage is not None
         try:
-            manager = method(*args, **kwargs)
+            with recording_call():
+                manager = method(*args, **kwargs)
         except BaseException:
             call.release()
             raise
@@ -458,18 +487,19 @@ class CallRecorder:
         kwargs: dict[str, Any],
         is_async: bool,
     ) -> Any:
+        attribution = request_attribution(kwargs)
         if is_async:
-            return _AsyncStreamingResponse(self, method, endpoint, args, kwargs)
-        return _StreamingResponse(self, method, endpoint, args, kwargs)
+            return _AsyncStreamingResponse(self, method, endpoint, args, kwargs, attribution)
+        return _StreamingResponse(self, method, endpoint, args, kwargs, attribution)
 
     def start_wrapped(
         self,
         endpoint: Endpoint,
         kwargs: dict[str, Any],
+        attribution: Attribution,
         helper: bool = False,
         decision: CapDecision | None = None,
     ) -> tuple[Call, bool]:
-        attribution = current_attribution()
         call = self.start(
             "wrap",
             endpoint.provider,
@@ -480,6 +510,7 @@ class CallRecorder:
             attribution.tags,
             kwargs,
             decision=decision,
+            agent=attribution.agent,
         )
         if call.requested_model is not None:
             kwargs["model"] = call.model
@@ -499,7 +530,8 @@ class CallRecorder:
     ) -> Any:
         call.started = time.perf_counter()
         try:
-            result = method(*args, **kwargs)
+            with recording_call():
+                result = method(*args, **kwargs)
         except BaseException as error:
             call.fail(error)
             raise
@@ -519,7 +551,8 @@ class CallRecorder:
     ) -> Any:
         call.started = time.perf_counter()
         try:
-            result = await method(*args, **kwargs)
+            with recording_call():
+                result = await method(*args, **kwargs)
         except BaseException as error:
             call.fail(error)
             raise
@@ -601,6 +634,18 @@ class CallRecorder:
             logger.exception("Weckr: on_error raised")
 
 
+_default_recorder: CallRecorder | None = None
+
+
+def default_recorder() -> CallRecorder:
+    """The recorder of ``wrap()`` and ``instrument()`` without a ``Weckr``: records go
+    to the process default backend."""
+    global _default_recorder
+    if _default_recorder is None:
+        _default_recorder = CallRecorder()
+    return _default_recorder
+
+
 def ensure_include_usage(kwargs: dict[str, Any]) -> None:
     """Ask OpenAI chat completions for the usage chunk of a stream."""
     options = kwargs.get("stream_options")
@@ -608,3 +653,50 @@ def ensure_include_usage(kwargs: dict[str, Any]) -> None:
         kwargs["stream_options"] = {"include_usage": True}
     elif isinstance(options, Mapping) and "include_usage" not in options:
         kwargs["stream_options"] = {**options, "include_usage": True}
+
+
+# Keyword arguments that attribute one call, taken out before the provider sees the
+# request; Tokenr's names too, for a one-line move. Ours first: they win.
+_REQUEST_ATTRIBUTION: Mapping[str, str] = {
+    "weckr_user_id": "user_id",
+    "weckr_plan": "plan",
+    "weckr_feature": "feature",
+    "weckr_agent": "agent",
+    "weckr_tags": "tags",
+    "tokenr_team_id": "user_id",  # the paying team: the user, while Weckr has no accounts
+    "tokenr_feature": "feature",
+    "tokenr_agent_id": "agent",
+    "tokenr_tags": "tags",
+}
+
+
+def request_attribution(kwargs: dict[str, Any]) -> Attribution:
+    """The context's attribution, with what the request's ``weckr_*`` (or Tokenr's
+    ``tokenr_*``) keyword arguments say instead; those are taken out of ``kwargs``."""
+    attribution = current_attribution()
+    if _REQUEST_ATTRIBUTION.keys().isdisjoint(kwargs):
+        return attribution
+    given: dict[str, Any] = {}
+    for key, name in _REQUEST_ATTRIBUTION.items():
+        value = kwargs.pop(key, None)
+        if value is not None:
+            given.setdefault(name, value)
+    tags = attribution.tags
+    if "tags" in given:
+        tags = tuple(dict.fromkeys((*tags, *_tag_texts(given["tags"]))))
+    return attribution._replace(
+        user_id=str(given["user_id"]) if "user_id" in given else attribution.user_id,
+        plan=str(given["plan"]) if "plan" in given else attribution.plan,
+        feature=str(given["feature"]) if "feature" in given else attribution.feature,
+        agent=str(given["agent"]) if "agent" in given else attribution.agent,
+        tags=tags,
+    )
+
+
+def _tag_texts(tags: Any) -> list[str]:
+    """Tags as given: a string, strings, or (Tokenr's) a mapping, as ``key:value``."""
+    if isinstance(tags, str):
+        return [tags]
+    if isinstance(tags, Mapping):
+        return [f"{key}:{value}" for key, value in tags.items()]
+    return [str(tag) for tag in tags]

@@ -78,6 +78,7 @@ class _ChatRequest:
     plan: str | None
     feature: str | None
     tags: tuple[str, ...]
+    agent: str | None
 
 
 class Weckr:
@@ -159,6 +160,14 @@ class Weckr:
         client, attributed from the context. See ``weckr_core.wrap``."""
         return wrap_with(self._calls, client)
 
+    def instrument(self) -> list[str]:
+        """``weckr_core.instrument()``, recording through this client (its backend,
+        ``plans``, ``on_error``): every OpenAI, Anthropic and google-genai call in the
+        process, whatever client makes it. Returns the methods patched."""
+        from weckr_core.instrument import instrument
+
+        return instrument(recorder=self._calls)
+
     def track(
         self,
         *,
@@ -218,6 +227,7 @@ class Weckr:
             error_type=error_type,
             source="manual",
             tags=tuple(dict.fromkeys((*attribution.tags, *tags))),
+            agent=attribution.agent,
         )
         record.apply_usage(TokenUsage(**counts, reported=usage_reported))
         self._calls.last_event_id.set(record.event_id)
@@ -278,6 +288,7 @@ class Weckr:
             plan if plan is not None else attribution.plan,
             feature if feature is not None else attribution.feature,
             attribution.tags,
+            attribution.agent,
         )
 
     def _start_chat(
@@ -294,6 +305,7 @@ class Weckr:
             request.tags,
             params,
             decision=decision,
+            agent=request.agent,
         )
         if call.requested_model is not None:
             params["model"] = call.model

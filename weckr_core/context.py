@@ -16,8 +16,8 @@ inside an attributed block must carry the context along, for example::
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
-from contextlib import ContextDecorator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ContextDecorator, contextmanager
 from contextvars import ContextVar, Token
 from typing import NamedTuple
 
@@ -32,13 +32,14 @@ class Attribution(NamedTuple):
     plan: str | None = None
     feature: str | None = None
     tags: tuple[str, ...] = ()
+    agent: str | None = None
 
 
 EMPTY = Attribution()
 # tuple's constructor, in C, for the attributions blocks make: Attribution's own
 # ``__new__`` is a Python function, a frame more on every block's entry.
 _new_attribution: Callable[
-    [tuple[str | None, str | None, str | None, tuple[str, ...]]], Attribution
+    [tuple[str | None, str | None, str | None, tuple[str, ...], str | None]], Attribution
 ] = functools.partial(tuple.__new__, Attribution)
 _current: ContextVar[Attribution] = ContextVar("weckr_attribution", default=EMPTY)
 
@@ -54,9 +55,10 @@ def bind(
     plan: object = _UNSET,
     feature: object = _UNSET,
     tags: Iterable[str] | None = None,
+    agent: object = _UNSET,
 ) -> Token[Attribution]:
     """Set attribution until ``unbind(token)``; for middleware that spans callbacks."""
-    block = attribute(user_id=user_id, plan=plan, feature=feature, tags=tags)
+    block = attribute(user_id=user_id, plan=plan, feature=feature, tags=tags, agent=agent)
     block.__enter__()
     token = block._token  # the block is dropped: the token alone undoes it
     assert token is not None
@@ -89,22 +91,23 @@ class attribute(ContextDecorator):
         plan: object = _UNSET,
         feature: object = _UNSET,
         tags: Iterable[str] | None = None,
+        agent: object = _UNSET,
     ) -> None:
-        self._attribution = (user_id, plan, feature, tags)
+        self._attribution = (user_id, plan, feature, tags, agent)
         self._token: Token[Attribution] | None = None
 
     def _recreate_cm(self) -> attribute:
         # As a decorator: a fresh block per call, so calls may overlap.
-        user_id, plan, feature, tags = self._attribution
-        return attribute(user_id=user_id, plan=plan, feature=feature, tags=tags)
+        user_id, plan, feature, tags, agent = self._attribution
+        return attribute(user_id=user_id, plan=plan, feature=feature, tags=tags, agent=agent)
 
     def __enter__(self) -> Attribution:
         if self._token is not None:
             raise RuntimeError("Weckr: an attribute() block cannot be entered twice at once.")
         base = _current.get()
-        user_id, plan, feature, tags = self._attribution
+        user_id, plan, feature, tags, agent = self._attribution
         # Merged here rather than in a helper: a block is entered around LLM calls.
-        # plan and feature are stored as given, as Attribution() would.
+        # plan, feature and agent are stored as given, as Attribution() would.
         merged = _new_attribution(
             (  # type: ignore[arg-type]
                 base.user_id if user_id is _UNSET else None if user_id is None else str(user_id),
@@ -112,6 +115,7 @@ class attribute(ContextDecorator):
                 base.feature if feature is _UNSET else feature,
                 # Inner tags add to the outer ones, in order, without repeats.
                 base.tags if tags is None else tuple(dict.fromkeys((*base.tags, *tags))),
+                base.agent if agent is _UNSET else agent,
             )
         )
         self._token = _current.set(merged)
@@ -121,3 +125,22 @@ class attribute(ContextDecorator):
         token, self._token = self._token, None
         if token is not None:
             _current.reset(token)
+
+
+# True while a recorded call runs the provider's method: an SDK method that
+# ``instrument()`` patched, reached from inside it (through ``wrap()``, ``wk.chat``
+# or a stream helper's request), runs as is, so the call is recorded once.
+_in_recorded_call: ContextVar[bool] = ContextVar("weckr_in_recorded_call", default=False)
+in_recorded_call: Callable[[], bool] = _in_recorded_call.get
+
+
+@contextmanager
+def recording_call(marked: bool = True) -> Iterator[None]:
+    """Mark the block as the provider call of a call being recorded (``marked``), or,
+    inside the SDK method that call reached, as no longer that call: an LLM call a
+    tool makes from there is a call of its own."""
+    token = _in_recorded_call.set(marked)
+    try:
+        yield
+    finally:
+        _in_recorded_call.reset(token)

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from weckr_core.context import recording_call
 from weckr_core.records import TokenUsage
 from weckr_core.usage import (
     NOT_REPORTED,
@@ -338,7 +339,8 @@ class RecordedStreamManager:
 
     def __enter__(self) -> Any:
         try:
-            self._stream = self.__wrapped__.__enter__()
+            with recording_call():  # the SDK's request, made here, is this call's
+                self._stream = self.__wrapped__.__enter__()
         except BaseException as error:
             self._finish(error)
             raise
@@ -357,7 +359,8 @@ class RecordedStreamManager:
 
     async def __aenter__(self) -> Any:
         try:
-            self._stream = await self.__wrapped__.__aenter__()
+            with recording_call():
+                self._stream = await self.__wrapped__.__aenter__()
         except BaseException as error:
             self._finish(error)
             raise

@@ -28,7 +28,7 @@ import functools
 import inspect
 from typing import Any, Protocol, TypeVar, cast
 
-from weckr_core.calls import CallRecorder
+from weckr_core.calls import CallRecorder, default_recorder
 from weckr_core.endpoints import (
     GEMINI,
     GEMINI_STREAM,
@@ -196,9 +196,6 @@ class _Wraps(Protocol):
     def wrap(self, client: C) -> C: ...
 
 
-_default_recorder: CallRecorder | None = None
-
-
 def wrap(client: C, *, weckr: _Wraps | None = None) -> C:
     """Record every LLM call made through ``client``, attributed from the context.
 
@@ -206,9 +203,6 @@ def wrap(client: C, *, weckr: _Wraps | None = None) -> C:
     ``wk.wrap(client)``), or to the process default backend
     (``weckr_core.configure()``; inside Django, the weckr_django backend).
     """
-    global _default_recorder
     if weckr is not None:
         return weckr.wrap(client)
-    if _default_recorder is None:
-        _default_recorder = CallRecorder()
-    return wrap_with(_default_recorder, client)
+    return wrap_with(default_recorder(), client)

@@ -13,12 +13,17 @@ class WeckrConfig(AppConfig):
         # No queries here: the database may not exist yet (migrate, check, collectstatic).
         from weckr_django import checks, overrides, plans, signals, tasks
         from weckr_django.backend import install_default_backend
+        from weckr_django.conf import weckr_settings
 
         checks.register_checks()
         overrides.connect_signals()
         plans.connect_signals()
         overrides.install()
         install_default_backend()
+        if weckr_settings.INSTRUMENT:
+            from weckr_core.instrument import instrument
+
+            instrument()
         signals.usage_ingested.connect(
             tasks.on_usage_ingested, dispatch_uid="weckr_follow_up_after_ingest"
         )

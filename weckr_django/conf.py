@@ -32,6 +32,7 @@ DEFAULTS: Mapping[str, Any] = {
     "UNKNOWN_PLAN": "block",
     "DELIVERY": "auto",
     "SPOOL": "auto",
+    "INSTRUMENT": False,
     "LOOP_WINDOW_SECONDS": 300,
     "LOOP_TOKEN_THRESHOLD": 50_000,
     "LOOP_COOLDOWN_SECONDS": 1800,
@@ -127,6 +128,12 @@ class WeckrSettings:
         if value not in DELIVERY_MODES:
             raise ValueError(f"WECKR['DELIVERY'] must be one of {DELIVERY_MODES}, not {value!r}.")
         return cast(Delivery, value)
+
+    @property
+    def INSTRUMENT(self) -> bool:
+        """Patch the OpenAI, Anthropic and google-genai SDKs at start-up, so every
+        call in the process is recorded (``weckr_core.instrument()``)."""
+        return bool(self.get("INSTRUMENT"))
 
     @property
     def SPOOL(self) -> str | None:
