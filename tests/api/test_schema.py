@@ -35,6 +35,7 @@ def test_the_schema_is_public_valid_openapi_and_lists_the_api_only(
         "/api/v1/reserve",
         "/api/v1/reserve/{reservation}",
         "/api/v1/stats/{project_id}",
+        "/api/v1/track",
         "/api/v1/users/{project_id}",
     ]
     assert found["components"]["securitySchemes"] == {

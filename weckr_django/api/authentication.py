@@ -1,4 +1,6 @@
-"""``x-api-key`` authentication: a key is looked up by its hash, never by plaintext."""
+"""API key authentication, ``x-api-key: wk_...`` or ``Authorization: Bearer wk_...``
+(what Tokenr's and AICostManager's SDKs send): a key is looked up by its hash, never
+by plaintext."""
 
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate(self, request: Request) -> tuple[AnonymousUser, ApiKey] | None:
         plaintext = request.headers.get(HEADER, "").strip()
+        if not plaintext:
+            scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == "bearer":
+                plaintext = credentials.strip()
         usable = bool(plaintext) and len(plaintext) <= _MAX_KEY_LENGTH
         throttle = ClientAddressThrottle(request, hash_key(plaintext) if usable else None)
         throttle.check()
@@ -51,7 +57,9 @@ class ApiKeyAuthentication(BaseAuthentication):
 
 
 class HasApiKey(BasePermission):
-    message = f"Send your project's API key in the {HEADER} header."
+    message = (
+        f"Send your project's API key in the {HEADER} header (or as Authorization: Bearer <key>)."
+    )
 
     def has_permission(self, request: Request, view: APIView) -> bool:
         return isinstance(request.auth, ApiKey)

@@ -197,6 +197,97 @@ RESERVED: Schema = {
 
 OBJECT: Schema = {"type": "object", "additionalProperties": True}
 
+_COUNT: Schema = {"type": "integer", "minimum": 0}
+TRACK: Schema = {
+    "oneOf": [
+        {
+            "title": "Tokenr",
+            "description": "One call, as Tokenr's SDK posts it (input_tokens leaves out "
+            "cache_read_tokens). team_id is the user; a user_id in tags wins over it.",
+            "type": "object",
+            "required": ["model", "input_tokens", "output_tokens"],
+            "properties": {
+                "provider": {"type": "string"},
+                "model": {"type": "string"},
+                "input_tokens": _COUNT,
+                "output_tokens": _COUNT,
+                "cache_read_tokens": _COUNT,
+                "cache_write_tokens": _COUNT,
+                "agent_id": {"type": "string"},
+                "feature_name": {"type": "string"},
+                "team_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["success", "error"]},
+                "latency_ms": {"type": "number"},
+                "tags": OBJECT,
+                "requested_at": {"type": "string", "format": "date-time"},
+            },
+        },
+        {
+            "title": "AICostManager",
+            "description": "Up to 1,000 records, as AICostManager's SDK posts them: the "
+            "provider's raw usage object in payload, priced here. response_id is the "
+            "event id; customer_key is the user, unless context names a user_id.",
+            "type": "object",
+            "required": ["tracked"],
+            "properties": {
+                "tracked": {
+                    "type": "array",
+                    "maxItems": 1000,
+                    "items": {
+                        "type": "object",
+                        "required": ["service_key"],
+                        "properties": {
+                            "service_key": {"type": "string", "example": "openai::gpt-4o-mini"},
+                            "response_id": {"type": "string"},
+                            "timestamp": {"type": "string", "description": "Epoch seconds."},
+                            "payload": OBJECT,
+                            "customer_key": {"type": "string"},
+                            "context": OBJECT,
+                        },
+                    },
+                }
+            },
+        },
+    ]
+}
+
+TRACKED: Schema = {
+    "oneOf": [
+        {
+            "title": "Tokenr",
+            "type": "object",
+            "properties": {
+                "ok": {"type": "boolean"},
+                "eventId": {"type": "string"},
+                "cost": _USD,
+                "costUsd": _USD,
+            },
+        },
+        {
+            "title": "AICostManager",
+            "type": "object",
+            "properties": {
+                "results": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "response_id": {"type": "string", "nullable": True},
+                            "status": {
+                                "type": "string",
+                                "enum": ["completed", "error", "service_key_unknown"],
+                            },
+                            "cost": {**_USD, "nullable": True},
+                            "errors": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                },
+                "triggered_limits": OBJECT,
+            },
+        },
+    ]
+}
+
 CHECK_PARAMETERS = [
     OpenApiParameter(name, str, OpenApiParameter.QUERY, description=description)
     for name, description in (

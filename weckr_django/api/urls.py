@@ -12,6 +12,7 @@ urlpatterns = [
     path("schema", schema.SchemaView.as_view(), name="schema"),
     path("log", views.LogView.as_view(), name="log"),
     path("log/batch", views.LogBatchView.as_view(), name="log-batch"),
+    path("track", views.TrackView.as_view(), name="track"),
     path("check", views.CheckView.as_view(), name="check"),
     path("reserve", views.ReserveView.as_view(), name="reserve"),
     path("reserve/<str:reservation>", views.ReleaseView.as_view(), name="release"),

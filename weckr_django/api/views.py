@@ -23,7 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView, exception_handler, set_rollback
 
 from weckr_core.backends.base import CapDecision
-from weckr_django import caps, reports
+from weckr_django import caps, peers, reports
 from weckr_django.api import schema as openapi
 from weckr_django.api.authentication import ApiKeyAuthentication, HasApiKey
 from weckr_django.api.throttling import ApiKeyRateThrottle
@@ -226,6 +226,102 @@ class LogBatchView(WeckrAPIView):
                 "rejected": [rejection.to_wire() for rejection in result.rejected],
             }
         )
+
+
+@extend_schema(
+    request={"application/json": openapi.TRACK},
+    responses=openapi.answers({201: openapi.TRACKED, 200: openapi.TRACKED}, 400, 413),
+)
+class TrackView(WeckrAPIView):
+    """``POST /api/v1/track``: what Tokenr's and AICostManager's SDKs send, unchanged
+    (``Authorization: Bearer <key>``). One Tokenr call answers 201 with its ``cost``;
+    AICostManager's ``{"tracked": [...]}`` answers 200 with a result per record, in
+    order: ``completed`` (stored now or before), ``error`` or ``service_key_unknown``,
+    with what is wrong. See ``weckr_django.peers`` for how their fields map."""
+
+    def post(self, request: Request) -> Response:
+        project = self.project(request)
+        body = self.json_body(request)
+        if isinstance(body, dict) and "tracked" in body:
+            return Response(self._tracked(project, body["tracked"]))
+        try:
+            event = peers.tokenr_event(body)
+        except WireError as error:
+            raise BadRequest(error.message, error.field) from None
+        result = ingest_payloads(project, [event])
+        if result.rejected:
+            rejection = result.rejected[0]
+            field = peers.TOKENR_FIELDS.get(rejection.field or "", rejection.field)
+            raise BadRequest(rejection.error, field)
+        event_id = result.event_ids[0]
+        cost = _money(result.costs.get(event_id))
+        return Response(
+            {"ok": True, "eventId": event_id, "cost": cost, "costUsd": cost},
+            status=status.HTTP_201_CREATED,
+        )
+
+    def _tracked(self, project: Project, records: Any) -> dict[str, Any]:
+        if not isinstance(records, list):
+            raise BadRequest('"tracked" must be a list of records.', "tracked")
+        if len(records) > peers.MAX_TRACKED:
+            raise BadRequest(
+                f"A request holds at most {peers.MAX_TRACKED} records, not {len(records)}.",
+                "tracked",
+            )
+        results: list[dict[str, Any] | None] = [None] * len(records)
+        events: list[dict[str, Any]] = []
+        positions: list[int] = []  # each event's record
+        for index, record in enumerate(records):
+            try:
+                events.append(peers.aicostmanager_event(record))
+                positions.append(index)
+            except WireError as error:
+                unknown = isinstance(error, peers.UnknownServiceKey)
+                results[index] = _track_result(
+                    _response_id(record), "service_key_unknown" if unknown else "error", error
+                )
+        batch = ingest_payloads(project, events)
+        rejected = {rejection.index: rejection for rejection in batch.rejected}
+        stored = [position for position in range(len(events)) if position not in rejected]
+        event_ids = dict(zip(stored, batch.event_ids, strict=True))
+        known = [event_id for event_id in event_ids.values() if event_id not in batch.costs]
+        costs = {
+            **dict(
+                UsageEvent.objects.filter(project=project, event_id__in=known).values_list(
+                    "event_id", "cost_usd"
+                )
+            ),
+            **batch.costs,
+        }
+        for position, index in enumerate(positions):
+            if position in rejected:
+                rejection = rejected[position]
+                field = peers.AICOSTMANAGER_FIELDS.get(rejection.field or "", rejection.field)
+                refused = WireError(rejection.error, field)
+                results[index] = _track_result(events[position].get("eventId"), "error", refused)
+            else:
+                event_id = event_ids[position]
+                results[index] = {
+                    "response_id": event_id,
+                    "status": "completed",
+                    "cost": _money(costs.get(event_id)),
+                    "errors": [],
+                }
+        return {"results": results, "triggered_limits": {}}
+
+
+def _response_id(record: Any) -> Any:
+    return record.get("response_id") if isinstance(record, dict) else None
+
+
+def _track_result(response_id: Any, outcome: str, error: WireError) -> dict[str, Any]:
+    where = f"{error.field}: " if error.field else ""
+    return {
+        "response_id": response_id,
+        "status": outcome,
+        "cost": None,
+        "errors": [f"{where}{error.message}"],
+    }
 
 
 def _decision(decision: CapDecision) -> dict[str, Any]:
