@@ -58,7 +58,7 @@ def tokenr_event(payload: Any) -> dict[str, Any]:
         )
     cache_read = _tokens(payload, "cache_read_tokens")
     status = payload.get("status", "success")
-    if status not in _TOKENR_STATUS:
+    if not isinstance(status, str) or status not in _TOKENR_STATUS:
         raise WireError("status must be 'success' or 'error'.", "status")
     tags = payload.get("tags")
     if tags is not None and not isinstance(tags, Mapping):

@@ -159,3 +159,75 @@ def test_random_bytes_are_a_400(api: Api, raw: bytes) -> None:
     for path in ("log", "log/batch", "reserve"):
         response = api.post(path, None, raw=raw)
         assert response.status_code in (200, 201, 400), (path, response.content)
+
+
+_TOKENR_FIELDS = [
+    "provider",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "agent_id",
+    "feature_name",
+    "team_id",
+    "status",
+    "latency_ms",
+    "tags",
+    "requested_at",
+]
+_TRACKED_FIELDS = ["service_key", "response_id", "timestamp", "payload", "customer_key", "context"]
+
+
+@FUZZ
+@given(
+    changes=st.dictionaries(st.sampled_from(_TOKENR_FIELDS), json_values, max_size=4),
+)
+def test_random_tokenr_calls_are_stored_or_a_400_naming_the_field(
+    api: Api, changes: dict[str, Any]
+) -> None:
+    body = {"provider": "openai", "model": "gpt-4o", "input_tokens": 5, "output_tokens": 1}
+
+    response = post(api, "track", {**body, **changes})
+
+    assert response.status_code in (201, 400), response.content
+    if response.status_code == 400:
+        assert response.json()["field"] in (*_TOKENR_FIELDS, None), response.json()
+
+
+@st.composite
+def tracked_records(draw: st.DrawFn) -> Any:
+    record = {
+        "service_key": "openai::gpt-4o-mini",
+        "response_id": fresh_id(),
+        "timestamp": "1796637600.5",
+        "payload": {"prompt_tokens": 10, "completion_tokens": 2},
+    }
+    for field in draw(st.lists(st.sampled_from(_TRACKED_FIELDS), max_size=3, unique=True)):
+        record[field] = draw(json_values)
+    payload = record["payload"]
+    if isinstance(payload, dict) and draw(st.booleans()):
+        payload[draw(st.sampled_from(["prompt_tokens", "prompt_tokens_details"]))] = draw(
+            json_values
+        )
+    return record if draw(st.integers(0, 9)) else draw(json_values)
+
+
+@FUZZ
+@given(records=st.lists(tracked_records(), max_size=6))
+def test_random_tracked_records_are_answered_one_by_one(api: Api, records: list[Any]) -> None:
+    neighbour = {
+        "service_key": "anthropic::claude-haiku-4-5",
+        "response_id": fresh_id(),
+        "payload": {"input_tokens": 10, "output_tokens": 2},
+    }
+
+    response = post(api, "track", {"tracked": [*records, neighbour]})
+
+    assert response.status_code == 200, response.content
+    results = response.json()["results"]
+    assert len(results) == len(records) + 1
+    assert {r["status"] for r in results} <= {"completed", "error", "service_key_unknown"}
+    assert all(r["errors"] for r in results if r["status"] != "completed")
+    assert results[-1]["status"] == "completed"
+    assert UsageEvent.objects.filter(event_id=neighbour["response_id"]).exists()
