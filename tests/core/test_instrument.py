@@ -303,3 +303,48 @@ def test_a_call_made_inside_a_recorded_call_is_recorded_on_its_own(
 
     # The inner call ends first; each is recorded once.
     assert [record.feature for record in backend.records] == ["tool", "outer"]
+
+
+def test_streams_of_every_sdk_sync_and_async_are_recorded_with_their_usage(
+    backend: MemoryBackend,
+) -> None:
+    openai_events = p.openai_chat_stream("gpt-4o-mini", p.openai_usage(30, 7))
+    anthropic_events = p.anthropic_stream("claude-haiku-4-5", p.anthropic_usage(60, 0), 15)
+    gemini_events = p.gemini_stream("gemini-2.5-flash", p.gemini_usage(40, 12))
+
+    anthropic_client = p.anthropic_client(p.FakeProvider(events=anthropic_events))
+    list(
+        anthropic_client.messages.create(
+            model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES, stream=True
+        )
+    )
+    gemini = p.genai_client(p.FakeProvider(events=gemini_events))
+    list(gemini.models.generate_content_stream(model="gemini-2.5-flash", contents="Hi"))
+
+    async def async_streams() -> None:
+        client = p.async_openai_client(p.FakeProvider(events=openai_events))
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, weckr_user_id="a1"
+        )
+        async for _ in stream:
+            pass
+        async_anthropic = p.async_anthropic_client(p.FakeProvider(events=anthropic_events))
+        async with async_anthropic.messages.stream(
+            model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES
+        ) as helper:
+            await helper.get_final_message()
+        aio = p.genai_client(p.FakeProvider(events=gemini_events)).aio
+        async for _ in await aio.models.generate_content_stream(
+            model="gemini-2.5-flash", contents="Hi"
+        ):
+            pass
+
+    asyncio.run(async_streams())
+
+    assert [(r.provider, r.user_id, r.input_tokens, r.output_tokens) for r in backend.records] == [
+        ("anthropic", None, 60, 15),
+        ("gemini", None, 40, 12),
+        ("openai", "a1", 30, 7),
+        ("anthropic", None, 60, 15),
+        ("gemini", None, 40, 12),
+    ]
