@@ -66,6 +66,7 @@ class Call:
     """One intercepted LLM call, from its cap decision to its usage record."""
 
     __slots__ = (
+        "account_id",
         "agent",
         "backend",
         "event_id",
@@ -97,6 +98,7 @@ class Call:
         feature: str | None,
         tags: tuple[str, ...],
         agent: str | None,
+        account_id: str | None,
     ) -> None:
         self.recorder = recorder
         self.backend = backend
@@ -113,6 +115,7 @@ class Call:
         self.feature = feature
         self.tags = tags
         self.agent = agent
+        self.account_id = account_id
         self.started = time.perf_counter()
 
     def finish(
@@ -136,6 +139,7 @@ class Call:
             source=self.source,
             tags=self.tags,
             agent=self.agent,
+            account_id=self.account_id,
         )
         record.apply_usage(usage)
         try:
@@ -364,6 +368,7 @@ class CallRecorder:
         params: Mapping[str, Any],
         decision: CapDecision | None = None,
         agent: str | None = None,
+        account_id: str | None = None,
     ) -> Call:
         """Resolve the plan and reserve the call against the user's cap (may raise
         before anything is spent, or move the call to a cheaper model).
@@ -384,6 +389,7 @@ class CallRecorder:
             feature,
             tags,
             agent,
+            account_id,
         )
         if user_id and not self.disable_cap_check:
             if decision is None:
@@ -511,6 +517,7 @@ class CallRecorder:
             kwargs,
             decision=decision,
             agent=attribution.agent,
+            account_id=attribution.account_id,
         )
         if call.requested_model is not None:
             kwargs["model"] = call.model
@@ -659,11 +666,12 @@ def ensure_include_usage(kwargs: dict[str, Any]) -> None:
 # request; Tokenr's names too, for a one-line move. Ours first: they win.
 _REQUEST_ATTRIBUTION: Mapping[str, str] = {
     "weckr_user_id": "user_id",
+    "weckr_account_id": "account_id",
     "weckr_plan": "plan",
     "weckr_feature": "feature",
     "weckr_agent": "agent",
     "weckr_tags": "tags",
-    "tokenr_team_id": "user_id",  # the paying team: the user, while Weckr has no accounts
+    "tokenr_team_id": "account_id",  # the team that pays
     "tokenr_feature": "feature",
     "tokenr_agent_id": "agent",
     "tokenr_tags": "tags",
@@ -689,6 +697,7 @@ def request_attribution(kwargs: dict[str, Any]) -> Attribution:
         plan=str(given["plan"]) if "plan" in given else attribution.plan,
         feature=str(given["feature"]) if "feature" in given else attribution.feature,
         agent=str(given["agent"]) if "agent" in given else attribution.agent,
+        account_id=str(given["account_id"]) if "account_id" in given else attribution.account_id,
         tags=tags,
     )
 

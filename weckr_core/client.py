@@ -79,6 +79,7 @@ class _ChatRequest:
     feature: str | None
     tags: tuple[str, ...]
     agent: str | None
+    account_id: str | None
 
 
 class Weckr:
@@ -176,6 +177,7 @@ class Weckr:
         user_id: Any = None,
         feature: str | None = None,
         plan: str | None = None,
+        account_id: Any = None,
         input_tokens: int = 0,
         output_tokens: int = 0,
         cached_input_tokens: int = 0,
@@ -213,7 +215,7 @@ class Weckr:
         if latency_ms is not None and (not isinstance(latency_ms, int) or latency_ms < 0):
             raise ValueError(f"Weckr: latency_ms must be an int >= 0, got {latency_ms!r}.")
         attribution = current_attribution()
-        user = _user(user_id) if user_id is not None else attribution.user_id
+        user = _id_text(user_id) if user_id is not None else attribution.user_id
         plan = plan if plan is not None else attribution.plan
         record = UsageRecord(
             user_id=user,
@@ -228,6 +230,7 @@ class Weckr:
             source="manual",
             tags=tuple(dict.fromkeys((*attribution.tags, *tags))),
             agent=attribution.agent,
+            account_id=_id_text(account_id) if account_id is not None else attribution.account_id,
         )
         record.apply_usage(TokenUsage(**counts, reported=usage_reported))
         self._calls.last_event_id.set(record.event_id)
@@ -261,6 +264,7 @@ class Weckr:
         params = dict(params)
         attribution = current_attribution()
         user_id = params.pop("user_id", None)
+        account_id = params.pop("account_id", None)
         feature = params.pop("feature", None)
         plan = params.pop("plan", None)
         if client_is_async and not is_async:
@@ -284,11 +288,12 @@ class Weckr:
             target,
             params,
             is_async,
-            _user(user_id) if user_id is not None else attribution.user_id,
+            _id_text(user_id) if user_id is not None else attribution.user_id,
             plan if plan is not None else attribution.plan,
             feature if feature is not None else attribution.feature,
             attribution.tags,
             attribution.agent,
+            _id_text(account_id) if account_id is not None else attribution.account_id,
         )
 
     def _start_chat(
@@ -306,6 +311,7 @@ class Weckr:
             params,
             decision=decision,
             agent=request.agent,
+            account_id=request.account_id,
         )
         if call.requested_model is not None:
             params["model"] = call.model
@@ -338,8 +344,8 @@ def _plan_price(name: str, value: float | int | str | Decimal) -> Decimal:
     return price
 
 
-def _user(user_id: Any) -> str | None:
-    text = str(user_id)
+def _id_text(value: Any) -> str | None:
+    text = str(value)
     return text or None
 
 

@@ -33,13 +33,16 @@ class Attribution(NamedTuple):
     feature: str | None = None
     tags: tuple[str, ...] = ()
     agent: str | None = None
+    # The customer who pays (a workspace, team or organisation), when it is not the user.
+    account_id: str | None = None
 
 
 EMPTY = Attribution()
 # tuple's constructor, in C, for the attributions blocks make: Attribution's own
 # ``__new__`` is a Python function, a frame more on every block's entry.
 _new_attribution: Callable[
-    [tuple[str | None, str | None, str | None, tuple[str, ...], str | None]], Attribution
+    [tuple[str | None, str | None, str | None, tuple[str, ...], str | None, str | None]],
+    Attribution,
 ] = functools.partial(tuple.__new__, Attribution)
 _current: ContextVar[Attribution] = ContextVar("weckr_attribution", default=EMPTY)
 
@@ -56,9 +59,12 @@ def bind(
     feature: object = _UNSET,
     tags: Iterable[str] | None = None,
     agent: object = _UNSET,
+    account_id: object = _UNSET,
 ) -> Token[Attribution]:
     """Set attribution until ``unbind(token)``; for middleware that spans callbacks."""
-    block = attribute(user_id=user_id, plan=plan, feature=feature, tags=tags, agent=agent)
+    block = attribute(
+        user_id=user_id, plan=plan, feature=feature, tags=tags, agent=agent, account_id=account_id
+    )
     block.__enter__()
     token = block._token  # the block is dropped: the token alone undoes it
     assert token is not None
@@ -92,20 +98,28 @@ class attribute(ContextDecorator):
         feature: object = _UNSET,
         tags: Iterable[str] | None = None,
         agent: object = _UNSET,
+        account_id: object = _UNSET,
     ) -> None:
-        self._attribution = (user_id, plan, feature, tags, agent)
+        self._attribution = (user_id, plan, feature, tags, agent, account_id)
         self._token: Token[Attribution] | None = None
 
     def _recreate_cm(self) -> attribute:
         # As a decorator: a fresh block per call, so calls may overlap.
-        user_id, plan, feature, tags, agent = self._attribution
-        return attribute(user_id=user_id, plan=plan, feature=feature, tags=tags, agent=agent)
+        user_id, plan, feature, tags, agent, account_id = self._attribution
+        return attribute(
+            user_id=user_id,
+            plan=plan,
+            feature=feature,
+            tags=tags,
+            agent=agent,
+            account_id=account_id,
+        )
 
     def __enter__(self) -> Attribution:
         if self._token is not None:
             raise RuntimeError("Weckr: an attribute() block cannot be entered twice at once.")
         base = _current.get()
-        user_id, plan, feature, tags, agent = self._attribution
+        user_id, plan, feature, tags, agent, account_id = self._attribution
         # Merged here rather than in a helper: a block is entered around LLM calls.
         # plan, feature and agent are stored as given, as Attribution() would.
         merged = _new_attribution(
@@ -116,6 +130,11 @@ class attribute(ContextDecorator):
                 # Inner tags add to the outer ones, in order, without repeats.
                 base.tags if tags is None else tuple(dict.fromkeys((*base.tags, *tags))),
                 base.agent if agent is _UNSET else agent,
+                base.account_id
+                if account_id is _UNSET
+                else None
+                if account_id is None
+                else str(account_id),
             )
         )
         self._token = _current.set(merged)

@@ -121,6 +121,7 @@ _ANTHROPIC_MESSAGES_STREAMING: Route = {
 }
 _ANTHROPIC_MESSAGES: Route = {
     "create": ANTHROPIC_MESSAGES,
+    "parse": ANTHROPIC_MESSAGES,  # structured outputs
     "stream": ANTHROPIC_STREAM_HELPER,
     "with_raw_response": _ANTHROPIC_MESSAGES_RAW,
     "with_streaming_response": _ANTHROPIC_MESSAGES_STREAMING,

@@ -11,10 +11,12 @@ process, with no call site changed::
 The SDK methods that spend tokens are replaced on their classes, so clients made
 before and after ``instrument()`` are recorded alike, with the cap reservation,
 stream handling and context attribution of ``wrap()``. Patched, sync and async:
-OpenAI ``chat.completions.create`` / ``parse`` and ``responses.create`` / ``parse``
-(their ``.stream()`` helpers and ``with_raw_response`` views send through these),
-Anthropic ``messages.create`` / ``stream`` (also under ``beta``), google-genai
-``models.generate_content`` / ``generate_content_stream`` (and so its chats).
+OpenAI ``chat.completions.create`` / ``parse`` / ``stream`` and ``responses.create``
+/ ``parse`` / ``stream``, Anthropic ``messages.create`` / ``parse`` / ``stream`` (also
+under ``beta``), google-genai ``models.generate_content`` / ``generate_content_stream``
+(and so its chats); ``with_raw_response`` and ``with_streaming_response`` views send
+through these, except a view the code took before ``instrument()`` (the SDK keeps
+the method it saw then).
 
 The keyword arguments ``weckr_user_id``, ``weckr_plan``, ``weckr_feature``,
 ``weckr_agent`` and ``weckr_tags`` (or Tokenr's ``tokenr_team_id``,
@@ -42,7 +44,9 @@ from weckr_core.endpoints import (
     GEMINI,
     GEMINI_STREAM,
     OPENAI_CHAT,
+    OPENAI_CHAT_STREAM_HELPER,
     OPENAI_RESPONSES,
+    OPENAI_RESPONSES_STREAM_HELPER,
     Endpoint,
 )
 from weckr_core.usage import NOT_REPORTED
@@ -78,14 +82,20 @@ def _sync_and_async(
 
 
 _OPENAI_CHAT = {"create": OPENAI_CHAT, "parse": OPENAI_CHAT}
+_OPENAI_CHAT_HELPERS = {"stream": OPENAI_CHAT_STREAM_HELPER}
 _OPENAI_RESPONSES = {"create": OPENAI_RESPONSES, "parse": OPENAI_RESPONSES}
-_ANTHROPIC = {"create": ANTHROPIC_MESSAGES}
+_OPENAI_RESPONSES_HELPERS = {"stream": OPENAI_RESPONSES_STREAM_HELPER}
+_ANTHROPIC = {"create": ANTHROPIC_MESSAGES, "parse": ANTHROPIC_MESSAGES}
 _ANTHROPIC_HELPERS = {"stream": ANTHROPIC_STREAM_HELPER}
 _GEMINI = {"generate_content": GEMINI, "generate_content_stream": GEMINI_STREAM}
 
 TARGETS: tuple[_Target, ...] = (
-    *_sync_and_async("openai.resources.chat.completions", "Completions", _OPENAI_CHAT, {}),
-    *_sync_and_async("openai.resources.responses", "Responses", _OPENAI_RESPONSES, {}),
+    *_sync_and_async(
+        "openai.resources.chat.completions", "Completions", _OPENAI_CHAT, _OPENAI_CHAT_HELPERS
+    ),
+    *_sync_and_async(
+        "openai.resources.responses", "Responses", _OPENAI_RESPONSES, _OPENAI_RESPONSES_HELPERS
+    ),
     *_sync_and_async("anthropic.resources.messages", "Messages", _ANTHROPIC, _ANTHROPIC_HELPERS),
     *_sync_and_async(
         "anthropic.resources.beta.messages", "Messages", _ANTHROPIC, _ANTHROPIC_HELPERS
@@ -156,6 +166,8 @@ def _patched(original: Callable[..., Any], target: _Target) -> Callable[..., Any
     if target.helper:
 
         def stream_helper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if _recorder is None:  # reached through a view kept since uninstrument()
+                return original(self, *args, **kwargs)
             if in_recorded_call():
                 return _as_is(original, self, args, kwargs)
             method = _unmarked(original, self)
@@ -167,6 +179,8 @@ def _patched(original: Callable[..., Any], target: _Target) -> Callable[..., Any
     if target.is_async:
 
         async def acall(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if _recorder is None:
+                return await original(self, *args, **kwargs)
             if in_recorded_call():
                 request_attribution(kwargs)  # taken out: the recording call has its own
                 with recording_call(False):
@@ -181,6 +195,8 @@ def _patched(original: Callable[..., Any], target: _Target) -> Callable[..., Any
         return functools.wraps(original)(acall)
 
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if _recorder is None:
+            return original(self, *args, **kwargs)
         if in_recorded_call():
             return _as_is(original, self, args, kwargs)
         mode = _mode(kwargs)

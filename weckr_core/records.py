@@ -100,6 +100,8 @@ class UsageRecord:
     feature: str | None = None
     plan: str | None = None
     plan_revenue_usd: Decimal | None = None
+    # The paying customer (workspace, team, organisation) when it is not the user.
+    account_id: str | None = None
     provider: str = "unknown"
     model: str = "unknown"
     requested_model: str | None = None
@@ -175,6 +177,7 @@ class UsageRecord:
             "source": self.source,
         }
         optional = (
+            ("accountId", self.account_id),
             ("requestedModel", self.requested_model),
             ("errorType", self.error_type),
             ("runId", self.run_id),

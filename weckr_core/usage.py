@@ -107,7 +107,8 @@ def usage_from_gemini(response: Any) -> TokenUsage:
     thoughts = count(field(meta, "thoughts_token_count", "thoughtsTokenCount"))
     if prompt is None and candidates is None and not thoughts:
         return NOT_REPORTED
-    input_tokens = count(prompt) + count(field(meta, "tool_use_prompt_token_count"))
+    tool_prompt = field(meta, "tool_use_prompt_token_count", "toolUsePromptTokenCount")
+    input_tokens = count(prompt) + count(tool_prompt)
     cached = count(field(meta, "cached_content_token_count", "cachedContentTokenCount"))
     return TokenUsage(
         input_tokens=input_tokens,

@@ -50,11 +50,13 @@ class WeckrCrew:
         max_tokens: int | None = None,
         max_cost_usd: Decimal | float | str | None = None,
         max_repeated_tool_calls: int | None = None,
+        account_id: object = None,
     ) -> None:
         if isinstance(tags, str):
             raise TypeError("tags must be an iterable of strings, not a string")
         self.feature = feature
         self.user_id = None if user_id is None else str(user_id)
+        self.account_id = None if account_id is None else str(account_id)
         self.plan = plan
         self.tags = tuple(tags)
         self.backend = backend
@@ -105,6 +107,8 @@ class WeckrCrew:
             plan=self.plan if self.plan is not None else context.plan,
             feature=self.feature if self.feature is not None else context.feature,
             tags=tuple(dict.fromkeys((*context.tags, *self.tags))),
+            agent=context.agent,
+            account_id=self.account_id if self.account_id is not None else context.account_id,
         )
         kickoff = Kickoff(
             crew=crew,

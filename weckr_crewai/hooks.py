@@ -183,6 +183,7 @@ def _record_for(kickoff: Kickoff, call: LLMCall, event: Any | None) -> UsageReco
     return UsageRecord(
         timestamp=call.started_at,
         user_id=attribution.user_id,
+        account_id=attribution.account_id,
         feature=attribution.feature,
         plan=attribution.plan,
         provider=call.provider,

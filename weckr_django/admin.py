@@ -18,6 +18,7 @@ from weckr_django.models import (
     DailyUsage,
     ModelAlternative,
     ModelPrice,
+    MonthlyAccountSpend,
     MonthlyUserSpend,
     Plan,
     Project,
@@ -278,7 +279,7 @@ class UsageEventAdmin(ReadOnlyAdmin):
         "status",
         "source",
     )
-    search_fields = ("user_id", "event_id", "run_id")
+    search_fields = ("user_id", "account_id", "event_id", "run_id")
     date_hierarchy = "timestamp"
     list_select_related = ("project",)
 
@@ -288,6 +289,14 @@ class MonthlyUserSpendAdmin(ReadOnlyAdmin):
     list_display = ("month", "user_key", "plan_name", "calls", "cost_usd", "project")
     list_filter = ("project", "month", "plan_name")
     search_fields = ("user_key",)
+    list_select_related = ("project",)
+
+
+@admin.register(MonthlyAccountSpend)
+class MonthlyAccountSpendAdmin(ReadOnlyAdmin):
+    list_display = ("month", "account_key", "plan_name", "calls", "cost_usd", "project")
+    list_filter = ("project", "month", "plan_name")
+    search_fields = ("account_key",)
     list_select_related = ("project",)
 
 

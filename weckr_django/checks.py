@@ -61,7 +61,7 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
                 id="weckr.E004",
             )
         ]
-    for name in ("USER_ID_RESOLVER", "PLAN_RESOLVER"):
+    for name in ("USER_ID_RESOLVER", "PLAN_RESOLVER", "ACCOUNT_RESOLVER"):
         path = weckr_settings.get(name)
         if callable(path):
             continue

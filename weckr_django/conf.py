@@ -19,11 +19,13 @@ DELIVERY_MODES: tuple[Delivery, ...] = ("auto", "celery", "thread", "sync")
 
 UserIdResolver = Callable[[HttpRequest], "str | None"]
 PlanResolver = Callable[[HttpRequest], "str | None"]
+AccountResolver = Callable[[HttpRequest], "str | int | None"]
 
 DEFAULTS: Mapping[str, Any] = {
     "DEFAULT_PROJECT": None,
     "USER_ID_RESOLVER": "weckr_django.middleware.default_user_id",
     "PLAN_RESOLVER": "weckr_django.middleware.default_plan",
+    "ACCOUNT_RESOLVER": "weckr_django.middleware.default_account_id",
     "CAP_CACHE_SECONDS": 2.0,
     "CAP_STORE": "database",
     "CAP_FAIL_CLOSED": False,
@@ -85,6 +87,10 @@ class WeckrSettings:
 
     def plan_resolver(self) -> PlanResolver:
         return cast(PlanResolver, self._imported("PLAN_RESOLVER"))
+
+    def account_resolver(self) -> AccountResolver:
+        """The imported ACCOUNT_RESOLVER: request -> the paying account's id, or None."""
+        return cast(AccountResolver, self._imported("ACCOUNT_RESOLVER"))
 
     def _imported(self, name: str) -> Any:
         key = f"{name}:imported"

@@ -32,6 +32,7 @@ from weckr_django.models import (
     ANONYMOUS_KEY,
     AgentRunUsage,
     DailyUsage,
+    MonthlyAccountSpend,
     MonthlyUserSpend,
     Project,
     UsageEvent,
@@ -224,6 +225,7 @@ def _event(
         timestamp=timestamp,
         received_at=now,
         user_id=record.user_id,
+        account_id=record.account_id,
         feature=record.feature,
         plan_name=plan_names.get(record.plan, record.plan),
         plan_revenue_usd=record.plan_revenue_usd,
@@ -426,6 +428,7 @@ def _update_rollups(
     connection: BaseDatabaseWrapper, project: Project, events: Iterable[UsageEvent], now: datetime
 ) -> None:
     monthly: dict[tuple[str, date], _Totals] = {}
+    accounts: dict[tuple[str, date], _Totals] = {}
     daily: dict[tuple[date, str, str, str], _Totals] = {}
     runs: dict[tuple[date, str], tuple[_Totals, str, str]] = {}
     for event in events:
@@ -433,6 +436,9 @@ def _update_rollups(
         day = local_day(project, event.timestamp)
         month_key = (user_key, day.replace(day=1))
         monthly.setdefault(month_key, _Totals.empty(event.timestamp)).add(event)
+        if event.account_id:
+            account_key = (event.account_id, month_key[1])
+            accounts.setdefault(account_key, _Totals.empty(event.timestamp)).add(event)
         day_key = (day, user_key, event.feature or "", event.model)
         daily.setdefault(day_key, _Totals.empty(event.timestamp)).add(event)
         if event.run_id:
@@ -463,6 +469,21 @@ def _update_rollups(
             for (user_key, month), totals in sorted(monthly.items())
         ],
         coalesce_fields=("plan_name", "plan_revenue_usd"),
+        replace_fields=("updated_at",),
+    )
+    _upsert_add(
+        connection,
+        MonthlyAccountSpend,
+        key_fields=("project", "account_key", "month"),
+        rows=[
+            (
+                {"project": project.pk, "account_key": account, "month": month},
+                totals,
+                {"plan_name": totals.plan_name, "updated_at": now},
+            )
+            for (account, month), totals in sorted(accounts.items())
+        ],
+        coalesce_fields=("plan_name",),
         replace_fields=("updated_at",),
     )
     _upsert_add(

@@ -4,7 +4,9 @@ Place it after ``AuthenticationMiddleware``. The user id comes from
 ``WECKR["USER_ID_RESOLVER"]`` (default: ``request.user.pk``; anonymous: no user),
 the plan from ``WECKR["PLAN_RESOLVER"]`` (default: ``request.user.weckr_plan``,
 ``request.user.plan`` or ``request.user.profile.plan``, a string or an object with
-``.name``). The context stays bound while a streamed response is iterated.
+``.name``), the paying account from ``WECKR["ACCOUNT_RESOLVER"]`` (default: none,
+the user is the customer). The context stays bound while a streamed response is
+iterated.
 """
 
 from __future__ import annotations
@@ -76,22 +78,36 @@ def default_plan(request: HttpRequest) -> str | None:
     return _plan_name(getattr(profile, "plan", None)) if profile is not None else None
 
 
-def resolve_attribution(request: HttpRequest) -> tuple[str | None, str | None]:
-    """(user id, plan) of ``request`` through the configured resolvers. A resolver that
-    raises is logged and its value left out: it must not fail the page."""
+def default_account_id(request: HttpRequest) -> str | None:
+    """No account: each user is their own customer."""
+    return None
+
+
+def resolve_attribution(request: HttpRequest) -> Attribution:
+    """The user id, plan and account of ``request`` through the configured resolvers.
+    A resolver that raises is logged and its value left out: it must not fail the page."""
     try:
         user_id = weckr_settings.user_id_resolver()(request)
     except Exception:
         logger.exception("Weckr: resolving the user of %s failed.", request.path)
-        return None, None
+        return Attribution()
     if user_id is None:
-        return None, None
+        return Attribution()
     try:
         plan = weckr_settings.plan_resolver()(request)
     except Exception:
         logger.exception("Weckr: resolving the plan of %s failed.", request.path)
         plan = None
-    return str(user_id), None if plan is None else str(plan)
+    try:
+        account_id = weckr_settings.account_resolver()(request)
+    except Exception:
+        logger.exception("Weckr: resolving the account of %s failed.", request.path)
+        account_id = None
+    return Attribution(
+        user_id=str(user_id),
+        plan=None if plan is None else str(plan),
+        account_id=None if account_id in (None, "") else str(account_id),
+    )
 
 
 class WeckrMiddleware:
@@ -107,8 +123,8 @@ class WeckrMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        user_id, plan = resolve_attribution(request)
-        token = bind(user_id=user_id, plan=plan)
+        found = resolve_attribution(request)
+        token = bind(user_id=found.user_id, plan=found.plan, account_id=found.account_id)
         try:
             response: HttpResponseBase = self.get_response(request)  # type: ignore[assignment]
         except BaseException:
@@ -118,8 +134,8 @@ class WeckrMiddleware:
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         # request.user is lazy and its first access queries the database.
-        user_id, plan = await sync_to_async(resolve_attribution)(request)
-        token = bind(user_id=user_id, plan=plan)
+        found = await sync_to_async(resolve_attribution)(request)
+        token = bind(user_id=found.user_id, plan=found.plan, account_id=found.account_id)
         try:
             response = await self.get_response(request)  # type: ignore[misc]
         except BaseException:
@@ -174,6 +190,8 @@ async def _bound_async(
         plan=attribution.plan,
         feature=attribution.feature,
         tags=attribution.tags,
+        agent=attribution.agent,
+        account_id=attribution.account_id,
     )
     try:
         async for chunk in iterator:

@@ -257,6 +257,13 @@ class UsageEvent(models.Model):
     timestamp = models.DateTimeField("time of the call")
     received_at = models.DateTimeField("received", auto_now_add=True)
     user_id = models.CharField("user", max_length=255, null=True, blank=True)
+    account_id = models.CharField(
+        "account",
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text="The paying customer (workspace, team, organisation), when not the user.",
+    )
     feature = models.CharField("feature", max_length=255, null=True, blank=True)
     plan_name = models.CharField("plan", max_length=100, null=True, blank=True)
     plan_revenue_usd = models.DecimalField(
@@ -394,6 +401,37 @@ class MonthlyUserSpend(_UsageTotals):
 
     def __str__(self) -> str:
         return f"{self.user_key or ANONYMOUS_LABEL} {self.month:%Y-%m}"
+
+
+class MonthlyAccountSpend(_UsageTotals):
+    """Spend of one account (the customer who pays) in one calendar month, all its
+    users' calls together."""
+
+    project = models.ForeignKey(
+        Project,
+        on_delete=models.CASCADE,
+        related_name="monthly_account_spend",
+        verbose_name="project",
+        db_index=False,  # the unique key's first column
+    )
+    account_key = models.CharField("account", max_length=255)
+    month = models.DateField("month", help_text="First day of the month.")
+    plan_name = models.CharField(
+        "plan", max_length=100, null=True, blank=True, help_text="The plan of the latest call."
+    )
+    updated_at = models.DateTimeField("updated", auto_now=True)
+
+    class Meta:
+        verbose_name = "monthly account spend"
+        verbose_name_plural = "monthly account spend"
+        constraints = (
+            models.UniqueConstraint(
+                fields=("project", "month", "account_key"), name="weckr_monthly_account_uniq"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.account_key} {self.month:%Y-%m}"
 
 
 class DailyUsage(_UsageTotals):

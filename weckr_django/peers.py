@@ -2,9 +2,9 @@
 
 Their attribution lands on ours: Tokenr's ``feature_name`` on the feature, its
 ``agent_id`` on the agent, its ``team_id`` and AICostManager's ``customer_key`` on
-the user (Weckr has no accounts yet; when ``tags`` or ``context`` names a
-``user_id``, that is the user and the team or customer a tag), ``tags`` and
-``context`` on tags as ``key:value``. AICostManager's ``response_id`` is the event
+the account (the customer who pays), a ``user_id`` in Tokenr's ``tags`` or
+AICostManager's ``context`` on the user, the rest of ``tags`` and ``context`` on
+tags as ``key:value``. AICostManager's ``response_id`` is the event
 id, so a resend is stored once. Then the events go through the wire's own
 validation, pricing and dedupe (``ingest.ingest_payloads``), like any other; a
 rejection names the field as the sender wrote it.
@@ -39,7 +39,8 @@ TOKENR_FIELDS = {
     "cacheCreationTokens": "cache_write_tokens",
     "feature": "feature_name",
     "agent": "agent_id",
-    "userId": "team_id",
+    "accountId": "team_id",
+    "userId": "tags.user_id",
     "latencyMs": "latency_ms",
     "timestamp": "requested_at",
     "status": "status",
@@ -77,24 +78,20 @@ def tokenr_event(payload: Any) -> dict[str, Any]:
         "status": _TOKENR_STATUS[status],
         "source": "manual",
     }
-    event.update(_who(payload.get("team_id"), "team_id", tags or {}))
+    event.update(_who(payload.get("team_id"), tags or {}))
     return {name: value for name, value in event.items() if value is not None}
 
 
-def _who(payer: Any, payer_name: str, attributes: Mapping[str, Any]) -> dict[str, Any]:
-    """The user and tags of a call: the payer (team, customer) is the user unless the
-    attributes name one; then it is kept as a tag."""
-    user = attributes.get("user_id")
+def _who(payer: Any, attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The account (the team or customer who pays), the user (a ``user_id`` among
+    the attributes) and the other attributes as tags."""
     tags = [
         f"{name}:{value}"
         for name, value in attributes.items()
         if name != "user_id" and value is not None
     ]
-    if user is None:
-        user = payer
-    elif payer is not None:
-        tags.append(f"{payer_name}:{payer}")
-    return {"userId": user, "tags": tags or None}
+    user = attributes.get("user_id")
+    return {"accountId": payer, "userId": None if user == "" else user, "tags": tags or None}
 
 
 def _tokens(payload: Mapping[str, Any], name: str, *, required: bool = False) -> int:
@@ -183,7 +180,7 @@ def aicostmanager_event(record: Any) -> dict[str, Any]:
         "usageReported": usage.reported,
         "source": "manual",
     }
-    event.update(_who(record.get("customer_key"), "customer_key", context or {}))
+    event.update(_who(record.get("customer_key"), context or {}))
     return {name: value for name, value in event.items() if value is not None}
 
 
@@ -193,7 +190,8 @@ AICOSTMANAGER_FIELDS = {
     "timestamp": "timestamp",
     "model": "service_key",
     "provider": "service_key",
-    "userId": "customer_key",
+    "accountId": "customer_key",
+    "userId": "context.user_id",
     "tags": "context",
 }
 
@@ -206,8 +204,8 @@ def _check_counts(usage: Mapping[str, Any], path: str) -> None:
         if isinstance(value, Mapping):
             _check_counts(value, where)
         elif value is not None and ("token" in name.lower() or name.endswith("Count")):
-            if isinstance(value, list):
-                continue  # per-modality breakdowns; the totals are read
+            if isinstance(value, list) and name.lower().endswith("details"):
+                continue  # per-modality breakdowns (Gemini's); the totals are read
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise WireError(f"{where} must be a whole number >= 0.", where)
             if value > MAX_TOKENS_PER_CALL:

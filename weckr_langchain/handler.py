@@ -65,6 +65,7 @@ class _WeckrOptions:
         plan: str | None = None,
         tags: Iterable[str] = (),
         backend: Backend | None = None,
+        account_id: str | int | None = None,
         max_llm_calls: int | None = None,
         max_tokens: int | None = None,
         max_cost_usd: Decimal | float | str | None = None,
@@ -93,6 +94,7 @@ class _WeckrOptions:
             ),
             downgrade_as_block=downgrade_as_block,
             totals=totals,
+            account_id=account_id,
         )
         _StopsAreNotCrashes.handlers.add(type(self).__name__)
         logging.getLogger("langchain_core.callbacks.manager").addFilter(_stops_are_not_crashes)

@@ -77,6 +77,7 @@ class _ModelCall:
     parent_run_id: str | None
     step: str | None
     agent: str | None
+    account_id: str | None = None
     requested_model: str | None = None  # set when the call moved to a cheaper model
     reservation: Reservation | None = None
 
@@ -93,7 +94,7 @@ class WeckrAgentMiddleware(AgentMiddleware):  # type: ignore[misc]
     the call. ``downgrade_as_block=True`` refuses instead of downgrading.
 
     Attribution, most specific first: the arguments here, the run's config metadata
-    (``user_id``, ``plan``, ``feature``), then the attribution context.
+    (``user_id``, ``plan``, ``feature``, ``account_id``), then the attribution context.
 
     Loop guards (``max_llm_calls`` and the rest) stay with ``WeckrHandler``: pass both,
     and each model call is still reserved and recorded once, by the middleware (see
@@ -111,6 +112,7 @@ class WeckrAgentMiddleware(AgentMiddleware):  # type: ignore[misc]
         backend: Backend | None = None,
         models: Mapping[str, BaseChatModel] | None = None,
         downgrade_as_block: bool = False,
+        account_id: str | int | None = None,
     ) -> None:
         """``backend`` defaults to ``weckr_core.get_backend()``, read at call time.
         ``models`` maps a model name to the model to use when the cap moves a call off
@@ -118,6 +120,7 @@ class WeckrAgentMiddleware(AgentMiddleware):  # type: ignore[misc]
         super().__init__()
         self.feature = feature
         self.user_id = None if user_id is None else str(user_id)
+        self.account_id = None if account_id is None else str(account_id)
         self.plan = plan
         self.tags = tuple(tags)
         self.backend = backend
@@ -201,6 +204,7 @@ class WeckrAgentMiddleware(AgentMiddleware):  # type: ignore[misc]
         user_id = self.user_id or metadata_str(metadata, "user_id") or context.user_id
         plan = self.plan or metadata_str(metadata, "plan") or context.plan
         feature = self.feature or metadata_str(metadata, "feature") or context.feature
+        account_id = self.account_id or metadata_str(metadata, "account_id") or context.account_id
         model, provider, max_output_tokens = _describe(request.model, request.model_settings)
         info = getattr(request.runtime, "execution_info", None)
         # The model node's run: the parent of the model's own run.
@@ -227,6 +231,7 @@ class WeckrAgentMiddleware(AgentMiddleware):  # type: ignore[misc]
             parent_run_id=None if parent is None else str(parent),
             step=step_of(metadata),
             agent=agent_of(metadata, None),
+            account_id=account_id,
         )
 
     def _decide(
@@ -285,6 +290,7 @@ class WeckrAgentMiddleware(AgentMiddleware):  # type: ignore[misc]
             record = UsageRecord(
                 timestamp=call.started_at,
                 user_id=call.user_id,
+                account_id=call.account_id,
                 feature=call.feature,
                 plan=call.plan,
                 provider=call.provider,

@@ -180,6 +180,7 @@ class _LlmCall:
     agent: str | None
     tags: tuple[str, ...]
     backend: Backend
+    account_id: str | None = None
     # Whether this handler reserves, settles and records the call (see the module doc).
     owner: bool = True
     reservation: Reservation | None = None
@@ -200,8 +201,10 @@ class RunTracker:
         limits: RunLimits,
         downgrade_as_block: bool,
         totals: UsageTotals | None,
+        account_id: str | int | None = None,
     ) -> None:
         self.user_id = None if user_id is None else str(user_id)
+        self.account_id = None if account_id is None else str(account_id)
         self.plan = plan
         self.feature = feature
         self.tags = tags
@@ -400,6 +403,7 @@ class RunTracker:
         user_id = self.user_id or metadata_str(metadata, "user_id") or context.user_id
         plan = self.plan or metadata_str(metadata, "plan") or context.plan
         feature = self.feature or metadata_str(metadata, "feature") or context.feature
+        account_id = self.account_id or metadata_str(metadata, "account_id") or context.account_id
         tags = self.tags + context.tags if context.tags else self.tags
         if metadata and (
             "langgraph_node" in metadata
@@ -445,6 +449,7 @@ class RunTracker:
             agent=agent,
             tags=tags,
             backend=self.backend or get_backend(),
+            account_id=account_id,
         )
 
     def _decide(self, call: _LlmCall, decision: CapDecision) -> None:
@@ -498,6 +503,7 @@ class RunTracker:
                 event_id=root.id if root.key == key else str(run_id),
                 timestamp=call.started_at,
                 user_id=call.user_id,
+                account_id=call.account_id,
                 feature=call.feature,
                 plan=call.plan,
                 provider=call.provider,
@@ -545,6 +551,7 @@ class RunTracker:
             tags=(*self.tags, *context.tags),
             backend=self.backend or get_backend(),
             owner=_owns(run_id.int),
+            account_id=self.account_id or context.account_id,
         )
 
     # Tool runs.

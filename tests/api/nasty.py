@@ -10,6 +10,7 @@ EVENT_FIELDS = [
     "eventId",
     "timestamp",
     "userId",
+    "accountId",
     "feature",
     "planName",
     "planRevenueUsd",

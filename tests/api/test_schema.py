@@ -50,10 +50,11 @@ def test_the_event_schema_carries_the_servers_limits(client: Client, db: None) -
 
     assert properties["agent"]["maxLength"] == TEXT_FIELDS["agent"].max_length == 255
     assert properties["userId"]["oneOf"][0]["maxLength"] == 255
+    assert properties["accountId"]["oneOf"][0]["maxLength"] == 255
     assert properties["tags"]["maxItems"] == MAX_TAGS
     assert properties["tags"]["items"]["maxLength"] == TEXT_FIELDS["tags"].max_length
     assert properties["inputTokens"]["maximum"] == MAX_TOKENS_PER_CALL
-    for text in set(TEXT_FIELDS) - {"userId", "feature", "step", "tags"}:
+    for text in set(TEXT_FIELDS) - {"userId", "accountId", "feature", "step", "tags"}:
         assert properties[text]["maxLength"] == TEXT_FIELDS[text].max_length, text
     batch = found["paths"]["/api/v1/log/batch"]["post"]
     rejected = batch["responses"]["200"]["content"]["application/json"]["schema"]["properties"]

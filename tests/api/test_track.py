@@ -67,13 +67,14 @@ def test_a_tokenr_call_is_stored_priced_here_and_answered_with_its_cost(api: Api
         200,
         120,
     )
-    assert (stored.user_id, stored.feature, stored.agent) == ("team-42", "triage", "support-bot")
+    assert (stored.account_id, stored.user_id) == ("team-42", None)
+    assert (stored.feature, stored.agent) == ("triage", "support-bot")
     assert sorted(stored.tags) == ["env:prod", "tier:2"]
     assert (stored.latency_ms, stored.status, stored.source) == (950, "ok", "manual")
     assert stored.timestamp.isoformat() == "2026-12-07T10:00:00+00:00"
 
 
-def test_a_user_id_in_tokenr_tags_is_the_user_and_the_team_a_tag(api: Api) -> None:
+def test_a_user_id_in_tokenr_tags_is_the_user_of_the_teams_call(api: Api) -> None:
     response = track(
         api,
         {
@@ -90,7 +91,8 @@ def test_a_user_id_in_tokenr_tags_is_the_user_and_the_team_a_tag(api: Api) -> No
 
     assert response.status_code == 201, response.content
     stored = UsageEvent.objects.get(event_id=response.json()["eventId"])
-    assert (stored.user_id, stored.tags, stored.status) == ("u-9", ["team_id:team-42"], "error")
+    assert (stored.user_id, stored.account_id) == ("u-9", "team-42")
+    assert (stored.tags, stored.status) == ([], "error")
     assert stored.cache_creation_tokens == 40
 
 
@@ -103,6 +105,7 @@ def test_a_user_id_in_tokenr_tags_is_the_user_and_the_team_a_tag(api: Api) -> No
         ({"status": "done"}, "status", "'success' or 'error'"),
         ({"tags": ["a"]}, "tags", "JSON object"),
         ({"team_id": "jane@example.com"}, "team_id", "e-mail"),
+        ({"tags": {"user_id": "jane@example.com"}}, "tags.user_id", "tags.user_id"),
         ({"feature_name": "x" * 300}, "feature_name", "255"),
         ({"model": None}, "model", "model"),
     ],
@@ -175,7 +178,8 @@ def test_aicostmanager_records_of_every_vendor_are_priced_from_their_raw_usage(
             service_key="google::gemini-2.5-flash",
             response_id="gem-1",
             payload={
-                "promptTokenCount": 80,
+                "promptTokenCount": 70,
+                "toolUsePromptTokenCount": 10,
                 "candidatesTokenCount": 20,
                 "thoughtsTokenCount": 5,
                 "promptTokensDetails": [{"modality": "TEXT", "token_count": 80}],
@@ -197,7 +201,8 @@ def test_aicostmanager_records_of_every_vendor_are_priced_from_their_raw_usage(
     stored = {event.event_id: event for event in UsageEvent.objects.filter(project=api.project)}
     chat = stored["chatcmpl-1"]
     assert (chat.input_tokens, chat.cached_input_tokens, chat.output_tokens) == (1000, 600, 200)
-    assert (chat.user_id, chat.tags, chat.provider) == ("acme-corp", ["plan_tier:gold"], "openai")
+    assert (chat.account_id, chat.user_id) == ("acme-corp", None)
+    assert (chat.tags, chat.provider) == (["plan_tier:gold"], "openai")
     assert chat.timestamp.timestamp() == pytest.approx(1796637600.25)
     expected = usd("gpt-4o-mini", input_tokens=1000, cached_input_tokens=600, output_tokens=200)
     assert results[0]["cost"] == pytest.approx(expected)
@@ -208,7 +213,7 @@ def test_aicostmanager_records_of_every_vendor_are_priced_from_their_raw_usage(
     assert claude.cache_creation_tokens == 30
     gemini = stored["gem-1"]
     assert (gemini.input_tokens, gemini.output_tokens, gemini.reasoning_tokens) == (80, 25, 5)
-    assert (gemini.user_id, sorted(gemini.tags)) == ("u-3", ["customer_key:acme-corp"])
+    assert (gemini.user_id, gemini.account_id, gemini.tags) == ("u-3", "acme-corp", [])
 
 
 def test_a_resent_record_is_stored_once_and_answered_completed_with_its_cost(api: Api) -> None:
@@ -231,6 +236,9 @@ def test_bad_records_are_answered_one_by_one_and_the_good_ones_stored(api: Api) 
         tracked(response_id="pii", customer_key="jane@example.com"),
         "not a record",
         tracked(response_id="good-2", payload=None),  # no usage: kept, flagged
+        tracked(response_id="list-count", payload={"prompt_tokens": 5, "completion_tokens": [9]}),
+        tracked(response_id="no-user", context={"user_id": ""}),
+        tracked(response_id="user-pii", context={"user_id": "jane@example.com"}),
     ]
 
     response = track(api, {"tracked": records})
@@ -249,14 +257,21 @@ def test_bad_records_are_answered_one_by_one_and_the_good_ones_stored(api: Api) 
         ("pii", "error"),
         (None, "error"),
         ("good-2", "completed"),
+        ("list-count", "error"),
+        ("no-user", "completed"),
+        ("user-pii", "error"),
     ]
     errors = [result["errors"][0] if result["errors"] else "" for result in results]
     assert "payload.prompt_tokens must be a whole number" in errors[3]
     assert "payload.prompt_tokens_details.cached_tokens" in errors[4]
-    assert errors[5].startswith("timestamp:")
-    assert errors[6].startswith("response_id:")
-    assert errors[7].startswith("customer_key:") and "e-mail" in errors[7]
-    assert set(UsageEvent.objects.values_list("event_id", flat=True)) == {"good-1", "good-2"}
+    assert errors[5].startswith("timestamp")
+    assert errors[6].startswith("response_id")
+    assert errors[7].startswith("customer_key") and "e-mail" in errors[7]
+    assert errors[10].startswith("payload.completion_tokens must be a whole number")
+    assert errors[12].startswith("context.user_id") and "e-mail" in errors[12], errors[12]
+    stored = set(UsageEvent.objects.values_list("event_id", flat=True))
+    assert stored == {"good-1", "good-2", "no-user"}
+    assert UsageEvent.objects.get(event_id="no-user").user_id is None
     assert UsageEvent.objects.get(event_id="good-2").usage_reported is False
 
 

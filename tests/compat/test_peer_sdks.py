@@ -99,7 +99,7 @@ def test_tokenr_sdk_posts_land_priced_and_attributed_and_it_sees_success(
     events = {event.model: event for event in stored(project, 2)}
     chat = events["gpt-4o-mini"]
     assert (chat.input_tokens, chat.cached_input_tokens, chat.output_tokens) == (1200, 200, 300)
-    assert (chat.user_id, chat.feature, chat.agent) == ("team-7", "summaries", "default-agent")
+    assert (chat.account_id, chat.feature, chat.agent) == ("team-7", "summaries", "default-agent")
     assert chat.tags == ["env:prod"]
     expected = price_usage(
         "gpt-4o-mini", input_tokens=1200, cached_input_tokens=200, output_tokens=300
@@ -166,11 +166,11 @@ def test_aicostmanager_tracker_and_wrapper_records_land_and_it_sees_success(
         400,
         50,
     )
-    assert (claude.user_id, sorted(claude.tags)) == ("u-5", ["customer_key:acme-corp", "env:prod"])
+    assert (claude.user_id, claude.account_id, claude.tags) == ("u-5", "acme-corp", ["env:prod"])
     assert result["cost"] == pytest.approx(float(claude.cost_usd))
     chat = next(event for event in events.values() if event.model == "gpt-4o-mini")
     assert (chat.input_tokens, chat.cached_input_tokens, chat.output_tokens) == (900, 300, 100)
-    assert (chat.user_id, chat.provider) == ("globex", "openai")
+    assert (chat.account_id, chat.provider) == ("globex", "openai")
     log = ini.parent / "aicm.log"
     assert not log.exists() or "Traceback" not in log.read_text()
 
@@ -189,5 +189,5 @@ def test_aicostmanager_queued_delivery_lands_once(aicm: tuple[Project, Path]) ->
 
     events = stored(project, 25)
     assert len(events) == 25
-    assert {event.user_id for event in events} == {"initech"}
+    assert {event.account_id for event in events} == {"initech"}
     assert sum(event.input_tokens for event in events) == 25 * 80

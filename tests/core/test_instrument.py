@@ -94,7 +94,7 @@ def test_tokenr_keyword_arguments_attribute_the_call_for_a_one_line_move(
     )
 
     record = only_record(backend)
-    assert (record.user_id, record.feature, record.agent, record.tags) == (
+    assert (record.account_id, record.feature, record.agent, record.tags) == (
         "team-7",
         "support",
         "triage",
@@ -109,17 +109,22 @@ def test_weckr_keywords_win_over_tokenr_ones_and_over_the_context(
 ) -> None:
     fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(5, 1)))
 
-    with attribute(user_id="context-user", feature="context-feature"):
+    with attribute(user_id="context-user", feature="context-feature", account_id="ctx"):
         p.openai_client(fake).chat.completions.create(
             model="gpt-4o-mini",
             messages=MESSAGES,
             weckr_user_id="ours",
-            tokenr_team_id="theirs",
+            weckr_account_id="our-account",
+            tokenr_team_id="their-team",
             tokenr_feature="their-feature",
         )
 
     record = only_record(backend)
-    assert (record.user_id, record.feature) == ("ours", "their-feature")
+    assert (record.user_id, record.account_id, record.feature) == (
+        "ours",
+        "our-account",
+        "their-feature",
+    )
 
 
 def test_a_capped_user_is_refused_before_the_provider_is_called(backend: MemoryBackend) -> None:
@@ -348,3 +353,44 @@ def test_streams_of_every_sdk_sync_and_async_are_recorded_with_their_usage(
         ("anthropic", None, 60, 15),
         ("gemini", None, 40, 12),
     ]
+
+
+def test_openai_stream_helpers_take_the_keywords_and_record_on_exit(
+    backend: MemoryBackend,
+) -> None:
+    events = p.openai_chat_stream("gpt-4o-mini", p.openai_usage(30, 7))
+    client = p.openai_client(p.FakeProvider(events=events))
+
+    with client.chat.completions.stream(
+        model="gpt-4o-mini", messages=MESSAGES, weckr_user_id="s1"
+    ) as stream:
+        for _ in stream:
+            break  # left early: recorded when the block ends, not when collected
+
+    assert [(r.user_id, r.source) for r in backend.records] == [("s1", "wrap")]
+
+
+def test_anthropic_parse_is_recorded(backend: MemoryBackend) -> None:
+    fake = p.FakeProvider(p.anthropic_message_body("claude-haiku-4-5", p.anthropic_usage(10, 5)))
+
+    p.anthropic_client(fake).messages.parse(
+        model="claude-haiku-4-5", max_tokens=16, messages=MESSAGES, weckr_user_id="p1"
+    )
+
+    assert [(r.user_id, r.input_tokens, r.output_tokens) for r in backend.records] == [
+        ("p1", 10, 5)
+    ]
+
+
+def test_a_raw_view_taken_while_instrumented_stops_recording_after_uninstrument() -> None:
+    fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(5, 1)))
+    client = p.openai_client(fake)
+    backend = MemoryBackend()
+    Weckr(backend=backend).instrument()
+    view = client.chat.completions.with_raw_response  # the SDK keeps the method it sees
+    view.create(model="gpt-4o-mini", messages=MESSAGES)
+    uninstrument()
+
+    view.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert fake.hits == 2 and len(backend.records) == 1

@@ -582,3 +582,17 @@ def test_a_capped_user_cannot_chat_with_gemini() -> None:
         chat.send_message("Hi")
 
     assert fake.hits == 0 and backend.records == []
+
+
+def test_anthropic_structured_output_parse_is_recorded() -> None:
+    fake, backend, wk = setup(p.anthropic_message_body("claude-haiku-4-5", p.anthropic_usage(9, 4)))
+    client = wk.wrap(p.anthropic_client(fake))
+
+    with attribute(user_id="u1"):
+        client.messages.parse(model="claude-haiku-4-5", max_tokens=16, messages=MESSAGES)
+        client.beta.messages.parse(model="claude-haiku-4-5", max_tokens=16, messages=MESSAGES)
+
+    assert [(r.user_id, r.input_tokens, r.output_tokens) for r in backend.records] == [
+        ("u1", 9, 4),
+        ("u1", 9, 4),
+    ]

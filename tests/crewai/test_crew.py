@@ -119,7 +119,8 @@ def cost(records: list[UsageRecord]) -> Decimal:
 def test_cost_per_agent_and_task_with_one_shared_llm(memory_backend: MemoryBackend) -> None:
     llm = ScriptedLLM(research_then_write)
     crew = two_agent_crew(llm)
-    WeckrCrew(feature="research", user_id="u1", plan="pro", tags=["beta"]).attach(crew)
+    weckr = WeckrCrew(feature="research", user_id="u1", plan="pro", tags=["beta"], account_id=9)
+    weckr.attach(crew)
     # Taken before the kickoff interpolates the descriptions: labels are the templates.
     labels = task_labels(crew)
 
@@ -142,6 +143,7 @@ def test_cost_per_agent_and_task_with_one_shared_llm(memory_backend: MemoryBacke
     assert {(r.user_id, r.plan, r.feature, r.tags, r.source) for r in records} == {
         ("u1", "pro", "research", ("beta",), "crewai")
     }
+    assert {r.account_id for r in records} == {"9"}
     assert {(r.model, r.provider) for r in records} == {(MODEL, "openai")}
     # One thread, one call at a time: steps follow the provider's call order.
     for record, call in zip(sorted(records, key=lambda r: int(r.step or 0)), calls, strict=True):

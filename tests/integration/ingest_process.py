@@ -40,6 +40,8 @@ def batches(seed: int, size: int) -> list[list[dict[str, Any]]]:
                     # Every fourth call in one of eight agent runs that span every
                     # batch of both processes: concurrent upserts of the same run rows.
                     **({"runId": f"run-{i % 8}"} if i % 4 == 0 else {}),
+                    # Two thirds of the calls paid by one of five accounts.
+                    **({"accountId": f"acct-{i % 5}"} if i % 3 else {}),
                 }
             )
         result.append(events)

@@ -10,7 +10,14 @@ import pytest
 from django.db.models import Count, Max, Min, Sum
 
 from weckr_django.backend import DjangoBackend
-from weckr_django.models import AgentRunUsage, DailyUsage, MonthlyUserSpend, Project, UsageEvent
+from weckr_django.models import (
+    AgentRunUsage,
+    DailyUsage,
+    MonthlyAccountSpend,
+    MonthlyUserSpend,
+    Project,
+    UsageEvent,
+)
 from weckr_django.tasks import record_usage
 
 from ..django.helpers import expected_cost, make_record
@@ -49,6 +56,18 @@ def assert_rollups_match_events(project: Project) -> None:
             started=Min("timestamp"),
             ended=Max("timestamp"),
         )
+    }
+    accounts = {
+        row["account_id"]: (row["calls"], row["cost"])
+        for row in events.exclude(account_id=None)
+        .values("account_id")
+        .annotate(calls=Count("id"), cost=Sum("cost_usd"))
+    }
+    assert accounts == {  # an account's rows of every month, added up
+        row["account_key"]: (row["calls"], row["cost"])
+        for row in MonthlyAccountSpend.objects.filter(project=project)
+        .values("account_key")
+        .annotate(calls=Sum("calls"), cost=Sum("cost_usd"))
     }
     assert runs == {  # a run's rows of every month it spans, added up
         row["run_id"]: (row["calls"], row["cost"], row["started"], row["ended"])

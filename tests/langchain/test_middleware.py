@@ -265,14 +265,18 @@ def test_a_failed_model_call_is_an_error_row_that_costs_nothing(
 
 def test_attribution_arguments_then_metadata_then_context(memory_backend: MemoryBackend) -> None:
     model = ScriptedChatModel()
-    metadata = {"user_id": 7, "plan": "meta-plan"}
+    metadata = {"user_id": 7, "plan": "meta-plan", "account_id": "meta-account"}
+    context = {"user_id": "ctx-user", "plan": "ctx-plan", "feature": "ctx-feature"}
 
-    with attribute(user_id="ctx-user", plan="ctx-plan", feature="ctx-feature", tags=["web"]):
-        agent_run(model, WeckrAgentMiddleware(user_id="arg-user", tags=["beta"]), metadata=metadata)
+    with attribute(**context, tags=["web"], account_id="ctx-account"):
+        middleware = WeckrAgentMiddleware(user_id="arg-user", tags=["beta"], account_id="arg-acct")
+        agent_run(model, middleware, metadata=metadata)
         agent_run(model, WeckrAgentMiddleware(), metadata=metadata)
         agent_run(model, WeckrAgentMiddleware())
 
     first, second, third = memory_backend.records
+    accounts = [record.account_id for record in (first, second, third)]
+    assert accounts == ["arg-acct", "meta-account", "ctx-account"]
     assert (first.user_id, first.plan, first.feature) == ("arg-user", "meta-plan", "ctx-feature")
     assert first.tags == ("beta", "web")
     assert (second.user_id, second.plan) == ("7", "meta-plan")

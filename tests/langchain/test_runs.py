@@ -109,10 +109,13 @@ def test_agent_without_a_name_is_attributed_to_the_graph_node(
 
 def test_attribution_handler_then_metadata_then_context(memory_backend: MemoryBackend) -> None:
     model = ScriptedChatModel()
-    config: RunnableConfig = {"metadata": {"plan": "meta-plan", "user_id": 7}}
+    metadata = {"plan": "meta-plan", "user_id": 7, "account_id": "meta-account"}
+    config: RunnableConfig = {"metadata": metadata}
+    context = {"user_id": "ctx-user", "plan": "ctx-plan", "feature": "ctx-feature"}
 
-    with attribute(user_id="ctx-user", plan="ctx-plan", feature="ctx-feature", tags=["web"]):
-        model.invoke("hi", {**config, "callbacks": [WeckrHandler(user_id="arg-user")]})
+    with attribute(**context, tags=["web"], account_id="ctx-account"):
+        handler = WeckrHandler(user_id="arg-user", account_id="arg-account")
+        model.invoke("hi", {**config, "callbacks": [handler]})
         model.invoke("hi", {**config, "callbacks": [WeckrHandler()]})
         model.invoke("hi", {"callbacks": [WeckrHandler(tags=["beta"])]})
 
@@ -121,6 +124,8 @@ def test_attribution_handler_then_metadata_then_context(memory_backend: MemoryBa
     assert (second.user_id, second.plan) == ("7", "meta-plan")
     assert (third.user_id, third.plan, third.feature) == ("ctx-user", "ctx-plan", "ctx-feature")
     assert third.tags == ("beta", "web")
+    accounts = [record.account_id for record in (first, second, third)]
+    assert accounts == ["arg-account", "meta-account", "ctx-account"]
 
 
 def test_batch_records_every_call_with_the_callers_attribution(

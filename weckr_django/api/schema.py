@@ -82,6 +82,9 @@ EVENT: Schema = {
         ),
         "timestamp": _text("timestamp", "ISO 8601; at most 400 days old.", format="date-time"),
         "userId": _opaque("userId", "Opaque user id, such as the database primary key."),
+        "accountId": _opaque(
+            "accountId", "Opaque id of the paying customer (workspace, team), when not the user."
+        ),
         "feature": _opaque("feature", "The product feature that made the call."),
         "planName": _text("planName", "The user's plan.", nullable=True),
         "planRevenueUsd": {"type": "number", "minimum": 0, "maximum": 10**9, "nullable": True},

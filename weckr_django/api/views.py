@@ -33,6 +33,7 @@ from weckr_django.models import ApiKey, Project, UsageEvent
 from weckr_django.stores import CapStoreUnavailable
 from weckr_django.wire import (
     TEXT_FIELDS,
+    Rejection,
     WireError,
     parse_check,
     parse_reserve,
@@ -250,9 +251,8 @@ class TrackView(WeckrAPIView):
             raise BadRequest(error.message, error.field) from None
         result = ingest_payloads(project, [event])
         if result.rejected:
-            rejection = result.rejected[0]
-            field = peers.TOKENR_FIELDS.get(rejection.field or "", rejection.field)
-            raise BadRequest(rejection.error, field)
+            refused = _in_their_words(result.rejected[0], peers.TOKENR_FIELDS)
+            raise BadRequest(refused.message, refused.field)
         event_id = result.event_ids[0]
         cost = _money(result.costs.get(event_id))
         return Response(
@@ -295,9 +295,7 @@ class TrackView(WeckrAPIView):
         }
         for position, index in enumerate(positions):
             if position in rejected:
-                rejection = rejected[position]
-                field = peers.AICOSTMANAGER_FIELDS.get(rejection.field or "", rejection.field)
-                refused = WireError(rejection.error, field)
+                refused = _in_their_words(rejected[position], peers.AICOSTMANAGER_FIELDS)
                 results[index] = _track_result(events[position].get("eventId"), "error", refused)
             else:
                 event_id = event_ids[position]
@@ -310,12 +308,22 @@ class TrackView(WeckrAPIView):
         return {"results": results, "triggered_limits": {}}
 
 
+def _in_their_words(rejection: Rejection, fields: dict[str, str]) -> WireError:
+    """A wire rejection naming the field as the sender's SDK does."""
+    ours = rejection.field
+    theirs = fields.get(ours or "", ours)
+    message = rejection.error
+    if ours and theirs and theirs != ours:
+        message = message.replace(ours, theirs)
+    return WireError(message, theirs)
+
+
 def _response_id(record: Any) -> Any:
     return record.get("response_id") if isinstance(record, dict) else None
 
 
 def _track_result(response_id: Any, outcome: str, error: WireError) -> dict[str, Any]:
-    where = f"{error.field}: " if error.field else ""
+    where = f"{error.field}: " if error.field and error.field not in error.message else ""
     return {
         "response_id": response_id,
         "status": outcome,
