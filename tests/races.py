@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -129,39 +130,44 @@ def server_process(env: Mapping[str, str]) -> Iterator[str]:
     """Django's threaded server on a free port, DEBUG off, as its own process; the
     base URL. (A production deployment runs a WSGI server in front of the same app.)"""
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "django",
-            "runserver",
-            f"127.0.0.1:{port}",
-            "--noreload",
-            "--skip-checks",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/api/v1/me", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    _, err = process.communicate(timeout=5)
-                    raise RuntimeError(f"the server did not start:\n{err[-4000:]}") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
+    # The server logs every request: to a file, as a pipe nobody reads fills up and
+    # then blocks the server mid-request.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "django",
+                "runserver",
+                f"127.0.0.1:{port}",
+                "--noreload",
+                "--skip-checks",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    httpx.get(f"{url}/api/v1/me", timeout=1)
+                    break
+                except httpx.TransportError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        raise RuntimeError(
+                            f"the server did not start:\n{log.read()[-4000:]}"
+                        ) from None
+                    time.sleep(0.2)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
