@@ -87,7 +87,14 @@ class ProjectForm(_ProjectForm):
 class PlanInline(_PlanInline):
     model = Plan
     extra = 1
-    fields = ("name", "monthly_price_usd", "monthly_cap_usd", "cap_action", "soft_alert_percent")
+    fields = (
+        "name",
+        "monthly_price_usd",
+        "billing",
+        "monthly_cap_usd",
+        "cap_action",
+        "soft_alert_percent",
+    )
 
 
 @admin.register(Project)

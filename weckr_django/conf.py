@@ -6,6 +6,7 @@ WECKR = {"DEFAULT_PROJECT": "Acme", "CAP_CACHE_SECONDS": 2, "DELIVERY": "auto"}
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import date
 from typing import Any, Literal, cast
 
 from django.conf import settings
@@ -20,12 +21,14 @@ DELIVERY_MODES: tuple[Delivery, ...] = ("auto", "celery", "thread", "sync")
 UserIdResolver = Callable[[HttpRequest], "str | None"]
 PlanResolver = Callable[[HttpRequest], "str | None"]
 AccountResolver = Callable[[HttpRequest], "str | int | None"]
+SeatsResolver = Callable[[Any, str, date], "int | None"]
 
 DEFAULTS: Mapping[str, Any] = {
     "DEFAULT_PROJECT": None,
     "USER_ID_RESOLVER": "weckr_django.middleware.default_user_id",
     "PLAN_RESOLVER": "weckr_django.middleware.default_plan",
     "ACCOUNT_RESOLVER": "weckr_django.middleware.default_account_id",
+    "SEATS_RESOLVER": None,
     "CAP_CACHE_SECONDS": 2.0,
     "CAP_STORE": "database",
     "CAP_FAIL_CLOSED": False,
@@ -87,6 +90,13 @@ class WeckrSettings:
 
     def plan_resolver(self) -> PlanResolver:
         return cast(PlanResolver, self._imported("PLAN_RESOLVER"))
+
+    def seats_resolver(self) -> SeatsResolver | None:
+        """The imported SEATS_RESOLVER: (project, account id, month) -> the seats the
+        account pays for, or None to count its active users; None when unset."""
+        if self.get("SEATS_RESOLVER") in (None, ""):
+            return None
+        return cast(SeatsResolver, self._imported("SEATS_RESOLVER"))
 
     def account_resolver(self) -> AccountResolver:
         """The imported ACCOUNT_RESOLVER: request -> the paying account's id, or None."""

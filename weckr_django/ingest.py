@@ -33,6 +33,7 @@ from weckr_django.models import (
     AgentRunUsage,
     DailyUsage,
     MonthlyAccountSpend,
+    MonthlyAccountUserSpend,
     MonthlyUserSpend,
     Project,
     UsageEvent,
@@ -429,6 +430,7 @@ def _update_rollups(
 ) -> None:
     monthly: dict[tuple[str, date], _Totals] = {}
     accounts: dict[tuple[str, date], _Totals] = {}
+    account_users: dict[tuple[date, str, str], _Totals] = {}
     daily: dict[tuple[date, str, str, str], _Totals] = {}
     runs: dict[tuple[date, str], tuple[_Totals, str, str]] = {}
     for event in events:
@@ -439,6 +441,8 @@ def _update_rollups(
         if event.account_id:
             account_key = (event.account_id, month_key[1])
             accounts.setdefault(account_key, _Totals.empty(event.timestamp)).add(event)
+            member = (month_key[1], event.account_id, user_key)
+            account_users.setdefault(member, _Totals.empty(event.timestamp)).add(event)
         day_key = (day, user_key, event.feature or "", event.model)
         daily.setdefault(day_key, _Totals.empty(event.timestamp)).add(event)
         if event.run_id:
@@ -485,6 +489,19 @@ def _update_rollups(
         ],
         coalesce_fields=("plan_name",),
         replace_fields=("updated_at",),
+    )
+    _upsert_add(
+        connection,
+        MonthlyAccountUserSpend,
+        key_fields=("project", "month", "account_key", "user_key"),
+        rows=[
+            (
+                {"project": project.pk, "month": month, "account_key": account, "user_key": user},
+                totals,
+                {},
+            )
+            for (month, account, user), totals in sorted(account_users.items())
+        ],
     )
     _upsert_add(
         connection,

@@ -122,6 +122,10 @@ class Plan(models.Model):
         BLOCK = "block", "Block the call"
         DOWNGRADE = "downgrade", "Use a cheaper model"
 
+    class Billing(models.TextChoices):
+        FLAT = "flat", "Flat: the account (or user) pays the price"
+        PER_SEAT = "per_seat", "Per seat: the price times the account's seats"
+
     project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="plans", verbose_name="project"
     )
@@ -150,6 +154,14 @@ class Plan(models.Model):
         "soft alert at (%)",
         default=80,
         help_text="Alert once a user passes this share of the cap.",
+    )
+    billing = models.CharField(
+        "billing",
+        max_length=16,
+        choices=Billing.choices,
+        default=Billing.FLAT,
+        help_text="How an account on this plan pays: the price, or the price per seat "
+        "(seats from WECKR['SEATS_RESOLVER'], else the account's active users this month).",
     )
 
     class Meta:
@@ -432,6 +444,37 @@ class MonthlyAccountSpend(_UsageTotals):
 
     def __str__(self) -> str:
         return f"{self.account_key} {self.month:%Y-%m}"
+
+
+class MonthlyAccountUserSpend(_UsageTotals):
+    """Spend of one user within one account in one calendar month: the account's
+    active users (its seats, by default) and each one's share of its cost."""
+
+    project = models.ForeignKey(
+        Project,
+        on_delete=models.CASCADE,
+        related_name="monthly_account_user_spend",
+        verbose_name="project",
+        db_index=False,  # the unique key's first column
+    )
+    month = models.DateField("month", help_text="First day of the month.")
+    account_key = models.CharField("account", max_length=255)
+    user_key = models.CharField(
+        "user", max_length=255, help_text="User id; empty for calls made with no user."
+    )
+
+    class Meta:
+        verbose_name = "monthly account user spend"
+        verbose_name_plural = "monthly account user spend"
+        constraints = (
+            models.UniqueConstraint(
+                fields=("project", "month", "account_key", "user_key"),
+                name="weckr_monthly_account_user_uniq",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.account_key} / {self.user_key or ANONYMOUS_LABEL} {self.month:%Y-%m}"
 
 
 class DailyUsage(_UsageTotals):

@@ -41,6 +41,7 @@ class PlanTerms:
     monthly_cap_usd: Decimal | None
     cap_action: CapActionName
     soft_alert_percent: int
+    per_seat: bool = False
 
     @classmethod
     def of(cls, plan: Plan) -> PlanTerms:
@@ -50,6 +51,7 @@ class PlanTerms:
             monthly_cap_usd=None if plan.monthly_cap_usd is None else Decimal(plan.monthly_cap_usd),
             cap_action="downgrade" if plan.cap_action == Plan.CapAction.DOWNGRADE else "block",
             soft_alert_percent=plan.soft_alert_percent,
+            per_seat=plan.billing == Plan.Billing.PER_SEAT,
         )
 
 

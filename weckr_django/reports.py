@@ -7,6 +7,9 @@ of the user's plan (``Plan.monthly_price_usd`` by plan name, else the price the
 client reported) minus the cost of the user's calls. Revenue is never summed per
 call. Calls made with no user are one "(anonymous)" row with no revenue; they count
 in the totals but not as an unprofitable *user*.
+
+An account (the customer who pays for several users) has its own margin: its plan's
+price (flat) or the price times its seats (per seat), minus all its users' calls.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from typing import Literal
 from django.db.models import Count, Max, Sum
 from django.utils import timezone
 
+from weckr_django.conf import weckr_settings
 from weckr_django.models import (
     ANONYMOUS_KEY,
     ANONYMOUS_LABEL,
     AlertLog,
     DailyUsage,
+    MonthlyAccountSpend,
+    MonthlyAccountUserSpend,
     MonthlyUserSpend,
     Project,
 )
@@ -223,6 +229,66 @@ def user_margins(project: Project, month: date | None = None) -> list[UserMargin
         for user_key, plan_name, reported, cost, calls in rows
     ]
     margins.sort(key=lambda row: (row.margin_usd, row.user_key))
+    return margins
+
+
+@dataclass(frozen=True, slots=True)
+class AccountMargin:
+    account_key: str
+    plan_name: str | None
+    per_seat: bool
+    seats: int
+    active_users: int
+    cost_usd: Decimal
+    revenue_usd: Decimal | None  # None: the plan is not configured
+    calls: int
+
+    @property
+    def margin_usd(self) -> Decimal:
+        return margin_of(self.cost_usd, self.revenue_usd)
+
+    @property
+    def status(self) -> MarginStatus:
+        return margin_status(self.cost_usd, self.revenue_usd or ZERO)
+
+
+def account_margins(project: Project, month: date | None = None) -> list[AccountMargin]:
+    """Every account with calls in ``month`` (default: the current month), worst
+    margin first. Seats come from ``WECKR["SEATS_RESOLVER"]``, else they are the
+    account's active users this month (calls with no user count as one)."""
+    month = _current_month(project, month)
+    plans = {terms.name: terms for terms in configured_plans(project).values()}
+    users = dict(
+        MonthlyAccountUserSpend.objects.filter(project=project, month=month)
+        .values("account_key")
+        .annotate(users=Count("user_key"))
+        .values_list("account_key", "users")
+    )
+    seats_of = weckr_settings.seats_resolver()
+    margins = []
+    for account, plan_name, cost, calls in MonthlyAccountSpend.objects.filter(
+        project=project, month=month
+    ).values_list("account_key", "plan_name", "cost_usd", "calls"):
+        active = users.get(account, 0)
+        seats = seats_of(project, account, month) if seats_of is not None else None
+        seats = active if seats is None else int(seats)
+        terms = plans.get(plan_name) if plan_name is not None else None
+        revenue = None
+        if terms is not None:
+            revenue = terms.monthly_price_usd * (seats if terms.per_seat else 1)
+        margins.append(
+            AccountMargin(
+                account_key=account,
+                plan_name=plan_name,
+                per_seat=terms is not None and terms.per_seat,
+                seats=seats,
+                active_users=active,
+                cost_usd=cost,
+                revenue_usd=revenue,
+                calls=calls,
+            )
+        )
+    margins.sort(key=lambda row: (row.margin_usd, row.account_key))
     return margins
 
 

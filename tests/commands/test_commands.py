@@ -64,6 +64,12 @@ def test_plan_set_creates_then_updates_by_name_or_id() -> None:
     plan.refresh_from_db()
     assert plan.monthly_cap_usd is None
 
+    seats = run("weckr_plan", "set", "Acme", "team", "--price", "12", "--billing", "per_seat")
+    assert "$12.00/month per seat" in seats
+    assert Plan.objects.get(project_id=project_id, name="team").billing == "per_seat"
+    run("weckr_plan", "set", "Acme", "team", "--price", "15")  # billing kept
+    assert Plan.objects.get(project_id=project_id, name="team").billing == "per_seat"
+
 
 @pytest.mark.parametrize(
     ("args", "message"),

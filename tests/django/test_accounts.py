@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -14,11 +15,11 @@ from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory, override_settings
 
 from weckr_core import current_attribution
-from weckr_django import ingest
+from weckr_django import ingest, reports
 from weckr_django.conf import weckr_settings
 from weckr_django.ingest import ingest_payloads, ingest_records
 from weckr_django.middleware import WeckrMiddleware
-from weckr_django.models import MonthlyAccountSpend, UsageEvent
+from weckr_django.models import MonthlyAccountSpend, Plan, UsageEvent
 from weckr_django.periods import local_day
 
 from .helpers import make_project, make_record
@@ -127,3 +128,89 @@ def test_the_monthly_account_rollup_adds_up_its_users_calls(upsert_path: str) ->
     }
     assert rollup == expected
     assert sum(calls for calls, _, _ in rollup.values()) == 13
+
+
+def seven_seats(project: Any, account_id: str, month: Any) -> int | None:
+    return 7 if account_id == "globex" else None
+
+
+@pytest.mark.django_db
+def test_account_margins_bill_flat_and_per_seat_from_the_rollups() -> None:
+    project = make_project()
+    Plan.objects.create(project=project, name="team", monthly_price_usd=Decimal(99))
+    Plan.objects.create(
+        project=project,
+        name="seat",
+        monthly_price_usd=Decimal(10),
+        billing=Plan.Billing.PER_SEAT,
+    )
+    now = datetime.now(UTC)
+    records = [
+        # acme: flat $99, three users, a heavy month.
+        *(
+            make_record(
+                f"acme-{n}",
+                user_id=f"a{n % 3}",
+                account_id="acme",
+                plan="team",
+                input_tokens=8_000_000,
+                when=now,
+            )
+            for n in range(6)
+        ),
+        # initech: $10 a seat, two active users.
+        make_record("ini-1", user_id="i1", account_id="initech", plan="seat", when=now),
+        make_record("ini-2", user_id="i2", account_id="initech", plan="seat", when=now),
+        make_record("ini-3", user_id="i2", account_id="initech", plan="seat", when=now),
+        # globex: $10 a seat, seats from the resolver.
+        make_record("glx-1", user_id="g1", account_id="globex", plan="seat", when=now),
+        # hooli: a plan Weckr does not know.
+        make_record("hoo-1", user_id="h1", account_id="hooli", plan="gold", when=now),
+    ]
+    ingest_records(project, records)
+
+    with override_settings(WECKR={"SEATS_RESOLVER": "tests.django.test_accounts.seven_seats"}):
+        weckr_settings.reload()
+        try:
+            margins = {row.account_key: row for row in reports.account_margins(project)}
+            response = api_accounts(project)
+        finally:
+            weckr_settings.reload()
+
+    acme = margins["acme"]
+    cost = sum((r.cost_usd for r in UsageEvent.objects.filter(account_id="acme")), start=Decimal(0))
+    assert (acme.per_seat, acme.active_users, acme.revenue_usd) == (False, 3, Decimal(99))
+    assert acme.cost_usd == cost and acme.margin_usd == Decimal(99) - cost
+    assert acme.status == "unprofitable"  # 6 calls of 8M gpt-4o input tokens: $20 each
+    initech = margins["initech"]
+    assert (initech.per_seat, initech.seats, initech.revenue_usd) == (True, 2, Decimal(20))
+    assert initech.calls == 3
+    globex = margins["globex"]
+    assert (globex.seats, globex.active_users, globex.revenue_usd) == (7, 1, Decimal(70))
+    assert margins["hooli"].revenue_usd is None
+    assert list(margins) == sorted(margins, key=lambda key: (margins[key].margin_usd, key))
+
+    body = response.json()["accounts"]
+    assert body[0]["accountId"] == "acme" and body[0]["status"] == "unprofitable"
+    by_id = {row["accountId"]: row for row in body}
+    assert by_id["initech"] == {
+        "accountId": "initech",
+        "planName": "seat",
+        "billing": "per_seat",
+        "seats": 2,
+        "activeUsers": 2,
+        "totalCostUsd": pytest.approx(float(initech.cost_usd)),
+        "revenueUsd": 20.0,
+        "marginUsd": pytest.approx(float(initech.margin_usd)),
+        "requestCount": 3,
+        "status": "profitable",
+    }
+
+
+def api_accounts(project: Any) -> Any:
+    from django.test import Client
+
+    from weckr_django.models import ApiKey
+
+    _, key = ApiKey.objects.create_key(project, "accounts")
+    return Client().get(f"/api/v1/accounts/{project.pk}", headers={"x-api-key": key})

@@ -67,6 +67,7 @@ def test_project_with_plans_inline(staff):
             "plans-0-monthly_price_usd": "29",
             "plans-0-monthly_cap_usd": "3",
             "plans-0-cap_action": "downgrade",
+            "plans-0-billing": "flat",
             "plans-0-soft_alert_percent": "80",
         },
     )

@@ -19,6 +19,7 @@ urlpatterns = [
     path("me", views.MeView.as_view(), name="me"),
     path("stats/<str:project_id>", views.StatsView.as_view(), name="stats"),
     path("users/<str:project_id>", views.UsersView.as_view(), name="users"),
+    path("accounts/<str:project_id>", views.AccountsView.as_view(), name="accounts"),
     path(
         "recommendations/models/<str:project_id>",
         recommendations.ModelRecommendationsView.as_view(),

@@ -472,6 +472,34 @@ class StatsView(WeckrAPIView):
 
 
 @extend_schema(responses=openapi.answers({200: openapi.OBJECT}, 404))
+class AccountsView(WeckrAPIView):
+    """``GET /api/v1/accounts/<project_id>``: this month's margin per account (the
+    customer who pays), worst first."""
+
+    def get(self, request: Request, project_id: str) -> Response:
+        project = self.project_from_url(request, project_id)
+        return Response(
+            {
+                "accounts": [
+                    {
+                        "accountId": row.account_key,
+                        "planName": row.plan_name,
+                        "billing": "per_seat" if row.per_seat else "flat",
+                        "seats": row.seats,
+                        "activeUsers": row.active_users,
+                        "totalCostUsd": float(row.cost_usd),
+                        "revenueUsd": _money(row.revenue_usd),
+                        "marginUsd": float(row.margin_usd),
+                        "requestCount": row.calls,
+                        "status": row.status,
+                    }
+                    for row in reports.account_margins(project)
+                ]
+            }
+        )
+
+
+@extend_schema(responses=openapi.answers({200: openapi.OBJECT}, 404))
 class UsersView(WeckrAPIView):
     """``GET /api/v1/users/<project_id>``: this month's margin per user, worst first."""
 

@@ -40,6 +40,12 @@ class Command(BaseCommand):
             help="What happens at the cap (default block; kept when updating).",
         )
         set_plan.add_argument(
+            "--billing",
+            choices=[choice.value for choice in Plan.Billing],
+            help="flat: an account pays the price; per_seat: the price per seat (default "
+            "flat; kept when updating).",
+        )
+        set_plan.add_argument(
             "--soft-alert",
             type=int,
             metavar="PERCENT",
@@ -61,6 +67,8 @@ class Command(BaseCommand):
             plan.monthly_cap_usd = None
         if options["cap_action"]:
             plan.cap_action = options["cap_action"]
+        if options["billing"]:
+            plan.billing = options["billing"]
         if options["soft_alert"] is not None:
             if not 1 <= options["soft_alert"] <= 100:
                 raise CommandError("--soft-alert must be between 1 and 100.")
@@ -74,5 +82,6 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             f"{'Created' if created else 'Updated'} plan {plan.name!r} of {project.name!r}: "
-            f"${plan.monthly_price_usd:.2f}/month, {cap}."
+            f"${plan.monthly_price_usd:.2f}/month"
+            f"{' per seat' if plan.billing == Plan.Billing.PER_SEAT else ''}, {cap}."
         )
