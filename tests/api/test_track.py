@@ -299,3 +299,18 @@ def test_bearer_and_x_api_key_both_authenticate_and_a_bad_bearer_is_401(
     no_key = client.post("/api/v1/track", data=json.dumps(body), content_type="application/json")
     assert no_key.status_code == 401
     assert "Authorization: Bearer" in no_key.json()["error"]
+
+
+def test_text_utf8_cannot_hold_is_escaped_in_the_answer_not_a_500(api: Api) -> None:
+    # json.dumps escapes lone surrogates as \\udXXX, as a JavaScript client sends them.
+    records = [
+        tracked(response_id="\ud800"),
+        tracked(response_id="s-1", payload={"\udfff_tokens": "many"}),
+    ]
+
+    response = api.post("track", None, raw=json.dumps({"tracked": records}).encode())
+
+    assert response.status_code == 200, response.content
+    first, second = response.json()["results"]
+    assert (first["response_id"], first["status"]) == ("\\ud800", "error")
+    assert second["status"] == "error" and "\\udfff_tokens" in second["errors"][0]

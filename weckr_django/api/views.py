@@ -325,11 +325,19 @@ def _response_id(record: Any) -> Any:
 def _track_result(response_id: Any, outcome: str, error: WireError) -> dict[str, Any]:
     where = f"{error.field}: " if error.field and error.field not in error.message else ""
     return {
-        "response_id": response_id,
+        "response_id": _echo(response_id),
         "status": outcome,
         "cost": None,
-        "errors": [f"{where}{error.message}"],
+        "errors": [_echo(f"{where}{error.message}")],
     }
+
+
+def _echo(value: Any) -> Any:
+    """A value of the request sent back: text that UTF-8 cannot hold (a lone
+    surrogate, from JSON's \\udXXX) escaped, so that the answer can be written."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value if value is None or isinstance(value, int | float) else str(value)
 
 
 def _decision(decision: CapDecision) -> dict[str, Any]:
