@@ -85,16 +85,36 @@ def usage_from_anthropic(response: Any) -> TokenUsage:
     """Anthropic Messages usage. Its ``input_tokens`` leaves out cache reads and
     writes; reads are folded into input here, writes stay apart."""
     usage = _usage_part(response, "usage")
-    raw_input = field(usage, "input_tokens")
-    raw_output = field(usage, "output_tokens")
+    return _cache_apart(
+        field(usage, "input_tokens"),
+        field(usage, "output_tokens"),
+        field(usage, "cache_read_input_tokens"),
+        field(usage, "cache_creation_input_tokens"),
+    )
+
+
+def usage_from_bedrock(usage: Any) -> TokenUsage:
+    """Amazon Bedrock's Converse usage, whose ``inputTokens`` leaves out the cache
+    reads and writes as Anthropic's does."""
+    return _cache_apart(
+        field(usage, "inputTokens"),
+        field(usage, "outputTokens"),
+        field(usage, "cacheReadInputTokens"),
+        field(usage, "cacheWriteInputTokens"),
+    )
+
+
+def _cache_apart(raw_input: Any, raw_output: Any, cache_read: Any, cache_write: Any) -> TokenUsage:
+    """Usage whose input count leaves the cache reads and writes out: the reads are
+    folded into input, the writes stay apart."""
     if raw_input is None and raw_output is None:
         return NOT_REPORTED
-    cache_read = count(field(usage, "cache_read_input_tokens"))
+    read = count(cache_read)
     return TokenUsage(
-        input_tokens=count(raw_input) + cache_read,
+        input_tokens=count(raw_input) + read,
         output_tokens=count(raw_output),
-        cached_input_tokens=cache_read,
-        cache_creation_tokens=count(field(usage, "cache_creation_input_tokens")),
+        cached_input_tokens=read,
+        cache_creation_tokens=count(cache_write),
     )
 
 

@@ -18,9 +18,8 @@ from typing import Any
 
 from weckr_core.records import TokenUsage
 from weckr_core.usage import (
-    count,
-    field,
     usage_from_anthropic,
+    usage_from_bedrock,
     usage_from_gemini,
     usage_from_openai,
 )
@@ -107,20 +106,6 @@ def _tokens(payload: Mapping[str, Any], name: str, *, required: bool = False) ->
     return value
 
 
-def _bedrock_usage(usage: Any) -> TokenUsage:
-    """Amazon Bedrock's Converse usage: input without the cache reads and writes."""
-    raw_input, raw_output = field(usage, "inputTokens"), field(usage, "outputTokens")
-    if raw_input is None and raw_output is None:
-        return TokenUsage(reported=False)
-    cache_read = count(field(usage, "cacheReadInputTokens"))
-    return TokenUsage(
-        input_tokens=count(raw_input) + cache_read,
-        output_tokens=count(raw_output),
-        cached_input_tokens=cache_read,
-        cache_creation_tokens=count(field(usage, "cacheWriteInputTokens")),
-    )
-
-
 #: AICostManager's vendors (the part of ``service_key`` before ``::``) and how each
 #: one's raw usage object reads.
 AICOSTMANAGER_VENDORS: dict[str, Callable[[Any], TokenUsage]] = {
@@ -129,7 +114,7 @@ AICOSTMANAGER_VENDORS: dict[str, Callable[[Any], TokenUsage]] = {
     "fireworks-ai": usage_from_openai,
     "anthropic": usage_from_anthropic,
     "google": usage_from_gemini,
-    "amazon-bedrock": _bedrock_usage,
+    "amazon-bedrock": usage_from_bedrock,
 }
 
 

@@ -46,8 +46,24 @@ NO_FEATURE_LABEL = "(no feature)"
 ZERO = Decimal(0)
 
 
+class _Margin:
+    """The margin and status of a user's or an account's month."""
+
+    __slots__ = ()
+    cost_usd: Decimal
+    revenue_usd: Decimal | None
+
+    @property
+    def margin_usd(self) -> Decimal:
+        return margin_of(self.cost_usd, self.revenue_usd)
+
+    @property
+    def status(self) -> MarginStatus:
+        return margin_status(self.cost_usd, self.revenue_usd or ZERO)
+
+
 @dataclass(frozen=True, slots=True)
-class UserMargin:
+class UserMargin(_Margin):
     user_key: str
     plan_name: str | None
     cost_usd: Decimal
@@ -61,14 +77,6 @@ class UserMargin:
     @property
     def label(self) -> str:
         return ANONYMOUS_LABEL if self.is_anonymous else self.user_key
-
-    @property
-    def margin_usd(self) -> Decimal:
-        return margin_of(self.cost_usd, self.revenue_usd)
-
-    @property
-    def status(self) -> MarginStatus:
-        return margin_status(self.cost_usd, self.revenue_usd or ZERO)
 
     @classmethod
     def of_spend(cls, row: MonthlyUserSpend, prices: Mapping[str, Decimal]) -> UserMargin:
@@ -233,7 +241,7 @@ def user_margins(project: Project, month: date | None = None) -> list[UserMargin
 
 
 @dataclass(frozen=True, slots=True)
-class AccountMargin:
+class AccountMargin(_Margin):
     account_key: str
     plan_name: str | None
     per_seat: bool
@@ -242,14 +250,6 @@ class AccountMargin:
     cost_usd: Decimal
     revenue_usd: Decimal | None  # None: the plan is not configured
     calls: int
-
-    @property
-    def margin_usd(self) -> Decimal:
-        return margin_of(self.cost_usd, self.revenue_usd)
-
-    @property
-    def status(self) -> MarginStatus:
-        return margin_status(self.cost_usd, self.revenue_usd or ZERO)
 
 
 def account_margins(project: Project, month: date | None = None) -> list[AccountMargin]:

@@ -186,6 +186,17 @@ def test_aicostmanager_records_of_every_vendor_are_priced_from_their_raw_usage(
             },
             context={"user_id": "u-3"},
         ),
+        tracked(
+            service_key="amazon-bedrock::anthropic.claude-3-5-haiku-20241022-v1:0",
+            response_id="bed-1",
+            payload={
+                "inputTokens": 100,
+                "outputTokens": 40,
+                "totalTokens": 640,
+                "cacheReadInputTokens": 450,
+                "cacheWriteInputTokens": 50,
+            },
+        ),
     ]
 
     response = track(api, {"tracked": records})
@@ -197,6 +208,7 @@ def test_aicostmanager_records_of_every_vendor_are_priced_from_their_raw_usage(
         ("resp-1", "completed", []),
         ("msg-1", "completed", []),
         ("gem-1", "completed", []),
+        ("bed-1", "completed", []),
     ]
     stored = {event.event_id: event for event in UsageEvent.objects.filter(project=api.project)}
     chat = stored["chatcmpl-1"]
@@ -214,6 +226,13 @@ def test_aicostmanager_records_of_every_vendor_are_priced_from_their_raw_usage(
     gemini = stored["gem-1"]
     assert (gemini.input_tokens, gemini.output_tokens, gemini.reasoning_tokens) == (80, 25, 5)
     assert (gemini.user_id, gemini.account_id, gemini.tags) == ("u-3", "acme-corp", [])
+    bedrock = stored["bed-1"]
+    assert (bedrock.input_tokens, bedrock.cached_input_tokens, bedrock.output_tokens) == (
+        550,
+        450,
+        40,
+    )
+    assert (bedrock.cache_creation_tokens, bedrock.provider) == (50, "amazon-bedrock")
 
 
 def test_a_resent_record_is_stored_once_and_answered_completed_with_its_cost(api: Api) -> None:
