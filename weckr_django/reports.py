@@ -69,6 +69,7 @@ class UserMargin(_Margin):
     cost_usd: Decimal
     revenue_usd: Decimal | None
     calls: int
+    accounts: tuple[str, ...] = ()  # the accounts the user's calls this month ran under
 
     @property
     def is_anonymous(self) -> bool:
@@ -226,6 +227,13 @@ def user_margins(project: Project, month: date | None = None) -> list[UserMargin
     rows = MonthlyUserSpend.objects.filter(project=project, month=month).values_list(
         "user_key", "plan_name", "plan_revenue_usd", "cost_usd", "calls"
     )
+    accounts: dict[str, list[str]] = defaultdict(list)
+    for account, user_key in (
+        MonthlyAccountUserSpend.objects.filter(project=project, month=month)
+        .order_by("account_key")
+        .values_list("account_key", "user_key")
+    ):
+        accounts[user_key].append(account)
     margins = [
         UserMargin(
             user_key=user_key,
@@ -233,6 +241,7 @@ def user_margins(project: Project, month: date | None = None) -> list[UserMargin
             cost_usd=cost,
             revenue_usd=_revenue(user_key, plan_name, reported, prices),
             calls=calls,
+            accounts=tuple(accounts.get(user_key, ())),
         )
         for user_key, plan_name, reported, cost, calls in rows
     ]

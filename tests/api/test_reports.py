@@ -74,6 +74,7 @@ def test_users_have_monthly_margins_worst_first(api: Api) -> None:
     assert users["payer"]["status"] == "profitable"
     assert users["watcher"]["status"] == "watch"
     assert users["freeloader"]["status"] == "unprofitable"
+    assert {row["accountIds"] == [] for row in users.values()} == {True}
     margins = [row["marginUsd"] for row in response.json()["users"]]
     assert margins == sorted(margins)
 

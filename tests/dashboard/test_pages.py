@@ -13,7 +13,9 @@ from django.test import Client
 from tests.dashboard.figures import amount, card_value, dollars, row_cells
 from tests.dashboard.traffic import RUNS, expected_figures, month_events, plan_price
 from weckr_core.backends import RunStop, get_backend, report_run_stop
+from weckr_core.records import UsageRecord
 from weckr_django.dashboard import views
+from weckr_django.ingest import ingest_records
 from weckr_django.models import AlertLog, Project
 from weckr_django.periods import local_day
 
@@ -271,3 +273,27 @@ def test_send_test_alert_from_settings(staff_client: Client, project: Project) -
     assert [message.to for message in mail.outbox] == [["ops@example.com"]]
     assert "Test alert: Sent (email)." in response.content.decode()
     assert staff_client.get("/weckr/settings/test-alert/").status_code == 405
+
+
+def test_users_show_and_filter_their_accounts_once_accounts_exist(
+    staff_client: Client, project: Project
+) -> None:
+    before = staff_client.get("/weckr/users/").content.decode()
+    assert "f-account" not in before and "<th>Account</th>" not in before
+
+    ingest_records(
+        project,
+        [
+            UsageRecord(user_id="alice", account_id="acme", model="gpt-4o-mini", input_tokens=5),
+            UsageRecord(user_id="bob", account_id="acme", model="gpt-4o-mini", input_tokens=5),
+            UsageRecord(user_id="bob", account_id="globex", model="gpt-4o-mini", input_tokens=5),
+        ],
+    )
+
+    html = staff_client.get("/weckr/users/").content.decode()
+    assert "<th>Account</th>" in html
+    assert row_cells(html, "user", "alice")[-1] == "acme"
+    assert row_cells(html, "user", "bob")[-1] == "acme, globex"
+    assert row_cells(html, "user", "carol")[-1] == "—"
+    acme = staff_client.get("/weckr/users/?account=acme").content.decode()
+    assert sorted(re.findall(r'<tr data-user="([^"]+)">', acme)) == ["alice", "bob"]

@@ -190,6 +190,8 @@ def test_account_margins_bill_flat_and_per_seat_from_the_rollups() -> None:
     assert margins["hooli"].revenue_usd is None
     assert list(margins) == sorted(margins, key=lambda key: (margins[key].margin_usd, key))
 
+    users = {row.user_key: row.accounts for row in reports.user_margins(project)}
+    assert (users["a0"], users["i2"], users["g1"]) == (("acme",), ("initech",), ("globex",))
     body = response.json()["accounts"]
     assert body[0]["accountId"] == "acme" and body[0]["status"] == "unprofitable"
     by_id = {row["accountId"]: row for row in body}

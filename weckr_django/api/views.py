@@ -524,6 +524,7 @@ class UsersView(WeckrAPIView):
                         "marginUsd": float(row.margin_usd),
                         "requestCount": row.calls,
                         "status": row.status,
+                        "accountIds": list(row.accounts),
                     }
                     for row in reports.user_margins(project)
                 ]

@@ -220,14 +220,18 @@ def overview(request: HttpRequest, project: Project) -> HttpResponse:
 def users(request: HttpRequest, project: Project) -> HttpResponse:
     margins = reports.user_margins(project)
     plans = sorted({row.plan_name for row in margins if row.plan_name})
+    accounts = sorted({account for row in margins for account in row.accounts})
     status = request.GET.get("status", "")
     plan = request.GET.get("plan", "")
+    account = request.GET.get("account", "")
     search = request.GET.get("q", "").strip()
     rows = margins
     if status in STATUSES:
         rows = [row for row in rows if row.status == status and not row.is_anonymous]
     if plan:
         rows = [row for row in rows if row.plan_name == plan]
+    if account:
+        rows = [row for row in rows if account in row.accounts]
     if search:
         needle = search.casefold()
         rows = [row for row in rows if needle in row.label.casefold()]
@@ -244,8 +248,10 @@ def users(request: HttpRequest, project: Project) -> HttpResponse:
             total_users=len(margins),
             statuses=STATUSES,
             plans=plans,
+            accounts=accounts,
             status=status,
             plan=plan,
+            account=account,
             search=search,
             query=_query_without_page(request),
             **_plan_banner(project),
