@@ -109,6 +109,8 @@ class Customer:
     #: month, extra calls over the days so far make it up, so the story (a loss, a
     #: cap reached) shows on the 2nd as on the 28th.
     month_to_date_usd: str | None = None
+    #: The B2B account (team) the customer's calls are billed to, if any.
+    account: str | None = None
 
 
 CUSTOMERS = (
@@ -119,6 +121,7 @@ CUSTOMERS = (
         (("research-agent", 6), ("data-analysis", 2), ("summarize", 2)),
         "team power user running agents all day: costs more than the plan earns",
         month_to_date_usd="130",
+        account="acme-labs",
     ),
     Customer(
         "ben",
@@ -137,7 +140,12 @@ CUSTOMERS = (
         month_to_date_usd="0.50",
     ),
     Customer(
-        "dan", "pro", 6, (("summarize", 3), ("draft-email", 2), ("classify", 1)), "light pro user"
+        "dan",
+        "pro",
+        6,
+        (("summarize", 3), ("draft-email", 2), ("classify", 1)),
+        "light pro user",
+        account="northwind",
     ),
     Customer(
         "eve",
@@ -153,11 +161,26 @@ CUSTOMERS = (
         25,
         (("research-agent", 1), ("chat-assistant", 3), ("classify", 3)),
         "steady team user",
+        account="acme-labs",
     ),
     Customer("gia", "free", 2, (("summarize", 1), ("classify", 1)), "light free user"),
     Customer("hugo", "free", 1, (("summarize", 1),), "occasional free user"),
-    Customer("ivy", "pro", 10, (("draft-email", 3), ("summarize", 2)), "regular pro user"),
-    Customer("jon", "team", 8, (("classify", 4), ("summarize", 2)), "light team user"),
+    Customer(
+        "ivy",
+        "pro",
+        10,
+        (("draft-email", 3), ("summarize", 2)),
+        "regular pro user",
+        account="northwind",
+    ),
+    Customer(
+        "jon",
+        "team",
+        8,
+        (("classify", 4), ("summarize", 2)),
+        "light team user",
+        account="acme-labs",
+    ),
 )
 _CUSTOMER_NOTES = {customer.username: customer.note for customer in CUSTOMERS}
 
@@ -257,6 +280,7 @@ def _customer_calls(
         record = _record(rng, feature, model, moment)
         record.event_id = event_id
         record.user_id = user_id
+        record.account_id = customer.account
         record.plan = customer.plan
         record.plan_revenue_usd = price
         record.requested_model = requested
@@ -382,6 +406,12 @@ def summary(project: Project, user_ids: dict[str, str]) -> None:
         say(
             f"  {username:<6} {row.plan_name or '-':<5} cost ${row.cost_usd:>8.2f}  "
             f"margin ${row.margin_usd:>8.2f}  {row.status}{state}"
+        )
+    for account in reports.account_margins(project):
+        say(
+            f"  account {account.account_key}: {account.active_users} users on "
+            f"{account.plan_name}, cost ${account.cost_usd:.2f}, revenue "
+            f"${account.revenue_usd or 0:.2f}, margin ${account.margin_usd:.2f}  {account.status}"
         )
 
 

@@ -119,6 +119,22 @@ def test_the_demo_has_capped_downgraded_and_unprofitable_users(
     assert "profitable" in rows["dan"]
 
 
+def test_the_demo_has_b2b_accounts_one_of_them_unprofitable(
+    demo: tuple[Path, str, str],
+) -> None:
+    _, first, _ = demo
+    accounts = {
+        line.split()[1].rstrip(":"): line
+        for line in first.splitlines()
+        if line.startswith("  account ")
+    }
+
+    assert set(accounts) == {"acme-labs", "northwind"}
+    assert "3 users on team" in accounts["acme-labs"]
+    assert accounts["acme-labs"].endswith("unprofitable")
+    assert accounts["northwind"].endswith(" profitable")
+
+
 def test_a_second_run_adds_nothing(demo: tuple[Path, str, str]) -> None:
     database, first, second = demo
 
