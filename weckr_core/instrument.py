@@ -150,10 +150,6 @@ def _owner(target: _Target) -> type | None:
     return owner if isinstance(owner, type) else None
 
 
-def _current_recorder() -> CallRecorder:
-    return _recorder or default_recorder()
-
-
 def _mode(kwargs: Mapping[str, Any]) -> str | None:
     headers = kwargs.get("extra_headers")
     return headers.get(RAW_RESPONSE_HEADER) if isinstance(headers, Mapping) else None
@@ -166,12 +162,12 @@ def _patched(original: Callable[..., Any], target: _Target) -> Callable[..., Any
     if target.helper:
 
         def stream_helper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if _recorder is None:  # reached through a view kept since uninstrument()
+            recorder = _recorder  # read once: uninstrument() may run meanwhile
+            if recorder is None:  # reached through a view kept since uninstrument()
                 return original(self, *args, **kwargs)
             if in_recorded_call():
                 return _as_is(original, self, args, kwargs)
             method = _unmarked(original, self)
-            recorder = _current_recorder()
             return recorder.call_stream_helper(method, endpoint, args, kwargs, target.is_async)
 
         return functools.wraps(original)(stream_helper)
@@ -179,7 +175,8 @@ def _patched(original: Callable[..., Any], target: _Target) -> Callable[..., Any
     if target.is_async:
 
         async def acall(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if _recorder is None:
+            recorder = _recorder
+            if recorder is None:
                 return await original(self, *args, **kwargs)
             if in_recorded_call():
                 request_attribution(kwargs)  # taken out: the recording call has its own
@@ -187,7 +184,6 @@ def _patched(original: Callable[..., Any], target: _Target) -> Callable[..., Any
                     return await original(self, *args, **kwargs)
             mode = _mode(kwargs)
             method = _aunmarked(original, self)
-            recorder = _current_recorder()
             if mode == "stream":
                 return await _aunread_response(recorder, method, endpoint, args, kwargs)
             return await recorder.acall(method, raw if mode in _RAW else endpoint, args, kwargs)
@@ -195,13 +191,13 @@ def _patched(original: Callable[..., Any], target: _Target) -> Callable[..., Any
         return functools.wraps(original)(acall)
 
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _recorder is None:
+        recorder = _recorder
+        if recorder is None:
             return original(self, *args, **kwargs)
         if in_recorded_call():
             return _as_is(original, self, args, kwargs)
         mode = _mode(kwargs)
         method = _unmarked(original, self)
-        recorder = _current_recorder()
         if mode == "stream":
             return _unread_response(recorder, method, endpoint, args, kwargs)
         return recorder.call(method, raw if mode in _RAW else endpoint, args, kwargs)

@@ -99,10 +99,15 @@ def _tokens(payload: Mapping[str, Any], name: str, *, required: bool = False) ->
         if required:
             raise WireError(f"{name} is required.", name)
         return 0
+    return _count(value, name)
+
+
+def _count(value: Any, where: str) -> int:
+    """A token count of theirs: a whole number >= 0 (junk is refused, not read as 0)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise WireError(f"{name} must be a whole number >= 0.", name)
+        raise WireError(f"{where} must be a whole number >= 0.", where)
     if value > MAX_TOKENS_PER_CALL:
-        raise WireError(f"{name} is more than {MAX_TOKENS_PER_CALL:,} tokens.", name)
+        raise WireError(f"{where} is more than {MAX_TOKENS_PER_CALL:,} tokens.", where)
     return value
 
 
@@ -191,10 +196,7 @@ def _check_counts(usage: Mapping[str, Any], path: str) -> None:
         elif value is not None and ("token" in name.lower() or name.endswith("Count")):
             if isinstance(value, list) and name.lower().endswith("details"):
                 continue  # per-modality breakdowns (Gemini's); the totals are read
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise WireError(f"{where} must be a whole number >= 0.", where)
-            if value > MAX_TOKENS_PER_CALL:
-                raise WireError(f"{where} is more than {MAX_TOKENS_PER_CALL:,} tokens.", where)
+            _count(value, where)
 
 
 def _epoch_seconds(value: Any) -> str | None:
