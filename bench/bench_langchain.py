@@ -109,7 +109,9 @@ class QueueBackend(Backend):
         self.queue: deque[tuple[int, UsageRecord]] = deque(maxlen=10_000)
         self._last_seq = 0
 
-    def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+    def check(
+        self, user_id: str | None, plan: str | None, model: str, account_id: str | None = None
+    ) -> CapDecision:
         if not user_id or not plan:
             return ALLOW
         key = (user_id, plan, model)

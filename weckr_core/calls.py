@@ -49,9 +49,15 @@ def model_name(model: Any) -> str:
 
 
 def cap_request(
-    user_id: str, plan: str | None, model: str, provider: str, params: Mapping[str, Any]
+    user_id: str | None,
+    plan: str | None,
+    model: str,
+    provider: str,
+    params: Mapping[str, Any],
+    account_id: str | None = None,
 ) -> CapRequest:
-    """What a cap needs of a request: who, which model, and what it may cost."""
+    """What a cap needs of a request: who (the user, the account), which model, and
+    what it may cost."""
     return CapRequest(
         user_id,
         plan,
@@ -59,6 +65,7 @@ def cap_request(
         provider,
         prompt=params,
         max_output_tokens=estimate.max_output_tokens(params),
+        account_id=account_id,
     )
 
 
@@ -391,9 +398,9 @@ class CallRecorder:
             agent,
             account_id,
         )
-        if user_id and not self.disable_cap_check:
+        if (user_id or account_id) and not self.disable_cap_check:
             if decision is None:
-                request = cap_request(user_id, plan, model, provider, params)
+                request = cap_request(user_id, plan, model, provider, params, account_id)
                 decision = caps.reserve(backend, request, self.report)
             call.reservation = decision.reservation
             if decision.action != "allow":
@@ -407,7 +414,7 @@ class CallRecorder:
     def _enforce(
         self,
         decision: CapDecision,
-        user_id: str,
+        user_id: str | None,
         plan: str | None,
         model: str,
     ) -> str | None:
@@ -445,6 +452,7 @@ class CallRecorder:
             model_name(kwargs.get("model")),
             endpoint.provider,
             kwargs,
+            attribution.account_id,
         )
 
     async def areserve(
@@ -454,13 +462,14 @@ class CallRecorder:
         model: str,
         provider: str,
         params: Mapping[str, Any],
+        account_id: str | None = None,
     ) -> CapDecision | None:
         """The cap decision from the backend's ``areserve``, which waits for an
         uncached answer off the event loop. None when no cap applies."""
-        if not user_id or self.disable_cap_check:
+        if not (user_id or account_id) or self.disable_cap_check:
             return None
         self.plan_revenue(plan)  # an unknown plan fails before anything is asked
-        request = cap_request(user_id, plan, model, provider, params)
+        request = cap_request(user_id, plan, model, provider, params, account_id)
         return await caps.areserve(self.backend, request, self.report)
 
     def call_stream_helper(
@@ -606,10 +615,11 @@ class CallRecorder:
             )
         return revenue
 
-    def _notify_downgrade(self, user_id: str, from_model: str, to_model: str) -> None:
+    def _notify_downgrade(self, user_id: str | None, from_model: str, to_model: str) -> None:
         if self.on_downgrade is not None:
             try:
-                self.on_downgrade({"userId": user_id, "from": from_model, "to": to_model})
+                # weckr-sdk's shape; a call of an account with no user has "".
+                self.on_downgrade({"userId": user_id or "", "from": from_model, "to": to_model})
                 return
             except Exception as error:
                 self.report(error)

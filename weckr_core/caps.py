@@ -47,6 +47,7 @@ def refusal(decision: CapDecision, user_id: str | None, plan: str | None) -> Wec
         current_spend=decision.current_spend,
         cap=decision.cap,
         kind=decision.reason or "cap",
+        account_id=decision.account_id,
     )
 
 
@@ -79,28 +80,47 @@ def release(backend: Backend, reservation: Reservation | None, report: ErrorRepo
 
 
 class KnownRefusals:
-    """Users the cap refused lately, per plan. While decisions cannot be read (the
-    database, the cap store or the server away), a user already known to be over
-    the cap stays refused instead of failing open with everyone else."""
+    """Users and accounts the cap refused lately, per plan. While decisions cannot be
+    read (the database, the cap store or the server away), a user or account already
+    known to be over its cap stays refused instead of failing open with everyone
+    else."""
 
     def __init__(self, remember_seconds: float = 600.0, max_users: int = 10_000) -> None:
         self._remember = remember_seconds
         self._max_users = max_users
-        self._refusals: dict[tuple[str | None, str | None], tuple[CapDecision, float]] = {}
+        self._refusals: dict[tuple[str, str | None, str | None], tuple[CapDecision, float]] = {}
         self._lock = threading.Lock()
 
-    def note(self, user_id: str | None, plan: str | None, decision: CapDecision) -> None:
-        """Remember a refusal by the cap; forget the user once a call is allowed."""
-        key = (user_id, plan)
+    def note(
+        self,
+        user_id: str | None,
+        account_id: str | None,
+        plan: str | None,
+        decision: CapDecision,
+    ) -> None:
+        """Remember a refusal by a cap (the user's, or the account's); forget both
+        once a call of theirs is allowed."""
         with self._lock:
             if decision.action == "block" and decision.reason in (None, "cap"):
                 if len(self._refusals) >= self._max_users:
                     self._refusals.clear()
+                key = (
+                    ("user", user_id, plan)
+                    if decision.account_id is None
+                    else ("account", decision.account_id, plan)
+                )
                 self._refusals[key] = (decision, time.monotonic() + self._remember)
             elif decision.allowed and decision.reason is None:
-                self._refusals.pop(key, None)
+                self._refusals.pop(("user", user_id, plan), None)
+                self._refusals.pop(("account", account_id, plan), None)
 
-    def recall(self, user_id: str | None, plan: str | None) -> CapDecision | None:
+    def recall(
+        self, user_id: str | None, account_id: str | None, plan: str | None
+    ) -> CapDecision | None:
+        now = time.monotonic()
         with self._lock:
-            known = self._refusals.get((user_id, plan))
-        return known[0] if known is not None and known[1] > time.monotonic() else None
+            for key in (("user", user_id, plan), ("account", account_id, plan)):
+                known = self._refusals.get(key)
+                if known is not None and known[1] > now and key[1] is not None:
+                    return known[0]
+        return None

@@ -152,6 +152,7 @@ class Weckr:
             model_name(request.params.get("model")),
             request.provider,
             request.params,
+            request.account_id,
         )
         call, endpoint, stream, method, args, kwargs = self._start_chat(request, decision)
         return await self._calls.ainvoke(call, endpoint, stream, method, args, kwargs)

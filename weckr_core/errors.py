@@ -15,7 +15,9 @@ class WeckrCapError(Exception):
     """The user's monthly spending cap is reached and the plan's action is "block".
 
     Raised before the provider is called, so nothing is spent. Same attributes
-    as the published weckr-sdk's error of the same name.
+    as the published weckr-sdk's error of the same name, and ``account_id``: set
+    when the cap that stopped the call is the account's (all its users together),
+    None when it is the user's own.
     """
 
     # weckr-sdk identifies its errors by this attribute as well as by class.
@@ -30,13 +32,17 @@ class WeckrCapError(Exception):
         current_spend: Decimal | None = None,
         cap: Decimal | None = None,
         kind: CapKind = "cap",
+        account_id: str | None = None,
     ) -> None:
-        super().__init__(message or _cap_message(kind, user_id, plan_name, current_spend, cap))
+        super().__init__(
+            message or _cap_message(kind, user_id, plan_name, current_spend, cap, account_id)
+        )
         self.user_id = user_id
         self.plan_name = plan_name
         self.current_spend = current_spend
         self.cap = cap
         self.kind = kind
+        self.account_id = account_id
 
 
 def _cap_message(
@@ -45,6 +51,7 @@ def _cap_message(
     plan: str | None,
     spend: Decimal | None,
     cap: Decimal | None,
+    account_id: str | None = None,
 ) -> str:
     if kind == "unknown_plan":
         if plan is None:
@@ -62,6 +69,12 @@ def _cap_message(
             "unreachable) and WECKR['CAP_FAIL_CLOSED'] refuses such calls."
         )
     spent = "" if spend is None or cap is None else f" (${spend:.4f} of ${cap:.4f})"
+    if account_id is not None:
+        by = "" if user_id is None else f"; call by user {user_id}"
+        return (
+            f"Weckr: account spending cap reached for account {account_id} "
+            f"on plan {plan}{spent}{by}"
+        )
     return f"Weckr: spending cap reached for user {user_id} on plan {plan}{spent}"
 
 

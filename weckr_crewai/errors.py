@@ -16,7 +16,8 @@ SOURCE = "weckr"
 
 
 class CrewCapError(WeckrCapError, HookAborted):
-    """The user's monthly cap stopped a kickoff before the provider was called."""
+    """The monthly cap of the user (or of the account, ``account_id``) stopped a
+    kickoff before the provider was called."""
 
     @classmethod
     def from_error(cls, error: WeckrCapError) -> CrewCapError:
@@ -27,6 +28,7 @@ class CrewCapError(WeckrCapError, HookAborted):
             current_spend=error.current_spend,
             cap=error.cap,
             kind=error.kind,
+            account_id=error.account_id,
         )
         stop.source = SOURCE
         return stop

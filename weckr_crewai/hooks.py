@@ -63,7 +63,7 @@ def before_llm_call(kickoff: Kickoff, context: Any) -> None:
     model, provider = model_of(llm)
     attribution = kickoff.attribution
     reservation = None
-    if attribution.user_id:
+    if attribution.user_id or attribution.account_id:
         request = CapRequest(
             attribution.user_id,
             attribution.plan,
@@ -71,6 +71,7 @@ def before_llm_call(kickoff: Kickoff, context: Any) -> None:
             provider,
             prompt=getattr(context, "messages", None),
             max_output_tokens=output_limit(llm),
+            account_id=attribution.account_id,
         )
         reservation = _reserve(kickoff, request)
     try:

@@ -92,6 +92,7 @@ class PlanInline(_PlanInline):
         "monthly_price_usd",
         "billing",
         "monthly_cap_usd",
+        "account_monthly_cap_usd",
         "cap_action",
         "soft_alert_percent",
     )

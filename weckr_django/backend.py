@@ -261,53 +261,53 @@ class DjangoBackend(Backend):
     # -- caps --------------------------------------------------------------------
 
     def reserve(self, request: CapRequest) -> CapDecision:
-        if request.user_id is None:
+        if not request.capped:
             return ALLOW
         from weckr_django import caps
 
-        return self._deciding(
-            lambda: caps.reserve(self.project(), request), request.user_id, request.plan
-        )
+        return self._deciding(lambda: caps.reserve(self.project(), request), request)
 
     async def areserve(self, request: CapRequest) -> CapDecision:
         """``reserve`` through ``sync_to_async``, so the event loop goes on meanwhile."""
-        if request.user_id is None:
+        if not request.capped:
             return ALLOW
         return await sync_to_async(self.reserve)(request)
 
-    def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
-        if user_id is None:
+    def check(
+        self, user_id: str | None, plan: str | None, model: str, account_id: str | None = None
+    ) -> CapDecision:
+        request = CapRequest(user_id, plan, model, account_id=account_id)
+        if not request.capped:
             return ALLOW
         from weckr_django import caps
 
         return self._deciding(
-            lambda: caps.decide(self.project(), user_id, plan, model), user_id, plan
+            lambda: caps.decide(self.project(), user_id, plan, model, account_id), request
         )
 
-    def _deciding(
-        self, decide: Callable[[], CapDecision], user_id: str, plan: str | None
-    ) -> CapDecision:
+    def _deciding(self, decide: Callable[[], CapDecision], request: CapRequest) -> CapDecision:
         """``decide()`` off the event loop. A set-up mistake or an outage allows the
         call (refuses it with ``CAP_FAIL_CLOSED``), loudly, rather than failing the
-        view; a user the cap refused lately stays refused meanwhile."""
+        view; a user or account the cap refused lately stays refused meanwhile."""
+        user_id, account_id, plan = request.user_id, request.account_id, request.plan
         decision: CapDecision | None = None
         try:
             decision = _outside_event_loop(decide)
         except ImproperlyConfigured as error:
             _log_set_up_error(error)
         except Exception as error:
-            self._log_outage(user_id, error)
+            self._log_outage(user_id or f"(account {account_id})", error)
             self.forget_project()
             _drop_broken_connections()
         if decision is not None and decision.reason != "cap_store_unavailable":
-            self._refusals.note(user_id, plan, decision)
+            self._refusals.note(user_id, account_id, plan, decision)
             self._outage_logged_at = None
             return decision
         if decision is None:  # decided here by CAP_FAIL_CLOSED, as the store does
             action: CapAction = "block" if weckr_settings.CAP_FAIL_CLOSED else "allow"
             decision = CapDecision(action, reason="cap_store_unavailable")
         if decision.allowed:
-            return self._refusals.recall(user_id, plan) or decision
+            return self._refusals.recall(user_id, account_id, plan) or decision
         return decision
 
     def _log_outage(self, user_id: str, error: Exception) -> None:
@@ -330,8 +330,11 @@ class DjangoBackend(Backend):
     def release(self, reservation: Reservation) -> None:
         from weckr_django import caps
 
-        user_id = reservation.user_id or ""
-        self._off_caller(lambda: caps.release(self.project(), reservation.id, user_id))
+        self._off_caller(
+            lambda: caps.release(
+                self.project(), reservation.id, reservation.user_id, reservation.account_id
+            )
+        )
 
     def _off_caller(self, function: Callable[[], None]) -> None:
         """Run ``function`` (which writes to the database) now; on an event loop's

@@ -1,21 +1,26 @@
 """Cap decisions: reserve a call's worst-case cost, settle its real cost after it.
 
-What counts against a user's monthly cap is what the monthly rollup has recorded
-plus what the cap store holds: the estimate of every call in flight, and the real
-cost of every call that has ended but whose usage event is not stored yet. A call
-goes ahead only if that total plus its own estimate stays within the cap, decided
-atomically per user in every process (see ``stores``). When its event is stored,
-ingest drops its reservation in the same transaction as it adds the cost to the
-rollup, so nothing is counted twice or lost in between.
+A call counts against up to two budgets: its user's (the plan's per-user cap) and,
+when it names an account, the account's (the plan's account cap, all the
+account's users together). What counts against a budget's monthly cap is what its
+monthly rollup has recorded plus what the cap store holds: the estimate of every
+call in flight, and the real cost of every call that has ended but whose usage
+event is not stored yet. A call goes ahead only if, for every capped budget, that
+total plus its own estimate stays within the cap, decided atomically in every
+process (see ``stores``); a refusal names the budget that stopped it. When its
+event is stored, ingest drops its reservation in the same transaction as it adds
+the cost to the rollups, so nothing is counted twice or lost in between.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from datetime import date
 from decimal import Decimal
 
-from weckr_core.backends.base import ALLOW, CapDecision, CapRequest, Reservation
+from weckr_core.backends.base import ALLOW, CapAction, CapDecision, CapRequest, Reservation
+from weckr_core.errors import CapKind
 from weckr_core.pricing import cheaper_alternative
 from weckr_core.records import UsageRecord
 from weckr_django.conf import weckr_settings
@@ -23,91 +28,165 @@ from weckr_django.models import Project
 from weckr_django.overrides import alternative_override
 from weckr_django.periods import month_start
 from weckr_django.plans import PlanMatch, PlanTerms, match_plan
-from weckr_django.stores import CapStoreUnavailable, SpendKey, cap_store
+from weckr_django.stores import Budget, CapStoreUnavailable, Spend, SpendKey, cap_store
 
 logger = logging.getLogger("weckr_django")
 
 
-def decide(project: Project, user_id: str | None, plan_name: str | None, model: str) -> CapDecision:
-    """Allow, block or downgrade the next call of ``user_id``, holding nothing (the
-    answer of ``GET /api/v1/check``)."""
-    if not user_id:
+def budgets(
+    project: Project, terms: PlanTerms | None, user_id: str | None, account_id: str | None
+) -> list[Budget]:
+    """The budgets a call of the user in the account counts against, each with the
+    plan's cap for it; empty when the plan caps neither."""
+    if terms is None:
+        return []
+    user_cap = terms.monthly_cap_usd if user_id else None
+    account_cap = terms.account_cap_usd if account_id else None
+    if user_cap is None and account_cap is None:
+        return []
+    keys = SpendKey.of_call(project, user_id, account_id, month_start(project))
+    caps = {"user": user_cap, "account": account_cap}
+    return [Budget(key, caps[key.scope]) for key in keys]
+
+
+def decide(
+    project: Project,
+    user_id: str | None,
+    plan_name: str | None,
+    model: str,
+    account_id: str | None = None,
+) -> CapDecision:
+    """Allow, block or downgrade the next call of ``user_id`` (in ``account_id``),
+    holding nothing (the answer of ``GET /api/v1/check``)."""
+    if not user_id and not account_id:
         return ALLOW
     match = match_plan(project, plan_name)
     if match.refused:
         return _unknown_plan(project, match)
     terms = match.terms
-    if terms is None or terms.monthly_cap_usd is None:
+    capped = budgets(project, terms, user_id, account_id)
+    if terms is None or not capped:
         return CapDecision("allow", plan=match.name)
     try:
-        spend = cap_store().spend(SpendKey.of(project, user_id))
+        spends = cap_store().spends([budget.key for budget in capped])
     except CapStoreUnavailable as error:
-        return _store_down(error, user_id, match)
-    cap = terms.monthly_cap_usd
-    if spend.total < cap:
-        return CapDecision("allow", None, spend.total, cap, None, spend.held, terms.name)
-    return _over_cap(terms, model, spend.total, spend.held)
+        return _store_down(error, _caller(user_id, account_id), match)
+    at = _stopping(capped, spends, _below)
+    if at is None:
+        tightest = _tightest(capped, spends)
+        return _decision("allow", capped[tightest], spends[tightest], terms)
+    alternative = _alternative(terms, model)
+    action: CapAction = "block" if alternative is None else "downgrade"
+    return _decision(action, capped[at], spends[at], terms, alternative=alternative, reason="cap")
 
 
 def reserve(project: Project, request: CapRequest) -> CapDecision:
-    """Decide the call and, under a cap, hold its estimated cost for it."""
-    user_id = request.user_id
-    if not user_id:
+    """Decide the call and, under a cap, hold its estimated cost against every budget
+    it counts against."""
+    user_id, account_id = request.user_id, request.account_id
+    if not user_id and not account_id:
         return ALLOW
     match = match_plan(project, request.plan)
     if match.refused:
         return _unknown_plan(project, match)
     terms = match.terms
-    if terms is None or terms.monthly_cap_usd is None:
+    capped = budgets(project, terms, user_id, account_id)
+    if terms is None or not capped:
         return CapDecision("allow", plan=match.name)
-    cap = terms.monthly_cap_usd
     store = cap_store()
-    key = SpendKey.of(project, user_id)
     ttl = weckr_settings.CAP_RESERVATION_TTL_SECONDS
     default_output = project.default_output_tokens
     try:
         amount = request.estimated_cost(None, default_output)
-        hold = store.reserve(key, amount, cap, ttl)
+        hold = store.reserve(capped, amount, ttl)
         if hold.reservation_id is not None:
-            reservation = Reservation(hold.reservation_id, amount, request.model, user_id)
-            return CapDecision(
-                "allow", None, hold.spend.total, cap, reservation, hold.spend.held, terms.name
+            reservation = Reservation(
+                hold.reservation_id, amount, request.model, user_id, account_id
             )
+            tightest = _tightest(capped, hold.spends)
+            return _decision("allow", capped[tightest], hold.spends[tightest], terms, reservation)
+        at = _stopping(capped, hold.spends, lambda budget, spend: budget.fits(spend, amount))
+        assert at is not None
         alternative = _alternative(terms, request.model)
         if alternative is None:
-            return CapDecision(
-                "block", None, hold.spend.total, cap, None, hold.spend.held, terms.name, "cap"
-            )
-        # Past the cap on a downgrade plan: the cheaper model, held at its own estimate.
+            return _decision("block", capped[at], hold.spends[at], terms, reason="cap")
+        # Past a cap on a downgrade plan: the cheaper model, held at its own estimate.
         cheaper = request.estimated_cost(alternative, default_output)
-        downgraded = store.reserve(key, cheaper, None, ttl)
+        uncapped = [Budget(budget.key, None) for budget in capped]
+        downgraded = store.reserve(uncapped, cheaper, ttl)
     except CapStoreUnavailable as error:
-        return _store_down(error, user_id, match)
+        return _store_down(error, _caller(user_id, account_id), match)
     assert downgraded.reservation_id is not None
-    reservation = Reservation(downgraded.reservation_id, cheaper, alternative, user_id)
-    return CapDecision(
-        "downgrade",
-        alternative,
-        hold.spend.total,
-        cap,
-        reservation,
-        hold.spend.held,
-        terms.name,
-        "cap",
+    reservation = Reservation(downgraded.reservation_id, cheaper, alternative, user_id, account_id)
+    return _decision(
+        "downgrade", capped[at], hold.spends[at], terms, reservation, alternative, "cap"
     )
 
 
 def settle(project: Project, reservation: Reservation, record: UsageRecord) -> None:
     """Replace the estimate held for ``reservation`` with what the call cost."""
-    user_id = reservation.user_id or record.user_id or ""
-    key = SpendKey.of_reservation(project, user_id, reservation.id)
-    cap_store().settle(key, reservation.id, reservation.cost_of(record))
+    keys = SpendKey.of_reservation(
+        project,
+        reservation.id,
+        reservation.user_id or record.user_id,
+        reservation.account_id or record.account_id,
+    )
+    if keys:
+        cap_store().settle(keys, reservation.id, reservation.cost_of(record))
 
 
-def release(project: Project, reservation_id: str, user_id: str) -> None:
-    """The call of a reservation of ``user_id`` was never made."""
-    key = SpendKey.of_reservation(project, user_id, reservation_id)
-    cap_store().release(key, reservation_id)
+def release(
+    project: Project, reservation_id: str, user_id: str | None, account_id: str | None = None
+) -> None:
+    """The call of a reservation of ``user_id`` (in ``account_id``) was never made."""
+    keys = SpendKey.of_reservation(project, reservation_id, user_id, account_id)
+    if keys:
+        cap_store().release(keys, reservation_id)
+
+
+def _below(budget: Budget, spend: Spend) -> bool:
+    """Whether a next call may start: the budget is not spent yet."""
+    return budget.cap is None or spend.total < budget.cap
+
+
+def _stopping(
+    capped: Sequence[Budget], spends: Sequence[Spend], fits: Callable[[Budget, Spend], bool]
+) -> int | None:
+    """The budget that refuses the call: the account's when both do (it stops every
+    user of the account), None when every budget lets it through."""
+    refusing = [at for at, budget in enumerate(capped) if not fits(budget, spends[at])]
+    return refusing[-1] if refusing else None
+
+
+def _tightest(capped: Sequence[Budget], spends: Sequence[Spend]) -> int:
+    """The capped budget with the least left: what an allowed call reports."""
+    return min(
+        (at for at, budget in enumerate(capped) if budget.cap is not None),
+        key=lambda at: (capped[at].cap or Decimal(0)) - spends[at].total,
+    )
+
+
+def _decision(
+    action: CapAction,
+    budget: Budget,
+    spend: Spend,
+    terms: PlanTerms,
+    reservation: Reservation | None = None,
+    alternative: str | None = None,
+    reason: CapKind | None = None,
+) -> CapDecision:
+    """The decision, reporting ``budget``'s spend and cap."""
+    return CapDecision(
+        action,
+        alternative,
+        spend.total,
+        budget.cap,
+        reservation,
+        spend.held,
+        terms.name,
+        reason,
+        budget.key.key if budget.key.scope == "account" else None,
+    )
 
 
 def _alternative(terms: PlanTerms, model: str) -> str | None:
@@ -115,15 +194,6 @@ def _alternative(terms: PlanTerms, model: str) -> str | None:
         return None
     alternative = alternative_override(model) or cheaper_alternative(model)
     return alternative if alternative and alternative != model else None
-
-
-def _over_cap(terms: PlanTerms, model: str, spend: Decimal, held: Decimal) -> CapDecision:
-    """``decide``'s answer at or past the cap: the plan's action, nothing held."""
-    cap = terms.monthly_cap_usd
-    alternative = _alternative(terms, model)
-    if alternative is not None:
-        return CapDecision("downgrade", alternative, spend, cap, None, held, terms.name, "cap")
-    return CapDecision("block", None, spend, cap, None, held, terms.name, "cap")
 
 
 def _unknown_plan(project: Project, match: PlanMatch) -> CapDecision:
@@ -151,19 +221,26 @@ def _note_refusal(project: Project, plan_name: str | None) -> None:
         logger.exception("Weckr: could not note calls refused on plan %r.", plan_name)
 
 
-def _store_down(error: CapStoreUnavailable, user_id: str, match: PlanMatch) -> CapDecision:
+def _caller(user_id: str | None, account_id: str | None) -> str:
+    """Who a call is for, in words."""
+    if user_id and account_id:
+        return f"user {user_id} of account {account_id}"
+    return f"user {user_id}" if user_id else f"account {account_id}"
+
+
+def _store_down(error: CapStoreUnavailable, caller: str, match: PlanMatch) -> CapDecision:
     if weckr_settings.CAP_FAIL_CLOSED:
         logger.error(
-            "Weckr: cap store unavailable (%s); refusing the call of user %s "
+            "Weckr: cap store unavailable (%s); refusing the call of %s "
             "(WECKR['CAP_FAIL_CLOSED']).",
             error,
-            user_id,
+            caller,
         )
         return CapDecision("block", plan=match.name, reason="cap_store_unavailable")
     logger.error(
-        "Weckr: cap store unavailable (%s); allowing the call of user %s uncapped "
+        "Weckr: cap store unavailable (%s); allowing the call of %s uncapped "
         "(set WECKR['CAP_FAIL_CLOSED'] to refuse instead).",
         error,
-        user_id,
+        caller,
     )
     return CapDecision("allow", plan=match.name, reason="cap_store_unavailable")

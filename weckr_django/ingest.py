@@ -31,6 +31,7 @@ from weckr_django import overrides
 from weckr_django.models import (
     ANONYMOUS_KEY,
     AgentRunUsage,
+    DailyAccountUsage,
     DailyUsage,
     MonthlyAccountSpend,
     MonthlyAccountUserSpend,
@@ -97,9 +98,10 @@ def ingest_records(project: Project, records: Sequence[UsageRecord]) -> IngestRe
             _update_rollups(connections[using], project, new_events, now)
             _drop_holds(project, [unique[event_id] for event_id in sorted(new_ids)])
         user_ids = sorted({event.user_id or ANONYMOUS_KEY for event in new_events})
+        account_ids = sorted({event.account_id for event in new_events if event.account_id})
         if new_events:
             transaction.on_commit(
-                lambda: _after_commit(project, user_ids), using=using, robust=True
+                lambda: _after_commit(project, user_ids, account_ids), using=using, robust=True
             )
 
     created_ids = [event.event_id for event in new_events]
@@ -164,11 +166,11 @@ def _ingest_isolating(
     result.costs.update(stored.costs)
 
 
-def _after_commit(project: Project, user_keys: list[str]) -> None:
+def _after_commit(project: Project, user_keys: list[str], account_keys: list[str]) -> None:
     """Announce the committed usage (``signals.usage_ingested``); a receiver that
     raises is logged, and the ingest stands."""
     outcomes = usage_ingested.send_robust(
-        sender=Project, project_id=str(project.pk), user_keys=user_keys
+        sender=Project, project_id=str(project.pk), user_keys=user_keys, account_keys=account_keys
     )
     for receiver, outcome in outcomes:
         if isinstance(outcome, Exception):
@@ -192,14 +194,14 @@ def _plan_names(project: Project, records: Iterable[UsageRecord]) -> dict[str | 
 
 
 def _drop_holds(project: Project, records: Iterable[UsageRecord]) -> None:
-    """The cap store's holds of these stored calls: their costs are in the rollup now."""
+    """The cap store's holds of these stored calls: their costs are in the rollups now."""
     stored = [
-        (
-            SpendKey.of_reservation(project, record.user_id, record.reservation_id),
-            record.reservation_id,
-        )
+        (key, record.reservation_id)
         for record in records
-        if record.reservation_id is not None and record.user_id is not None
+        if record.reservation_id is not None
+        for key in SpendKey.of_reservation(
+            project, record.reservation_id, record.user_id, record.account_id
+        )
     ]
     if stored:
         cap_store().ingested(project, stored)
@@ -431,6 +433,7 @@ def _update_rollups(
     monthly: dict[tuple[str, date], _Totals] = {}
     accounts: dict[tuple[str, date], _Totals] = {}
     account_users: dict[tuple[date, str, str], _Totals] = {}
+    account_days: dict[tuple[str, date, str], _Totals] = {}
     daily: dict[tuple[date, str, str, str], _Totals] = {}
     runs: dict[tuple[date, str], tuple[_Totals, str, str]] = {}
     for event in events:
@@ -443,6 +446,8 @@ def _update_rollups(
             accounts.setdefault(account_key, _Totals.empty(event.timestamp)).add(event)
             member = (month_key[1], event.account_id, user_key)
             account_users.setdefault(member, _Totals.empty(event.timestamp)).add(event)
+            account_day = (event.account_id, day, event.feature or "")
+            account_days.setdefault(account_day, _Totals.empty(event.timestamp)).add(event)
         day_key = (day, user_key, event.feature or "", event.model)
         daily.setdefault(day_key, _Totals.empty(event.timestamp)).add(event)
         if event.run_id:
@@ -501,6 +506,19 @@ def _update_rollups(
                 {},
             )
             for (month, account, user), totals in sorted(account_users.items())
+        ],
+    )
+    _upsert_add(
+        connection,
+        DailyAccountUsage,
+        key_fields=("project", "account_key", "day", "feature"),
+        rows=[
+            (
+                {"project": project.pk, "account_key": account, "day": day, "feature": feature},
+                totals,
+                {},
+            )
+            for (account, day, feature), totals in sorted(account_days.items())
         ],
     )
     _upsert_add(

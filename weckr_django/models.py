@@ -144,8 +144,17 @@ class Plan(models.Model):
         decimal_places=4,
         null=True,
         blank=True,
-        help_text="AI spend per user per calendar month before the cap action applies. "
-        "Blank: no cap.",
+        help_text="AI spend per user per calendar month before the cap action applies "
+        "(in an account, too). Blank: no cap.",
+    )
+    account_monthly_cap_usd = models.DecimalField(
+        "account monthly AI cap (USD)",
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="AI spend per account per calendar month, all its users together, before "
+        "the cap action applies. Blank: no account cap.",
     )
     cap_action = models.CharField(
         "cap action", max_length=16, choices=CapAction.choices, default=CapAction.BLOCK
@@ -508,6 +517,35 @@ class DailyUsage(_UsageTotals):
         return f"{self.day} {self.user_key or ANONYMOUS_LABEL} {self.feature} {self.model}"
 
 
+class DailyAccountUsage(_UsageTotals):
+    """Usage per day, account and feature: an account's daily cost (its spark line)
+    and its features, without reading its users' events."""
+
+    project = models.ForeignKey(
+        Project,
+        on_delete=models.CASCADE,
+        related_name="daily_account_usage",
+        verbose_name="project",
+        db_index=False,  # the unique key's first column
+    )
+    day = models.DateField("day", help_text="Calendar day in the project's timezone.")
+    account_key = models.CharField("account", max_length=255)
+    feature = models.CharField("feature", max_length=255, help_text="Empty: no feature given.")
+
+    class Meta:
+        verbose_name = "daily account usage"
+        verbose_name_plural = "daily account usage"
+        constraints = (
+            models.UniqueConstraint(
+                fields=("project", "account_key", "day", "feature"),
+                name="weckr_daily_account_uniq",
+            ),
+        )  # (project, account, day) serves one account's range of days
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.account_key} {self.feature}"
+
+
 class AgentRunUsage(_UsageTotals):
     """Usage of one agent run (or crew kickoff) in one calendar month, for the
     dashboard's Agents page: a month of runs is read from here, not from the events."""
@@ -563,6 +601,13 @@ class AlertLog(models.Model):
     )
     kind = models.CharField("kind", max_length=16, choices=Kind.choices)
     user_id = models.CharField("user", max_length=255, null=True, blank=True)
+    account_id = models.CharField(
+        "account",
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text="The account a cap or margin alert is about (then there is no user).",
+    )
     window_seconds = models.PositiveIntegerField("window (seconds)", null=True, blank=True)
     window_tokens = models.PositiveBigIntegerField("tokens in window", null=True, blank=True)
     window_cost_usd = models.DecimalField(
@@ -592,20 +637,27 @@ class AlertLog(models.Model):
         )
 
     def __str__(self) -> str:
-        return f"{self.get_kind_display()} for {self.user_id or 'project'}"
+        who = f"account {self.account_id}" if self.account_id else self.user_id or "project"
+        return f"{self.get_kind_display()} for {who}"
 
 
 class CapLock(models.Model):
-    """One row per user and month that reservations lock in turn, so that the
-    reservations of one user are decided one at a time in every process."""
+    """One row per budget (a user's or an account's) and month that reservations lock
+    in turn, so that the reservations of one budget are decided one at a time in
+    every process."""
+
+    class Scope(models.TextChoices):
+        USER = "user", "User"
+        ACCOUNT = "account", "Account"
 
     project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="cap_locks", verbose_name="project"
     )
-    user_key = models.CharField("user", max_length=255)
+    scope = models.CharField("scope", max_length=8, choices=Scope.choices, default=Scope.USER)
+    budget_key = models.CharField("user or account", max_length=255)
     month = models.DateField("month", help_text="First day of the month.")
     reservations = models.PositiveBigIntegerField(
-        "reservations", default=0, help_text="Reservations made for this user this month."
+        "reservations", default=0, help_text="Reservations made against this budget this month."
     )
 
     class Meta:
@@ -613,23 +665,25 @@ class CapLock(models.Model):
         verbose_name_plural = "cap locks"
         constraints = (
             models.UniqueConstraint(
-                fields=("project", "user_key", "month"), name="weckr_caplock_uniq"
+                fields=("project", "scope", "budget_key", "month"), name="weckr_caplock_budget_uniq"
             ),
         )
 
     def __str__(self) -> str:
-        return f"{self.user_key} {self.month:%Y-%m}"
+        return f"{self.scope} {self.budget_key} {self.month:%Y-%m}"
 
 
 class CapReservation(models.Model):
-    """Spend held against a user's cap for one call: its worst-case estimate while the
-    call runs, then its real cost until the call's usage event is stored."""
+    """Spend held for one call against its user's and its account's caps: its
+    worst-case estimate while the call runs, then its real cost until the call's usage
+    event is stored."""
 
     id = models.CharField("reservation id", max_length=64, primary_key=True)
     project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="cap_reservations", verbose_name="project"
     )
-    user_key = models.CharField("user", max_length=255)
+    user_key = models.CharField("user", max_length=255, blank=True)
+    account_key = models.CharField("account", max_length=255, blank=True, default="")
     month = models.DateField("month", help_text="First day of the month.")
     amount_usd = models.DecimalField(
         "amount (USD)",
@@ -650,6 +704,9 @@ class CapReservation(models.Model):
         indexes = (
             models.Index(
                 fields=("project", "user_key", "month"), name="weckr_capres_user_month_idx"
+            ),
+            models.Index(
+                fields=("project", "account_key", "month"), name="weckr_capres_account_month_idx"
             ),
             models.Index(fields=("expires_at",), name="weckr_capres_expires_idx"),
         )

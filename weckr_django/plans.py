@@ -42,17 +42,23 @@ class PlanTerms:
     cap_action: CapActionName
     soft_alert_percent: int
     per_seat: bool = False
+    account_cap_usd: Decimal | None = None
 
     @classmethod
     def of(cls, plan: Plan) -> PlanTerms:
         return cls(
             name=plan.name,
             monthly_price_usd=Decimal(plan.monthly_price_usd),
-            monthly_cap_usd=None if plan.monthly_cap_usd is None else Decimal(plan.monthly_cap_usd),
+            monthly_cap_usd=_amount(plan.monthly_cap_usd),
             cap_action="downgrade" if plan.cap_action == Plan.CapAction.DOWNGRADE else "block",
             soft_alert_percent=plan.soft_alert_percent,
             per_seat=plan.billing == Plan.Billing.PER_SEAT,
+            account_cap_usd=_amount(plan.account_monthly_cap_usd),
         )
+
+
+def _amount(value: Decimal | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,20 +1,22 @@
 """Where reservations against caps live: the database, or Redis for many servers.
 
-Both stores keep the same facts per user and month: the spend the monthly rollup
-has recorded, and one hold per reservation (an estimate while its call runs, the
-real cost once settled, until ingest stores the call's event and drops the hold).
+Both stores keep the same facts per budget (a user's, or an account's: all its
+users together) and month: the spend the monthly rollup has recorded, and one hold
+per reservation (an estimate while its call runs, the real cost once settled, until
+ingest stores the call's event and drops the hold). A call holds against its user's
+budget and its account's at once, and goes ahead only if it fits every capped one.
 A hold that is never settled stops counting after the reservation TTL; a settled
 one whose event never arrives, after ``SETTLED_HOLD_SECONDS``.
 
-- ``DatabaseCapStore`` (the default): a reservation locks the user's ``CapLock``
-  row, reads the rollup and the live holds in one statement and inserts its own,
-  in one short transaction: on PostgreSQL the row lock, on SQLite the database
-  write lock, orders the reservations of a user in every process. Ingest deletes
-  the holds of the events it stores in its own transaction.
-- ``RedisCapStore`` (``WECKR["CAP_STORE"] = "redis://..."``): one hash per user and
-  month, one Lua script per reservation. Ingest copies the rollup's total into it
-  once its transaction has committed. A Redis that lost its data reloads the total
-  from the rollup on the next reservation.
+- ``DatabaseCapStore`` (the default): a reservation locks the ``CapLock`` row of
+  each budget, reads the rollups and the live holds in one statement and inserts
+  its own, in one short transaction: on PostgreSQL the row locks, on SQLite the
+  database write lock, order the reservations of a budget in every process. Ingest
+  deletes the holds of the events it stores in its own transaction.
+- ``RedisCapStore`` (``WECKR["CAP_STORE"] = "redis://..."``): one hash per budget
+  and month, one Lua script per reservation. Ingest copies the rollups' totals into
+  them once its transaction has committed. A Redis that lost its data reloads a
+  total from its rollup on the next reservation.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ import os
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 from django.db import DatabaseError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -38,7 +40,13 @@ from django.db.utils import load_backend
 from django.utils import timezone
 
 from weckr_django.conf import weckr_settings
-from weckr_django.models import CapLock, CapReservation, MonthlyUserSpend, Project
+from weckr_django.models import (
+    CapLock,
+    CapReservation,
+    MonthlyAccountSpend,
+    MonthlyUserSpend,
+    Project,
+)
 from weckr_django.periods import month_start
 
 logger = logging.getLogger("weckr_django")
@@ -53,25 +61,48 @@ class CapStoreUnavailable(Exception):
     """The store could not be reached or refused the operation."""
 
 
+Scope = Literal["user", "account"]
+
+
 @dataclass(frozen=True, slots=True)
 class SpendKey:
-    """One user's budget in one month of one project."""
+    """One budget in one month of one project: a user's, or an account's (all its
+    users together)."""
 
     project_id: str
-    user_key: str
+    key: str
     month: date
+    scope: Scope = "user"
 
     @classmethod
     def of(cls, project: Project, user_id: str, month: date | None = None) -> SpendKey:
         return cls(str(project.pk), user_id, month or month_start(project))
 
-    def columns(self) -> dict[str, Any]:
-        return {"project": self.project_id, "user_key": self.user_key, "month": self.month}
+    @classmethod
+    def of_account(cls, project: Project, account_id: str, month: date | None = None) -> SpendKey:
+        return cls(str(project.pk), account_id, month or month_start(project), "account")
 
     @classmethod
-    def of_reservation(cls, project: Project, user_id: str, reservation_id: str) -> SpendKey:
-        """The key a reservation was made under: its month is in its id."""
-        return cls.of(project, user_id, month_of(reservation_id) or month_start(project))
+    def of_call(
+        cls, project: Project, user_id: str | None, account_id: str | None, month: date
+    ) -> tuple[SpendKey, ...]:
+        """The budgets a call counts against: its user's, then its account's."""
+        keys = [cls.of(project, user_id, month)] if user_id else []
+        if account_id:
+            keys.append(cls.of_account(project, account_id, month))
+        return tuple(keys)
+
+    @classmethod
+    def of_reservation(
+        cls,
+        project: Project,
+        reservation_id: str,
+        user_id: str | None,
+        account_id: str | None = None,
+    ) -> tuple[SpendKey, ...]:
+        """The budgets a reservation was made against: its month is in its id."""
+        month = month_of(reservation_id) or month_start(project)
+        return cls.of_call(project, user_id, account_id, month)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +118,24 @@ class Spend:
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """A budget a reservation is decided against, and its cap (None: held, never
+    refused)."""
+
+    key: SpendKey
+    cap: Decimal | None
+
+    def fits(self, spend: Spend, amount: Decimal) -> bool:
+        return self.cap is None or spend.total + amount <= self.cap
+
+
+@dataclass(frozen=True, slots=True)
 class Hold:
-    """The outcome of a reservation: its id, or None when it did not fit; and the
-    spend it was decided against."""
+    """The outcome of a reservation: its id, or None when it did not fit every
+    budget; and the spend of each budget it was decided against, in their order."""
 
     reservation_id: str | None
-    spend: Spend
+    spends: tuple[Spend, ...]
 
 
 def new_reservation_id(month: date) -> str:
@@ -108,23 +151,29 @@ def month_of(reservation_id: str) -> date | None:
 
 class CapStore(ABC):
     @abstractmethod
-    def spend(self, key: SpendKey) -> Spend: ...
+    def spends(self, keys: Sequence[SpendKey]) -> tuple[Spend, ...]:
+        """The spend of each budget, read together."""
+
+    def spend(self, key: SpendKey) -> Spend:
+        return self.spends([key])[0]
 
     @abstractmethod
-    def reserve(self, key: SpendKey, amount: Decimal, cap: Decimal | None, ttl: float) -> Hold:
-        """Hold ``amount`` for ``key`` when the spend plus it stays within ``cap``
-        (always, with no cap): atomic against every other reservation."""
+    def reserve(self, budgets: Sequence[Budget], amount: Decimal, ttl: float) -> Hold:
+        """Hold ``amount`` against every budget when it fits each of them (always,
+        for budgets with no cap): atomic against every other reservation of any of
+        these budgets. All the budgets are of one month."""
 
     @abstractmethod
-    def settle(self, key: SpendKey, reservation_id: str, cost: Decimal) -> None: ...
+    def settle(self, keys: Sequence[SpendKey], reservation_id: str, cost: Decimal) -> None:
+        """The reservation made against ``keys`` now holds the call's real cost."""
 
     @abstractmethod
-    def release(self, key: SpendKey, reservation_id: str) -> None: ...
+    def release(self, keys: Sequence[SpendKey], reservation_id: str) -> None: ...
 
     @abstractmethod
     def ingested(self, project: Project, stored: Sequence[tuple[SpendKey, str]]) -> None:
         """Called by ingest, inside its transaction: the events of these (key,
-        reservation id) pairs are stored, and their costs are in the rollup."""
+        reservation id) pairs are stored, and their costs are in the rollups."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -140,40 +189,47 @@ class DatabaseCapStore(CapStore):
     a time, joins the caller's transaction instead.) On PostgreSQL that connection
     commits without waiting for the disk (``synchronous_commit = off``) and prepares
     its statements: a server crash can forget the last fraction of a second of
-    holds, never a stored usage event."""
+    holds, never a stored usage event.
+
+    A reservation is one row holding the call's user and account: it counts against
+    the user's budget and the account's, and is settled, released or dropped by its
+    id alone."""
 
     def __init__(self) -> None:
         self._local = threading.local()
         os.register_at_fork(after_in_child=self._forget_connections)
 
-    def spend(self, key: SpendKey) -> Spend:
+    def spends(self, keys: Sequence[SpendKey]) -> tuple[Spend, ...]:
         with self._cursor(transaction=False) as (cursor, sql):
-            return sql.spend(cursor, key, timezone.now())
+            return sql.spends(cursor, keys, timezone.now())
 
-    def reserve(self, key: SpendKey, amount: Decimal, cap: Decimal | None, ttl: float) -> Hold:
+    def reserve(self, budgets: Sequence[Budget], amount: Decimal, ttl: float) -> Hold:
         now = timezone.now()
+        keys = [budget.key for budget in budgets]
         with self._cursor(transaction=True) as (cursor, sql):
-            sql.lock(cursor, key)
-            spend = sql.spend(cursor, key, now)
-            if cap is not None and spend.total + amount > cap:
-                return Hold(None, spend)
-            reservation_id = new_reservation_id(key.month)
-            sql.hold(cursor, key, reservation_id, _hold(amount), now + timedelta(seconds=ttl))
-            return Hold(reservation_id, spend)
+            # Every process takes the locks in one order, so none waits on another's.
+            for key in sorted(keys, key=lambda key: (key.scope, key.key)):
+                sql.lock(cursor, key)
+            spends = sql.spends(cursor, keys, now)
+            if not all(map(Budget.fits, budgets, spends, [amount] * len(budgets))):
+                return Hold(None, spends)
+            reservation_id = new_reservation_id(keys[0].month)
+            sql.hold(cursor, keys, reservation_id, _hold(amount), now + timedelta(seconds=ttl))
+            return Hold(reservation_id, spends)
 
-    def settle(self, key: SpendKey, reservation_id: str, cost: Decimal) -> None:
+    def settle(self, keys: Sequence[SpendKey], reservation_id: str, cost: Decimal) -> None:
         expires = timezone.now() + timedelta(seconds=SETTLED_HOLD_SECONDS)
         with self._cursor(transaction=False) as (cursor, sql):
             if not sql.settle(cursor, reservation_id, _hold(cost), expires):
                 # Expired and cleaned up meanwhile: the cost still counts until stored.
-                sql.hold(cursor, key, reservation_id, _hold(cost), expires, settled=True)
+                sql.hold(cursor, keys, reservation_id, _hold(cost), expires, settled=True)
 
-    def release(self, key: SpendKey, reservation_id: str) -> None:
+    def release(self, keys: Sequence[SpendKey], reservation_id: str) -> None:
         with self._cursor(transaction=False) as (cursor, sql):
             sql.release(cursor, reservation_id)
 
     def ingested(self, project: Project, stored: Sequence[tuple[SpendKey, str]]) -> None:
-        # On the caller's connection, inside ingest's transaction, with the rollup.
+        # On the caller's connection, inside ingest's transaction, with the rollups.
         ids = sorted({reservation_id for _, reservation_id in stored})
         for start in range(0, len(ids), 500):
             CapReservation.objects.filter(project=project, pk__in=ids[start : start + 500]).delete()
@@ -271,98 +327,141 @@ def _atomic_if(wanted: bool, alias: str) -> Iterator[None]:
         yield
 
 
+#: Where each scope's recorded spend is, and the column of a hold naming it.
+_ROLLUPS: Final[dict[str, tuple[type[Model], str]]] = {
+    "user": (MonthlyUserSpend, "user_key"),
+    "account": (MonthlyAccountSpend, "account_key"),
+}
+
+
 class _Statements:
     """The store's SQL for one database vendor; parameters are prepared for the
     connection of the cursor each statement runs on."""
 
     def __init__(self, connection: BaseDatabaseWrapper) -> None:
         quote = connection.ops.quote_name
-
-        def table(model: type[Model]) -> str:
-            return quote(model._meta.db_table)
-
-        def column(model: type[Model], name: str) -> str:
-            return quote(_column(model, name))
-
-        def key_of(model: type[Model]) -> str:
-            names = ("project", "user_key", "month")
-            return " AND ".join(f"{column(model, name)} = %s" for name in names)
-
-        locks, holds, rollup = table(CapLock), table(CapReservation), table(MonthlyUserSpend)
-        lock_key = ", ".join(column(CapLock, name) for name in ("project", "user_key", "month"))
-        count = column(CapLock, "reservations")
-        amount, expires = column(CapReservation, "amount_usd"), column(CapReservation, "expires_at")
+        self._quote = quote
+        locks, holds = self._table(CapLock), self._table(CapReservation)
+        lock_key = ", ".join(
+            self._column(CapLock, name) for name in ("project", "scope", "budget_key", "month")
+        )
+        count = self._column(CapLock, "reservations")
+        amount = self._column(CapReservation, "amount_usd")
+        expires = self._column(CapReservation, "expires_at")
         hold_columns = ", ".join(
-            column(CapReservation, name)
+            self._column(CapReservation, name)
             for name in (
                 "id",
                 "project",
                 "user_key",
+                "account_key",
                 "month",
                 "amount_usd",
                 "settled",
                 "expires_at",
             )
         )
-        identity = column(CapReservation, "id")
+        identity = self._column(CapReservation, "id")
         # An upsert that always writes: the row lock (PostgreSQL) or the write lock
         # (SQLite) is held from here to the end of the transaction.
         self.lock_sql = (
-            f"INSERT INTO {locks} ({lock_key}, {count}) VALUES (%s, %s, %s, 1) "
+            f"INSERT INTO {locks} ({lock_key}, {count}) VALUES (%s, %s, %s, %s, 1) "
             f"ON CONFLICT ({lock_key}) DO UPDATE SET {count} = {locks}.{count} + 1"
         )
-        # The rollup's total and the live holds in one statement, so in one snapshot
-        # (ingest adds a cost and drops its hold in one transaction).
-        self.spend_sql = (
-            f"SELECT (SELECT {column(MonthlyUserSpend, 'cost_usd')} FROM {rollup} "
-            f"WHERE {key_of(MonthlyUserSpend)}), (SELECT SUM({amount}) FROM {holds} "
-            f"WHERE {key_of(CapReservation)} AND {expires} > %s)"
-        )
         self.hold_sql = (
-            f"INSERT INTO {holds} ({hold_columns}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            f"INSERT INTO {holds} ({hold_columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
             f"ON CONFLICT ({identity}) DO NOTHING"
         )
         self.settle_sql = (
-            f"UPDATE {holds} SET {amount} = %s, {column(CapReservation, 'settled')} = %s, "
+            f"UPDATE {holds} SET {amount} = %s, {self._column(CapReservation, 'settled')} = %s, "
             f"{expires} = %s WHERE {identity} = %s"
         )
         self.release_sql = f"DELETE FROM {holds} WHERE {identity} = %s"
+        self._spends_sql: dict[tuple[str, ...], str] = {}
+
+    def _table(self, model: type[Model]) -> str:
+        return self._quote(model._meta.db_table)
+
+    def _column(self, model: type[Model], name: str) -> str:
+        return self._quote(_column(model, name))
+
+    def _key_of(self, model: type[Model], name: str) -> str:
+        return " AND ".join(
+            f"{self._column(model, field)} = %s" for field in ("project", name, "month")
+        )
+
+    def spends_sql(self, scopes: tuple[str, ...]) -> str:
+        """For each budget, its rollup's total and its live holds, all in one
+        statement, so in one snapshot (ingest adds a cost and drops its hold in one
+        transaction)."""
+        found = self._spends_sql.get(scopes)
+        if found is None:
+            holds = self._table(CapReservation)
+            amount = self._column(CapReservation, "amount_usd")
+            expires = self._column(CapReservation, "expires_at")
+            parts = []
+            for scope in scopes:
+                rollup, name = _ROLLUPS[scope]
+                parts.append(
+                    f"(SELECT {self._column(rollup, 'cost_usd')} FROM {self._table(rollup)} "
+                    f"WHERE {self._key_of(rollup, name)})"
+                )
+                parts.append(
+                    f"(SELECT SUM({amount}) FROM {holds} "
+                    f"WHERE {self._key_of(CapReservation, name)} AND {expires} > %s)"
+                )
+            found = self._spends_sql[scopes] = "SELECT " + ", ".join(parts)
+        return found
 
     @staticmethod
     def _values(cursor: Any, model: type[Model], **values: Any) -> list[Any]:
         return _column_values(cursor.db, model, values)
 
     def lock(self, cursor: Any, key: SpendKey) -> None:
-        cursor.execute(self.lock_sql, self._values(cursor, CapLock, **key.columns()))
-
-    def spend(self, cursor: Any, key: SpendKey, now: datetime) -> Spend:
         cursor.execute(
-            self.spend_sql,
-            [
-                *self._values(cursor, MonthlyUserSpend, **key.columns()),
-                *self._values(cursor, CapReservation, **key.columns(), expires_at=now),
-            ],
+            self.lock_sql,
+            self._values(
+                cursor,
+                CapLock,
+                project=key.project_id,
+                scope=key.scope,
+                budget_key=key.key,
+                month=key.month,
+            ),
         )
-        recorded, held = cursor.fetchone()
-        return Spend(_money(recorded), _money(held))
+
+    def spends(self, cursor: Any, keys: Sequence[SpendKey], now: datetime) -> tuple[Spend, ...]:
+        params: list[Any] = []
+        for key in keys:
+            rollup, name = _ROLLUPS[key.scope]
+            where = {"project": key.project_id, name: key.key, "month": key.month}
+            params += self._values(cursor, rollup, **where)
+            params += self._values(cursor, CapReservation, **where, expires_at=now)
+        cursor.execute(self.spends_sql(tuple(key.scope for key in keys)), params)
+        row = cursor.fetchone()
+        return tuple(Spend(_money(row[at]), _money(row[at + 1])) for at in range(0, len(row), 2))
 
     def hold(
         self,
         cursor: Any,
-        key: SpendKey,
+        keys: Sequence[SpendKey],
         reservation_id: str,
         amount: Decimal,
         expires: datetime,
         *,
         settled: bool = False,
     ) -> None:
+        named = {key.scope: key.key for key in keys}
         cursor.execute(
             self.hold_sql,
             self._values(
                 cursor,
                 CapReservation,
                 id=reservation_id,
-                **key.columns(),
+                project=keys[0].project_id,
+                user_key=named.get("user", ""),
+                account_key=named.get("account", ""),
+                month=keys[0].month,
                 amount_usd=amount,
                 settled=settled,
                 expires_at=expires,
@@ -443,39 +542,49 @@ def _column(model: type[Model], name: str) -> str:
 
 class RedisCapStore(CapStore):
     """Holds in Redis, as whole nanodollars (Lua numbers are doubles: integers are
-    exact up to 2**53, $9 million; sums of decimal fractions would not be)."""
+    exact up to 2**53, $9 million; sums of decimal fractions would not be). One hash
+    per budget and month; a reservation holds in the hash of each of its budgets."""
 
-    # KEYS[1]: the user's month hash. ARGV: reservation id, amount, cap ('' for
-    # none), TTL in ms, the hash's own TTL in s. Returns {fits (1/0), recorded, held},
-    # or {-1} when the hash has no recorded total yet (the caller loads it).
+    # KEYS: the budgets' month hashes. ARGV: reservation id, amount, TTL in ms, the
+    # hashes' own TTL in s, then each budget's cap ('' for none). Returns {fits (1/0),
+    # then recorded and held of each budget}, or {-1, k} when hash k has no recorded
+    # total yet (the caller loads it).
     _RESERVE = """
-local recorded = redis.call('HGET', KEYS[1], 'recorded')
-if not recorded then return {-1, 0, 0} end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local fields = redis.call('HGETALL', KEYS[1])
-local held = 0
-for i = 1, #fields, 2 do
-  local name = fields[i]
-  if string.sub(name, 1, 2) == 'r:' then
-    local value = fields[i + 1]
-    local cut = string.find(value, '|', 1, true)
-    if tonumber(string.sub(value, cut + 1)) <= now then
-      redis.call('HDEL', KEYS[1], name)
-    else
-      held = held + tonumber(string.sub(value, 1, cut - 1))
+local amount = tonumber(ARGV[2])
+local result = {1}
+for k = 1, #KEYS do
+  local recorded = redis.call('HGET', KEYS[k], 'recorded')
+  if not recorded then return {-1, k} end
+  local fields = redis.call('HGETALL', KEYS[k])
+  local held = 0
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if string.sub(name, 1, 2) == 'r:' then
+      local value = fields[i + 1]
+      local cut = string.find(value, '|', 1, true)
+      if tonumber(string.sub(value, cut + 1)) <= now then
+        redis.call('HDEL', KEYS[k], name)
+      else
+        held = held + tonumber(string.sub(value, 1, cut - 1))
+      end
     end
   end
+  local cap = ARGV[4 + k]
+  if cap ~= '' and tonumber(recorded) + held + amount > tonumber(cap) then result[1] = 0 end
+  result[#result + 1] = tonumber(recorded)
+  result[#result + 1] = held
 end
-local amount = tonumber(ARGV[2])
-if ARGV[3] ~= '' and tonumber(recorded) + held + amount > tonumber(ARGV[3]) then
-  return {0, tonumber(recorded), held}
+if result[1] == 1 then
+  for k = 1, #KEYS do
+    redis.call('HSET', KEYS[k], 'r:' .. ARGV[1], ARGV[2] .. '|' .. (now + tonumber(ARGV[3])))
+    redis.call('EXPIRE', KEYS[k], ARGV[4])
+  end
 end
-redis.call('HSET', KEYS[1], 'r:' .. ARGV[1], ARGV[2] .. '|' .. (now + tonumber(ARGV[4])))
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return {1, tonumber(recorded), held}
+return result
 """
-    # KEYS[1]: the user's month hash. ARGV: the rollup's total, then the ids of the
+    # KEYS[1]: a budget's month hash. ARGV: the rollup's total, then the ids of the
     # reservations whose events it now holds. The total only grows within a month,
     # so an older answer never overwrites a newer one.
     _INGESTED = """
@@ -502,57 +611,77 @@ return 1
 
     @staticmethod
     def key(key: SpendKey) -> str:
-        return f"weckr:cap:{key.project_id}:{key.month:%Y-%m}:{key.user_key}"
+        kind = "cap" if key.scope == "user" else "acap"
+        return f"weckr:{kind}:{key.project_id}:{key.month:%Y-%m}:{key.key}"
 
-    def spend(self, key: SpendKey) -> Spend:
+    def spends(self, keys: Sequence[SpendKey]) -> tuple[Spend, ...]:
         try:
-            # decode_responses=True: str, whatever the stubs say.
-            fields = cast(dict[str, str], self._redis.hgetall(self.key(key)))
+            with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(self.key(key))
+                # decode_responses=True: str, whatever the stubs say.
+                hashes = cast(list[dict[str, str]], pipe.execute())
         except self._errors as error:
             raise CapStoreUnavailable(str(error)) from error
         now_ms = timezone.now().timestamp() * 1000
-        recorded = fields.get("recorded")
-        held = 0
-        for name, value in fields.items():
-            if name.startswith("r:"):
-                amount, expires = value.split("|")
-                if int(expires) > now_ms:
-                    held += int(amount)
-        if recorded is None:
-            return Spend(_recorded_in_rollup(key), _from_nano(held))
-        return Spend(_from_nano(int(recorded)), _from_nano(held))
+        spends = []
+        for key, fields in zip(keys, hashes, strict=True):
+            held = 0
+            for name, value in fields.items():
+                if name.startswith("r:"):
+                    amount, expires = value.split("|")
+                    if int(expires) > now_ms:
+                        held += int(amount)
+            recorded = fields.get("recorded")
+            if recorded is None:
+                spends.append(Spend(_recorded_in_rollup(key), _from_nano(held)))
+            else:
+                spends.append(Spend(_from_nano(int(recorded)), _from_nano(held)))
+        return tuple(spends)
 
-    def reserve(self, key: SpendKey, amount: Decimal, cap: Decimal | None, ttl: float) -> Hold:
-        reservation_id = new_reservation_id(key.month)
+    def reserve(self, budgets: Sequence[Budget], amount: Decimal, ttl: float) -> Hold:
+        reservation_id = new_reservation_id(budgets[0].key.month)
         args: list[str | int] = [
             reservation_id,
             _to_nano(amount),
-            "" if cap is None else _to_nano(cap, up=False),
             int(ttl * 1000),
             self._KEY_TTL_SECONDS,
+            *("" if budget.cap is None else _to_nano(budget.cap, up=False) for budget in budgets),
         ]
-        name = self.key(key)
+        names = [self.key(budget.key) for budget in budgets]
         try:
-            fits, recorded, held = self._reserve(keys=[name], args=args)
-            if fits == -1:
+            for _ in range(len(budgets) + 1):
+                result = self._reserve(keys=names, args=args)
+                if result[0] != -1:
+                    break
                 # New this month, or Redis lost its data: the rollup has the total.
-                self._redis.hsetnx(name, "recorded", _to_nano(_recorded_in_rollup(key)))
-                fits, recorded, held = self._reserve(keys=[name], args=args)
+                key = budgets[result[1] - 1].key
+                self._redis.hsetnx(self.key(key), "recorded", _to_nano(_recorded_in_rollup(key)))
+            else:
+                raise CapStoreUnavailable("Redis keeps losing the cap totals it is given.")
         except self._errors as error:
             raise CapStoreUnavailable(str(error)) from error
-        spend = Spend(_from_nano(recorded), _from_nano(held))
-        return Hold(reservation_id if fits == 1 else None, spend)
+        spends = tuple(
+            Spend(_from_nano(result[at]), _from_nano(result[at + 1]))
+            for at in range(1, len(result), 2)
+        )
+        return Hold(reservation_id if result[0] == 1 else None, spends)
 
-    def settle(self, key: SpendKey, reservation_id: str, cost: Decimal) -> None:
+    def settle(self, keys: Sequence[SpendKey], reservation_id: str, cost: Decimal) -> None:
         expires = int((timezone.now().timestamp() + SETTLED_HOLD_SECONDS) * 1000)
-        try:
-            self._redis.hset(self.key(key), f"r:{reservation_id}", f"{_to_nano(cost)}|{expires}")
-        except self._errors as error:
-            raise CapStoreUnavailable(str(error)) from error
+        held = f"{_to_nano(cost)}|{expires}"
+        self._each(keys, lambda pipe, name: pipe.hset(name, f"r:{reservation_id}", held))
 
-    def release(self, key: SpendKey, reservation_id: str) -> None:
+    def release(self, keys: Sequence[SpendKey], reservation_id: str) -> None:
+        self._each(keys, lambda pipe, name: pipe.hdel(name, f"r:{reservation_id}"))
+
+    def _each(self, keys: Sequence[SpendKey], command: Callable[[Any, str], object]) -> None:
+        """``command`` on the hash of each key, in one round trip."""
         try:
-            self._redis.hdel(self.key(key), f"r:{reservation_id}")
+            with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    command(pipe, self.key(key))
+                pipe.execute()
         except self._errors as error:
             raise CapStoreUnavailable(str(error)) from error
 
@@ -563,13 +692,13 @@ return 1
             raise CapStoreUnavailable(str(error)) from error
 
     def ingested(self, project: Project, stored: Sequence[tuple[SpendKey, str]]) -> None:
-        # After the commit: the rollup then holds the events' costs.
+        # After the commit: the rollups then hold the events' costs.
         transaction.on_commit(
             lambda: self.sync(project, stored), using=router.db_for_write(MonthlyUserSpend)
         )
 
     def sync(self, project: Project, stored: Iterable[tuple[SpendKey, str]]) -> None:
-        """Copy the rollup's totals of ``stored``'s users in, and drop their holds."""
+        """Copy the rollups' totals of ``stored``'s budgets in, and drop their holds."""
         by_key: dict[SpendKey, list[str]] = {}
         for key, reservation_id in stored:
             by_key.setdefault(key, []).append(reservation_id)
@@ -583,13 +712,9 @@ return 1
 
 
 def _recorded_in_rollup(key: SpendKey) -> Decimal:
-    cost = (
-        MonthlyUserSpend.objects.filter(
-            project_id=key.project_id, user_key=key.user_key, month=key.month
-        )
-        .values_list("cost_usd", flat=True)
-        .first()
-    )
+    rollup, name = _ROLLUPS[key.scope]
+    where = {"project_id": key.project_id, name: key.key, "month": key.month}
+    cost = rollup._default_manager.filter(**where).values_list("cost_usd", flat=True).first()
     return _money(cost)
 
 

@@ -347,15 +347,30 @@ def event_id_of(payload: Any) -> str | None:
     return value if isinstance(value, str) and _EVENT_ID.match(value) else None
 
 
-def parse_check(params: Mapping[str, str]) -> tuple[str | None, str | None, str]:
-    """Validate the query of ``GET /api/v1/check``: (userId, planName, model), each
-    stripped; the model is "unknown" when not given. The check stores nothing, so
-    only the text rules apply, not the personal-data ones."""
+@dataclass(frozen=True, slots=True)
+class CheckQuery:
+    """A valid ``GET /api/v1/check`` query, each value stripped."""
+
+    user_id: str | None
+    account_id: str | None
+    plan: str | None
+    model: str
+
+
+def parse_check(params: Mapping[str, str]) -> CheckQuery:
+    """Validate the query of ``GET /api/v1/check``; the model is "unknown" when not
+    given. The check stores nothing, so only the text rules apply, not the
+    personal-data ones."""
     values: dict[str, str] = {}
-    for key in ("userId", "planName", "model"):
+    for key in ("userId", "accountId", "planName", "model"):
         value = params.get(key, "").strip()
         values[key] = text_value(key, value, max_length=TEXT_FIELDS[key].max_length)
-    return values["userId"] or None, values["planName"] or None, values["model"] or "unknown"
+    return CheckQuery(
+        values["userId"] or None,
+        values["accountId"] or None,
+        values["planName"] or None,
+        values["model"] or "unknown",
+    )
 
 
 def parse_reserve(payload: Any) -> CapRequest:
@@ -371,6 +386,7 @@ def parse_reserve(payload: Any) -> CapRequest:
     max_output = payload.get("maxOutputTokens")
     return CapRequest(
         user_id=_text(payload, "userId", allow_int=True),
+        account_id=_text(payload, "accountId", allow_int=True),
         plan=_text(payload, "planName"),
         model=model,
         provider=_text(payload, "provider"),

@@ -218,6 +218,7 @@ class WeckrAgentMiddleware(AgentMiddleware):  # type: ignore[misc]
                 provider=None if provider == "unknown" else provider,
                 prompt=(request.system_message, request.messages, _tool_specs(request.tools)),
                 max_output_tokens=max_output_tokens,
+                account_id=account_id,
             ),
             started=time.perf_counter(),
             started_at=utc_now(),

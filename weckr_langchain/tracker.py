@@ -385,6 +385,7 @@ class RunTracker:
             provider=None if call.provider == "unknown" else call.provider,
             prompt=(prompt, tools) if tools else prompt,
             max_output_tokens=estimate.max_output_tokens(invocation_params),
+            account_id=call.account_id,
         )
 
     def _admit(

@@ -28,6 +28,7 @@ def test_a_user_under_the_cap_is_allowed_with_figures(api: Api) -> None:
         "inFlight": 0.0,
         "plan": "pro",
         "reason": None,
+        "accountId": None,
     }
 
 

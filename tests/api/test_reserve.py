@@ -103,3 +103,43 @@ def test_a_log_with_a_malformed_reservation_id_is_refused(api: Api) -> None:
     response = api.post("log", event(reservationId="not an id"))
     assert response.status_code == 400
     assert response.json()["field"] == "reservationId"
+
+
+def test_an_accounts_cap_is_reserved_checked_and_released_over_the_wire(api: Api) -> None:
+    plan = add_plan(api.project, "team", "99", cap="100")
+    plan.account_monthly_cap_usd = estimate() * 2
+    plan.save()
+    first = reserve(api, userId="ann", accountId="acme", planName="team").json()
+    second = reserve(api, userId="bob", accountId="acme", planName="team").json()
+    assert first["allowed"] and second["allowed"]
+    assert second["accountId"] == "acme"  # the account's budget is the tighter one
+    refused = reserve(api, userId="cid", accountId="acme", planName="team").json()
+    assert (refused["allowed"], refused["reason"], refused["accountId"]) == (False, "cap", "acme")
+    assert Decimal(str(refused["cap"])) == estimate() * 2
+
+    check = api.get("check", {"userId": "cid", "accountId": "acme", "planName": "team"}).json()
+    assert (check["allowed"], check["accountId"]) == (False, "acme")
+    elsewhere = api.get("check", {"userId": "cid", "accountId": "globex", "planName": "team"})
+    assert elsewhere.json()["allowed"] is True
+
+    held = second["reservation"]["id"]
+    response = api.client.delete(
+        f"/api/v1/reserve/{held}?userId=bob&accountId=acme", headers={"x-api-key": api.key}
+    )
+    assert response.status_code == 204
+    assert reserve(api, userId="cid", accountId="acme", planName="team").json()["allowed"]
+
+    # The event of the first call names its account: the account's rollup takes it.
+    payload = event(userId="ann", accountId="acme", planName="team")
+    payload["reservationId"] = first["reservation"]["id"]
+    assert api.post("log", payload).status_code == 201
+    assert not CapReservation.objects.filter(pk=first["reservation"]["id"]).exists()
+
+
+def test_a_release_must_say_whose_reservation_it_was(api: Api) -> None:
+    add_plan(api.project, "pro", "29", cap="1")
+    held = reserve(api).json()["reservation"]["id"]
+    response = api.client.delete(f"/api/v1/reserve/{held}", headers={"x-api-key": api.key})
+    assert response.status_code == 400
+    assert "userId is required" in response.json()["error"]
+    assert CapReservation.objects.count() == 1

@@ -70,6 +70,16 @@ def test_plan_set_creates_then_updates_by_name_or_id() -> None:
     run("weckr_plan", "set", "Acme", "team", "--price", "15")  # billing kept
     assert Plan.objects.get(project_id=project_id, name="team").billing == "per_seat"
 
+    both = run(
+        "weckr_plan", "set", "Acme", "team", "--price", "15", "--cap", "2", "--account-cap", "40"
+    )
+    assert "cap $40.00 per account per month and $2.00 per user per month, then block" in both
+    team = Plan.objects.get(project_id=project_id, name="team")
+    assert (team.account_monthly_cap_usd, team.monthly_cap_usd) == (Decimal(40), Decimal(2))
+    run("weckr_plan", "set", "Acme", "team", "--price", "15", "--no-account-cap")
+    team.refresh_from_db()
+    assert (team.account_monthly_cap_usd, team.monthly_cap_usd) == (None, Decimal(2))
+
 
 @pytest.mark.parametrize(
     ("args", "message"),

@@ -40,7 +40,9 @@ class FixedDecisionBackend(Backend):
         self.fail_record = fail_record
         self.records: list[UsageRecord] = []
 
-    def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+    def check(
+        self, user_id: str | None, plan: str | None, model: str, account_id: str | None = None
+    ) -> CapDecision:
         return self.decision
 
     def record(self, record: UsageRecord) -> None:
@@ -588,7 +590,8 @@ def test_a_server_downgrade_decision_swaps_the_model_end_to_end() -> None:
 
 def test_a_broken_cap_check_fails_open_and_is_reported() -> None:
     class BrokenCheckBackend(FixedDecisionBackend):
-        def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+        # A backend written before accounts, whose check takes three arguments.
+        def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:  # type: ignore[override]
             raise RuntimeError("cache down")
 
     fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(10, 5)))

@@ -933,6 +933,7 @@ def test_reserve_posts_the_call_and_parses_the_reservation(
     assert (request.method, request.headers["x-api-key"]) == ("POST", API_KEY)
     assert request.body == {
         "userId": "u1",
+        "accountId": None,
         "planName": "pro",
         "model": "gpt-4o",
         "provider": "openai",
@@ -1333,5 +1334,44 @@ def test_reserves_settles_and_releases_against_weckr_django(
     assert not CapReservation.objects.filter(project=project).exists()
     unknown = backend.reserve(cap_request(plan="free"))
     assert (unknown.action, unknown.reason, unknown.plan) == ("block", "unknown_plan", "free")
+    assert errors == []
+    backend.close(timeout=1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_accounts_cap_holds_over_http_for_every_user_of_it(
+    live_server: Any, errors: list[BaseException]
+) -> None:
+    from weckr_django.models import ApiKey, CapReservation, Plan, Project
+
+    project = Project.objects.create(name="Acme")
+    _, key = ApiKey.objects.create_key(project, "http-backend")
+    # Room for one call of cap_request() in the account, whoever makes it.
+    one_call = cap_request().estimated_cost()
+    Plan.objects.create(
+        project=project,
+        name="team",
+        monthly_price_usd=Decimal(99),
+        account_monthly_cap_usd=one_call * Decimal("1.5"),
+    )
+    api = f"{live_server.url}/api/v1"
+    backend = HttpBackend(key, f"{api}/log", f"{api}/check", on_error=errors.append)
+
+    first = backend.reserve(cap_request(user_id="ann", plan="team", account_id="acme"))
+    second = backend.reserve(cap_request(user_id="bob", plan="team", account_id="acme"))
+    # A user-only call on this plan is not capped (and that must not be remembered
+    # as "the plan is uncapped" for account calls).
+    alone = backend.reserve(cap_request(user_id="bob", plan="team"))
+    third = backend.reserve(cap_request(user_id="cid", plan="team", account_id="acme"))
+
+    assert first.reservation is not None and first.account_id == "acme"
+    assert (first.reservation.user_id, first.reservation.account_id) == ("ann", "acme")
+    assert (second.action, second.account_id, second.reason) == ("block", "acme", "cap")
+    assert alone.allowed and alone.reservation is None
+    assert third.action == "block"
+    backend.release(first.reservation)
+    assert backend.flush(timeout=10)
+    assert not CapReservation.objects.filter(project=project).exists()
+    assert backend.reserve(cap_request(user_id="cid", plan="team", account_id="acme")).allowed
     assert errors == []
     backend.close(timeout=1)

@@ -15,7 +15,8 @@ import weckr_core
 from tests.crewai.urls import LLMS
 from weckr_core import price_usage
 from weckr_django.backend import DjangoBackend
-from weckr_django.models import Plan, Project, UsageEvent
+from weckr_django.models import MonthlyAccountSpend, Plan, Project, UsageEvent
+from weckr_django.periods import month_start
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,6 +116,44 @@ def test_the_plans_cap_in_the_database_stops_the_next_kickoff(
     assert sum(first_costs[:-1], Decimal(0)) < CAP <= sum(first_costs, Decimal(0))
     assert first.status_code == 200
     assert second.status_code == 402
-    assert second.json() == {"stopped": "WeckrCapError"}
+    assert second.json() == {"stopped": "WeckrCapError", "account": None}
     assert LLMS[1].calls == []
     assert UsageEvent.objects.count() == len(LLMS[0].calls)
+
+
+def account_of_logged_in_user(request: HttpRequest) -> str | None:
+    return "acme" if request.user.is_authenticated else None
+
+
+@override_settings(
+    ROOT_URLCONF="tests.crewai.urls",
+    WECKR={
+        "PLAN_RESOLVER": f"{__name__}.plan_of_logged_in_user",
+        "ACCOUNT_RESOLVER": f"{__name__}.account_of_logged_in_user",
+        "DELIVERY": "sync",
+        "CAP_CACHE_SECONDS": 0,
+    },
+)
+def test_an_account_past_its_cap_stops_the_kickoff_before_any_call(
+    client: Client, django_backend: DjangoBackend
+) -> None:
+    logged_in(client)
+    project = django_backend.project()
+    assert isinstance(project, Project)
+    Plan.objects.create(
+        project=project,
+        name="pro",
+        monthly_price_usd=Decimal("99"),
+        account_monthly_cap_usd=CAP,
+    )
+    # Other users of the account spent its budget.
+    MonthlyAccountSpend.objects.create(
+        project=project, account_key="acme", month=month_start(project), cost_usd=CAP
+    )
+
+    response = client.get("/research/")
+
+    assert response.status_code == 402
+    assert response.json() == {"stopped": "WeckrCapError", "account": "acme"}
+    assert LLMS[0].calls == []
+    assert not UsageEvent.objects.exists()

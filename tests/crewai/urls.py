@@ -47,7 +47,7 @@ def research(request: HttpRequest) -> JsonResponse:
     try:
         crew.kickoff(inputs={"topic": request.GET.get("topic", "tides")})
     except WeckrCapError as error:
-        return JsonResponse({"stopped": error.name}, status=402)
+        return JsonResponse({"stopped": error.name, "account": error.account_id}, status=402)
     run = weckr.last_run
     return JsonResponse({"run_id": run.run_id if run else None})
 

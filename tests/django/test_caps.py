@@ -343,5 +343,5 @@ def test_a_reservation_id_carries_its_month():
     make_plan(project, "pro", cap="5")
     reservation = caps.reserve(project, request()).reservation
     assert isinstance(reservation, Reservation)
-    key = SpendKey.of_reservation(project, "u1", reservation.id)
-    assert key == SpendKey.of(project, "u1")
+    keys = SpendKey.of_reservation(project, reservation.id, "u1", "acme")
+    assert keys == (SpendKey.of(project, "u1"), SpendKey.of_account(project, "acme"))

@@ -11,6 +11,7 @@ import pytest
 from weckr_core.records import new_event_id
 from weckr_django.wire import (
     TEXT_FIELDS,
+    CheckQuery,
     WireError,
     contains_personal_data,
     parse_batch,
@@ -223,9 +224,10 @@ def test_a_valid_surrogate_pair_is_ordinary_text() -> None:
 
 
 def test_check_parameters_follow_the_text_rules_only() -> None:
-    assert parse_check({"userId": " u1 ", "model": ""}) == ("u1", None, "unknown")
+    assert parse_check({"userId": " u1 ", "model": ""}) == CheckQuery("u1", None, None, "unknown")
+    assert parse_check({"accountId": " acme "}).account_id == "acme"
     # A check stores nothing: an e-mail is the caller's business there.
-    assert parse_check({"userId": "jane@example.com"})[0] == "jane@example.com"
+    assert parse_check({"userId": "jane@example.com"}).user_id == "jane@example.com"
     with pytest.raises(WireError) as caught:
         parse_check({"planName": "p\x00"})
     assert caught.value.field == "planName"

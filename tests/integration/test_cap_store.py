@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import redis
@@ -15,8 +17,15 @@ from django.test.utils import override_settings
 from weckr_core.backends.base import CapRequest
 from weckr_django import caps
 from weckr_django.ingest import ingest_records
-from weckr_django.models import MonthlyUserSpend, Plan, Project
-from weckr_django.stores import CapStoreUnavailable, RedisCapStore, SpendKey, cap_store
+from weckr_django.models import MonthlyAccountSpend, MonthlyUserSpend, Plan, Project
+from weckr_django.stores import (
+    Budget,
+    CapStoreUnavailable,
+    RedisCapStore,
+    Spend,
+    SpendKey,
+    cap_store,
+)
 
 from ..django.helpers import make_record
 from .database import open_test_database
@@ -62,8 +71,8 @@ def test_a_store_connection_dropped_by_the_server_fails_one_call_then_reconnects
     the pipeline is the store being unavailable, and the next call starts afresh."""
     project = project_with_cap(Decimal(5))
     store = cap_store()
-    key = SpendKey.of(project, "u1")
-    first = store.reserve(key, PER_CALL, Decimal(5), 60)
+    budget = [Budget(SpendKey.of(project, "u1"), Decimal(5))]
+    first = store.reserve(budget, PER_CALL, 60)
     assert first.reservation_id is not None
     with open_test_database() as admin:
         # The store's own connection: the one whose last statement ended a reservation.
@@ -74,10 +83,10 @@ def test_a_store_connection_dropped_by_the_server_fails_one_call_then_reconnects
         ).fetchall()
     assert len(dropped) == 1
     with pytest.raises(CapStoreUnavailable):
-        store.reserve(key, PER_CALL, Decimal(5), 60)
-    again = store.reserve(key, PER_CALL, Decimal(5), 60)
+        store.reserve(budget, PER_CALL, 60)
+    again = store.reserve(budget, PER_CALL, 60)
     assert again.reservation_id is not None
-    assert again.spend.held == PER_CALL  # the first hold, committed before the drop
+    assert again.spends[0].held == PER_CALL  # the first hold, committed before the drop
 
 
 @pytest.fixture
@@ -122,3 +131,96 @@ def test_a_redis_that_lost_its_data_reloads_the_total_from_the_rollup(
     assert decision.current_spend == rollup
     assert redis_store.spend(key).recorded == rollup
     assert decision.allowed == (rollup + PER_CALL <= Decimal("0.02"))
+
+
+def account_project(account_cap: Decimal) -> Project:
+    project = Project.objects.create(name="Acme")
+    Plan.objects.create(
+        project=project,
+        name="team",
+        monthly_price_usd=Decimal(99),
+        monthly_cap_usd=PER_CALL * 100,
+        account_monthly_cap_usd=account_cap,
+    )
+    return project
+
+
+@pytest.mark.parametrize("store_setting", ["database", REDIS_URL])
+def test_users_of_one_account_racing_never_overrun_the_account_cap(store_setting: str) -> None:
+    """Eight users of one account reserve at once, each in a thread of its own (its
+    own connection to the store): the account's cap admits exactly as many calls as
+    fit, whoever makes them."""
+    project = account_project(PER_CALL * 10 + PER_CALL / 2)
+    allowed: list[str] = []
+    refused: list[str | None] = []
+    lock = threading.Lock()
+
+    def racer(user_id: str) -> None:
+        while True:
+            decision = caps.reserve(
+                project,
+                CapRequest(
+                    user_id,
+                    "team",
+                    "gpt-4o",
+                    "openai",
+                    input_tokens=1000,
+                    max_output_tokens=500,
+                    account_id="acme",
+                ),
+            )
+            with lock:
+                if not decision.allowed:
+                    refused.append(decision.account_id)
+                    return
+                allowed.append(user_id)
+
+    with override_settings(WECKR={**settings.WECKR, "CAP_STORE": store_setting}):
+        threads = [threading.Thread(target=racer, args=(f"u{i}",)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        account = cap_store().spend(SpendKey.of_account(project, "acme"))
+    assert len(allowed) == 10
+    assert refused == ["acme"] * 8
+    assert account.held == PER_CALL * 10
+
+
+def test_redis_store_keeps_an_account_and_its_users_in_step_with_the_rollups(
+    redis_store: RedisCapStore,
+) -> None:
+    project = account_project(PER_CALL * 3)
+    first = caps.reserve(project, CapRequest(**ACCOUNT_CALL, user_id="u1"))
+    second = caps.reserve(project, CapRequest(**ACCOUNT_CALL, user_id="u2"))
+    assert first.reservation and second.reservation
+    account, user = SpendKey.of_account(project, "acme"), SpendKey.of(project, "u1")
+    assert redis_store.spend(account).held == PER_CALL * 2
+
+    caps.release(project, second.reservation.id, "u2", "acme")
+    record = make_record("e1", user_id="u1", input_tokens=1000, output_tokens=100)
+    record.account_id = "acme"
+    caps.settle(project, first.reservation, record)
+    record.reservation_id = first.reservation.id
+    ingest_records(project, [record])  # the Redis copies are updated after the commit
+
+    rollup = MonthlyAccountSpend.objects.get(project=project, account_key="acme").cost_usd
+    assert redis_store.spends([user, account]) == (
+        Spend(MonthlyUserSpend.objects.get(project=project, user_key="u1").cost_usd, Decimal(0)),
+        Spend(rollup, Decimal(0)),
+    )
+    # A Redis that lost the account's hash reloads it from the account rollup.
+    redis.Redis.from_url(REDIS_URL).delete(RedisCapStore.key(account))
+    again = caps.reserve(project, CapRequest(**ACCOUNT_CALL, user_id="u3"))
+    assert again.allowed
+    assert redis_store.spend(account) == Spend(rollup, PER_CALL)
+
+
+ACCOUNT_CALL: dict[str, Any] = {
+    "plan": "team",
+    "model": "gpt-4o",
+    "provider": "openai",
+    "input_tokens": 1000,
+    "max_output_tokens": 500,
+    "account_id": "acme",
+}

@@ -20,7 +20,14 @@ import weckr_core
 from tests.langchain.fakes import ScriptedChatModel, counting_tool
 from weckr_core import WeckrCapError, WeckrDowngradeWarning
 from weckr_django.backend import DjangoBackend
-from weckr_django.models import CapReservation, Plan, Project, UsageEvent
+from weckr_django.models import (
+    CapReservation,
+    MonthlyAccountSpend,
+    Plan,
+    Project,
+    UsageEvent,
+)
+from weckr_django.periods import month_start
 from weckr_langchain import AsyncWeckrHandler, WeckrAgentMiddleware, WeckrHandler
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
@@ -38,7 +45,8 @@ def research_view(request: HttpRequest) -> HttpResponse:
             {"callbacks": [WeckrHandler(feature="research")]},
         )
     except WeckrCapError as refused:
-        return JsonResponse({"error": "cap reached", "cap": str(refused.cap)}, status=402)
+        body = {"error": "cap reached", "cap": str(refused.cap), "account": refused.account_id}
+        return JsonResponse(body, status=402)
     return JsonResponse({"ok": True})
 
 
@@ -146,6 +154,41 @@ def test_a_user_over_the_cap_is_refused_before_the_model_is_called(
     (event,) = UsageEvent.objects.filter(project=project)
     assert event.plan_name == "free"
     assert event.cost_usd is not None and event.cost_usd > Decimal("0.0003")
+
+
+def account_of_customer(request: HttpRequest) -> str | None:
+    """The app's own rule: every customer here belongs to the account "acme"."""
+    return "acme" if request.user.is_authenticated else None
+
+
+def test_an_account_past_its_cap_stops_its_users_before_the_model_is_called(
+    client: Client, django_backend: DjangoBackend, settings: Settings
+) -> None:
+    settings.WECKR = {**settings.WECKR, "ACCOUNT_RESOLVER": f"{__name__}.account_of_customer"}
+    project = Project.objects.create(name="Acme")
+    Plan.objects.create(
+        project=project,
+        name="team",
+        monthly_price_usd=Decimal("99"),
+        monthly_cap_usd=Decimal("5"),
+        account_monthly_cap_usd=Decimal("0.0003"),
+    )
+    # Another user of the account spent its budget.
+    MonthlyAccountSpend.objects.create(
+        project=project, account_key="acme", month=month_start(project), cost_usd=Decimal("0.0003")
+    )
+    customer(client, "team")
+
+    handler = client.get("/research/")
+    with pytest.raises(WeckrCapError) as caught:
+        client.get("/middleware-research/")
+
+    assert handler.status_code == 402
+    assert handler.json() == {"error": "cap reached", "cap": "0.0003", "account": "acme"}
+    assert caught.value.account_id == "acme"
+    assert MODEL.calls == 0
+    assert not UsageEvent.objects.exists()
+    assert not CapReservation.objects.exists()
 
 
 async def test_async_views_with_the_async_handler(

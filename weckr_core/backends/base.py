@@ -49,6 +49,12 @@ class CapRequest:
     prompt: Any = None
     input_tokens: int | None = None
     max_output_tokens: int | None = None
+    account_id: str | None = None
+
+    @property
+    def capped(self) -> bool:
+        """Whether a cap can apply: the call names a user or an account."""
+        return bool(self.user_id or self.account_id)
 
     def prompt_tokens(self) -> int:
         if self.input_tokens is None:
@@ -74,13 +80,15 @@ class CapRequest:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """Spend held against a cap for one call, from ``reserve`` until ``settle``:
-    ``amount_usd`` of the call's estimate on ``model``, for ``user_id``."""
+    """Spend held against caps for one call, from ``reserve`` until ``settle``:
+    ``amount_usd`` of the call's estimate on ``model``, for ``user_id`` and (against
+    the account's budget too) ``account_id``."""
 
     id: str
     amount_usd: Decimal
     model: str
     user_id: str | None = None
+    account_id: str | None = None
 
     def cost_of(self, record: UsageRecord) -> Decimal:
         """What the call cost, for the cap: its priced usage; nothing for a call
@@ -97,12 +105,14 @@ class Reservation:
 class CapDecision:
     """What to do with a call: go ahead, refuse it, or use a cheaper model.
 
-    ``current_spend`` is what counts against the user's cap this month, before this
-    call: recorded spend plus ``in_flight``, what other calls in progress (or not
-    yet recorded) hold. ``reservation`` is this call's own hold, to be settled.
-    ``plan`` is the plan the cap came from (after ``DEFAULT_PLAN`` and case
-    matching); ``reason`` says why a call was not simply allowed (``"cap"``,
-    ``"unknown_plan"``, ``"cap_store_unavailable"``).
+    ``current_spend`` is what counts against the cap this month, before this call:
+    recorded spend plus ``in_flight``, what other calls in progress (or not yet
+    recorded) hold. The cap is the user's, or, when ``account_id`` is set, that
+    account's (all its users together): the budget that refused the call, or for an
+    allowed call the one with the least left. ``reservation`` is this call's own
+    hold, to be settled. ``plan`` is the plan the cap came from (after
+    ``DEFAULT_PLAN`` and case matching); ``reason`` says why a call was not simply
+    allowed (``"cap"``, ``"unknown_plan"``, ``"cap_store_unavailable"``).
     """
 
     action: CapAction = "allow"
@@ -113,6 +123,7 @@ class CapDecision:
     in_flight: Decimal | None = None
     plan: str | None = None
     reason: CapKind | None = None
+    account_id: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -142,7 +153,10 @@ class Backend(ABC):
     def reserve(self, request: CapRequest) -> CapDecision:
         """Decide the call, holding its estimated cost when a cap applies. The
         default reads ``check``, holding nothing."""
-        return self.check(request.user_id, request.plan, request.model)
+        if request.account_id is None:
+            # The call of a backend written before accounts: ``check`` takes three.
+            return self.check(request.user_id, request.plan, request.model)
+        return self.check(request.user_id, request.plan, request.model, request.account_id)
 
     async def areserve(self, request: CapRequest) -> CapDecision:
         """``reserve`` for the async paths; a backend whose reserve waits on I/O
@@ -156,8 +170,11 @@ class Backend(ABC):
     def release(self, reservation: Reservation) -> None:
         """The call of ``reservation`` was never made: drop the hold."""
 
-    def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
-        """A decision for the user's next call, without holding anything."""
+    def check(
+        self, user_id: str | None, plan: str | None, model: str, account_id: str | None = None
+    ) -> CapDecision:
+        """A decision for the next call of the user (in the account), without
+        holding anything."""
         return ALLOW
 
     @abstractmethod

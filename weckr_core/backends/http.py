@@ -61,8 +61,13 @@ _REASONS: Final = get_args(CapKind)
 logger = logging.getLogger("weckr")
 
 ErrorHandler = Callable[[BaseException], None]
-_DecisionKey = tuple[str, str, str]
+_DecisionKey = tuple[str | None, str | None, str, str]  # user, account, plan, model
+_UncappedKey = tuple[str | None, bool, bool]  # plan, names a user, names an account
 _Event = tuple[str, bytes]  # event id, its JSON
+
+
+def _uncapped_key(request: CapRequest) -> _UncappedKey:
+    return (request.plan, bool(request.user_id), bool(request.account_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +210,9 @@ class HttpBackend(Backend):
         # Plain data, kept by a forked child: (decision, expiry) per check key, and
         # the expiry of "this plan has no cap" per plan name.
         self._decisions: dict[_DecisionKey, tuple[CapDecision, float]] = {}
-        self._uncapped_plans: dict[str | None, float] = {}
+        # Plans the server caps nothing on, for calls naming a user, an account or
+        # both (a plan may cap accounts only, or users only).
+        self._uncapped_plans: dict[_UncappedKey, float] = {}
         # The sender prices events; importing the price database there would race
         # with SDKs that read sys.modules without the import lock on other threads.
         preload_prices()
@@ -257,11 +264,12 @@ class HttpBackend(Backend):
             return decision
         url = self.reserve_endpoint
         if url is None:
-            return self.check(request.user_id, request.plan, request.model)
+            return self.check(request.user_id, request.plan, request.model, request.account_id)
         if self._server_down():
-            return self._while_down(request.user_id, request.plan)
+            return self._while_down(request)
         body = {
             "userId": request.user_id,
+            "accountId": request.account_id,
             "planName": request.plan,
             "model": request.model,
             "provider": request.provider,
@@ -270,16 +278,16 @@ class HttpBackend(Backend):
         }
         response = self._ask("cap reservation", "POST", url, json=body)
         if response is None:
-            return self._while_down(request.user_id, request.plan)
+            return self._while_down(request)
         if response.status_code in (404, 405):
             self._use_check_only(url, response.status_code)
-            return self.check(request.user_id, request.plan, request.model)
-        decision = self._read_decision("cap reservation", response, request.user_id)
+            return self.check(request.user_id, request.plan, request.model, request.account_id)
+        decision = self._read_decision("cap reservation", response, request)
         if decision is None:
-            return self._while_down(request.user_id, request.plan)
-        self._refusals.note(request.user_id, request.plan, decision)
+            return self._while_down(request)
+        self._refusals.note(request.user_id, request.account_id, request.plan, decision)
         if decision.allowed and decision.cap is None and decision.reason is None:
-            self._remember_uncapped(request.plan)
+            self._remember_uncapped(_uncapped_key(request))
         return decision
 
     async def areserve(self, request: CapRequest) -> CapDecision:
@@ -302,15 +310,20 @@ class HttpBackend(Backend):
         if endpoint is None:
             return
         url = f"{endpoint.rstrip('/')}/{quote(reservation.id, safe='')}"
-        if reservation.user_id is not None:
-            url += "?" + urlencode({"userId": reservation.user_id})
+        holders = {"userId": reservation.user_id, "accountId": reservation.account_id}
+        query = {name: value for name, value in holders.items() if value is not None}
+        if query:
+            url += "?" + urlencode(query)
         if not self._sender.put(_Release(url)):
             self._report(f"Weckr: backend is closed; reservation {reservation.id} not released.")
 
-    def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
-        if not user_id or not plan:
+    def check(
+        self, user_id: str | None, plan: str | None, model: str, account_id: str | None = None
+    ) -> CapDecision:
+        request = CapRequest(user_id, plan, model, account_id=account_id)
+        if not request.capped or not plan:
             return ALLOW
-        key = (user_id, plan, model)
+        key = (user_id, account_id, plan, model)
         # A fresh decision is read without the lock (a dict read is atomic, and the
         # entries are immutable tuples); misses take it.
         entry = self._decisions.get(key)
@@ -333,7 +346,7 @@ class HttpBackend(Backend):
         decision: CapDecision | None = None
         try:
             if not self._server_down():
-                decision = self._fetch_check(user_id, plan, model)
+                decision = self._fetch_check(request)
         except WeckrConfigError as error:
             pending.error = error
             raise
@@ -343,8 +356,8 @@ class HttpBackend(Backend):
                 if decision is not None:
                     self._cache_decision(key, decision)
             if decision is not None:
-                self._refusals.note(user_id, plan, decision)
-            pending.decision = decision or self._while_down(user_id, plan)
+                self._refusals.note(user_id, account_id, plan, decision)
+            pending.decision = decision or self._while_down(request)
             pending.done.set()
         return pending.decision
 
@@ -353,9 +366,9 @@ class HttpBackend(Backend):
         until ``SERVER_DOWN_SECONDS`` have passed."""
         return time.monotonic() < self._down_until
 
-    def _while_down(self, user_id: str | None, plan: str | None) -> CapDecision:
-        """Fail open, except for a user the cap refused lately."""
-        return self._refusals.recall(user_id, plan) or ALLOW
+    def _while_down(self, request: CapRequest) -> CapDecision:
+        """Fail open, except for a user or account the cap refused lately."""
+        return self._refusals.recall(request.user_id, request.account_id, request.plan) or ALLOW
 
     def _server_failed(
         self,
@@ -372,17 +385,19 @@ class HttpBackend(Backend):
         self._down_until = time.monotonic() + SERVER_DOWN_SECONDS
 
     def _decided_without_asking(self, request: CapRequest) -> CapDecision | None:
-        """The decision when no request is needed: no user, a plan known to have no
-        cap, or (without reservations) a cached check. None otherwise."""
-        if not request.user_id:
+        """The decision when no request is needed: no user or account, a plan known
+        to have no cap, or (without reservations) a cached check. None otherwise."""
+        if not request.capped:
             return ALLOW
-        expiry = self._uncapped_plans.get(request.plan)
+        expiry = self._uncapped_plans.get(_uncapped_key(request))
         if expiry is not None and expiry > time.monotonic():
             return ALLOW
         if self.reserve_endpoint is None:
             if not request.plan:
                 return ALLOW
-            return self._fresh_decision((request.user_id, request.plan, request.model))
+            return self._fresh_decision(
+                (request.user_id, request.account_id, request.plan, request.model)
+            )
         return None
 
     def _fresh_decision(self, key: _DecisionKey) -> CapDecision | None:
@@ -397,12 +412,12 @@ class HttpBackend(Backend):
             self._decisions = {k: v for k, v in self._decisions.items() if v[1] > now}
         self._decisions[key] = (decision, now + self._cache_ttl)
 
-    def _remember_uncapped(self, plan: str | None) -> None:
+    def _remember_uncapped(self, key: _UncappedKey) -> None:
         now = time.monotonic()
         with self._check_lock:
             if len(self._uncapped_plans) >= _MAX_CACHED_DECISIONS:
                 self._uncapped_plans = {k: v for k, v in self._uncapped_plans.items() if v > now}
-            self._uncapped_plans[plan] = now + self._cache_ttl
+            self._uncapped_plans[key] = now + self._cache_ttl
 
     def _use_check_only(self, url: str, status: int) -> None:
         with self._check_lock:
@@ -417,12 +432,16 @@ class HttpBackend(Backend):
             self.check_endpoint,
         )
 
-    def _fetch_check(self, user_id: str, plan: str, model: str) -> CapDecision | None:
+    def _fetch_check(self, request: CapRequest) -> CapDecision | None:
         """The server's decision; None (reported) when the check failed and the call
         is allowed without caching. Raises ``WeckrConfigError`` on 401 and 403."""
-        params = {"userId": user_id, "planName": plan}
-        if model:
-            params["model"] = model
+        wanted = {
+            "userId": request.user_id,
+            "accountId": request.account_id,
+            "planName": request.plan,
+            "model": request.model,
+        }
+        params = {name: value for name, value in wanted.items() if value}
         response = self._ask("cap check", "GET", self.check_endpoint, params=params)
         return None if response is None else self._read_decision("cap check", response)
 
@@ -447,7 +466,7 @@ class HttpBackend(Backend):
         return response
 
     def _read_decision(
-        self, what: str, response: httpx.Response, user_id: str | None = None
+        self, what: str, response: httpx.Response, request: CapRequest | None = None
     ) -> CapDecision | None:
         status = response.status_code
         if not response.is_success:
@@ -461,7 +480,7 @@ class HttpBackend(Backend):
                 self._report(message, status_code=status)
             return None
         try:
-            decision = _parse_decision(response.json(), user_id)
+            decision = _parse_decision(response.json(), request)
         except ValueError as error:
             self._server_failed(
                 f"Weckr: unreadable {what} response ({error}); allowing calls.", error
@@ -900,9 +919,10 @@ def _error_text(body: dict[str, Any]) -> str | None:
     return f"{message} (field: {field})" if isinstance(field, str) and field else message
 
 
-def _parse_decision(body: Any, user_id: str | None = None) -> CapDecision:
-    """A ``/check`` or ``/reserve`` answer (``/check`` has no ``inFlight``, ``plan``,
-    ``reason`` or ``reservation``) for ``user_id``; ValueError when it is not one."""
+def _parse_decision(body: Any, request: CapRequest | None = None) -> CapDecision:
+    """A ``/check`` or ``/reserve`` answer (weckr-sdk's servers send no ``inFlight``,
+    ``plan``, ``reason``, ``accountId`` or ``reservation``) for ``request``;
+    ValueError when it is not one."""
     if not isinstance(body, dict):
         raise ValueError("expected a JSON object")
     allowed = body.get("allowed", True)
@@ -916,20 +936,21 @@ def _parse_decision(body: Any, user_id: str | None = None) -> CapDecision:
         action = "downgrade"
     else:
         action, alternative = "block", None
-    plan, reason = body.get("plan"), body.get("reason")
+    plan, reason, account_id = body.get("plan"), body.get("reason"), body.get("accountId")
     return CapDecision(
         action,
         alternative,
         current_spend=_decimal(body.get("currentSpend")),
         cap=_decimal(body.get("cap")),
-        reservation=_parse_reservation(body.get("reservation"), user_id),
+        reservation=_parse_reservation(body.get("reservation"), request),
         in_flight=_decimal(body.get("inFlight")),
         plan=plan if isinstance(plan, str) else None,
         reason=reason if reason in _REASONS else None,
+        account_id=account_id if isinstance(account_id, str) else None,
     )
 
 
-def _parse_reservation(value: Any, user_id: str | None) -> Reservation | None:
+def _parse_reservation(value: Any, request: CapRequest | None) -> Reservation | None:
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -938,7 +959,9 @@ def _parse_reservation(value: Any, user_id: str | None) -> Reservation | None:
     amount = _decimal(value.get("amountUsd"))
     if not (isinstance(reservation_id, str) and isinstance(model, str) and amount is not None):
         raise ValueError(f"not a reservation: {value!r}")
-    return Reservation(reservation_id, amount, model, user_id)
+    if request is None:
+        return Reservation(reservation_id, amount, model)
+    return Reservation(reservation_id, amount, model, request.user_id, request.account_id)
 
 
 def _decimal(value: Any) -> Decimal | None:

@@ -13,6 +13,7 @@ from weckr_core import estimate
 from weckr_core.backends.base import (
     ALLOW,
     Backend,
+    CapAction,
     CapDecision,
     CapRequest,
     Reservation,
@@ -26,13 +27,21 @@ _ZERO = Decimal(0)
 
 @dataclass(frozen=True, slots=True)
 class MemoryCap:
-    limit_usd: Decimal
+    """A plan's caps: per user (``limit_usd``) and per account, all its users
+    together (``account_limit_usd``); None caps nothing."""
+
+    limit_usd: Decimal | None
     action: Literal["block", "downgrade"] = "block"
+    account_limit_usd: Decimal | None = None
+
+
+#: A budget: ("user", user id) or ("account", account id).
+_Budget = tuple[str, str]
 
 
 @dataclass(slots=True)
 class _Hold:
-    user_id: str
+    budgets: tuple[_Budget, ...]
     amount_usd: Decimal
     expires_at: float  # time.monotonic()
 
@@ -42,10 +51,11 @@ class MemoryBackend(Backend):
 
     ``records`` holds every record (priced on arrival), ``run_stops`` every run a
     loop guard stopped. Caps are set per plan with ``set_cap`` (a plan without one
-    is not capped); spend per user is the sum of their recorded costs plus anything
-    set with ``set_spend``. Reservations work as in the Django backend: a call's
-    estimate is held until it is settled, and a hold whose caller never settles
-    expires after ``reservation_ttl_seconds``. ``max_records`` bounds memory for
+    is not capped), per user and per account; spend per user and per account is the
+    sum of their recorded costs plus anything set with ``set_spend``. Reservations
+    work as in the Django backend: a call's estimate is held against its user and
+    its account until it is settled, and a hold whose caller never settles expires
+    after ``reservation_ttl_seconds``. ``max_records`` bounds memory for
     long-running processes.
     """
 
@@ -58,7 +68,7 @@ class MemoryBackend(Backend):
     ) -> None:
         self._lock = threading.Lock()
         self._records: deque[UsageRecord] = deque(maxlen=max_records)
-        self._spend: dict[str, Decimal] = {}
+        self._spend: dict[_Budget, Decimal] = {}
         self._caps: dict[str, MemoryCap] = {}
         self._holds: dict[str, _Hold] = {}
         self.default_output_tokens = default_output_tokens
@@ -76,76 +86,91 @@ class MemoryBackend(Backend):
         plan: str,
         limit_usd: Decimal | float | str | None,
         action: Literal["block", "downgrade"] = "block",
+        *,
+        account_limit_usd: Decimal | float | str | None = None,
     ) -> None:
         with self._lock:
-            if limit_usd is None:
+            if limit_usd is None and account_limit_usd is None:
                 self._caps.pop(plan, None)
             else:
-                self._caps[plan] = MemoryCap(Decimal(str(limit_usd)), action)
+                self._caps[plan] = MemoryCap(_usd(limit_usd), action, _usd(account_limit_usd))
 
-    def set_spend(self, user_id: str, spend_usd: Decimal | float | str) -> None:
+    def set_spend(
+        self,
+        user_id: str | None,
+        spend_usd: Decimal | float | str,
+        *,
+        account_id: str | None = None,
+    ) -> None:
+        """Set the recorded spend of ``user_id``, or of ``account_id`` when given."""
         with self._lock:
-            self._spend[user_id] = Decimal(str(spend_usd))
+            self._spend[_budget_named(user_id, account_id)] = Decimal(str(spend_usd))
 
-    def spend(self, user_id: str) -> Decimal:
+    def spend(self, user_id: str | None, *, account_id: str | None = None) -> Decimal:
+        """The recorded spend of ``user_id``, or of ``account_id`` when given."""
         with self._lock:
-            return self._spend.get(user_id, _ZERO)
+            return self._spend.get(_budget_named(user_id, account_id), _ZERO)
 
-    def in_flight(self, user_id: str) -> Decimal:
-        """What calls of ``user_id`` in progress (or settled, not yet recorded) hold."""
+    def in_flight(self, user_id: str | None, *, account_id: str | None = None) -> Decimal:
+        """What calls in progress (or settled, not yet recorded) hold against
+        ``user_id``, or ``account_id`` when given."""
         with self._lock:
-            return self._held(user_id, time.monotonic())
+            return self._held(_budget_named(user_id, account_id), time.monotonic())
 
     # -- caps --------------------------------------------------------------------
 
-    def check(self, user_id: str | None, plan: str | None, model: str) -> CapDecision:
+    def check(
+        self, user_id: str | None, plan: str | None, model: str, account_id: str | None = None
+    ) -> CapDecision:
         with self._lock:
             self.check_calls += 1
-            cap = self._caps.get(plan) if plan else None
-            if user_id is None or cap is None:
-                return ALLOW
-            spend = self._spend.get(user_id, _ZERO)
-            held = self._held(user_id, time.monotonic())
-        if spend + held < cap.limit_usd:
-            return CapDecision("allow", None, spend + held, cap.limit_usd, None, held, plan)
-        return self._over_cap(cap, model, spend + held, held, plan)
+        return self._decide(CapRequest(user_id, plan, model, account_id=account_id), None)
 
     def reserve(self, request: CapRequest) -> CapDecision:
-        user_id, plan = request.user_id, request.plan
-        cap = self._caps.get(plan) if plan else None
-        if user_id is None or cap is None:
+        cap = self._caps.get(request.plan) if request.plan else None
+        if not _budgets(cap, request.user_id, request.account_id):
             return ALLOW
-        amount = request.estimated_cost(None, self.default_output_tokens)
-        alternative = cheaper_alternative(request.model) if cap.action == "downgrade" else None
-        now = time.monotonic()
         with self._lock:
             self.check_calls += 1
-            spend = self._spend.get(user_id, _ZERO)
-            held = self._held(user_id, now)
-            total = spend + held
-            if total + amount <= cap.limit_usd:
-                reservation = self._hold(user_id, amount, request.model, now)
-                return CapDecision(
-                    "allow", None, total, cap.limit_usd, reservation, held, plan, None
-                )
-            if alternative is None or alternative == request.model:
-                return CapDecision("block", None, total, cap.limit_usd, None, held, plan, "cap")
-            # Past the cap on a downgrade plan: the cheaper model, held at its own estimate.
-            cheaper = request.estimated_cost(alternative, self.default_output_tokens)
-            reservation = self._hold(user_id, cheaper, alternative, now)
-        return CapDecision(
-            "downgrade", alternative, total, cap.limit_usd, reservation, held, plan, "cap"
-        )
+        return self._decide(request, request.estimated_cost(None, self.default_output_tokens))
 
-    def _over_cap(
-        self, cap: MemoryCap, model: str, spend: Decimal, held: Decimal, plan: str | None
-    ) -> CapDecision:
-        alternative = cheaper_alternative(model) if cap.action == "downgrade" else None
-        if alternative and alternative != model:
-            return CapDecision(
-                "downgrade", alternative, spend, cap.limit_usd, None, held, plan, "cap"
-            )
-        return CapDecision("block", None, spend, cap.limit_usd, None, held, plan, "cap")
+    def _decide(self, request: CapRequest, amount: Decimal | None) -> CapDecision:
+        """The decision on ``request``; with an ``amount``, a reservation that holds it
+        (and, past a cap on a downgrade plan, the cheaper model's estimate)."""
+        plan = request.plan
+        cap = self._caps.get(plan) if plan else None
+        budgets = _budgets(cap, request.user_id, request.account_id)
+        if cap is None or not budgets:
+            return ALLOW
+        now = time.monotonic()
+        with self._lock:
+            spends = [(self._spend.get(b, _ZERO), self._held(b, now)) for b, _ in budgets]
+            # A check asks whether the budget is spent; a reservation whether the
+            # call's estimate still fits.
+            fits = [
+                recorded + held + (amount or _ZERO) <= limit
+                if amount is not None
+                else recorded + held < limit
+                for (recorded, held), (_, limit) in zip(spends, budgets, strict=True)
+            ]
+            refusing = [at for at, fit in enumerate(fits) if not fit]
+            if not refusing:
+                # The budget with the least left is the one reported.
+                at = min(range(len(budgets)), key=lambda i: budgets[i][1] - sum(spends[i]))
+                reservation = None
+                if amount is not None:
+                    reservation = self._hold(request, budgets, amount, request.model, now)
+                return _decision("allow", None, budgets[at], spends[at], reservation, plan)
+            at = refusing[-1]  # the account's when both refuse
+            alternative = cheaper_alternative(request.model) if cap.action == "downgrade" else None
+            if not alternative or alternative == request.model:
+                return _decision("block", None, budgets[at], spends[at], None, plan)
+            reservation = None
+            if amount is not None:
+                # The cheaper model, held at its own estimate.
+                cheaper = request.estimated_cost(alternative, self.default_output_tokens)
+                reservation = self._hold(request, budgets, cheaper, alternative, now)
+        return _decision("downgrade", alternative, budgets[at], spends[at], reservation, plan)
 
     def settle(self, reservation: Reservation, record: UsageRecord) -> None:
         cost = reservation.cost_of(record)
@@ -159,19 +184,29 @@ class MemoryBackend(Backend):
         with self._lock:
             self._holds.pop(reservation.id, None)
 
-    def _hold(self, user_id: str, amount: Decimal, model: str, now: float) -> Reservation:
+    def _hold(
+        self,
+        request: CapRequest,
+        budgets: list[tuple[_Budget, Decimal]],
+        amount: Decimal,
+        model: str,
+        now: float,
+    ) -> Reservation:
         # Called with the lock held.
-        reservation = Reservation(uuid.uuid4().hex, amount, model, user_id)
-        self._holds[reservation.id] = _Hold(user_id, amount, now + self.reservation_ttl_seconds)
+        reservation = Reservation(
+            uuid.uuid4().hex, amount, model, request.user_id, request.account_id
+        )
+        held = tuple(budget for budget, _ in budgets)
+        self._holds[reservation.id] = _Hold(held, amount, now + self.reservation_ttl_seconds)
         return reservation
 
-    def _held(self, user_id: str, now: float) -> Decimal:
+    def _held(self, budget: _Budget, now: float) -> Decimal:
         # Called with the lock held; forgets expired holds on the way.
         total = _ZERO
         for key, hold in list(self._holds.items()):
             if hold.expires_at <= now:
                 del self._holds[key]
-            elif hold.user_id == user_id:
+            elif budget in hold.budgets:
                 total += hold.amount_usd
         return total
 
@@ -183,10 +218,9 @@ class MemoryBackend(Backend):
             self._records.append(record)
             if record.reservation_id is not None:
                 self._holds.pop(record.reservation_id, None)
-            if record.user_id is not None and record.cost_usd:
-                self._spend[record.user_id] = (
-                    self._spend.get(record.user_id, _ZERO) + record.cost_usd
-                )
+            if record.cost_usd:
+                for budget in _budgets_of(record.user_id, record.account_id):
+                    self._spend[budget] = self._spend.get(budget, _ZERO) + record.cost_usd
 
     def record_many(self, records: Iterable[UsageRecord]) -> None:
         for record in records:
@@ -201,3 +235,55 @@ class MemoryBackend(Backend):
             self._records.clear()
             self._spend.clear()
             self._holds.clear()
+
+
+def _usd(value: Decimal | float | str | None) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def _budget_named(user_id: str | None, account_id: str | None) -> _Budget:
+    return ("user", user_id or "") if account_id is None else ("account", account_id)
+
+
+def _budgets_of(user_id: str | None, account_id: str | None) -> list[_Budget]:
+    """The budgets a call counts against: its user's, then its account's."""
+    budgets: list[_Budget] = [("user", user_id)] if user_id else []
+    return [*budgets, ("account", account_id)] if account_id else budgets
+
+
+def _budgets(
+    cap: MemoryCap | None, user_id: str | None, account_id: str | None
+) -> list[tuple[_Budget, Decimal]]:
+    """The capped budgets of a call, each with its cap."""
+    if cap is None:
+        return []
+    limits = {"user": cap.limit_usd, "account": cap.account_limit_usd}
+    return [
+        (budget, limit)
+        for budget in _budgets_of(user_id, account_id)
+        if (limit := limits[budget[0]]) is not None
+    ]
+
+
+def _decision(
+    action: CapAction,
+    alternative: str | None,
+    budget: tuple[_Budget, Decimal],
+    spend: tuple[Decimal, Decimal],
+    reservation: Reservation | None,
+    plan: str | None,
+) -> CapDecision:
+    """A decision reporting ``budget``'s spend (recorded, held) and cap."""
+    (scope, name), limit = budget
+    recorded, held = spend
+    return CapDecision(
+        action,
+        alternative,
+        recorded + held,
+        limit,
+        reservation,
+        held,
+        plan,
+        None if action == "allow" else "cap",
+        name if scope == "account" else None,
+    )

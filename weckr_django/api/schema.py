@@ -40,6 +40,7 @@ def _text(key: str, description: str = "", **extra: Any) -> Schema:
 def _opaque(key: str, description: str) -> Schema:
     return {
         "oneOf": [_text(key), {"type": "integer"}],
+        "nullable": True,
         "description": description
         + " No e-mail address, card number, IBAN or phone number (answered 400).",
     }
@@ -159,6 +160,7 @@ RESERVE: Schema = {
     "required": ["model", "inputTokens"],
     "properties": {
         "userId": _opaque("userId", "Opaque user id."),
+        "accountId": _opaque("accountId", "Opaque account id: the account's cap applies too."),
         "planName": _text("planName", nullable=True),
         "model": _text("model", minLength=1),
         "provider": _text("provider", nullable=True),
@@ -179,6 +181,12 @@ DECISION: Schema = {
         "inFlight": _USD,
         "plan": {"type": "string", "nullable": True},
         "reason": {"type": "string", "nullable": True},
+        "accountId": {
+            "type": "string",
+            "nullable": True,
+            "description": "Set when the cap reported is this account's (all its users "
+            "together), not the user's own.",
+        },
     },
 }
 
@@ -294,14 +302,20 @@ TRACKED: Schema = {
 CHECK_PARAMETERS = [
     OpenApiParameter(name, str, OpenApiParameter.QUERY, description=description)
     for name, description in (
-        ("userId", "Opaque user id; none: the call is not capped."),
-        ("planName", "The user's plan."),
+        ("userId", "Opaque user id; with no user and no account the call is not capped."),
+        ("accountId", "Opaque account id: the account's cap applies too."),
+        ("planName", "The user's (or account's) plan."),
         ("model", "The model about to be called."),
     )
 ]
-USER_PARAMETER = OpenApiParameter(
-    "userId", str, OpenApiParameter.QUERY, required=True, description="The reservation's user."
-)
+HOLDER_PARAMETERS = [
+    OpenApiParameter(
+        "userId", str, OpenApiParameter.QUERY, description="The reservation's user (or accountId)."
+    ),
+    OpenApiParameter(
+        "accountId", str, OpenApiParameter.QUERY, description="The reservation's account, if any."
+    ),
+]
 
 
 def answers(success: dict[int, Schema | None], *errors: int) -> dict[int, Any]:

@@ -39,10 +39,20 @@ class PlanForm(_PlanForm):
         fields = (
             "name",
             "monthly_price_usd",
+            "billing",
             "monthly_cap_usd",
+            "account_monthly_cap_usd",
             "cap_action",
             "soft_alert_percent",
         )
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        # A form posted without it (a script, an older page) keeps the plan's billing.
+        self.fields["billing"].required = False
+
+    def clean_billing(self) -> str:
+        return str(self.cleaned_data.get("billing") or self.instance.billing or Plan.Billing.FLAT)
 
 
 PlanFormSet = inlineformset_factory(

@@ -1,4 +1,5 @@
-"""``manage.py weckr_plan set PROJECT PLAN --price USD [--cap USD] [--action ...]``."""
+"""``manage.py weckr_plan set PROJECT PLAN --price USD [--cap USD] [--account-cap USD]
+[--action ...]``."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ def _amount(value: str, option: str) -> Decimal:
 
 
 class Command(BaseCommand):
-    help = "Create or update a plan: its monthly price and its monthly AI cap per user."
+    help = (
+        "Create or update a plan: its monthly price and its monthly AI caps, per user and "
+        "per account."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="{set}")
@@ -33,6 +37,14 @@ class Command(BaseCommand):
         cap = set_plan.add_mutually_exclusive_group()
         cap.add_argument("--cap", help="Monthly AI spend per user in USD before the action.")
         cap.add_argument("--no-cap", action="store_true", help="Remove the cap.")
+        account_cap = set_plan.add_mutually_exclusive_group()
+        account_cap.add_argument(
+            "--account-cap",
+            help="Monthly AI spend per account (all its users together) in USD before the action.",
+        )
+        account_cap.add_argument(
+            "--no-account-cap", action="store_true", help="Remove the account cap."
+        )
         set_plan.add_argument(
             "--action",
             dest="cap_action",
@@ -65,6 +77,10 @@ class Command(BaseCommand):
             plan.monthly_cap_usd = _amount(options["cap"], "--cap")
         elif options["no_cap"]:
             plan.monthly_cap_usd = None
+        if options["account_cap"] is not None:
+            plan.account_monthly_cap_usd = _amount(options["account_cap"], "--account-cap")
+        elif options["no_account_cap"]:
+            plan.account_monthly_cap_usd = None
         if options["cap_action"]:
             plan.cap_action = options["cap_action"]
         if options["billing"]:
@@ -75,11 +91,15 @@ class Command(BaseCommand):
             plan.soft_alert_percent = options["soft_alert"]
         created = plan.pk is None
         plan.save()
-        cap = (
-            f"cap ${plan.monthly_cap_usd:.2f} per user per month, then {plan.cap_action}"
-            if plan.monthly_cap_usd is not None
-            else "no cap"
-        )
+        caps = [
+            f"${amount:.2f} per {who} per month"
+            for amount, who in (
+                (plan.account_monthly_cap_usd, "account"),
+                (plan.monthly_cap_usd, "user"),
+            )
+            if amount is not None
+        ]
+        cap = f"cap {' and '.join(caps)}, then {plan.cap_action}" if caps else "no cap"
         self.stdout.write(
             f"{'Created' if created else 'Updated'} plan {plan.name!r} of {project.name!r}: "
             f"${plan.monthly_price_usd:.2f}/month"
