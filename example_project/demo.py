@@ -54,11 +54,11 @@ EVENT_PREFIX = "demo-"
 DAYS = 30
 SEED = 2026
 
-# name, monthly price, monthly AI cap per user, action at the cap
+# name, monthly price, monthly AI cap per user, per account (None: none), action at the cap
 PLANS = (
-    ("free", "0", "0.50", Plan.CapAction.BLOCK),
-    ("pro", "29", "25", Plan.CapAction.DOWNGRADE),
-    ("team", "99", "150", Plan.CapAction.BLOCK),
+    ("free", "0", "0.50", None, Plan.CapAction.BLOCK),
+    ("pro", "29", "25", None, Plan.CapAction.DOWNGRADE),
+    ("team", "99", "150", "150", Plan.CapAction.BLOCK),
 )
 
 
@@ -203,13 +203,14 @@ def ensure_admin() -> None:
 
 def ensure_project() -> tuple[Project, str | None]:
     project, _ = Project.objects.get_or_create(name=PROJECT_NAME)
-    for name, price, cap, action in PLANS:
+    for name, price, cap, account_cap, action in PLANS:
         Plan.objects.update_or_create(
             project=project,
             name=name,
             defaults={
                 "monthly_price_usd": Decimal(price),
                 "monthly_cap_usd": Decimal(cap),
+                "account_monthly_cap_usd": None if account_cap is None else Decimal(account_cap),
                 "cap_action": action,
             },
         )
@@ -254,7 +255,7 @@ def generate(user_ids: dict[str, str], now: datetime) -> Iterator[UsageRecord]:
     """A month of calls per customer, in time order, with their plan's cap applied as a
     real app would have: blocked calls never happen, downgraded ones use the cheaper
     model."""
-    plans = {name: (Decimal(price), Decimal(cap), action) for name, price, cap, action in PLANS}
+    plans = {name: (Decimal(price), Decimal(cap), action) for name, price, cap, _, action in PLANS}
     for customer in CUSTOMERS:
         yield from _customer_calls(customer, user_ids[customer.username], plans[customer.plan], now)
 
@@ -391,27 +392,39 @@ def summary(project: Project, user_ids: dict[str, str]) -> None:
     say(
         f"This month: {month.calls} calls, AI cost ${month.cost_usd:.2f}, revenue "
         f"${month.revenue_usd:.2f}, margin ${month.margin_usd:.2f}, "
-        f"{month.unprofitable_users} unprofitable user(s)."
+        f"{month.unprofitable_users} unprofitable user(s), "
+        f"{month.unprofitable_accounts} unprofitable account(s)."
     )
     plans = {plan.name: plan for plan in Plan.objects.filter(project=project)}
     for row in reports.user_margins(project):
         username = names.get(row.user_key, row.label)
         plan = plans.get(row.plan_name or "")
-        decision = decide(project, row.user_key, row.plan_name, "gpt-4o") if plan else None
+        account = row.accounts[0] if row.accounts else None
+        decision = decide(project, row.user_key, row.plan_name, "gpt-4o", account) if plan else None
         state = ""
         if decision is not None and not decision.allowed:
             state = f", capped: {decision.action}" + (
                 f" to {decision.alternative_model}" if decision.alternative_model else ""
             )
+        if row.paid_by_account:
+            share = row.account_share_percent or Decimal(0)
+            standing = f"{share:>5.1f}% of {', '.join(row.accounts)}'s cost"
+        else:
+            standing = f"margin ${row.margin_usd:>8.2f}  {row.status}"
         say(
             f"  {username:<6} {row.plan_name or '-':<5} cost ${row.cost_usd:>8.2f}  "
-            f"margin ${row.margin_usd:>8.2f}  {row.status}{state}"
+            f"{standing}{state}"
         )
-    for account in reports.account_margins(project):
+    for margin in reports.account_margins(project):
+        terms = plans.get(margin.plan_name or "")
+        cap = terms.account_monthly_cap_usd if terms is not None else None
+        of_cap = (
+            f", {margin.cost_usd * 100 / cap:.0f}% of its ${cap:.0f} account cap" if cap else ""
+        )
         say(
-            f"  account {account.account_key}: {account.active_users} users on "
-            f"{account.plan_name}, cost ${account.cost_usd:.2f}, revenue "
-            f"${account.revenue_usd or 0:.2f}, margin ${account.margin_usd:.2f}  {account.status}"
+            f"  account {margin.account_key}: {margin.active_users} users on "
+            f"{margin.plan_name}, cost ${margin.cost_usd:.2f}{of_cap}, revenue "
+            f"${margin.revenue_usd or 0:.2f}, margin ${margin.margin_usd:.2f}  {margin.status}"
         )
 
 

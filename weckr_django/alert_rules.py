@@ -173,6 +173,7 @@ def budget_alerts(project: Project, user_keys: Iterable[str], *, send: Send) -> 
     month_begins, _ = month_bounds(project, month)
     keys = [key for key in dict.fromkeys(user_keys) if key != ANONYMOUS_KEY]
     rows = list(MonthlyUserSpend.objects.filter(project=project, month=month, user_key__in=keys))
+    members = reports.account_members(project, month, keys)
     kinds = (AlertLog.Kind.SOFT_CAP, AlertLog.Kind.CAP_REACHED, AlertLog.Kind.MARGIN)
     alerted = _alerted_since(project, kinds, month_begins, [row.user_key for row in rows])
     prices = reports.plan_prices(project)
@@ -185,14 +186,15 @@ def budget_alerts(project: Project, user_keys: Iterable[str], *, send: Send) -> 
         terms = match.terms
         if terms is None:
             continue
-        wanted = _cap_alerts(terms, row.cost_usd)
-        if match.known:
+        wanted = _cap_alerts(terms, row.cost_usd, terms.monthly_cap_usd)
+        if match.known and row.user_key not in members:
+            # A user of an account has no margin of their own: the account's is alerted.
             wanted += _margin_alerts(project, terms, reports.UserMargin.of_spend(row, prices))
         for kind, details in wanted:
             if (kind, row.user_key) in alerted:
                 continue
             alert = _alert_once(
-                project, kind, month_begins, details, send, user_id=row.user_key, per_user=True
+                project, kind, month_begins, details, send, about={"user_id": row.user_key}
             )
             if alert is not None:
                 created.append(alert)
@@ -201,9 +203,48 @@ def budget_alerts(project: Project, user_keys: Iterable[str], *, send: Send) -> 
     return created
 
 
-def _cap_alerts(terms: PlanTerms, spend: Decimal) -> list[tuple[str, dict[str, Any]]]:
-    """Cap reached, or the plan's soft-alert share of the cap reached."""
-    cap = terms.monthly_cap_usd
+def account_budget_alerts(
+    project: Project, account_keys: Iterable[str], *, send: Send
+) -> list[AlertLog]:
+    """Soft-cap and cap-reached alerts against the plan's account cap, and margin
+    alerts on the account's margin (revenue of its plan, flat or per seat, less the
+    AI cost of all its users), each at most once per account per month."""
+    keys = list(dict.fromkeys(account_keys))
+    if not keys:
+        return []
+    month_begins, _ = month_bounds(project, month_start(project))
+    kinds = (AlertLog.Kind.SOFT_CAP, AlertLog.Kind.CAP_REACHED, AlertLog.Kind.MARGIN)
+    alerted = set(
+        AlertLog.objects.filter(
+            project=project, kind__in=kinds, account_id__in=keys, created_at__gte=month_begins
+        ).values_list("kind", "account_id")
+    )
+    created: list[AlertLog] = []
+    for margin in reports.account_margins(project, accounts=keys):
+        match = match_plan(project, margin.plan_name)
+        terms = match.terms
+        if terms is None:
+            continue
+        wanted = _cap_alerts(terms, margin.cost_usd, terms.account_cap_usd)
+        if match.known and margin.revenue_usd is not None:
+            wanted += _margin_alerts(project, terms, margin)
+        for kind, details in wanted:
+            if (kind, margin.account_key) in alerted:
+                continue
+            details = {**details, "seats": margin.seats}
+            alert = _alert_once(
+                project, kind, month_begins, details, send, about={"account_id": margin.account_key}
+            )
+            if alert is not None:
+                created.append(alert)
+    return created
+
+
+def _cap_alerts(
+    terms: PlanTerms, spend: Decimal, cap: Decimal | None
+) -> list[tuple[str, dict[str, Any]]]:
+    """``cap`` (the plan's per-user or per-account cap) reached, or the plan's
+    soft-alert share of it reached."""
     if cap is None or cap <= 0:
         return []
     info = {"plan": terms.name, "spend": f"{spend:.4f}", "cap": f"{cap:.2f}"}
@@ -215,9 +256,9 @@ def _cap_alerts(terms: PlanTerms, spend: Decimal) -> list[tuple[str, dict[str, A
 
 
 def _margin_alerts(
-    project: Project, terms: PlanTerms, margin: reports.UserMargin
+    project: Project, terms: PlanTerms, margin: reports.UserMargin | reports.AccountMargin
 ) -> list[tuple[str, dict[str, Any]]]:
-    """The user's margin this month is below the project's threshold."""
+    """The user's (or account's) margin this month is below the project's threshold."""
     threshold = project.margin_alert_threshold_usd
     if threshold is None or margin.margin_usd >= threshold:
         return []
@@ -272,22 +313,22 @@ def _alert_once(
     details: dict[str, Any],
     send: Send,
     *,
-    user_id: str | None = None,
-    per_user: bool = False,
+    about: dict[str, str] | None = None,
 ) -> AlertLog | None:
-    """Create and send an alert unless one of its kind exists this month (for the
-    same user, or for the same plan name)."""
+    """Create and send an alert unless one of its kind exists this month for the
+    same user or account (``about``: ``{"user_id": ...}`` or ``{"account_id": ...}``),
+    or, with no ``about``, for the same plan name."""
     with transaction.atomic():
         _lock(project)
         earlier = AlertLog.objects.filter(project=project, kind=kind, created_at__gte=month_begins)
-        if per_user:
-            earlier = earlier.filter(user_id=user_id)
+        if about is not None:
+            earlier = earlier.filter(**about)
         else:
             earlier = earlier.filter(details__plan=details["plan"])
         if earlier.exists():
             return None
         alert = AlertLog.objects.create(
-            project=project, kind=kind, user_id=user_id, details=details
+            project=project, kind=kind, details=details, **(about or {})
         )
         _send_on_commit(alert, send)
     return alert

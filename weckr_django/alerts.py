@@ -132,6 +132,26 @@ def compose(alert: AlertLog, escape: Escape = plain_text) -> AlertMessage:
             f"seconds; the threshold is {count('threshold')} tokens. "
             "An agent may be stuck in a loop."
         )
+    elif alert.account_id and alert.kind in (AlertLog.Kind.SOFT_CAP, AlertLog.Kind.CAP_REACHED):
+        account = text(alert.account_id)
+        reached = alert.kind == AlertLog.Kind.CAP_REACHED
+        subject = (
+            f"[Weckr] Account {account} {'reached' if reached else 'is close to'} the "
+            f"{detail('plan', '')} account cap in {project}"
+        )
+        body = (
+            f"Account {account} on plan {plan} ({count('seats')} seat(s)) spent "
+            f"${detail('spend')} of a ${detail('cap')} monthly account cap this month, all "
+            f"its users together.{' Their calls are stopped until next month.' if reached else ''}"
+        )
+    elif alert.account_id and alert.kind == AlertLog.Kind.MARGIN:
+        account = text(alert.account_id)
+        subject = f"[Weckr] Margin of account {account} below threshold in {project}"
+        body = (
+            f"Account {account} on plan {plan} ({count('seats')} seat(s)): revenue "
+            f"${detail('revenue')}, AI cost of all its users ${detail('spend')}, margin "
+            f"${detail('margin')} (threshold ${detail('threshold')})."
+        )
     elif alert.kind in (AlertLog.Kind.SOFT_CAP, AlertLog.Kind.CAP_REACHED):
         reached = alert.kind == AlertLog.Kind.CAP_REACHED
         subject = (

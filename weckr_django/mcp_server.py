@@ -88,6 +88,7 @@ def overview(project: Project) -> dict[str, Any]:
         "marginUsd": money(summary.margin_usd, Decimal("0.000001")),
         "calls": summary.calls,
         "unprofitableUsers": summary.unprofitable_users,
+        "unprofitableAccounts": summary.unprofitable_accounts,
         "combinedLossUsd": money(summary.combined_loss_usd, Decimal("0.000001")),
         "topCostFeature": summary.top_cost_feature,
     }
@@ -111,9 +112,50 @@ def users(project: Project, user_filter: UserFilter, limit: int) -> dict[str, An
                 "planName": row.plan_name,
                 "costUsd": money(row.cost_usd, Decimal("0.000001")),
                 "revenueUsd": money(row.revenue_usd),
+                "marginUsd": None
+                if row.paid_by_account
+                else money(row.margin_usd, Decimal("0.000001")),
+                "calls": row.calls,
+                "status": row.status,
+                "accountIds": list(row.accounts),
+                "accountCostSharePercent": money(row.account_share_percent),
+            }
+            for row in rows[:limit]
+        ],
+    }
+
+
+def accounts(project: Project, account_filter: UserFilter, limit: int) -> dict[str, Any]:
+    if not 1 <= limit <= MAX_USERS:
+        raise ValueError(f"limit must be between 1 and {MAX_USERS}, not {limit}.")
+    rows = [
+        row
+        for row in reports.account_margins(project)
+        if account_filter == "all" or row.status == account_filter
+    ]
+    return {
+        "filter": account_filter,
+        "matching": len(rows),
+        "accounts": [
+            {
+                "accountId": row.account_key,
+                "planName": row.plan_name,
+                "billing": "per_seat" if row.per_seat else "flat",
+                "seats": row.seats,
+                "activeUsers": row.active_users,
+                "costUsd": money(row.cost_usd, Decimal("0.000001")),
+                "revenueUsd": money(row.revenue_usd),
                 "marginUsd": money(row.margin_usd, Decimal("0.000001")),
                 "calls": row.calls,
                 "status": row.status,
+                "users": [
+                    {
+                        "userId": user.label,
+                        "costUsd": money(user.cost_usd, Decimal("0.000001")),
+                        "costSharePercent": money(user.share_percent),
+                    }
+                    for user in reports.account_users(project, row.account_key)[:10]
+                ],
             }
             for row in rows[:limit]
         ],
@@ -179,8 +221,19 @@ def build_server(project: Project) -> FastMCP:
     @server.tool(annotations=_READ_ONLY)
     async def get_users(filter: UserFilter = "all", limit: int = 20) -> dict[str, Any]:
         """Users this month, worst margin first. ``filter`` keeps one margin status
-        (calls made with no user appear only under "all"); ``limit`` is 1 to 500."""
+        (calls made with no user appear only under "all"); ``limit`` is 1 to 500.
+        Users of an account (B2B) have no margin of their own: their status is
+        "paid_by_account" with their share of the account's cost; see get_accounts."""
         result: dict[str, Any] = await run(users, filter, limit)
+        return result
+
+    @server.tool(annotations=_READ_ONLY)
+    async def get_accounts(filter: UserFilter = "all", limit: int = 20) -> dict[str, Any]:
+        """Accounts (the customers who pay, B2B) this month, worst margin first: plan,
+        billing and seats, revenue, AI cost of all their users, margin, status, and
+        their costliest users with each one's share. ``filter`` keeps one margin
+        status; ``limit`` is 1 to 500."""
+        result: dict[str, Any] = await run(accounts, filter, limit)
         return result
 
     @server.tool(annotations=_READ_ONLY)

@@ -63,7 +63,7 @@ from django.db.models import Max, Sum
 from weckr_core.pricing import cheaper_alternative, price_usage, resolve_pricing
 from weckr_django.models import ANONYMOUS_KEY, DailyUsage, MonthlyUserSpend, Project
 from weckr_django.periods import local_day, month_start, next_month
-from weckr_django.reports import plan_prices
+from weckr_django.reports import account_margins, account_members, plan_prices
 
 Confidence = Literal["low", "medium", "high"]
 PlanStatus = Literal["insufficient_data", "no_price", "raise_price", "ok"]
@@ -100,6 +100,11 @@ class ModelSwap:
 
 @dataclass(frozen=True, slots=True)
 class PlanPricing:
+    """A plan's price against what its payers cost. A payer is whoever pays the
+    price: a user on their own, an account (flat billing), or an account's seat
+    (per-seat billing, the account's cost shared over its seats); ``users`` counts
+    them and ``payers`` says which they are."""
+
     plan_name: str
     price_usd: Decimal | None
     users: int
@@ -112,6 +117,7 @@ class PlanPricing:
     recommended_price_usd: Decimal | None
     monthly_gain_usd: Decimal | None
     status: PlanStatus
+    payers: tuple[str, ...] = ("users",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,26 +249,43 @@ def plan_pricing_recommendations(
     min_users: int = MIN_PLAN_USERS,
     min_calls: int = MIN_PLAN_CALLS,
 ) -> list[PlanPricing]:
-    """One row per plan with users this month, and per configured plan, cheapest first."""
+    """One row per plan with payers this month, and per configured plan, cheapest
+    first. Where calls name accounts, the account pays: its cost (or its cost per
+    seat, on a per-seat plan) is compared with the price, not its users' costs."""
     share = Decimal(project.target_ai_cost_share)
     month = month_progress(project, now).month
     prices = plan_prices(project)
     costs: dict[str, list[Decimal]] = defaultdict(list)
+    weights: dict[str, int] = defaultdict(int)  # what pays the price: users, accounts, seats
+    payers: dict[str, set[str]] = defaultdict(set)
     calls: dict[str, int] = defaultdict(int)
     reported: dict[str, Decimal] = {}
+    members = account_members(project, month)
     rows = (
         MonthlyUserSpend.objects.filter(project=project, month=month)
         .exclude(user_key=ANONYMOUS_KEY)
         .exclude(plan_name__isnull=True)
-        .values_list("plan_name", "cost_usd", "calls", "plan_revenue_usd")
+        .values_list("user_key", "plan_name", "cost_usd", "calls", "plan_revenue_usd")
     )
-    for plan_name, cost, user_calls, revenue in rows:
-        if not plan_name:
-            continue  # no plan, no price to compare with
+    for user_key, plan_name, cost, user_calls, revenue in rows:
+        if not plan_name or user_key in members:
+            continue  # no plan, no price to compare with; or the account pays
         costs[plan_name].append(Decimal(cost))
+        weights[plan_name] += 1
+        payers[plan_name].add("users")
         calls[plan_name] += user_calls
         if revenue is not None:
             reported[plan_name] = max(revenue, reported.get(plan_name, revenue))
+    for account in account_margins(project, month):
+        if not account.plan_name:
+            continue
+        per_seat = account.per_seat and account.seats > 0
+        costs[account.plan_name].append(
+            account.cost_usd / account.seats if per_seat else account.cost_usd
+        )
+        weights[account.plan_name] += account.seats if per_seat else 1
+        payers[account.plan_name].add("seats" if per_seat else "accounts")
+        calls[account.plan_name] += account.calls
 
     result = [
         _plan_row(
@@ -273,6 +296,8 @@ def plan_pricing_recommendations(
             share,
             min_users,
             min_calls,
+            weights.get(name, 0),
+            tuple(sorted(payers.get(name, {"users"}))),
         )
         for name in set(prices) | set(costs)
     ]
@@ -288,6 +313,8 @@ def _plan_row(
     share: Decimal,
     min_users: int,
     min_calls: int,
+    paying: int,
+    payers: tuple[str, ...],
 ) -> PlanPricing:
     users = len(costs)
     total = sum(costs, _ZERO)
@@ -305,7 +332,7 @@ def _plan_row(
         if target > price:
             status = "raise_price"
             recommended = target
-            gain = users * (target - price)
+            gain = paying * (target - price)
         else:
             status = "ok"
     return PlanPricing(
@@ -321,6 +348,7 @@ def _plan_row(
         recommended_price_usd=recommended,
         monthly_gain_usd=gain,
         status=status,
+        payers=payers,
     )
 
 
@@ -380,6 +408,7 @@ def pricing_recommendations_payload(
                 "recommendedPriceUsd": money(plan.recommended_price_usd),
                 "monthlyGainUsd": money(plan.monthly_gain_usd),
                 "status": plan.status,
+                "pricedPer": list(plan.payers),
             }
             for plan in plan_pricing_recommendations(project, now=now)
         ],

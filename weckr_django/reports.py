@@ -30,6 +30,7 @@ from weckr_django.models import (
     ANONYMOUS_KEY,
     ANONYMOUS_LABEL,
     AlertLog,
+    DailyAccountUsage,
     DailyUsage,
     MonthlyAccountSpend,
     MonthlyAccountUserSpend,
@@ -40,6 +41,8 @@ from weckr_django.periods import local_day, month_bounds, month_start, next_mont
 from weckr_django.plans import configured_plans
 
 MarginStatus = Literal["profitable", "watch", "unprofitable"]
+#: A user's status: their margin's, or "paid_by_account" for a user of an account.
+UserStatus = Literal["profitable", "watch", "unprofitable", "paid_by_account"]
 #: A user whose AI cost reaches this share of their plan's price is on watch.
 WATCH_COST_SHARE = Decimal("0.70")
 NO_FEATURE_LABEL = "(no feature)"
@@ -58,7 +61,8 @@ class _Margin:
         return margin_of(self.cost_usd, self.revenue_usd)
 
     @property
-    def status(self) -> MarginStatus:
+    def status(self) -> UserStatus:
+        """The margin's status (a user of an account overrides it)."""
         return margin_status(self.cost_usd, self.revenue_usd or ZERO)
 
 
@@ -70,25 +74,85 @@ class UserMargin(_Margin):
     revenue_usd: Decimal | None
     calls: int
     accounts: tuple[str, ...] = ()  # the accounts the user's calls this month ran under
+    #: The user's share of those accounts' AI cost this month, in percent.
+    account_share_percent: Decimal | None = None
 
     @property
     def is_anonymous(self) -> bool:
         return self.user_key == ANONYMOUS_KEY
 
     @property
+    def paid_by_account(self) -> bool:
+        """The user's calls ran under an account, which pays the plan: the user has a
+        share of the account's cost, not a revenue or margin of their own."""
+        return bool(self.accounts)
+
+    @property
+    def status(self) -> UserStatus:
+        if self.paid_by_account:
+            return "paid_by_account"
+        return margin_status(self.cost_usd, self.revenue_usd or ZERO)
+
+    @property
     def label(self) -> str:
         return ANONYMOUS_LABEL if self.is_anonymous else self.user_key
 
     @classmethod
-    def of_spend(cls, row: MonthlyUserSpend, prices: Mapping[str, Decimal]) -> UserMargin:
-        """The margin of one monthly rollup row (``prices`` from ``plan_prices``)."""
+    def of_spend(
+        cls,
+        row: MonthlyUserSpend,
+        prices: Mapping[str, Decimal],
+        membership: Membership | None = None,
+    ) -> UserMargin:
+        """The margin of one monthly rollup row (``prices`` from ``plan_prices``,
+        ``membership`` from ``account_members``): a user of an account earns nothing
+        of their own."""
+        accounts, share = membership or ((), None)
         return cls(
             user_key=row.user_key,
             plan_name=row.plan_name,
             cost_usd=row.cost_usd,
-            revenue_usd=_revenue(row.user_key, row.plan_name, row.plan_revenue_usd, prices),
+            revenue_usd=None
+            if accounts
+            else _revenue(row.user_key, row.plan_name, row.plan_revenue_usd, prices),
             calls=row.calls,
+            accounts=accounts,
+            account_share_percent=share,
         )
+
+
+#: The accounts a user's calls of a month ran under, and the user's share in percent
+#: of those accounts' AI cost.
+Membership = tuple[tuple[str, ...], Decimal | None]
+
+
+def account_members(
+    project: Project, month: date, user_keys: Collection[str] | None = None
+) -> dict[str, Membership]:
+    """Each user whose calls in ``month`` ran under an account (of ``user_keys``, or
+    all): their accounts and their share of those accounts' cost."""
+    rows = MonthlyAccountUserSpend.objects.filter(project=project, month=month)
+    if user_keys is not None:
+        rows = rows.filter(user_key__in=list(user_keys))
+    spent: dict[str, list[tuple[str, Decimal]]] = defaultdict(list)
+    for account, user_key, cost in rows.order_by("account_key").values_list(
+        "account_key", "user_key", "cost_usd"
+    ):
+        spent[user_key].append((account, cost))
+    totals = dict(
+        MonthlyAccountSpend.objects.filter(
+            project=project,
+            month=month,
+            account_key__in={account for pairs in spent.values() for account, _ in pairs},
+        ).values_list("account_key", "cost_usd")
+    )
+    members: dict[str, Membership] = {}
+    for user_key, pairs in spent.items():
+        accounts = tuple(account for account, _ in pairs)
+        total = sum((totals.get(account, ZERO) for account in accounts), ZERO)
+        own = sum((cost for _, cost in pairs), ZERO)
+        members[user_key] = (accounts, own * 100 / total if total else None)
+    return members
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +181,10 @@ class MonthSummary:
     revenue_usd: Decimal
     calls: int
     unprofitable_users: int
-    #: What the unprofitable users lose together, as a positive amount.
+    #: What the unprofitable users and accounts lose together, as a positive amount.
     combined_loss_usd: Decimal
     top_cost_feature: str | None
+    unprofitable_accounts: int = 0
 
     @property
     def margin_usd(self) -> Decimal:
@@ -224,28 +289,22 @@ def user_margins(project: Project, month: date | None = None) -> list[UserMargin
     """Every user with calls in ``month`` (default: the current month), worst margin first."""
     month = _current_month(project, month)
     prices = plan_prices(project)
-    rows = MonthlyUserSpend.objects.filter(project=project, month=month).values_list(
-        "user_key", "plan_name", "plan_revenue_usd", "cost_usd", "calls"
-    )
-    accounts: dict[str, list[str]] = defaultdict(list)
-    for account, user_key in (
-        MonthlyAccountUserSpend.objects.filter(project=project, month=month)
-        .order_by("account_key")
-        .values_list("account_key", "user_key")
-    ):
-        accounts[user_key].append(account)
+    members = account_members(project, month)
     margins = [
-        UserMargin(
-            user_key=user_key,
-            plan_name=plan_name,
-            cost_usd=cost,
-            revenue_usd=_revenue(user_key, plan_name, reported, prices),
-            calls=calls,
-            accounts=tuple(accounts.get(user_key, ())),
+        UserMargin.of_spend(row, prices, members.get(row.user_key))
+        for row in MonthlyUserSpend.objects.filter(project=project, month=month).only(
+            "user_key", "plan_name", "plan_revenue_usd", "cost_usd", "calls"
         )
-        for user_key, plan_name, reported, cost, calls in rows
     ]
-    margins.sort(key=lambda row: (row.margin_usd, row.user_key))
+    # Users who pay for themselves, worst margin first; then the users of accounts,
+    # whose costs their account's margin carries, most expensive first.
+    margins.sort(
+        key=lambda row: (
+            row.paid_by_account,
+            -row.cost_usd if row.paid_by_account else row.margin_usd,
+            row.user_key,
+        )
+    )
     return margins
 
 
@@ -261,23 +320,31 @@ class AccountMargin(_Margin):
     calls: int
 
 
-def account_margins(project: Project, month: date | None = None) -> list[AccountMargin]:
-    """Every account with calls in ``month`` (default: the current month), worst
-    margin first. Seats come from ``WECKR["SEATS_RESOLVER"]``, else they are the
-    account's active users this month (calls with no user count as one)."""
+def account_margins(
+    project: Project, month: date | None = None, accounts: Collection[str] | None = None
+) -> list[AccountMargin]:
+    """Every account with calls in ``month`` (default: the current month), or those
+    of ``accounts`` among them, worst margin first. Seats come from
+    ``WECKR["SEATS_RESOLVER"]``, else they are the account's active users this month
+    (calls with no user count as one)."""
     month = _current_month(project, month)
     plans = {terms.name: terms for terms in configured_plans(project).values()}
+    members = MonthlyAccountUserSpend.objects.filter(project=project, month=month)
+    found = MonthlyAccountSpend.objects.filter(project=project, month=month)
+    if accounts is not None:
+        members = members.filter(account_key__in=list(accounts))
+        found = found.filter(account_key__in=list(accounts))
+    rows = list(found.values_list("account_key", "plan_name", "cost_usd", "calls"))
+    if not rows:
+        return []
     users = dict(
-        MonthlyAccountUserSpend.objects.filter(project=project, month=month)
-        .values("account_key")
+        members.values("account_key")
         .annotate(users=Count("user_key"))
         .values_list("account_key", "users")
     )
     seats_of = weckr_settings.seats_resolver()
     margins = []
-    for account, plan_name, cost, calls in MonthlyAccountSpend.objects.filter(
-        project=project, month=month
-    ).values_list("account_key", "plan_name", "cost_usd", "calls"):
+    for account, plan_name, cost, calls in rows:
         active = users.get(account, 0)
         seats = seats_of(project, account, month) if seats_of is not None else None
         seats = active if seats is None else int(seats)
@@ -330,21 +397,30 @@ def month_summary(
     *,
     margins: list[UserMargin] | None = None,
     features: list[FeatureCost] | None = None,
+    accounts: list[AccountMargin] | None = None,
 ) -> MonthSummary:
-    """Totals of ``month``; pass ``margins`` and ``features`` already read for it to
-    save their queries."""
+    """Totals of ``month``; pass ``margins``, ``features`` and ``accounts`` already
+    read for it to save their queries. Revenue is what the payers pay: users on
+    their own, and accounts (whose users earn nothing of their own)."""
     month = _current_month(project, month)
     margins = user_margins(project, month) if margins is None else margins
     features = feature_breakdown(project, month) if features is None else features
-    losers = [row for row in margins if not row.is_anonymous and row.margin_usd < 0]
+    accounts = account_margins(project, month) if accounts is None else accounts
+    losers = [
+        row
+        for row in margins
+        if not row.is_anonymous and not row.paid_by_account and row.margin_usd < 0
+    ]
+    losing_accounts = [row for row in accounts if row.margin_usd < 0]
     return MonthSummary(
         month=month,
         cost_usd=sum((row.cost_usd for row in margins), ZERO),
-        revenue_usd=sum((row.revenue_usd or ZERO for row in margins), ZERO),
+        revenue_usd=sum((row.revenue_usd or ZERO for row in [*margins, *accounts]), ZERO),
         calls=sum(row.calls for row in margins),
         unprofitable_users=len(losers),
-        combined_loss_usd=-sum((row.margin_usd for row in losers), ZERO),
+        combined_loss_usd=-sum((row.margin_usd for row in [*losers, *losing_accounts]), ZERO),
         top_cost_feature=features[0].feature if features and features[0].cost_usd > 0 else None,
+        unprofitable_accounts=len(losing_accounts),
     )
 
 
@@ -371,10 +447,21 @@ def daily_cost_and_revenue(
 
     prices = plan_prices(project)
     revenue_by_month: dict[date, Decimal] = defaultdict(lambda: ZERO)
+    months = sorted({first.replace(day=1), today.replace(day=1)})
+    # An account pays for its users: its revenue counts, not theirs.
+    members = set(
+        MonthlyAccountUserSpend.objects.filter(project=project, month__in=months).values_list(
+            "month", "user_key"
+        )
+    )
     for month, user_key, plan_name, reported in MonthlyUserSpend.objects.filter(
-        project=project, month__gte=first.replace(day=1), month__lte=today
+        project=project, month__in=months
     ).values_list("month", "user_key", "plan_name", "plan_revenue_usd"):
-        revenue_by_month[month] += _revenue(user_key, plan_name, reported, prices) or ZERO
+        if (month, user_key) not in members:
+            revenue_by_month[month] += _revenue(user_key, plan_name, reported, prices) or ZERO
+    for month in sorted({month for month, _ in members}):
+        for account in account_margins(project, month):
+            revenue_by_month[month] += account.revenue_usd or ZERO
 
     figures = []
     for offset in range(days):
@@ -508,42 +595,111 @@ def model_breakdown(project: Project, month: date | None = None) -> list[ModelCo
 def user_margin(project: Project, user_key: str, month: date | None = None) -> UserMargin | None:
     """The month's margin of one user (``ANONYMOUS_KEY`` for calls with no user)."""
     month = _current_month(project, month)
-    row = (
-        MonthlyUserSpend.objects.filter(project=project, month=month, user_key=user_key)
-        .values_list("plan_name", "plan_revenue_usd", "cost_usd", "calls")
-        .first()
-    )
+    row = MonthlyUserSpend.objects.filter(project=project, month=month, user_key=user_key).first()
     if row is None:
         return None
-    plan_name, reported, cost, calls = row
-    prices = plan_prices(project) if plan_name else {}
-    return UserMargin(
-        user_key=user_key,
-        plan_name=plan_name,
-        cost_usd=cost,
-        revenue_usd=_revenue(user_key, plan_name, reported, prices),
-        calls=calls,
-    )
+    prices = plan_prices(project) if row.plan_name else {}
+    membership = account_members(project, month, [user_key]).get(user_key)
+    return UserMargin.of_spend(row, prices, membership)
 
 
 def daily_user_costs(
     project: Project, user_keys: Collection[str], days: int = 30, today: date | None = None
 ) -> dict[str, list[Decimal]]:
     """Cost per day of each of ``user_keys`` over the last ``days`` days, oldest first."""
+    return _daily_costs(project, DailyUsage, "user_key", user_keys, days, today)
+
+
+def daily_account_costs(
+    project: Project, account_keys: Collection[str], days: int = 30, today: date | None = None
+) -> dict[str, list[Decimal]]:
+    """Cost per day of each of ``account_keys`` over the last ``days`` days, oldest first."""
+    return _daily_costs(project, DailyAccountUsage, "account_key", account_keys, days, today)
+
+
+def _daily_costs(
+    project: Project,
+    rollup: type[DailyUsage] | type[DailyAccountUsage],
+    key_field: str,
+    keys: Collection[str],
+    days: int,
+    today: date | None,
+) -> dict[str, list[Decimal]]:
     today = today or local_day(project, timezone.now())
     first = today - timedelta(days=days - 1)
-    series = {key: [ZERO] * days for key in user_keys}
+    series = {key: [ZERO] * days for key in keys}
     if not series:
         return series
     rows = (
-        DailyUsage.objects.filter(
-            project=project, user_key__in=list(series), day__gte=first, day__lte=today
+        rollup.objects.filter(
+            project=project, day__gte=first, day__lte=today, **{f"{key_field}__in": list(series)}
         )
-        .values("user_key", "day")
+        .values(key_field, "day")
         .annotate(cost=Sum("cost_usd"))
         .order_by()
-        .values_list("user_key", "day", "cost")
+        .values_list(key_field, "day", "cost")
     )
-    for user_key, day, cost in rows:
-        series[user_key][(day - first).days] = cost or ZERO
+    for key, day, cost in rows:
+        series[key][(day - first).days] = cost or ZERO
     return series
+
+
+@dataclass(frozen=True, slots=True)
+class AccountUser:
+    """One user of an account in a month: their cost and share of the account's."""
+
+    user_key: str
+    cost_usd: Decimal
+    calls: int
+    share_percent: Decimal
+
+    @property
+    def label(self) -> str:
+        return ANONYMOUS_LABEL if self.user_key == ANONYMOUS_KEY else self.user_key
+
+
+def account_users(
+    project: Project, account_key: str, month: date | None = None
+) -> list[AccountUser]:
+    """The users of an account in ``month``, most expensive first."""
+    month = _current_month(project, month)
+    rows = list(
+        MonthlyAccountUserSpend.objects.filter(
+            project=project, month=month, account_key=account_key
+        ).values_list("user_key", "cost_usd", "calls")
+    )
+    total = sum((cost for _, cost, _ in rows), ZERO)
+    users = [
+        AccountUser(user_key, cost, calls, cost * 100 / total if total else ZERO)
+        for user_key, cost, calls in rows
+    ]
+    users.sort(key=lambda user: (-user.cost_usd, user.user_key))
+    return users
+
+
+def account_features(
+    project: Project, account_key: str, month: date | None = None
+) -> list[FeatureCost]:
+    """Cost and calls per feature of an account in ``month``, most expensive first."""
+    month = _current_month(project, month)
+    rows = list(
+        DailyAccountUsage.objects.filter(
+            project=project, account_key=account_key, day__gte=month, day__lt=next_month(month)
+        )
+        .values("feature")
+        .annotate(cost=Sum("cost_usd"), call_count=Sum("calls"))
+        .order_by()
+        .values_list("feature", "cost", "call_count")
+    )
+    total = sum((cost or ZERO for _, cost, _ in rows), ZERO)
+    features = [
+        FeatureCost(
+            feature=feature or NO_FEATURE_LABEL,
+            cost_usd=cost or ZERO,
+            calls=calls or 0,
+            share_percent=(cost or ZERO) * 100 / total if total else ZERO,
+        )
+        for feature, cost, calls in rows
+    ]
+    features.sort(key=lambda item: (-item.cost_usd, item.feature))
+    return features

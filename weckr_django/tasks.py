@@ -161,14 +161,18 @@ def run_stop_payload(stop: RunStop) -> dict[str, Any]:
     autoretry_for=_DB_ERRORS,
     max_retries=3,
 )
-def check_budgets(project_id: str, user_ids: Sequence[str]) -> list[int]:
-    """``alert_rules.budget_alerts`` (cap, soft cap, margin, unknown plans); the ids of
-    the alerts created. Also deletes the project's cap reservations that stopped
-    counting."""
+def check_budgets(
+    project_id: str, user_ids: Sequence[str], account_ids: Sequence[str] = ()
+) -> list[int]:
+    """``alert_rules.budget_alerts`` (cap, soft cap, margin, unknown plans) for the
+    users, ``alert_rules.account_budget_alerts`` for the accounts; the ids of the
+    alerts created. Also deletes the project's cap reservations that stopped
+    counting. (``account_ids`` is optional: tasks queued before accounts had none.)"""
     project = _project(project_id)
     if project is None:
         return []
     created = alert_rules.budget_alerts(project, user_ids, send=_send_alert)
+    created += alert_rules.account_budget_alerts(project, account_ids, send=_send_alert)
     # Housekeeping, here rather than in a task of its own: holds that stopped counting.
     delete_expired_reservations(project)
     return _ids(created)
@@ -267,10 +271,12 @@ class TaskRun:
 
 @dataclass(frozen=True, slots=True)
 class FollowUp:
-    """Loop detection and budget alerts for users whose usage was just stored."""
+    """Loop detection and budget alerts for the users (and accounts) whose usage
+    was just stored."""
 
     project_id: str
     user_keys: tuple[str, ...]
+    account_keys: tuple[str, ...] = ()
 
 
 LocalWork = TaskRun | FollowUp
@@ -281,16 +287,23 @@ def merge_follow_ups(batch: Sequence[LocalWork]) -> list[LocalWork]:
     burst of ingests gets one pass over all the users it touched."""
     merged: list[LocalWork] = []
     users: dict[str, set[str]] = {}
+    accounts: dict[str, set[str]] = {}
     for work in batch:
         if isinstance(work, TaskRun):
             merged.append(work)
         elif work.project_id in users:
             users[work.project_id].update(work.user_keys)
+            accounts[work.project_id].update(work.account_keys)
         else:
             users[work.project_id] = set(work.user_keys)
+            accounts[work.project_id] = set(work.account_keys)
             merged.append(work)
     return [
-        FollowUp(work.project_id, tuple(sorted(users[work.project_id])))
+        FollowUp(
+            work.project_id,
+            tuple(sorted(users[work.project_id])),
+            tuple(sorted(accounts[work.project_id])),
+        )
         if isinstance(work, FollowUp)
         else work
         for work in merged
@@ -323,8 +336,10 @@ class LocalTaskRunner:
     def submit(self, task: Task[Any, Any], args: tuple[Any, ...]) -> None:
         self._worker.put(TaskRun(task, args))
 
-    def submit_follow_up(self, project_id: str, user_keys: Sequence[str]) -> None:
-        self._worker.put(FollowUp(project_id, tuple(user_keys)))
+    def submit_follow_up(
+        self, project_id: str, user_keys: Sequence[str], account_keys: Sequence[str] = ()
+    ) -> None:
+        self._worker.put(FollowUp(project_id, tuple(user_keys), tuple(account_keys)))
 
     @property
     def pending(self) -> int:
@@ -349,12 +364,13 @@ class LocalTaskRunner:
             if isinstance(work, TaskRun):
                 _run_here(work.task, work.args)
             elif _task_route() == "broker":
-                run_task(detect_loops, work.project_id, list(work.user_keys))
-                run_task(check_budgets, work.project_id, list(work.user_keys))
+                user_keys, account_keys = list(work.user_keys), list(work.account_keys)
+                run_task(detect_loops, work.project_id, user_keys)
+                run_task(check_budgets, work.project_id, user_keys, account_keys)
             else:
-                user_keys = list(work.user_keys)
+                user_keys, account_keys = list(work.user_keys), list(work.account_keys)
                 _run_here(detect_loops, (work.project_id, user_keys))
-                _run_here(check_budgets, (work.project_id, user_keys))
+                _run_here(check_budgets, (work.project_id, user_keys, account_keys))
 
 
 def _log_dropped_work(dropped: list[LocalWork]) -> None:
@@ -371,7 +387,9 @@ def _log_dropped_work(dropped: list[LocalWork]) -> None:
 local_tasks = LocalTaskRunner()
 
 
-def schedule_after_ingest(project_id: str, user_keys: list[str]) -> None:
+def schedule_after_ingest(
+    project_id: str, user_keys: list[str], account_keys: Sequence[str] = ()
+) -> None:
     """Follow-up work after new usage is committed: loop detection, budget alerts.
 
     Coalesced in this process (``LocalTaskRunner``): the ingests of up to a second
@@ -380,12 +398,19 @@ def schedule_after_ingest(project_id: str, user_keys: list[str]) -> None:
     broker is configured. With ``DELIVERY = "sync"`` it runs at once, here."""
     if _task_route() == "here":
         run_task(detect_loops, project_id, user_keys)
-        run_task(check_budgets, project_id, user_keys)
+        run_task(check_budgets, project_id, user_keys, list(account_keys))
         return
-    local_tasks.submit_follow_up(project_id, user_keys)
+    local_tasks.submit_follow_up(project_id, user_keys, account_keys)
 
 
-def on_usage_ingested(sender: object, *, project_id: str, user_keys: list[str], **_: Any) -> None:
+def on_usage_ingested(
+    sender: object,
+    *,
+    project_id: str,
+    user_keys: list[str],
+    account_keys: Sequence[str] = (),
+    **_: Any,
+) -> None:
     """``signals.usage_ingested`` receiver (connected in ``apps``): schedule the
     follow-up work."""
-    schedule_after_ingest(project_id, user_keys)
+    schedule_after_ingest(project_id, user_keys, account_keys)

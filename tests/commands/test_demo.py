@@ -115,8 +115,11 @@ def test_the_demo_has_capped_downgraded_and_unprofitable_users(
 
     assert "capped: block" in rows["cleo"]
     assert "capped: downgrade to" in rows["ben"]
-    assert "unprofitable" in rows["ada"]
-    assert "profitable" in rows["dan"]
+    assert "unprofitable" in rows["cleo"]
+    assert " profitable" in rows["eve"] or " watch" in rows["eve"]
+    # Users of an account pay nothing themselves: their share of its cost is shown.
+    assert "of acme-labs's cost" in rows["ada"]
+    assert "of northwind's cost" in rows["dan"]
 
 
 def test_the_demo_has_b2b_accounts_one_of_them_unprofitable(
@@ -131,6 +134,7 @@ def test_the_demo_has_b2b_accounts_one_of_them_unprofitable(
 
     assert set(accounts) == {"acme-labs", "northwind"}
     assert "3 users on team" in accounts["acme-labs"]
+    assert "of its $150 account cap" in accounts["acme-labs"]
     assert accounts["acme-labs"].endswith("unprofitable")
     assert accounts["northwind"].endswith(" profitable")
 

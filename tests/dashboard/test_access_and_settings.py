@@ -23,6 +23,7 @@ PAGES = (
     "/weckr/",
     "/weckr/users/",
     "/weckr/users/detail/?user=alice",
+    "/weckr/accounts/",
     "/weckr/features/",
     "/weckr/models/",
     "/weckr/agents/",
@@ -30,8 +31,9 @@ PAGES = (
     "/weckr/alerts/",
     "/weckr/settings/",
 )
-#: Session, user and projects, plus the page's own reads (the overview has most: ten).
-MAX_QUERIES = 14
+#: Session, user and projects, plus the page's own reads (the overview has most:
+#: twelve, two of them for accounts).
+MAX_QUERIES = 16
 
 
 def client_for(*, is_staff: bool = False) -> Client:
@@ -126,7 +128,9 @@ def settings_data(project: Project, **changes: Any) -> dict[str, str]:
             "id": plan.pk,
             "name": plan.name,
             "monthly_price_usd": plan.monthly_price_usd,
+            "billing": plan.billing,
             "monthly_cap_usd": plan.monthly_cap_usd or "",
+            "account_monthly_cap_usd": plan.account_monthly_cap_usd or "",
             "cap_action": plan.cap_action,
             "soft_alert_percent": plan.soft_alert_percent,
         }
@@ -136,7 +140,11 @@ def settings_data(project: Project, **changes: Any) -> dict[str, str]:
     # The empty row for a new plan, as the browser sends it: the select's and
     # number's initial values.
     data.update(
-        {f"plans-{len(plans)}-cap_action": "block", f"plans-{len(plans)}-soft_alert_percent": "80"}
+        {
+            f"plans-{len(plans)}-billing": "flat",
+            f"plans-{len(plans)}-cap_action": "block",
+            f"plans-{len(plans)}-soft_alert_percent": "80",
+        }
     )
     project_fields = {
         "loop_window_seconds": project.loop_window_seconds or "",
@@ -156,6 +164,8 @@ def test_settings_save_caps_and_knobs(staff_client: Client, project: Project) ->
     data = settings_data(
         project,
         plan_pro_monthly_cap_usd="12.50",
+        plan_pro_account_monthly_cap_usd="300",
+        plan_pro_billing="per_seat",
         plan_pro_cap_action="downgrade",
         plan_starter_soft_alert_percent="90",
         loop_token_threshold="80000",
@@ -173,6 +183,7 @@ def test_settings_save_caps_and_knobs(staff_client: Client, project: Project) ->
     assert response.status_code == 302
     pro = Plan.objects.get(project=project, name="pro")
     assert (pro.monthly_cap_usd, pro.cap_action) == (Decimal("12.50"), "downgrade")
+    assert (pro.account_monthly_cap_usd, pro.billing) == (Decimal(300), "per_seat")
     assert Plan.objects.get(project=project, name="starter").soft_alert_percent == 90
     assert Plan.objects.get(project=project, name="enterprise").monthly_price_usd == 500
     project.refresh_from_db()

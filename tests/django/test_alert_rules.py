@@ -10,8 +10,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from weckr_django import alert_rules, reports, tasks
+from weckr_django import alerts as alerts_module
 from weckr_django.ingest import ingest_records
-from weckr_django.models import ANONYMOUS_KEY, AlertLog
+from weckr_django.models import ANONYMOUS_KEY, AlertLog, MonthlyAccountSpend, Plan
 
 from .helpers import PUBLISHED_TASK_NAMES, make_plan, make_project, make_record
 
@@ -132,3 +133,66 @@ def test_loop_detection_reads_every_user_of_a_batch_in_one_query(
     # Alerted already: no lock taken, no alert made.
     with django_assert_num_queries(2):
         assert alert_rules.loop_alerts(project, users, send=lambda alert_id: None) == []
+
+
+def test_an_account_is_alerted_on_its_cap_and_margin_once_a_month(
+    django_capture_on_commit_callbacks,
+):
+    """The account's own soft cap, cap reached and margin alerts: from the account
+    rollup (all its users), not from any one user, and each once per month."""
+    project = make_project(
+        margin_alert_threshold_usd=Decimal("100"), loop_token_threshold=10_000_000
+    )
+    Plan.objects.create(
+        project=project,
+        name="team",
+        monthly_price_usd=Decimal("30"),
+        billing=Plan.Billing.PER_SEAT,
+        monthly_cap_usd=Decimal("100"),
+        account_monthly_cap_usd=Decimal("1"),
+        soft_alert_percent=50,
+    )
+    # Two users of acme, each spending $0.30: $0.60 is past half the account's $1 cap
+    # while each user is far from their own $100.
+    records = [
+        make_record(f"e{user}", user_id=user, plan="team", account_id="acme", input_tokens=120_000)
+        for user in ("ann", "bob")
+    ]
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_records(project, records)
+    spend = MonthlyAccountSpend.objects.get(account_key="acme").cost_usd
+    assert Decimal("0.5") <= spend < Decimal("1")
+    alerts = AlertLog.objects.filter(account_id="acme")
+    assert sorted(alert.kind for alert in alerts) == [AlertLog.Kind.MARGIN, AlertLog.Kind.SOFT_CAP]
+    assert not AlertLog.objects.filter(user_id__in=["ann", "bob"]).exists()
+    margin = alerts.get(kind=AlertLog.Kind.MARGIN)
+    # Per seat: two active users pay $30 each.
+    assert (margin.details["revenue"], margin.details["seats"]) == ("60.00", 2)
+    message = alerts_module.compose(alerts.get(kind=AlertLog.Kind.SOFT_CAP))
+    assert message.subject == "[Weckr] Account acme is close to the team account cap in Acme"
+    assert (
+        "(2 seat(s)) spent $" in message.body and "of a $1.00 monthly account cap" in message.body
+    )
+
+    # Past the cap: one cap-reached alert; the soft cap and margin are not repeated.
+    more = make_record("e3", user_id="cid", plan="team", account_id="acme", input_tokens=200_000)
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_records(project, [more])
+        ingest_records(project, [make_record("e4", user_id="cid", plan="team", account_id="acme")])
+    assert sorted(alert.kind for alert in AlertLog.objects.filter(account_id="acme")) == [
+        AlertLog.Kind.CAP_REACHED,
+        AlertLog.Kind.MARGIN,
+        AlertLog.Kind.SOFT_CAP,
+    ]
+    reached = alerts_module.compose(AlertLog.objects.get(kind=AlertLog.Kind.CAP_REACHED))
+    assert "Their calls are stopped until next month." in reached.body
+
+
+def test_a_budget_follow_up_queued_before_accounts_still_runs():
+    """``check_budgets`` messages already in a broker's queue carry two arguments."""
+    project = make_project()
+    make_plan(project, "pro", cap="0.001")
+    ingest_records(project, [make_record("e1", plan="pro")])
+    AlertLog.objects.all().delete()
+    [alert_id] = tasks.check_budgets(str(project.pk), ["u1"])
+    assert AlertLog.objects.get(pk=alert_id).kind == AlertLog.Kind.CAP_REACHED

@@ -86,7 +86,7 @@ def test_stdio_server_answers_a_real_client(tmp_path: Path) -> None:
 
     tools, overview, cap = anyio.run(talk)
 
-    assert "get_overview" in tools and len(tools) == 6
+    assert "get_overview" in tools and len(tools) == 7
     assert cap["url"] == "http://localhost:8000/weckr/settings/?plan=pro&cap=8.00&action=block"
     assert cap["currentCapUsd"] == 5.0
     assert (overview["projectId"], overview["project"]) == (project_id, "Acme")

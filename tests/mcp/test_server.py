@@ -31,6 +31,7 @@ pytestmark = pytest.mark.django_db
 TOOLS = {
     "get_overview",
     "get_users",
+    "get_accounts",
     "get_feature_breakdown",
     "get_model_recommendations",
     "get_pricing_recommendations",
@@ -79,7 +80,7 @@ def events(project: Project):
     return UsageEvent.objects.filter(project=project)
 
 
-def test_lists_the_six_read_only_tools(month: Project) -> None:
+def test_lists_the_seven_read_only_tools(month: Project) -> None:
     async def tools():
         async with create_connected_server_and_client_session(build_server(month)) as client:
             return (await client.list_tools()).tools

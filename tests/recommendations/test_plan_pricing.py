@@ -178,6 +178,7 @@ def test_payload_is_camel_case() -> None:
                 "recommendedPriceUsd": float(row.recommended_price_usd),
                 "monthlyGainUsd": float(row.monthly_gain_usd),
                 "status": "raise_price",
+                "pricedPer": ["users"],
             }
         ],
     }

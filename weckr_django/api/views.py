@@ -352,6 +352,7 @@ def _decision(decision: CapDecision) -> dict[str, Any]:
         "inFlight": _money(decision.in_flight),
         "plan": decision.plan,
         "reason": decision.reason,
+        "accountId": decision.account_id,
     }
 
 
@@ -359,15 +360,18 @@ def _decision(decision: CapDecision) -> dict[str, Any]:
     parameters=openapi.CHECK_PARAMETERS, responses=openapi.answers({200: openapi.DECISION}, 400)
 )
 class CheckView(WeckrAPIView):
-    """``GET /api/v1/check?userId=&planName=&model=``: may this user's next call go
-    ahead? Holds nothing; ``POST /api/v1/reserve`` holds the call's cost."""
+    """``GET /api/v1/check?userId=&accountId=&planName=&model=``: may this user's
+    (this account's) next call go ahead? Holds nothing; ``POST /api/v1/reserve``
+    holds the call's cost."""
 
     def get(self, request: Request) -> Response:
         try:
-            user_id, plan, model = parse_check(request.query_params)
+            query = parse_check(request.query_params)
         except WireError as error:
             raise BadRequest(error.message, error.field) from None
-        decision = caps.decide(self.project(request), user_id, plan, model)
+        decision = caps.decide(
+            self.project(request), query.user_id, query.plan, query.model, query.account_id
+        )
         return Response(_decision(decision))
 
 
@@ -377,8 +381,9 @@ class CheckView(WeckrAPIView):
 )
 class ReserveView(WeckrAPIView):
     """``POST /api/v1/reserve``: decide a call and hold its worst-case cost against
-    the user's cap. The call's event settles the reservation when it names it as
-    ``reservationId``; ``DELETE /api/v1/reserve/<id>`` drops it for a call never made."""
+    the caps of its user and its account. The call's event settles the reservation
+    when it names it as ``reservationId``; ``DELETE /api/v1/reserve/<id>`` drops it
+    for a call never made."""
 
     def post(self, request: Request) -> Response:
         try:
@@ -400,22 +405,29 @@ class ReserveView(WeckrAPIView):
         return Response(body)
 
 
-@extend_schema(parameters=[openapi.USER_PARAMETER], responses=openapi.answers({204: None}, 400))
+@extend_schema(parameters=openapi.HOLDER_PARAMETERS, responses=openapi.answers({204: None}, 400))
 class ReleaseView(WeckrAPIView):
-    """``DELETE /api/v1/reserve/<id>?userId=``: the reserved call was never made."""
+    """``DELETE /api/v1/reserve/<id>?userId=&accountId=``: the reserved call was
+    never made."""
 
     def delete(self, request: Request, reservation: str) -> Response:
-        user_id = request.query_params.get("userId", "")
+        holders = {}
         try:
             held = reservation_id({"reservationId": reservation})
-            text_value("userId", user_id, max_length=TEXT_FIELDS["userId"].max_length)
+            for key in ("userId", "accountId"):
+                value = request.query_params.get(key, "")
+                holders[key] = text_value(key, value, max_length=TEXT_FIELDS[key].max_length)
         except WireError as error:
             raise BadRequest(error.message, error.field) from None
-        if not user_id:
-            raise BadRequest("userId is required: the user the reservation was for.", "userId")
+        if not holders["userId"] and not holders["accountId"]:
+            raise BadRequest(
+                "userId is required (or accountId): who the reservation was for.", "userId"
+            )
         assert held is not None
         try:
-            caps.release(self.project(request), held, user_id)
+            caps.release(
+                self.project(request), held, holders["userId"] or None, holders["accountId"] or None
+            )
         except CapStoreUnavailable:
             raise ServiceUnavailable() from None
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -521,10 +533,12 @@ class UsersView(WeckrAPIView):
                         "planName": row.plan_name,
                         "totalCostUsd": float(row.cost_usd),
                         "planRevenueUsd": float(row.revenue_usd or 0),
-                        "marginUsd": float(row.margin_usd),
+                        # A user of an account has no margin of their own: a share.
+                        "marginUsd": None if row.paid_by_account else float(row.margin_usd),
                         "requestCount": row.calls,
                         "status": row.status,
                         "accountIds": list(row.accounts),
+                        "accountCostSharePct": _money(row.account_share_percent),
                     }
                     for row in reports.user_margins(project)
                 ]

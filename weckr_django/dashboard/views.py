@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import wraps
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
@@ -215,26 +215,46 @@ def overview(request: HttpRequest, project: Project) -> HttpResponse:
     )
 
 
+_Margin = TypeVar("_Margin", reports.UserMargin, reports.AccountMargin)
+
+
+def _filtered(
+    request: HttpRequest, margins: list[_Margin], label: Callable[[_Margin], str]
+) -> tuple[list[_Margin], dict[str, Any]]:
+    """The rows the Users or Accounts page's filters keep (status, plan, a search in
+    ``label``), and the filters for its template. A status keeps no anonymous row."""
+    status = request.GET.get("status", "")
+    plan = request.GET.get("plan", "")
+    search = request.GET.get("q", "").strip()
+    rows = margins
+    if status in STATUSES:
+        rows = [
+            row for row in rows if row.status == status and not getattr(row, "is_anonymous", False)
+        ]
+    if plan:
+        rows = [row for row in rows if row.plan_name == plan]
+    if search:
+        needle = search.casefold()
+        rows = [row for row in rows if needle in label(row).casefold()]
+    filters = {
+        "statuses": STATUSES,
+        "plans": sorted({row.plan_name for row in margins if row.plan_name}),
+        "status": status,
+        "plan": plan,
+        "search": search,
+    }
+    return rows, filters
+
+
 @require_GET
 @dashboard_page("users")
 def users(request: HttpRequest, project: Project) -> HttpResponse:
     margins = reports.user_margins(project)
-    plans = sorted({row.plan_name for row in margins if row.plan_name})
     accounts = sorted({account for row in margins for account in row.accounts})
-    status = request.GET.get("status", "")
-    plan = request.GET.get("plan", "")
+    rows, filters = _filtered(request, margins, lambda row: row.label)
     account = request.GET.get("account", "")
-    search = request.GET.get("q", "").strip()
-    rows = margins
-    if status in STATUSES:
-        rows = [row for row in rows if row.status == status and not row.is_anonymous]
-    if plan:
-        rows = [row for row in rows if row.plan_name == plan]
     if account:
         rows = [row for row in rows if account in row.accounts]
-    if search:
-        needle = search.casefold()
-        rows = [row for row in rows if needle in row.label.casefold()]
     page = _page(request, rows, USERS_PER_PAGE)
     sparks = reports.daily_user_costs(project, [row.user_key for row in page], CHART_DAYS)
     return render(
@@ -246,14 +266,10 @@ def users(request: HttpRequest, project: Project) -> HttpResponse:
             rows=[(row, charts.sparkline(sparks[row.user_key])) for row in page],
             page_obj=page,
             total_users=len(margins),
-            statuses=STATUSES,
-            plans=plans,
             accounts=accounts,
-            status=status,
-            plan=plan,
             account=account,
-            search=search,
             query=_query_without_page(request),
+            **filters,
             **_plan_banner(project),
         ),
     )
@@ -291,18 +307,25 @@ def _cap_status(project: Project, margin: reports.UserMargin) -> CapStatus:
     prefix = (
         "" if match.known else f"Plan {label} is not configured: the cap of {terms.name} applies. "
     )
-    if terms.monthly_cap_usd is None:
-        return CapStatus(terms, margin.cost_usd, None, prefix + "No cap on this plan.")
-    cap = terms.monthly_cap_usd
-    percent = margin.cost_usd * 100 / cap if cap else Decimal(100)
-    if margin.cost_usd >= cap:
+    return _against_cap(terms, margin.cost_usd, terms.monthly_cap_usd, "cap", prefix)
+
+
+def _against_cap(
+    terms: PlanTerms, spend: Decimal, cap: Decimal | None, name: str, prefix: str = ""
+) -> CapStatus:
+    """Where ``spend`` stands against ``cap`` (the plan's "cap" per user, or its
+    "account cap"), in a sentence."""
+    if cap is None:
+        return CapStatus(terms, spend, None, f"{prefix}No {name} on this plan.")
+    percent = spend * 100 / cap if cap else Decimal(100)
+    if spend >= cap:
         action = "blocked" if terms.cap_action == "block" else "downgraded"
-        state = f"Cap reached: further calls are {action}."
+        state = f"{name.capitalize()} reached: further calls are {action}."
     elif percent >= terms.soft_alert_percent:
-        state = f"Past the soft alert at {terms.soft_alert_percent}% of the cap."
+        state = f"Past the soft alert at {terms.soft_alert_percent}% of the {name}."
     else:
-        state = "Under the cap."
-    return CapStatus(terms, margin.cost_usd, percent, prefix + state)
+        state = f"Under the {name}."
+    return CapStatus(terms, spend, percent, prefix + state)
 
 
 @require_GET
@@ -327,6 +350,61 @@ def user_detail(request: HttpRequest, project: Project) -> HttpResponse:
             features=reports.features_of(usage),
             models=reports.models_of(usage),
             cap=_cap_status(project, margin),
+            spark=charts.sparkline(spark, width=360, height=60),
+        ),
+    )
+
+
+@require_GET
+@dashboard_page("accounts")
+def accounts(request: HttpRequest, project: Project) -> HttpResponse:
+    margins = reports.account_margins(project)
+    rows, filters = _filtered(request, margins, lambda row: row.account_key)
+    page = _page(request, rows, USERS_PER_PAGE)
+    sparks = reports.daily_account_costs(project, [row.account_key for row in page], CHART_DAYS)
+    return render(
+        request,
+        "weckr_django/dashboard/accounts.html",
+        _base(
+            request,
+            project,
+            rows=[(row, charts.sparkline(sparks[row.account_key])) for row in page],
+            page_obj=page,
+            total_accounts=len(margins),
+            query=_query_without_page(request),
+            **filters,
+            **_plan_banner(project),
+        ),
+    )
+
+
+def _account_cap_status(project: Project, margin: reports.AccountMargin) -> CapStatus:
+    """Where the account stands against its plan's account cap."""
+    terms = match_plan(project, margin.plan_name).terms
+    if terms is None:
+        return CapStatus(None, margin.cost_usd, None, "No account cap on this plan.")
+    return _against_cap(terms, margin.cost_usd, terms.account_cap_usd, "account cap")
+
+
+@require_GET
+@dashboard_page("accounts")
+def account_detail(request: HttpRequest, project: Project) -> HttpResponse:
+    account_key = request.GET.get("account", "")
+    found = reports.account_margins(project, accounts=[account_key]) if account_key else []
+    if not found:
+        raise Http404("No calls from this account this month.")
+    margin = found[0]
+    spark = reports.daily_account_costs(project, [account_key], CHART_DAYS)[account_key]
+    return render(
+        request,
+        "weckr_django/dashboard/account_detail.html",
+        _base(
+            request,
+            project,
+            margin=margin,
+            users=reports.account_users(project, account_key),
+            features=reports.account_features(project, account_key),
+            cap=_account_cap_status(project, margin),
             spark=charts.sparkline(spark, width=360, height=60),
         ),
     )
