@@ -136,3 +136,100 @@ def test_dashboard_in_chromium(live_server: LiveServer, screenshots: Path) -> No
         [f"{name}.png" for name, _, _ in PAGES]
         + ["user-dave.png", "alerts-after-test.png", "overview-phone.png"]
     )
+
+
+def test_accounts_in_chromium(live_server: LiveServer, screenshots: Path) -> None:
+    """A B2B project: the Accounts page lists the customer who loses money first,
+    its page shows its users' shares and its cap, the Users page shows them as paid
+    by the account, and an account cap saved on the Settings page holds."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.django.helpers import make_record
+    from weckr_django.ingest import ingest_records
+    from weckr_django.models import Project
+
+    project = Project.objects.create(name="B2B")
+    Plan.objects.create(
+        project=project,
+        name="team",
+        monthly_price_usd=99,
+        account_monthly_cap_usd=150,
+    )
+    Plan.objects.create(
+        project=project, name="seats", monthly_price_usd=20, billing=Plan.Billing.PER_SEAT
+    )
+    ingest_records(
+        project,
+        [
+            # gpt-4o input at $2.50 per million tokens: $50 a call for the power user.
+            make_record(
+                "a1", user_id="power", plan="team", account_id="acme", input_tokens=20_000_000
+            ),
+            make_record(
+                "a2", user_id="power", plan="team", account_id="acme", input_tokens=20_000_000
+            ),
+            make_record("a3", user_id="ann", plan="team", account_id="acme", feature="search"),
+            make_record("n1", user_id="nia", plan="seats", account_id="northwind"),
+            make_record("n2", user_id="ned", plan="seats", account_id="northwind"),
+        ],
+    )
+    User.objects.create_superuser("founder", "founder@example.com", "s3cret-pass")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{live_server.url}/admin/login/?next=/weckr/")
+            page.fill("#id_username", "founder")
+            page.fill("#id_password", "s3cret-pass")
+            page.click("input[type=submit]")
+            page.wait_for_url(f"{live_server.url}/weckr/")
+            expect(page.locator("#loss-banner")).to_contain_text("1 account losing money")
+
+            page.click("nav >> text=Accounts")
+            expect(page.locator("h1")).to_contain_text("Accounts")
+            rows = page.locator("#accounts-table tbody tr")
+            expect(rows.nth(0)).to_have_attribute("data-account", "acme")
+            acme = page.locator('tr[data-account="acme"] td')
+            expect(acme.nth(2)).to_have_text("2")  # seats: its active users
+            expect(acme.nth(3)).to_have_text("99.00")
+            expect(acme.nth(7)).to_have_text("unprofitable")
+            northwind = page.locator('tr[data-account="northwind"] td')
+            expect(northwind.nth(3)).to_have_text("40.00")  # 2 seats at $20
+            page.screenshot(path=str(screenshots / "accounts.png"), full_page=True)
+
+            page.select_option("#f-status", "profitable")
+            page.click("form.filters button")
+            expect(page.locator("#accounts-table tbody tr")).to_have_count(1)
+            expect(page.locator("#accounts-table tbody tr")).to_have_attribute(
+                "data-account", "northwind"
+            )
+
+            page.goto(f"{live_server.url}/weckr/accounts/")
+            page.click('tr[data-account="acme"] a')
+            expect(page.locator("#cap-status")).to_contain_text(
+                "of a $150.00 monthly account cap (66.7%), all its users together"
+            )
+            expect(page.locator("#cap-status")).to_contain_text("Under the account cap.")
+            users = page.locator("#account-users tbody tr")
+            expect(users.nth(0)).to_have_attribute("data-user", "power")
+            expect(page.locator("#account-features")).to_contain_text("search")
+            page.screenshot(path=str(screenshots / "account-acme.png"), full_page=True)
+
+            page.goto(f"{live_server.url}/weckr/users/")
+            power = page.locator('tr[data-user="power"] td')
+            expect(power.nth(6)).to_have_text("paid by account")
+            expect(power.nth(4)).to_contain_text("% of account")
+
+            page.goto(f"{live_server.url}/weckr/settings/")
+            team = page.locator("#plans-table tbody tr", has=page.locator('input[value="team"]'))
+            team.locator('input[name$="account_monthly_cap_usd"]').fill("120")
+            page.click("#save-settings")
+            expect(page.locator(".messages")).to_contain_text("Settings saved.")
+        finally:
+            browser.close()
+
+    team = Plan.objects.get(project=project, name="team")
+    assert team.account_monthly_cap_usd == 120
+    assert team.billing == Plan.Billing.FLAT
+    assert Plan.objects.get(project=project, name="seats").billing == Plan.Billing.PER_SEAT
