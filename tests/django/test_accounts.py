@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from django.core.checks import run_checks
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory, override_settings
 
@@ -19,7 +21,7 @@ from weckr_django import ingest, reports
 from weckr_django.conf import weckr_settings
 from weckr_django.ingest import ingest_payloads, ingest_records
 from weckr_django.middleware import WeckrMiddleware
-from weckr_django.models import MonthlyAccountSpend, Plan, UsageEvent
+from weckr_django.models import DailyAccountUsage, MonthlyAccountSpend, Plan, UsageEvent
 from weckr_django.periods import local_day
 
 from .helpers import make_project, make_record
@@ -129,6 +131,18 @@ def test_the_monthly_account_rollup_adds_up_its_users_calls(upsert_path: str) ->
     assert rollup == expected
     assert sum(calls for calls, _, _ in rollup.values()) == 13
 
+    # The daily rollup per account and feature (the Accounts page's spark lines and
+    # an account's features) adds up to the same, day by day.
+    days: dict[tuple[str, Any, str], tuple[int, Any]] = {}
+    for event in UsageEvent.objects.filter(project=project, account_id__isnull=False):
+        key = (event.account_id, local_day(project, event.timestamp), event.feature or "")
+        calls, cost = days.get(key, (0, 0))
+        days[key] = (calls + 1, cost + event.cost_usd)
+    assert {
+        (row.account_key, row.day, row.feature): (row.calls, row.cost_usd)
+        for row in DailyAccountUsage.objects.filter(project=project)
+    } == days
+
 
 def seven_seats(project: Any, account_id: str, month: Any) -> int | None:
     return 7 if account_id == "globex" else None
@@ -216,3 +230,33 @@ def api_accounts(project: Any) -> Any:
 
     _, key = ApiKey.objects.create_key(project, "accounts")
     return Client().get(f"/api/v1/accounts/{project.pk}", headers={"x-api-key": key})
+
+
+def daily_account_rows(project: Any) -> dict[tuple[str, Any, str], tuple[int, Any]]:
+    return {
+        (row.account_key, row.day, row.feature): (row.calls, row.cost_usd)
+        for row in DailyAccountUsage.objects.filter(project=project)
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_adds_up_the_account_usage_stored_before_it() -> None:
+    project = make_project(timezone="America/New_York")
+    late_evening = datetime(2026, 3, 31, 23, 30, tzinfo=UTC)  # March 31 in New York
+    ingest_records(
+        project,
+        [
+            make_record("a1", account_id="acme", feature="chat", when=late_evening),
+            make_record("a2", account_id="acme", when=late_evening + timedelta(hours=5)),
+            make_record("g1", user_id="u2", account_id="globex", when=late_evening),
+            make_record("solo", user_id="u3", when=late_evening),
+        ],
+    )
+    expected = daily_account_rows(project)
+    assert len(expected) == 3
+    executor = MigrationExecutor(connection)
+    executor.migrate([("weckr_django", "0008_account_caps")])
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())  # through 0009, which adds them up
+
+    assert daily_account_rows(project) == expected
