@@ -222,8 +222,8 @@ def test_accounts_in_chromium(live_server: LiveServer, screenshots: Path) -> Non
             expect(power.nth(4)).to_contain_text("% of account")
 
             page.goto(f"{live_server.url}/weckr/settings/")
-            team = page.locator("#plans-table tbody tr", has=page.locator('input[value="team"]'))
-            team.locator('input[name$="account_monthly_cap_usd"]').fill("120")
+            row = page.locator("#plans-table tbody tr", has=page.locator('input[value="team"]'))
+            row.locator('input[name$="account_monthly_cap_usd"]').fill("120")
             page.click("#save-settings")
             expect(page.locator(".messages")).to_contain_text("Settings saved.")
         finally:

@@ -135,9 +135,9 @@ def test_the_monthly_account_rollup_adds_up_its_users_calls(upsert_path: str) ->
     # an account's features) adds up to the same, day by day.
     days: dict[tuple[str, Any, str], tuple[int, Any]] = {}
     for event in UsageEvent.objects.filter(project=project, account_id__isnull=False):
-        key = (event.account_id, local_day(project, event.timestamp), event.feature or "")
-        calls, cost = days.get(key, (0, 0))
-        days[key] = (calls + 1, cost + event.cost_usd)
+        day = (event.account_id, local_day(project, event.timestamp), event.feature or "")
+        calls, cost = days.get(day, (0, 0))
+        days[day] = (calls + 1, cost + event.cost_usd)
     assert {
         (row.account_key, row.day, row.feature): (row.calls, row.cost_usd)
         for row in DailyAccountUsage.objects.filter(project=project)
