@@ -291,6 +291,22 @@ def test_a_user_refused_lately_stays_refused_while_the_server_is_away(
     assert backend.reserve(other) is ALLOW  # nothing known of u2: fails open
 
 
+def test_an_account_refused_lately_stays_refused_for_all_its_users_while_away(
+    server: FakeWeckrServer, make_backend: BackendFactory, short_outages: float
+) -> None:
+    refused = {"allowed": False, "action": "block", "reason": "cap", "accountId": "acme"}
+    server.enqueue(RESERVE_PATH, Reply(body=refused))
+    server.set_reply(RESERVE_PATH, 503)
+    backend = make_backend()
+
+    first = backend.reserve(cap_request(account_id="acme"))
+    assert (first.action, first.account_id) == ("block", "acme")
+    # The server is away now: any user of acme stays refused, others fail open.
+    teammate = backend.reserve(cap_request(user_id="u2", account_id="acme"))
+    assert (teammate.action, teammate.account_id) == ("block", "acme")
+    assert backend.reserve(cap_request(user_id="u2", account_id="globex")) is ALLOW
+
+
 @pytest.mark.parametrize("reply", [Reply(delay=0.3), Reply(503, delay=0.3)], ids=["ok", "error"])
 def test_concurrent_checks_share_one_request(
     server: FakeWeckrServer, make_backend: BackendFactory, reply: Reply
