@@ -61,9 +61,15 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
                 id="weckr.E004",
             )
         ]
-    for name in ("USER_ID_RESOLVER", "PLAN_RESOLVER", "ACCOUNT_RESOLVER", "SEATS_RESOLVER"):
+    for name in (
+        "USER_ID_RESOLVER",
+        "PLAN_RESOLVER",
+        "ACCOUNT_RESOLVER",
+        "SEATS_RESOLVER",
+        "USER_LABEL_RESOLVER",
+    ):
         path = weckr_settings.get(name)
-        if callable(path) or path in (None, ""):  # SEATS_RESOLVER is optional
+        if callable(path) or path in (None, ""):  # the last two are optional
             continue
         try:
             resolver = import_string(path)

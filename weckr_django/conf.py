@@ -22,6 +22,7 @@ UserIdResolver = Callable[[HttpRequest], "str | None"]
 PlanResolver = Callable[[HttpRequest], "str | None"]
 AccountResolver = Callable[[HttpRequest], "str | int | None"]
 SeatsResolver = Callable[[Any, str, date], "int | None"]
+UserLabelResolver = Callable[[str], "str | None"]
 
 DEFAULTS: Mapping[str, Any] = {
     "DEFAULT_PROJECT": None,
@@ -29,6 +30,7 @@ DEFAULTS: Mapping[str, Any] = {
     "PLAN_RESOLVER": "weckr_django.middleware.default_plan",
     "ACCOUNT_RESOLVER": "weckr_django.middleware.default_account_id",
     "SEATS_RESOLVER": None,
+    "USER_LABEL_RESOLVER": None,
     "CAP_CACHE_SECONDS": 2.0,
     "CAP_STORE": "database",
     "CAP_FAIL_CLOSED": False,
@@ -97,6 +99,13 @@ class WeckrSettings:
         if self.get("SEATS_RESOLVER") in (None, ""):
             return None
         return cast(SeatsResolver, self._imported("SEATS_RESOLVER"))
+
+    def user_label_resolver(self) -> UserLabelResolver | None:
+        """The imported USER_LABEL_RESOLVER: user id -> what the dashboard shows for
+        it, or None; None when unset (the auth user's username)."""
+        if self.get("USER_LABEL_RESOLVER") in (None, ""):
+            return None
+        return cast(UserLabelResolver, self._imported("USER_LABEL_RESOLVER"))
 
     def account_resolver(self) -> AccountResolver:
         """The imported ACCOUNT_RESOLVER: request -> the paying account's id, or None."""

@@ -25,6 +25,7 @@ from weckr_django import recommendations, reports
 from weckr_django.alerts import send_test_alert
 from weckr_django.dashboard import charts, runs
 from weckr_django.dashboard.forms import PlanFormSet, ProjectSettingsForm, cap_prefill
+from weckr_django.labels import user_labels
 from weckr_django.models import AlertLog, Project
 from weckr_django.periods import local_day
 from weckr_django.plans import PlanTerms, configured_plans, match_plan, unknown_plan_rule
@@ -264,6 +265,7 @@ def users(request: HttpRequest, project: Project) -> HttpResponse:
             request,
             project,
             rows=[(row, charts.sparkline(sparks[row.user_key])) for row in page],
+            labels=user_labels(row.user_key for row in page),
             page_obj=page,
             total_users=len(margins),
             accounts=accounts,
@@ -346,6 +348,7 @@ def user_detail(request: HttpRequest, project: Project) -> HttpResponse:
             request,
             project,
             margin=margin,
+            labels=user_labels([user_key]),
             usage=usage,
             features=reports.features_of(usage),
             models=reports.models_of(usage),
@@ -394,6 +397,7 @@ def account_detail(request: HttpRequest, project: Project) -> HttpResponse:
     if not found:
         raise Http404("No calls from this account this month.")
     margin = found[0]
+    users = reports.account_users(project, account_key)
     spark = reports.daily_account_costs(project, [account_key], CHART_DAYS)[account_key]
     return render(
         request,
@@ -402,7 +406,8 @@ def account_detail(request: HttpRequest, project: Project) -> HttpResponse:
             request,
             project,
             margin=margin,
-            users=reports.account_users(project, account_key),
+            users=users,
+            labels=user_labels(user.user_key for user in users),
             features=reports.account_features(project, account_key),
             cap=_account_cap_status(project, margin),
             spark=charts.sparkline(spark, width=360, height=60),
@@ -447,6 +452,7 @@ def models(request: HttpRequest, project: Project) -> HttpResponse:
 def agents(request: HttpRequest, project: Project) -> HttpResponse:
     today = local_day(project, timezone.now())
     page = _page(request, runs.run_rows(project, today.replace(day=1)), RUNS_PER_PAGE)
+    described = runs.describe_runs(project, list(page.object_list))
     return render(
         request,
         "weckr_django/dashboard/agents.html",
@@ -454,7 +460,8 @@ def agents(request: HttpRequest, project: Project) -> HttpResponse:
             request,
             project,
             page_obj=page,
-            runs=runs.describe_runs(project, list(page.object_list)),
+            runs=described,
+            labels=user_labels(run.user_id or "" for run in described),
             loop_error_types=runs.LOOP_ERROR_TYPES,
             query=_query_without_page(request),
         ),
@@ -492,10 +499,11 @@ def alerts(request: HttpRequest, project: Project) -> HttpResponse:
         AlertLog.objects.filter(project=project).order_by("-created_at", "-pk"),
         ALERTS_PER_PAGE,
     )
+    labels = user_labels(alert.user_id for alert in page if alert.user_id is not None)
     return render(
         request,
         "weckr_django/dashboard/alerts.html",
-        _base(request, project, page_obj=page, query=_query_without_page(request)),
+        _base(request, project, page_obj=page, labels=labels, query=_query_without_page(request)),
     )
 
 
