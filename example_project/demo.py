@@ -393,7 +393,8 @@ def summary(project: Project, user_ids: dict[str, str]) -> None:
         f"This month: {month.calls} calls, AI cost ${month.cost_usd:.2f}, revenue "
         f"${month.revenue_usd:.2f}, margin ${month.margin_usd:.2f}, "
         f"{month.unprofitable_users} unprofitable user(s), "
-        f"{month.unprofitable_accounts} unprofitable account(s)."
+        f"{month.unprofitable_accounts} unprofitable account(s); the free tier "
+        f"({month.free_users} user(s)) cost ${month.free_cost_usd:.2f}."
     )
     plans = {plan.name: plan for plan in Plan.objects.filter(project=project)}
     for row in reports.user_margins(project):
@@ -409,6 +410,8 @@ def summary(project: Project, user_ids: dict[str, str]) -> None:
         if row.paid_by_account:
             share = row.account_share_percent or Decimal(0)
             standing = f"{share:>5.1f}% of {', '.join(row.accounts)}'s cost"
+        elif row.is_free:
+            standing = "free tier"
         else:
             standing = f"margin ${row.margin_usd:>8.2f}  {row.status}"
         say(

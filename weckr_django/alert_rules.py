@@ -187,9 +187,11 @@ def budget_alerts(project: Project, user_keys: Iterable[str], *, send: Send) -> 
         if terms is None:
             continue
         wanted = _cap_alerts(terms, row.cost_usd, terms.monthly_cap_usd)
-        if match.known and row.user_key not in members:
-            # A user of an account has no margin of their own: the account's is alerted.
-            wanted += _margin_alerts(project, terms, reports.UserMargin.of_spend(row, prices))
+        margin = reports.UserMargin.of_spend(row, prices, members.get(row.user_key))
+        if match.known and margin.status not in ("paid_by_account", "free"):
+            # A user of an account has no margin of their own (the account's is
+            # alerted); a free user is a cost of the free tier, not a loss.
+            wanted += _margin_alerts(project, terms, margin)
         for kind, details in wanted:
             if (kind, row.user_key) in alerted:
                 continue

@@ -90,6 +90,8 @@ def overview(project: Project) -> dict[str, Any]:
         "unprofitableUsers": summary.unprofitable_users,
         "unprofitableAccounts": summary.unprofitable_accounts,
         "combinedLossUsd": money(summary.combined_loss_usd, Decimal("0.000001")),
+        "freeUsers": summary.free_users,
+        "freeTierCostUsd": money(summary.free_cost_usd, Decimal("0.000001")),
         "topCostFeature": summary.top_cost_feature,
     }
 

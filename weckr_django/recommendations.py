@@ -66,7 +66,7 @@ from weckr_django.periods import local_day, month_start, next_month
 from weckr_django.reports import account_margins, account_members, plan_prices
 
 Confidence = Literal["low", "medium", "high"]
-PlanStatus = Literal["insufficient_data", "no_price", "raise_price", "ok"]
+PlanStatus = Literal["insufficient_data", "no_price", "free", "raise_price", "ok"]
 
 MAX_AVG_OUTPUT_TOKENS = 1_000
 MIN_SWAP_CALLS = 10
@@ -320,10 +320,15 @@ def _plan_row(
     total = sum(costs, _ZERO)
     avg = total / users if users else None
     p90 = percentile_nearest_rank(costs, P90) if costs else None
-    losers = [cost - price for cost in costs if price is not None and cost > price]
+    # A $0 plan is the free tier: a cost to watch, with no price to raise or users
+    # who lose money on it.
+    free = price is not None and price == 0
+    losers = [cost - price for cost in costs if price is not None and cost > price and not free]
     status: PlanStatus
     recommended = gain = None
-    if users < min_users or calls < min_calls:
+    if free:
+        status = "free"
+    elif users < min_users or calls < min_calls:
         status = "insufficient_data"
     elif price is None or p90 is None:
         status = "no_price"

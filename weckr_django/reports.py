@@ -22,7 +22,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from django.db.models import Count, Max, Sum
+from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 
 from weckr_django.conf import weckr_settings
@@ -41,8 +41,10 @@ from weckr_django.periods import local_day, month_bounds, month_start, next_mont
 from weckr_django.plans import configured_plans
 
 MarginStatus = Literal["profitable", "watch", "unprofitable"]
-#: A user's status: their margin's, or "paid_by_account" for a user of an account.
-UserStatus = Literal["profitable", "watch", "unprofitable", "paid_by_account"]
+#: A user's status: their margin's; "free" for a signed-in user who pays nothing (a
+#: $0 plan, or none): a cost of the free tier, not an unprofitable customer; or
+#: "paid_by_account" for a user of an account.
+UserStatus = Literal["profitable", "watch", "unprofitable", "free", "paid_by_account"]
 #: A user whose AI cost reaches this share of their plan's price is on watch.
 WATCH_COST_SHARE = Decimal("0.70")
 NO_FEATURE_LABEL = "(no feature)"
@@ -88,9 +90,16 @@ class UserMargin(_Margin):
         return bool(self.accounts)
 
     @property
+    def is_free(self) -> bool:
+        """A signed-in user who pays nothing, on their own: the free tier."""
+        return not self.is_anonymous and not self.paid_by_account and not self.revenue_usd
+
+    @property
     def status(self) -> UserStatus:
         if self.paid_by_account:
             return "paid_by_account"
+        if self.is_free:
+            return "free"
         return margin_status(self.cost_usd, self.revenue_usd or ZERO)
 
     @property
@@ -185,6 +194,9 @@ class MonthSummary:
     combined_loss_usd: Decimal
     top_cost_feature: str | None
     unprofitable_accounts: int = 0
+    #: Signed-in users who pay nothing (a $0 plan or none), and what they cost.
+    free_users: int = 0
+    free_cost_usd: Decimal = ZERO
 
     @property
     def margin_usd(self) -> Decimal:
@@ -406,11 +418,8 @@ def month_summary(
     margins = user_margins(project, month) if margins is None else margins
     features = feature_breakdown(project, month) if features is None else features
     accounts = account_margins(project, month) if accounts is None else accounts
-    losers = [
-        row
-        for row in margins
-        if not row.is_anonymous and not row.paid_by_account and row.margin_usd < 0
-    ]
+    losers = [row for row in margins if row.status == "unprofitable" and not row.is_anonymous]
+    free = [row for row in margins if row.is_free]
     losing_accounts = [row for row in accounts if row.margin_usd < 0]
     return MonthSummary(
         month=month,
@@ -421,6 +430,8 @@ def month_summary(
         combined_loss_usd=-sum((row.margin_usd for row in [*losers, *losing_accounts]), ZERO),
         top_cost_feature=features[0].feature if features and features[0].cost_usd > 0 else None,
         unprofitable_accounts=len(losing_accounts),
+        free_users=len(free),
+        free_cost_usd=sum((row.cost_usd for row in free), ZERO),
     )
 
 
@@ -608,6 +619,29 @@ def daily_user_costs(
 ) -> dict[str, list[Decimal]]:
     """Cost per day of each of ``user_keys`` over the last ``days`` days, oldest first."""
     return _daily_costs(project, DailyUsage, "user_key", user_keys, days, today)
+
+
+def daily_free_tier_costs(
+    project: Project, days: int = 30, today: date | None = None
+) -> list[Decimal]:
+    """Cost per day of the free tier (signed-in users on a $0 plan or on none) over
+    the last ``days`` days, oldest first."""
+    today = today or local_day(project, timezone.now())
+    first = today - timedelta(days=days - 1)
+    free_plans = [name for name, price in plan_prices(project).items() if price == 0]
+    series = [ZERO] * days
+    rows = (
+        DailyUsage.objects.filter(project=project, day__gte=first, day__lte=today)
+        .filter(Q(plan_name__in=free_plans) | Q(plan_name__isnull=True))
+        .exclude(user_key=ANONYMOUS_KEY)
+        .values("day")
+        .annotate(cost=Sum("cost_usd"))
+        .order_by()
+        .values_list("day", "cost")
+    )
+    for day, cost in rows:
+        series[(day - first).days] = cost or ZERO
+    return series
 
 
 def daily_account_costs(

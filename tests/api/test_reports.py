@@ -73,7 +73,8 @@ def test_users_have_monthly_margins_worst_first(api: Api) -> None:
     assert users["payer"]["requestCount"] == 3
     assert users["payer"]["status"] == "profitable"
     assert users["watcher"]["status"] == "watch"
-    assert users["freeloader"]["status"] == "unprofitable"
+    # Pays nothing: a cost of the free tier, not an unprofitable customer.
+    assert users["freeloader"]["status"] == "free"
     assert {row["accountIds"] == [] for row in users.values()} == {True}
     margins = [row["marginUsd"] for row in response.json()["users"]]
     assert margins == sorted(margins)
@@ -93,9 +94,12 @@ def test_stats_for_the_current_month(api: Api) -> None:
     assert stats["totalRevenueUsd"] == pytest.approx(float(total_revenue))
     assert stats["totalMarginUsd"] == pytest.approx(float(total_revenue - total_cost))
     assert stats["requestCount"] == 8
-    # The anonymous row loses money too, but it is not a user.
-    assert stats["unprofitableUsers"] == 1
-    assert stats["combinedLossUsd"] == pytest.approx(float(costs["freeloader"]))
+    # The anonymous row loses money too, but it is not a user; the freeloader on the
+    # $0 plan is the free tier's cost, not a customer losing money.
+    assert stats["unprofitableUsers"] == 0
+    assert stats["combinedLossUsd"] == 0
+    assert stats["freeUsers"] == 1
+    assert stats["freeTierCostUsd"] == pytest.approx(float(costs["freeloader"]))
 
     features = stats["featureBreakdown"]
     assert [item["feature"] for item in features] == ["summary", "agent"] or [

@@ -106,8 +106,9 @@ def test_overview_matches_the_events(month: Project) -> None:
     assert overview["revenueUsd"] == revenue
     assert overview["marginUsd"] == pytest.approx(revenue - float(totals["cost"]), abs=1e-6)
     assert overview["topCostFeature"] == "summary"
-    # alice (10 large calls) costs more than her 20; carol costs something and pays 0.
-    assert overview["unprofitableUsers"] == 2
+    # alice (10 large calls) costs more than her 20; carol pays 0: the free tier.
+    assert overview["unprofitableUsers"] == 1
+    assert overview["freeUsers"] == 1
     assert overview["month"] == timezone.now().strftime("%Y-%m")
 
 
@@ -132,7 +133,8 @@ def test_users_worst_margin_first_with_filter_and_limit(month: Project) -> None:
         "watch",
         "profitable",
     )
-    assert unprofitable["matching"] == 2
+    assert statuses["carol"] == "free"
+    assert unprofitable["matching"] == 1
     assert [row["userId"] for row in unprofitable["users"]] == ["alice"]
 
 

@@ -125,7 +125,7 @@ def test_plans_without_users_and_plans_known_only_from_clients() -> None:
     rows = plan_pricing_recommendations(project, now=NOW)
 
     assert [(r.plan_name, r.price_usd, r.users, r.status) for r in rows] == [
-        ("free", Decimal("0.00"), 0, "insufficient_data"),
+        ("free", Decimal("0.00"), 0, "free"),  # a $0 plan: the free tier, no price advice
         ("team", Decimal("500.00"), 5, "ok"),
     ]
     assert rows[0].avg_cost_usd is None and rows[0].p90_cost_usd is None
@@ -205,3 +205,16 @@ def test_a_target_share_of_zero_is_refused() -> None:
 
     with pytest.raises(ValueError, match="target AI cost share must be above 0"):
         plan_pricing_recommendations(project, now=NOW)
+
+
+def test_a_free_plan_is_a_cost_line_never_a_price_to_raise() -> None:
+    project = make_project()
+    add_plan(project, "free", "0")
+    for number in range(1, 8):
+        record_calls(project, 6, at=AT, user_id=f"f{number}", plan="free", input_tokens=50_000)
+
+    [free] = plan_pricing_recommendations(project, now=NOW)
+
+    assert (free.status, free.recommended_price_usd, free.monthly_gain_usd) == ("free", None, None)
+    assert (free.users, free.unprofitable_users, free.loss_usd) == (7, 0, 0)
+    assert free.total_cost_usd > 0

@@ -467,7 +467,10 @@ class StatsView(WeckrAPIView):
                 "totalMarginUsd": float(summary.margin_usd),
                 "requestCount": summary.calls,
                 "unprofitableUsers": summary.unprofitable_users,
+                "unprofitableAccounts": summary.unprofitable_accounts,
                 "combinedLossUsd": float(summary.combined_loss_usd),
+                "freeUsers": summary.free_users,
+                "freeTierCostUsd": float(summary.free_cost_usd),
                 "topCostFeature": summary.top_cost_feature,
                 "last30Days": [
                     {

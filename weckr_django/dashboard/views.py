@@ -36,7 +36,7 @@ RUNS_PER_PAGE = 25
 ALERTS_PER_PAGE = 50
 CHART_DAYS = 30
 TOP_RECOMMENDATIONS = 3
-STATUSES = ("profitable", "watch", "unprofitable")
+STATUSES = ("profitable", "watch", "unprofitable", "free")
 LOOP_FIELDS = ("loop_window_seconds", "loop_token_threshold", "loop_cooldown_seconds")
 CHANNEL_FIELDS = (
     "slack_webhook_url",
@@ -182,8 +182,13 @@ def _top_advice(project: Project) -> list[Advice]:
 @dashboard_page("overview")
 def overview(request: HttpRequest, project: Project) -> HttpResponse:
     usage = reports.feature_model_usage(project)
-    summary = reports.month_summary(
-        project, margins=reports.user_margins(project), features=reports.features_of(usage)
+    margins = reports.user_margins(project)
+    summary = reports.month_summary(project, margins=margins, features=reports.features_of(usage))
+    free = sorted((row for row in margins if row.is_free), key=lambda row: -row.cost_usd)[:5]
+    free_spark = (
+        charts.sparkline(reports.daily_free_tier_costs(project, CHART_DAYS), width=360, height=48)
+        if free
+        else None
     )
     days = reports.daily_cost_and_revenue(project, CHART_DAYS)
     chart = charts.line_chart(
@@ -207,7 +212,11 @@ def overview(request: HttpRequest, project: Project) -> HttpResponse:
                 "revenue": usd(summary.revenue_usd),
                 "margin": usd(summary.margin_usd),
                 "loss": usd(summary.combined_loss_usd),
+                "free": usd(summary.free_cost_usd),
             },
+            free_heaviest=free,
+            free_spark=free_spark,
+            labels=user_labels(row.user_key for row in free),
             chart=chart,
             advice=_top_advice(project),
             unpriced=unpriced,
