@@ -216,5 +216,5 @@ def test_a_free_plan_is_a_cost_line_never_a_price_to_raise() -> None:
     [free] = plan_pricing_recommendations(project, now=NOW)
 
     assert (free.status, free.recommended_price_usd, free.monthly_gain_usd) == ("free", None, None)
-    assert (free.users, free.unprofitable_users, free.loss_usd) == (7, 0, 0)
+    assert (free.users, free.unprofitable_users, free.loss_usd) == (7, 0, Decimal(0))
     assert free.total_cost_usd > 0
