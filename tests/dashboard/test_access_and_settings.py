@@ -153,7 +153,8 @@ def settings_data(project: Project, **changes: Any) -> dict[str, str]:
         "slack_webhook_url": project.slack_webhook_url,
         "alert_email": project.alert_email,
         "margin_alert_threshold_usd": project.margin_alert_threshold_usd or "",
-        "target_ai_cost_share": project.target_ai_cost_share,
+        # Edited in percent on the page, as the plans' soft alert is.
+        "target_ai_cost_share": project.target_ai_cost_share * 100,
     }
     project_fields.update(changes)
     data.update({f"project-{field}": str(value) for field, value in project_fields.items()})
@@ -239,3 +240,17 @@ def test_staff_without_permissions_can_view_but_not_change(project: Project) -> 
     data = settings_data(project, plan_team_monthly_cap_usd="40")
     assert viewer.post("/weckr/settings/", data).status_code == 302
     assert Plan.objects.get(project=project, name="team").monthly_cap_usd == Decimal("40")
+
+
+def test_settings_read_in_percent_and_plain_amounts(
+    staff_client: Client, project: Project
+) -> None:
+    Plan.objects.filter(project=project, name="pro").update(monthly_cap_usd=Decimal("12.5"))
+    page = staff_client.get("/weckr/settings/").content.decode()
+    assert 'name="project-target_ai_cost_share" value="30"' in page
+    assert 'value="12.50"' in page and "12.5000" not in page
+
+    data = settings_data(project, target_ai_cost_share="25")
+    assert staff_client.post("/weckr/settings/", data).status_code == 302
+    project.refresh_from_db()
+    assert project.target_ai_cost_share == Decimal("0.250")
