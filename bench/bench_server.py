@@ -14,8 +14,9 @@ it with ``--clients`` concurrent clients, each on one keep-alive connection:
 - ``POST /api/v1/log/batch``, 500 events per request (its rate ÷ COPY's);
 - how long after the last batch a looping user's call raises its loop alert (the
   lag of follow-up work);
-- ``GET /api/v1/check`` with no writes, and again while half the clients ingest
-  batches as fast as they can;
+- ``GET /api/v1/check`` with no writes, for a user and for a user in an account
+  (two budgets read: the user's and the account's; its ratio to the user-only
+  check), and again while half the clients ingest batches as fast as they can;
 - the same with the checks sent to a second server process of their own (a pool
   for the latency-critical endpoints, as a proxy routing by path would give);
 - batch ingest again with 1, 2 and 4 web processes (``--web-processes``).
@@ -51,6 +52,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 USERS = 5_000
+ACCOUNT_SIZE = 10  # users per B2B account: user-N is in account-(N // 10)
 DAYS = 60
 BATCH = 500
 BASELINE_ROWS = 50_000
@@ -106,9 +108,11 @@ def _drop_queue(broker: str, queue: str) -> None:
 
 def _event(rng: random.Random, index: int) -> dict[str, Any]:
     provider, model = rng.choice(MODELS)
+    user = rng.randrange(USERS)
     return {
         "eventId": f"api-{index}-{uuid.uuid4().hex[:12]}",
-        "userId": f"user-{rng.randrange(USERS)}",
+        "userId": f"user-{user}",
+        "accountId": f"account-{user // ACCOUNT_SIZE}",
         "feature": rng.choice(FEATURES),
         "planName": "pro",
         "planRevenueUsd": 29,
@@ -159,6 +163,7 @@ def _rows(
             moment,
             moment,
             f"user-{user}",
+            f"account-{user // ACCOUNT_SIZE}",
             FEATURES[index % len(FEATURES)],
             "pro",
             Decimal(29),
@@ -180,7 +185,7 @@ def _rows(
 
 
 _COPY_COLUMNS = (
-    "project_id, event_id, timestamp, received_at, user_id, feature, plan_name, "
+    "project_id, event_id, timestamp, received_at, user_id, account_id, feature, plan_name, "
     "plan_revenue_usd, provider, model, input_tokens, output_tokens, cached_input_tokens, "
     "cache_creation_tokens, reasoning_tokens, cost_usd, priced, usage_reported, latency_ms, "
     "status, source, tags"
@@ -268,7 +273,38 @@ def bulk_load(project_id: uuid.UUID, count: int) -> tuple[float, Baseline]:
             "FROM weckr_django_usageevent WHERE project_id = %s GROUP BY 1, 2, 3, 4, 5",
             [project_id],
         )
-        for table in ("usageevent", "monthlyuserspend", "dailyusage"):
+        cursor.execute(
+            "INSERT INTO weckr_django_monthlyaccountspend (project_id, account_key, month, "
+            f"{_COUNTERS}, plan_name, updated_at) "
+            f"SELECT project_id, account_id, date_trunc('month', {local})::date, "
+            f"{_COUNTER_SUMS}, MAX(plan_name), now() "
+            "FROM weckr_django_usageevent WHERE project_id = %s GROUP BY 1, 2, 3",
+            [project_id],
+        )
+        cursor.execute(
+            "INSERT INTO weckr_django_monthlyaccountuserspend (project_id, month, account_key, "
+            f"user_key, {_COUNTERS}) "
+            f"SELECT project_id, date_trunc('month', {local})::date, account_id, "
+            f"COALESCE(user_id, ''), {_COUNTER_SUMS} "
+            "FROM weckr_django_usageevent WHERE project_id = %s GROUP BY 1, 2, 3, 4",
+            [project_id],
+        )
+        cursor.execute(
+            "INSERT INTO weckr_django_dailyaccountusage (project_id, account_key, day, feature, "
+            f"{_COUNTERS}) "
+            f"SELECT project_id, account_id, {local}::date, COALESCE(feature, ''), "
+            f"{_COUNTER_SUMS} "
+            "FROM weckr_django_usageevent WHERE project_id = %s GROUP BY 1, 2, 3, 4",
+            [project_id],
+        )
+        for table in (
+            "usageevent",
+            "monthlyuserspend",
+            "dailyusage",
+            "monthlyaccountspend",
+            "monthlyaccountuserspend",
+            "dailyaccountusage",
+        ):
             cursor.execute(f"ANALYZE weckr_django_{table}")
     raw.commit()
     return loaded + time.perf_counter() - timer, Baseline(copy=copy_rate, insert=insert_rate)
@@ -279,14 +315,15 @@ def rollups_agree(project_id: uuid.UUID) -> bool:
 
     with connection.cursor() as cursor:
         totals = []
-        for table in ("usageevent", "monthlyuserspend", "dailyusage"):
+        tables = ("usageevent", "monthlyuserspend", "dailyusage", "monthlyaccountspend")
+        for table in tables:
             calls = "COUNT(*)" if table == "usageevent" else "SUM(calls)"
             cursor.execute(
                 f"SELECT {calls}, SUM(cost_usd) FROM weckr_django_{table} WHERE project_id = %s",
                 [project_id],
             )
             totals.append(cursor.fetchone())
-    return bool(totals[0] == totals[1] == totals[2])
+    return all(total == totals[0] for total in totals)  # every event names an account
 
 
 @dataclass
@@ -411,12 +448,16 @@ def batches(client: int) -> Work:
     return work
 
 
-def checks(client: int) -> Work:
+def checks(client: int, *, accounts: bool = False) -> Work:
+    """``/check`` of random users; with ``accounts``, of each user in their account
+    (the user's budget and the account's read together)."""
     rng = random.Random(f"check-{client}")
 
     def work(connection: Connection) -> tuple[int, int]:
         user = rng.randrange(USERS)
         path = f"/api/v1/check?userId=user-{user}&planName=pro&model=gpt-4o"
+        if accounts:
+            path += f"&accountId=account-{user // ACCOUNT_SIZE}"
         return connection.request("GET", path), 0
 
     return work
@@ -428,7 +469,13 @@ def follow_up_lag(port: int, key: str, project: Any) -> float:
     from weckr_django.models import AlertLog
 
     user = f"loop-probe-{uuid.uuid4().hex[:8]}"
-    event = {"userId": user, "planName": "pro", "model": "gpt-4o-mini", "inputTokens": 60_000}
+    event = {
+        "userId": user,
+        "accountId": "account-probe",  # every event names an account (rollups_agree)
+        "planName": "pro",
+        "model": "gpt-4o-mini",
+        "inputTokens": 60_000,
+    }
     started = time.perf_counter()
     status = Connection(port, key).request("POST", "/api/v1/log", json.dumps(event).encode())
     assert status == 201, status
@@ -536,7 +583,11 @@ def main() -> int:
         call_command("migrate", interactive=False, verbosity=0)
         project = Project.objects.create(name="bench")
         Plan.objects.create(
-            project=project, name="pro", monthly_price_usd=29, monthly_cap_usd=Decimal(50)
+            project=project,
+            name="pro",
+            monthly_price_usd=29,
+            monthly_cap_usd=Decimal(50),
+            account_monthly_cap_usd=Decimal(400),
         )
         _, key = ApiKey.objects.create_key(project, "bench")
 
@@ -553,6 +604,8 @@ def main() -> int:
         batch = run_phase(port, key, [("batch", batches(i)) for i in range(clients)], seconds)
         lag = follow_up_lag(port, key, project)
         idle = run_phase(port, key, [("check", checks(i)) for i in range(clients)], seconds)
+        works = [("check", checks(50 + i, accounts=True)) for i in range(clients)]
+        idle_accounts = run_phase(port, key, works, seconds)
         half = max(1, clients // 2)
         mixed = [("batch", batches(100 + i)) for i in range(half)]
         mixed += [("check", checks(100 + i)) for i in range(half)]
@@ -610,6 +663,13 @@ def main() -> int:
             latency_of(idle["check"]),
             "p99 ≤ 10 ms",
             p99(idle["check"]) <= 10,
+        )
+        ratio = p99(idle_accounts["check"]) / p99(idle["check"])
+        line(
+            "GET /api/v1/check, user + account budgets",
+            f"{latency_of(idle_accounts['check'])}; p99 {ratio:.2f}x the user-only check",
+            "the user-only check's budget (p99 ratio ≤ 1.25)",
+            ratio <= 1.25,
         )
         line(
             "GET /api/v1/check while batches run",
