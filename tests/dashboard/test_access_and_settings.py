@@ -242,9 +242,7 @@ def test_staff_without_permissions_can_view_but_not_change(project: Project) -> 
     assert Plan.objects.get(project=project, name="team").monthly_cap_usd == Decimal("40")
 
 
-def test_settings_read_in_percent_and_plain_amounts(
-    staff_client: Client, project: Project
-) -> None:
+def test_settings_read_in_percent_and_plain_amounts(staff_client: Client, project: Project) -> None:
     Plan.objects.filter(project=project, name="pro").update(monthly_cap_usd=Decimal("12.5"))
     page = staff_client.get("/weckr/settings/").content.decode()
     assert 'name="project-target_ai_cost_share" value="30"' in page
