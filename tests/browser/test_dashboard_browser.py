@@ -198,6 +198,12 @@ def test_accounts_in_chromium(live_server: LiveServer, screenshots: Path) -> Non
             expect(northwind.nth(3)).to_have_text("40.00")  # 2 seats at $20
             page.screenshot(path=str(screenshots / "accounts.png"), full_page=True)
 
+            with page.expect_download() as download:
+                page.click("p.export >> text=Download CSV")
+            saved = Path(download.value.path()).read_text()
+            assert saved.splitlines()[0].startswith("account_id,plan,billing,seats")
+            assert saved.splitlines()[1].startswith("acme,team,flat,2,")
+
             page.select_option("#f-status", "profitable")
             page.click("form.filters button")
             expect(page.locator("#accounts-table tbody tr")).to_have_count(1)

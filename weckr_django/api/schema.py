@@ -308,6 +308,12 @@ CHECK_PARAMETERS = [
         ("model", "The model about to be called."),
     )
 ]
+MONTH_PARAMETER = OpenApiParameter(
+    "month",
+    str,
+    OpenApiParameter.QUERY,
+    description="The calendar month, YYYY-MM, in the project's timezone; default: this month.",
+)
 HOLDER_PARAMETERS = [
     OpenApiParameter(
         "userId", str, OpenApiParameter.QUERY, description="The reservation's user (or accountId)."

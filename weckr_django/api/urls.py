@@ -20,6 +20,7 @@ urlpatterns = [
     path("stats/<str:project_id>", views.StatsView.as_view(), name="stats"),
     path("users/<str:project_id>", views.UsersView.as_view(), name="users"),
     path("accounts/<str:project_id>", views.AccountsView.as_view(), name="accounts"),
+    path("export/<str:project_id>/<str:kind>", views.ExportView.as_view(), name="export"),
     path(
         "recommendations/models/<str:project_id>",
         recommendations.ModelRecommendationsView.as_view(),

@@ -23,7 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView, exception_handler, set_rollback
 
 from weckr_core.backends.base import CapDecision
-from weckr_django import caps, peers, reports
+from weckr_django import caps, exports, peers, reports
 from weckr_django.api import schema as openapi
 from weckr_django.api.authentication import ApiKeyAuthentication, HasApiKey
 from weckr_django.api.throttling import ApiKeyRateThrottle
@@ -546,4 +546,31 @@ class UsersView(WeckrAPIView):
                     for row in reports.user_margins(project)
                 ]
             }
+        )
+
+
+@extend_schema(
+    parameters=[openapi.MONTH_PARAMETER], responses=openapi.answers({200: openapi.OBJECT}, 400, 404)
+)
+class ExportView(WeckrAPIView):
+    """``GET /api/v1/export/<project_id>/<kind>?month=YYYY-MM``: a month's users,
+    accounts, features, models or agent runs, as the dashboard's CSV has them:
+    ``{"kind", "month", "columns", "rows"}`` (money as numbers)."""
+
+    def get(self, request: Request, project_id: str, kind: str) -> Response:
+        project = self.project_from_url(request, project_id)
+        table = exports.TABLES.get(kind)
+        if table is None:
+            kinds = ", ".join(exports.TABLES)
+            raise exceptions.NotFound(f"No export named {kind!r}: use one of {kinds}.")
+        try:
+            month = exports.parse_month(project, request.query_params.get("month"))
+        except exports.BadMonth as error:
+            raise BadRequest(str(error), "month") from None
+        rows = [
+            {column: exports.as_json(row[column]) for column in table.columns}
+            for row in table.rows(project, month)
+        ]
+        return Response(
+            {"kind": kind, "month": f"{month:%Y-%m}", "columns": list(table.columns), "rows": rows}
         )

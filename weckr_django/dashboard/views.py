@@ -19,9 +19,10 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from weckr_django import recommendations, reports
+from weckr_django import exports, recommendations, reports
 from weckr_django.alerts import send_test_alert
 from weckr_django.dashboard import charts, runs
 from weckr_django.dashboard.forms import PlanFormSet, ProjectSettingsForm, cap_prefill
@@ -583,3 +584,23 @@ def test_alert(request: HttpRequest, project: Project) -> HttpResponse:
         fail_silently=True,
     )
     return HttpResponseRedirect(reverse("weckr:alerts"))
+
+
+@require_GET
+@dashboard_page("export")
+def export_csv(request: HttpRequest, project: Project, kind: str) -> HttpResponse:
+    """``export/<kind>.csv?month=YYYY-MM``: a month's table for a spreadsheet."""
+    table = exports.TABLES.get(kind)
+    if table is None:
+        raise Http404("No such export.")
+    try:
+        month = exports.parse_month(project, request.GET.get("month"))
+    except exports.BadMonth as error:
+        return HttpResponse(str(error), status=400, content_type="text/plain; charset=utf-8")
+    response = HttpResponse(
+        "".join(exports.as_csv(table, table.rows(project, month))),
+        content_type="text/csv; charset=utf-8",
+    )
+    filename = f"weckr-{slugify(project.name) or 'project'}-{kind}-{month:%Y-%m}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
