@@ -1,10 +1,12 @@
 # The two entry points for a newcomer: `make demo` and `make test`.
-# Both create .venv when it is missing and install what they need.
+# Both create .venv when it is missing and install what they need: the demo only
+# the Django app and the provider SDK it calls, the tests everything.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 
 .PHONY: demo serve test lint typecheck unit integration browser bench clean
 
@@ -12,7 +14,13 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]" -c constraints.txt
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[demo]" -c constraints.txt
+	touch $(DEMO_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,7 +40,7 @@ integration: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python example_project/demo.py
 
 # The server as in production (gunicorn, DEBUG off) on whatever DATABASE_URL and
