@@ -29,9 +29,7 @@ def busy(db: None) -> Project:
         [
             make_record("n1", user_id="ann", plan="pro", feature="=cmd|' /C calc'!A0", when=NOW),
             make_record("n2", user_id="bob", plan="pro", account_id="acme", when=NOW),
-            make_record(
-                "r1", user_id="ann", plan="pro", run_id="run-1", agent="writer", when=NOW
-            ),
+            make_record("r1", user_id="ann", plan="pro", run_id="run-1", agent="writer", when=NOW),
             make_record("old", user_id="old-timer", plan="pro", when=LAST_MONTH),
         ],
     )
