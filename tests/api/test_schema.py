@@ -28,6 +28,7 @@ def test_the_schema_is_public_valid_openapi_and_lists_the_api_only(
     assert sorted(found["paths"]) == [
         "/api/v1/accounts/{project_id}",
         "/api/v1/check",
+        "/api/v1/export/{project_id}/{kind}",
         "/api/v1/log",
         "/api/v1/log/batch",
         "/api/v1/me",

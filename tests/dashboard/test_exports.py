@@ -36,7 +36,7 @@ def busy(db: None) -> Project:
     return project
 
 
-def download(client: Client, project: Project, kind: str, month: str = "") -> list[dict]:
+def download(client: Client, project: Project, kind: str, month: str = "") -> list[dict[str, str]]:
     client.get(f"/weckr/?project={project.pk}")
     response = client.get(f"/weckr/export/{kind}.csv" + (f"?month={month}" if month else ""))
     assert response.status_code == 200, response.content
