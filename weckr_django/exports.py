@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -19,28 +18,9 @@ from typing import Any
 from weckr_django import reports
 from weckr_django.dashboard import runs
 from weckr_django.models import Project
-from weckr_django.periods import month_start
+from weckr_django.periods import BadMonth, parse_month
 
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
-
-
-class BadMonth(ValueError):
-    """A month that is not ``YYYY-MM``."""
-
-
-def parse_month(project: Project, value: str | None) -> date:
-    """``YYYY-MM`` as the first day of that month; the project's current month when
-    not given. Raises ``BadMonth`` with a message for anything else."""
-    if not value:
-        return month_start(project)
-    match = _MONTH.match(value.strip())
-    if match is None:
-        raise BadMonth(f"month must be YYYY-MM, such as 2026-11, not {value!r}.")
-    year, month = int(match[1]), int(match[2])
-    if not 1 <= month <= 12 or year < 2000:
-        raise BadMonth(f"month must be YYYY-MM, such as 2026-11, not {value!r}.")
-    return date(year, month, 1)
-
+__all__ = ["TABLES", "BadMonth", "Table", "as_csv", "as_json", "parse_month"]
 
 Row = dict[str, Any]
 

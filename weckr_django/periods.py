@@ -42,6 +42,35 @@ def next_month(month: date) -> date:
     return date(month.year + 1, 1, 1) if month.month == 12 else date(month.year, month.month + 1, 1)
 
 
+def previous_month(month: date) -> date:
+    return date(month.year - 1, 12, 1) if month.month == 1 else date(month.year, month.month - 1, 1)
+
+
+class BadMonth(ValueError):
+    """A month that is not ``YYYY-MM``."""
+
+
+def parse_month(project: Project, value: str | None) -> date:
+    """``YYYY-MM`` as the first day of that month; the project's current month when
+    not given. Raises ``BadMonth`` with a message for anything else."""
+    if not value:
+        return month_start(project)
+    text = value.strip()
+    year, dash, month = text.partition("-")
+    if not (dash and len(year) == 4 and len(month) == 2 and year.isdigit() and month.isdigit()):
+        raise BadMonth(f"month must be YYYY-MM, such as 2026-11, not {value!r}.")
+    if not 1 <= int(month) <= 12 or int(year) < 2000:
+        raise BadMonth(f"month must be YYYY-MM, such as 2026-11, not {value!r}.")
+    return date(int(year), int(month), 1)
+
+
+def last_shown_day(project: Project, month: date) -> date:
+    """The last day of ``month`` that has begun: today in the current month, else the
+    month's last day (charts of a month end there)."""
+    today = local_day(project, datetime.now(UTC))
+    return min(today, next_month(month) - timedelta(days=1))
+
+
 def month_bounds(project: Project, month: date) -> tuple[datetime, datetime]:
     """Aware datetimes ``[start, end)`` of the month holding ``month``, project timezone."""
     zone = project_zone(project)

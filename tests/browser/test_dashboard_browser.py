@@ -239,3 +239,53 @@ def test_accounts_in_chromium(live_server: LiveServer, screenshots: Path) -> Non
     assert team.account_monthly_cap_usd == 120
     assert team.billing == Plan.Billing.FLAT
     assert Plan.objects.get(project=project, name="seats").billing == Plan.Billing.PER_SEAT
+
+
+def test_month_selector_in_chromium(live_server: LiveServer, screenshots: Path) -> None:
+    """Choosing last month in the header's selector shows last month on every page,
+    until this month is chosen again."""
+    from datetime import UTC, datetime, timedelta
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.django.helpers import make_record
+    from weckr_django.ingest import ingest_records
+    from weckr_django.models import Project
+
+    now = datetime.now(UTC)
+    last_month = now.replace(day=1) - timedelta(days=2)
+    project = Project.objects.create(name="Months")
+    Plan.objects.create(project=project, name="pro", monthly_price_usd=29)
+    ingest_records(
+        project,
+        [
+            make_record("old", user_id="autumn", plan="pro", feature="legacy", when=last_month),
+            make_record("new", user_id="winter", plan="pro", feature="fresh", when=now),
+        ],
+    )
+    User.objects.create_superuser("founder", "founder@example.com", "s3cret-pass")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{live_server.url}/admin/login/?next=/weckr/users/")
+            page.fill("#id_username", "founder")
+            page.fill("#id_password", "s3cret-pass")
+            page.click("input[type=submit]")
+            page.wait_for_url(f"{live_server.url}/weckr/users/")
+            expect(page.locator('tr[data-user="winter"]')).to_be_visible()
+
+            page.select_option("#month-select", f"{last_month:%Y-%m}")
+            page.wait_for_url(f"**/weckr/users/?month={last_month:%Y-%m}")
+            expect(page.locator("h1")).to_contain_text(f"{last_month:%B %Y}")
+            expect(page.locator('tr[data-user="autumn"]')).to_be_visible()
+            expect(page.locator('tr[data-user="winter"]')).to_have_count(0)
+            page.click("nav >> text=Features")
+            expect(page.locator("main")).to_contain_text("legacy")
+            page.screenshot(path=str(screenshots / "features-last-month.png"), full_page=True)
+
+            page.select_option("#month-select", label=f"{now:%B %Y}")
+            expect(page.locator("main")).to_contain_text("fresh")
+        finally:
+            browser.close()

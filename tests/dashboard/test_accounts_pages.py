@@ -88,7 +88,10 @@ def test_the_accounts_page_and_an_accounts_page(b2b: Project, staff_client: Clie
     assert detail.index('data-user="power"') < detail.index('data-user="ann"')
     assert "Users do not pay the plan each: the account does." in detail
     assert "search" in detail  # its features
-    assert staff_client.get("/weckr/accounts/detail/?account=nobody").status_code == 404
+    # An account with no calls in the month: an empty state, not a 404.
+    nobody = staff_client.get("/weckr/accounts/detail/?account=nobody")
+    assert nobody.status_code == 200
+    assert "No calls from Account nobody in" in nobody.content.decode()
 
     users = staff_client.get("/weckr/users/").content.decode()
     assert "paid by account" in users and "% of account" in users

@@ -138,7 +138,10 @@ def test_anonymous_user_page(staff_client: Client, project: Project) -> None:
     html = response.content.decode()
     assert "(anonymous)" in html and "never capped" in html
     assert amount(events.aggregate(total=Sum("cost_usd"))["total"], 4) in html
-    assert staff_client.get("/weckr/users/detail/?user=nobody").status_code == 404
+    # A user with no calls in the month: an empty state, not a 404; no user: 404.
+    nobody = staff_client.get("/weckr/users/detail/?user=nobody")
+    assert nobody.status_code == 200
+    assert "No calls from nobody in" in nobody.content.decode()
     assert staff_client.get("/weckr/users/detail/").status_code == 404
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from functools import wraps
 from typing import Any, TypeVar
@@ -28,10 +29,19 @@ from weckr_django.dashboard import charts, runs
 from weckr_django.dashboard.forms import PlanFormSet, ProjectSettingsForm, cap_prefill
 from weckr_django.labels import user_labels
 from weckr_django.models import AlertLog, Project
-from weckr_django.periods import local_day
+from weckr_django.periods import (
+    BadMonth,
+    last_shown_day,
+    local_day,
+    month_start,
+    parse_month,
+    previous_month,
+)
 from weckr_django.plans import PlanTerms, configured_plans, match_plan, unknown_plan_rule
 
 SESSION_KEY = "weckr_dashboard_project"
+MONTH_SESSION_KEY = "weckr_dashboard_month"
+MONTHS_OFFERED = 13  # this month and the twelve before it in the selector
 USERS_PER_PAGE = 50
 RUNS_PER_PAGE = 25
 ALERTS_PER_PAGE = 50
@@ -70,9 +80,31 @@ def _choose_project(request: HttpRequest) -> tuple[Project | None, list[Project]
     return chosen, projects
 
 
+def _choose_month(request: HttpRequest, project: Project) -> date:
+    """The month the pages show: ``?month=YYYY-MM`` (remembered in the session, as
+    the project is), ``?month=`` for this month again; this month by default."""
+    current = month_start(project)
+    if "month" in request.GET:
+        try:
+            chosen = parse_month(project, request.GET["month"])
+        except BadMonth:
+            chosen = current
+        if chosen >= current:
+            request.session.pop(MONTH_SESSION_KEY, None)
+            return current
+        request.session[MONTH_SESSION_KEY] = f"{chosen:%Y-%m}"
+        return chosen
+    try:
+        remembered = parse_month(project, request.session.get(MONTH_SESSION_KEY))
+    except BadMonth:
+        return current
+    return min(remembered, current)
+
+
 def dashboard_page(page: str) -> Callable[[ProjectView], View]:
     """Staff only (anonymous: the admin login; signed-in non-staff: 403), with the
-    selected project passed in and the page's name in ``request.weckr_page``."""
+    selected project passed in, the page's name in ``request.weckr_page`` and the
+    chosen month in ``request.weckr_month``."""
 
     def decorate(view: ProjectView) -> View:
         @wraps(view)
@@ -82,6 +114,7 @@ def dashboard_page(page: str) -> Callable[[ProjectView], View]:
             request.weckr_page = page  # type: ignore[attr-defined]
             if project is None:
                 return render(request, "weckr_django/dashboard/no_project.html", _base(request))
+            request.weckr_month = _choose_month(request, project)  # type: ignore[attr-defined]
             return view(request, project, *args, **kwargs)
 
         guarded = staff_member_required(run)
@@ -127,13 +160,31 @@ def _plan_banner(project: Project) -> dict[str, Any]:
 
 
 def _base(request: HttpRequest, project: Project | None = None, **context: Any) -> dict[str, Any]:
+    month = getattr(request, "weckr_month", None)
+    months = []
+    if project is not None:
+        months = [month_start(project)]
+        for _ in range(MONTHS_OFFERED - 1):
+            months.append(previous_month(months[-1]))
     return {
         "project": project,
         "projects": getattr(request, "weckr_projects", []),
         "page": getattr(request, "weckr_page", ""),
         "today": local_day(project, timezone.now()) if project is not None else None,
+        "month": month,
+        "months": months,
+        "is_current_month": bool(months) and month == months[0],
+        # What the month selector keeps of the page's query (a user, a filter).
+        "kept_query": [
+            (key, value) for key, value in request.GET.items() if key not in ("month", "page")
+        ],
         **context,
     }
+
+
+def _month(request: HttpRequest) -> date:
+    month: date = request.weckr_month  # type: ignore[attr-defined]
+    return month
 
 
 def _page(request: HttpRequest, items: Any, per_page: int) -> Page[Any]:
@@ -182,16 +233,19 @@ def _top_advice(project: Project) -> list[Advice]:
 @require_GET
 @dashboard_page("overview")
 def overview(request: HttpRequest, project: Project) -> HttpResponse:
-    usage = reports.feature_model_usage(project)
-    margins = reports.user_margins(project)
-    summary = reports.month_summary(project, margins=margins, features=reports.features_of(usage))
-    free = sorted((row for row in margins if row.is_free), key=lambda row: -row.cost_usd)[:5]
-    free_spark = (
-        charts.sparkline(reports.daily_free_tier_costs(project, CHART_DAYS), width=360, height=48)
-        if free
-        else None
+    month = _month(request)
+    last_day = last_shown_day(project, month)
+    usage = reports.feature_model_usage(project, month)
+    margins = reports.user_margins(project, month)
+    summary = reports.month_summary(
+        project, month, margins=margins, features=reports.features_of(usage)
     )
-    days = reports.daily_cost_and_revenue(project, CHART_DAYS)
+    free = sorted((row for row in margins if row.is_free), key=lambda row: -row.cost_usd)[:5]
+    free_spark = None
+    if free:
+        free_days = reports.daily_free_tier_costs(project, CHART_DAYS, last_day)
+        free_spark = charts.sparkline(free_days, width=360, height=48)
+    days = reports.daily_cost_and_revenue(project, CHART_DAYS, last_day)
     chart = charts.line_chart(
         [day.day for day in days],
         [
@@ -219,7 +273,8 @@ def overview(request: HttpRequest, project: Project) -> HttpResponse:
             free_spark=free_spark,
             labels=user_labels(row.user_key for row in free),
             chart=chart,
-            advice=_top_advice(project),
+            # Advice is for the month under way (its projections read this month).
+            advice=_top_advice(project) if month == month_start(project) else [],
             unpriced=unpriced,
             **_plan_banner(project),
         ),
@@ -260,14 +315,17 @@ def _filtered(
 @require_GET
 @dashboard_page("users")
 def users(request: HttpRequest, project: Project) -> HttpResponse:
-    margins = reports.user_margins(project)
+    month = _month(request)
+    margins = reports.user_margins(project, month)
     accounts = sorted({account for row in margins for account in row.accounts})
     rows, filters = _filtered(request, margins, lambda row: row.label)
     account = request.GET.get("account", "")
     if account:
         rows = [row for row in rows if account in row.accounts]
     page = _page(request, rows, USERS_PER_PAGE)
-    sparks = reports.daily_user_costs(project, [row.user_key for row in page], CHART_DAYS)
+    sparks = reports.daily_user_costs(
+        project, [row.user_key for row in page], CHART_DAYS, last_shown_day(project, month)
+    )
     return render(
         request,
         "weckr_django/dashboard/users.html",
@@ -346,11 +404,14 @@ def user_detail(request: HttpRequest, project: Project) -> HttpResponse:
     if "user" not in request.GET:
         raise Http404("No user given.")
     user_key = request.GET["user"]
-    margin = reports.user_margin(project, user_key)
+    month = _month(request)
+    margin = reports.user_margin(project, user_key, month)
+    labels = user_labels([user_key])
     if margin is None:
-        raise Http404("No calls from this user this month.")
-    usage = reports.feature_model_usage(project, user_key=user_key)
-    spark = reports.daily_user_costs(project, [user_key], CHART_DAYS)[user_key]
+        return _no_calls(request, project, "users", labels[user_key].name or user_key)
+    usage = reports.feature_model_usage(project, month, user_key=user_key)
+    last_day = last_shown_day(project, month)
+    spark = reports.daily_user_costs(project, [user_key], CHART_DAYS, last_day)[user_key]
     return render(
         request,
         "weckr_django/dashboard/user_detail.html",
@@ -358,7 +419,7 @@ def user_detail(request: HttpRequest, project: Project) -> HttpResponse:
             request,
             project,
             margin=margin,
-            labels=user_labels([user_key]),
+            labels=labels,
             usage=usage,
             features=reports.features_of(usage),
             models=reports.models_of(usage),
@@ -371,10 +432,13 @@ def user_detail(request: HttpRequest, project: Project) -> HttpResponse:
 @require_GET
 @dashboard_page("accounts")
 def accounts(request: HttpRequest, project: Project) -> HttpResponse:
-    margins = reports.account_margins(project)
+    month = _month(request)
+    margins = reports.account_margins(project, month)
     rows, filters = _filtered(request, margins, lambda row: row.account_key)
     page = _page(request, rows, USERS_PER_PAGE)
-    sparks = reports.daily_account_costs(project, [row.account_key for row in page], CHART_DAYS)
+    sparks = reports.daily_account_costs(
+        project, [row.account_key for row in page], CHART_DAYS, last_shown_day(project, month)
+    )
     return render(
         request,
         "weckr_django/dashboard/accounts.html",
@@ -402,13 +466,17 @@ def _account_cap_status(project: Project, margin: reports.AccountMargin) -> CapS
 @require_GET
 @dashboard_page("accounts")
 def account_detail(request: HttpRequest, project: Project) -> HttpResponse:
-    account_key = request.GET.get("account", "")
-    found = reports.account_margins(project, accounts=[account_key]) if account_key else []
+    if "account" not in request.GET:
+        raise Http404("No account given.")
+    account_key = request.GET["account"]
+    month = _month(request)
+    found = reports.account_margins(project, month, accounts=[account_key])
     if not found:
-        raise Http404("No calls from this account this month.")
+        return _no_calls(request, project, "accounts", f"Account {account_key}")
     margin = found[0]
-    users = reports.account_users(project, account_key)
-    spark = reports.daily_account_costs(project, [account_key], CHART_DAYS)[account_key]
+    users = reports.account_users(project, account_key, month)
+    last_day = last_shown_day(project, month)
+    spark = reports.daily_account_costs(project, [account_key], CHART_DAYS, last_day)[account_key]
     return render(
         request,
         "weckr_django/dashboard/account_detail.html",
@@ -418,17 +486,24 @@ def account_detail(request: HttpRequest, project: Project) -> HttpResponse:
             margin=margin,
             users=users,
             labels=user_labels(user.user_key for user in users),
-            features=reports.account_features(project, account_key),
+            features=reports.account_features(project, account_key, month),
             cap=_account_cap_status(project, margin),
             spark=charts.sparkline(spark, width=360, height=60),
         ),
     )
 
 
+def _no_calls(request: HttpRequest, project: Project, back: str, who: str) -> HttpResponse:
+    """A user's or an account's page for a month it made no calls in."""
+    return render(
+        request, "weckr_django/dashboard/no_calls.html", _base(request, project, back=back, who=who)
+    )
+
+
 @require_GET
 @dashboard_page("features")
 def features(request: HttpRequest, project: Project) -> HttpResponse:
-    usage = reports.feature_model_usage(project)
+    usage = reports.feature_model_usage(project, _month(request))
     rows = reports.features_of(usage)
     models = reports.models_of(usage)
     return render(
@@ -445,7 +520,7 @@ def features(request: HttpRequest, project: Project) -> HttpResponse:
 @require_GET
 @dashboard_page("models")
 def models(request: HttpRequest, project: Project) -> HttpResponse:
-    rows = reports.models_of(reports.feature_model_usage(project))
+    rows = reports.models_of(reports.feature_model_usage(project, _month(request)))
     return render(
         request,
         "weckr_django/dashboard/models.html",
@@ -460,8 +535,7 @@ def models(request: HttpRequest, project: Project) -> HttpResponse:
 @require_GET
 @dashboard_page("agents")
 def agents(request: HttpRequest, project: Project) -> HttpResponse:
-    today = local_day(project, timezone.now())
-    page = _page(request, runs.run_rows(project, today.replace(day=1)), RUNS_PER_PAGE)
+    page = _page(request, runs.run_rows(project, _month(request)), RUNS_PER_PAGE)
     described = runs.describe_runs(project, list(page.object_list))
     return render(
         request,
