@@ -40,9 +40,10 @@ from django.db import transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from example_project.saas.models import Profile  # noqa: E402
+from weckr_core.backends.base import RunStop  # noqa: E402
 from weckr_core.pricing import cheaper_alternative, price_record  # noqa: E402
 from weckr_core.records import Source, UsageRecord  # noqa: E402
-from weckr_django import reports  # noqa: E402
+from weckr_django import reports, tasks  # noqa: E402
 from weckr_django.caps import decide  # noqa: E402
 from weckr_django.ingest import ingest_records  # noqa: E402
 from weckr_django.models import ApiKey, Plan, Project, UsageEvent  # noqa: E402
@@ -181,6 +182,11 @@ CUSTOMERS = (
         "light team user",
         account="acme-labs",
     ),
+    # Enough pro customers paying for themselves for the plan-pricing advice to
+    # speak (five payers and thirty calls a month at least): light, regular users.
+    Customer("kai", "pro", 5, (("summarize", 2), ("draft-email", 1)), "light pro user"),
+    Customer("lea", "pro", 8, (("chat-assistant", 1), ("classify", 2)), "regular pro user"),
+    Customer("max", "pro", 4, (("draft-email", 2), ("summarize", 1)), "light pro user"),
 )
 _CUSTOMER_NOTES = {customer.username: customer.note for customer in CUSTOMERS}
 
@@ -381,9 +387,31 @@ def load_traffic(project: Project, user_ids: dict[str, str]) -> int:
         if len(batch) == 500:
             created += ingest_records(project, batch).created
             batch = []
-    batch.extend(runaway_agent(user_ids["ada"], now))
+    runaway = runaway_agent(user_ids["ada"], now)
+    batch.extend(runaway)
     created += ingest_records(project, batch).created
+    if created:
+        report_runaway_stop(project, runaway)
     return created
+
+
+def report_runaway_stop(project: Project, calls: list[UsageRecord]) -> None:
+    """The loop guard that stopped the runaway run reports it, as the LangChain
+    handler does: the Agents page then shows the run as stopped, with an alert."""
+    last = calls[-1]
+    stop = RunStop(
+        run_id=last.run_id,
+        reason=f"max_llm_calls reached ({len(calls)} calls)",
+        source="langchain",
+        llm_calls=len(calls),
+        tokens=sum(call.input_tokens + call.output_tokens for call in calls),
+        cost_usd=sum((_cost(call) for call in calls), Decimal(0)),
+        user_id=last.user_id,
+        plan=last.plan,
+        feature=last.feature,
+        agent=last.agent,
+    )
+    tasks.record_run_stop(str(project.pk), tasks.run_stop_payload(stop))
 
 
 def summary(project: Project, user_ids: dict[str, str]) -> None:
@@ -448,7 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     if existing.exists():
         say(f"Demo traffic already loaded ({existing.count()} events); nothing added.")
     else:
-        say("Generating a month of AI traffic for 10 customers on free, pro and team plans...")
+        say(
+            f"Generating a month of AI traffic for {len(CUSTOMERS)} customers on free, pro "
+            "and team plans..."
+        )
         created = load_traffic(project, user_ids)
         say(f"Recorded {created} LLM calls.")
     say()

@@ -72,7 +72,7 @@ def test_the_demo_loads_a_month_of_varied_traffic(demo: tuple[Path, str, str]) -
         "COUNT(DISTINCT model), COUNT(DISTINCT date(timestamp)) FROM weckr_django_usageevent",
     )
     assert events > 3000
-    assert users == 10
+    assert users == 13
     assert features >= 5
     assert models >= 5
     assert days >= 28
@@ -249,3 +249,22 @@ def test_the_demo_story_holds_on_the_first_days_of_a_month(tmp_path: Path) -> No
         assert spend["cleo"] >= 0.5, moment  # the free cap: blocked
         assert 29 * 0.7 <= spend["eve"] < 25, moment  # on watch, under the cap
         assert spend.get("dan", 0) < 29 * 0.7, moment  # light and profitable
+
+
+def test_the_demo_shows_off_pricing_advice_and_a_stopped_run(
+    demo: tuple[Path, str, str],
+) -> None:
+    database, _, _ = demo
+    # The runaway agent run is reported stopped by its loop guard, once.
+    [(details,)] = query(
+        database, "SELECT details FROM weckr_django_alertlog WHERE kind = 'run_stopped'"
+    )
+    assert json.loads(details)["run_id"].startswith("demo-run-")
+    # Enough payers on pro (five and more) for the pricing advice to speak.
+    [(payers,)] = query(
+        database,
+        "SELECT COUNT(DISTINCT user_key) FROM weckr_django_monthlyuserspend "
+        "WHERE plan_name = 'pro' AND user_key NOT IN "
+        "(SELECT user_key FROM weckr_django_monthlyaccountuserspend)",
+    )
+    assert payers >= 5
