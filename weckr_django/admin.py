@@ -29,7 +29,7 @@ from weckr_django.models import (
 if TYPE_CHECKING:
     _ProjectForm = forms.ModelForm[Project]
     _ApiKeyForm = forms.ModelForm[ApiKey]
-    _PlanInline = admin.TabularInline[Plan, Project]
+    _PlanInline = admin.StackedInline[Plan, Project]
     _ProjectAdmin = admin.ModelAdmin[Project]
     _ApiKeyAdmin = admin.ModelAdmin[ApiKey]
     _AnyAdmin = admin.ModelAdmin[Any]
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     _ModelAlternativeAdmin = admin.ModelAdmin[ModelAlternative]
 else:
     _ProjectForm = _ApiKeyForm = forms.ModelForm
-    _PlanInline = admin.TabularInline
+    _PlanInline = admin.StackedInline
     _ProjectAdmin = _ApiKeyAdmin = _AnyAdmin = admin.ModelAdmin
     _ModelPriceAdmin = _ModelAlternativeAdmin = admin.ModelAdmin
 
@@ -85,16 +85,14 @@ class ProjectForm(_ProjectForm):
 
 
 class PlanInline(_PlanInline):
+    """A plan per block, its price on one line and its caps on the next (seven
+    fields and "Delete?" overflow a table row)."""
+
     model = Plan
     extra = 1
     fields = (
-        "name",
-        "monthly_price_usd",
-        "billing",
-        "monthly_cap_usd",
-        "account_monthly_cap_usd",
-        "cap_action",
-        "soft_alert_percent",
+        ("name", "monthly_price_usd", "billing"),
+        ("monthly_cap_usd", "account_monthly_cap_usd", "cap_action", "soft_alert_percent"),
     )
 
 

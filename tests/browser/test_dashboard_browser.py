@@ -289,3 +289,31 @@ def test_month_selector_in_chromium(live_server: LiveServer, screenshots: Path) 
             expect(page.locator("main")).to_contain_text("fresh")
         finally:
             browser.close()
+
+
+def test_the_admin_project_page_fits_its_plans(live_server: LiveServer, screenshots: Path) -> None:
+    """The plans inline (seven fields and "Delete?") stays inside the page at a
+    laptop's width."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from weckr_django.models import Project
+
+    project = Project.objects.create(name="Admin fit")
+    Plan.objects.create(project=project, name="team", monthly_price_usd=99, monthly_cap_usd=5)
+    User.objects.create_superuser("founder", "founder@example.com", "s3cret-pass")
+    change = f"/admin/weckr_django/project/{project.pk}/change/"
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{live_server.url}/admin/login/?next={change}")
+            page.fill("#id_username", "founder")
+            page.fill("#id_password", "s3cret-pass")
+            page.click("input[type=submit]")
+            page.wait_for_url(f"{live_server.url}{change}")
+            expect(page.locator("#plans-0 input[name='plans-0-name']")).to_have_value("team")
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            page.screenshot(path=str(screenshots / "admin-project.png"), full_page=True)
+        finally:
+            browser.close()
