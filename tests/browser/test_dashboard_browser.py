@@ -243,7 +243,8 @@ def test_accounts_in_chromium(live_server: LiveServer, screenshots: Path) -> Non
 
 def test_month_selector_in_chromium(live_server: LiveServer, screenshots: Path) -> None:
     """Choosing last month in the header's selector shows last month on every page,
-    until this month is chosen again."""
+    until this month is chosen again; an empty state for a user without calls; the
+    free tier apart from losses; and a customer under their username."""
     from datetime import UTC, datetime, timedelta
 
     from playwright.sync_api import expect, sync_playwright
@@ -256,11 +257,14 @@ def test_month_selector_in_chromium(live_server: LiveServer, screenshots: Path) 
     last_month = now.replace(day=1) - timedelta(days=2)
     project = Project.objects.create(name="Months")
     Plan.objects.create(project=project, name="pro", monthly_price_usd=29)
+    Plan.objects.create(project=project, name="free", monthly_price_usd=0)
+    grace = User.objects.create_user("grace@example.com")  # a customer of the app
     ingest_records(
         project,
         [
             make_record("old", user_id="autumn", plan="pro", feature="legacy", when=last_month),
             make_record("new", user_id="winter", plan="pro", feature="fresh", when=now),
+            make_record("gratis", user_id=str(grace.pk), plan="free", when=now),
         ],
     )
     User.objects.create_superuser("founder", "founder@example.com", "s3cret-pass")
@@ -287,6 +291,23 @@ def test_month_selector_in_chromium(live_server: LiveServer, screenshots: Path) 
 
             page.select_option("#month-select", label=f"{now:%B %Y}")
             expect(page.locator("main")).to_contain_text("fresh")
+
+            # A user with no calls this month: an empty page, not a 404.
+            page.goto(f"{live_server.url}/weckr/users/detail/?user=autumn")
+            expect(page.locator("#no-calls")).to_contain_text("No calls from autumn in")
+
+            # The free tier apart from losses, under the customer's username.
+            page.goto(f"{live_server.url}/weckr/")
+            expect(page.locator("#free-tier")).to_contain_text("1 user")
+            expect(page.locator("#free-heaviest")).to_contain_text("grace@example.com")
+            expect(page.locator("#loss-banner")).to_have_count(0)
+            page.goto(f"{live_server.url}/weckr/users/?status=free")
+            grace_row = page.locator(f'tr[data-user="{grace.pk}"]')
+            expect(grace_row).to_contain_text("grace@example.com")
+            expect(grace_row.locator("a", has_text="(admin)")).to_have_attribute(
+                "href", f"/admin/auth/user/{grace.pk}/change/"
+            )
+            page.screenshot(path=str(screenshots / "users-free.png"), full_page=True)
         finally:
             browser.close()
 
