@@ -12,8 +12,8 @@ from decimal import Decimal
 from typing import Any, Literal
 
 Status = Literal["ok", "error"]
-Source = Literal["sdk", "wrap", "langchain", "crewai", "manual"]
-SOURCES: tuple[Source, ...] = ("sdk", "wrap", "langchain", "crewai", "manual")
+Source = Literal["sdk", "wrap", "langchain", "crewai", "manual", "otel"]
+SOURCES: tuple[Source, ...] = ("sdk", "wrap", "langchain", "crewai", "manual", "otel")
 
 
 def _new_id_prefix() -> str:

@@ -264,6 +264,7 @@ class UsageEvent(models.Model):
         LANGCHAIN = "langchain", "LangChain"
         CREWAI = "crewai", "CrewAI"
         MANUAL = "manual", "Manual"
+        OTEL = "otel", "OpenTelemetry"
 
     project = models.ForeignKey(
         Project,

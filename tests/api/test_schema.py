@@ -32,6 +32,7 @@ def test_the_schema_is_public_valid_openapi_and_lists_the_api_only(
         "/api/v1/log",
         "/api/v1/log/batch",
         "/api/v1/me",
+        "/api/v1/otlp/v1/traces",
         "/api/v1/recommendations/models/{project_id}",
         "/api/v1/recommendations/pricing/{project_id}",
         "/api/v1/reserve",

@@ -13,6 +13,8 @@ urlpatterns = [
     path("log", views.LogView.as_view(), name="log"),
     path("log/batch", views.LogBatchView.as_view(), name="log-batch"),
     path("track", views.TrackView.as_view(), name="track"),
+    # OTLP/HTTP exporters post to <endpoint>/v1/traces: the endpoint is .../api/v1/otlp.
+    path("otlp/v1/traces", views.OtlpTracesView.as_view(), name="otlp-traces"),
     path("check", views.CheckView.as_view(), name="check"),
     path("reserve", views.ReserveView.as_view(), name="reserve"),
     path("reserve/<str:reservation>", views.ReleaseView.as_view(), name="release"),

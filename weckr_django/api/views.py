@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse
 from django.http.request import RawPostDataException
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
@@ -48,6 +49,11 @@ logger = logging.getLogger("weckr_django")
 MAX_BODY_BYTES = 1024 * 1024
 #: Seconds a client is asked to wait (``Retry-After``) when a 503 answers it.
 RETRY_AFTER_SECONDS = 5
+
+
+class NotImplementedOnServer(exceptions.APIException):
+    status_code = status.HTTP_501_NOT_IMPLEMENTED
+    default_detail = "Not available on this server."
 
 
 class BadRequest(exceptions.APIException):
@@ -131,7 +137,8 @@ class WeckrAPIView(APIView):
             raise exceptions.NotFound("No such project.")
         return project
 
-    def json_body(self, request: Request) -> Any:
+    def raw_body(self, request: Request) -> bytes:
+        """The request body, up to ``MAX_BODY_BYTES`` (413 past it)."""
         try:
             declared = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -140,11 +147,15 @@ class WeckrAPIView(APIView):
             raise PayloadTooLarge()
         try:
             # read() is not subject to DATA_UPLOAD_MAX_MEMORY_SIZE; the limit is ours.
-            body = request._request.read(MAX_BODY_BYTES + 1)
+            body: bytes = request._request.read(MAX_BODY_BYTES + 1)
         except (OSError, RawPostDataException):
             raise BadRequest("The request body could not be read.") from None
         if len(body) > MAX_BODY_BYTES:
             raise PayloadTooLarge()
+        return body
+
+    def json_body(self, request: Request) -> Any:
+        body = self.raw_body(request)
         if not body.strip():
             raise BadRequest("The request body is empty; send a JSON object.")
         try:
@@ -574,3 +585,39 @@ class ExportView(WeckrAPIView):
         return Response(
             {"kind": kind, "month": f"{month:%Y-%m}", "columns": list(table.columns), "rows": rows}
         )
+
+
+@extend_schema(
+    request={"application/x-protobuf": openapi.OBJECT, "application/json": openapi.OBJECT},
+    responses=openapi.answers({200: openapi.OBJECT}, 400, 413),
+)
+class OtlpTracesView(WeckrAPIView):
+    """``POST /api/v1/otlp/v1/traces``: an OpenTelemetry OTLP/HTTP trace export
+    (protobuf or JSON, gzip or not). Each span with GenAI token usage is stored as a
+    usage event (``weckr_django.otlp``); the answer is OTLP's, with the spans refused
+    counted as a partial success."""
+
+    def post(self, request: Request) -> HttpResponse:
+        try:
+            # Imported here: the OpenTelemetry protobuf definitions are an extra.
+            from weckr_django import otlp
+        except ImportError:
+            raise NotImplementedOnServer(
+                "This server cannot read OTLP: install weckr-django[otel] "
+                "(opentelemetry-proto) on it."
+            ) from None
+        content_type = request.META.get("CONTENT_TYPE", "")
+        try:
+            export = otlp.decode(
+                self.raw_body(request), content_type, request.META.get("HTTP_CONTENT_ENCODING", "")
+            )
+        except otlp.OtlpError as error:
+            raise BadRequest(str(error)) from None
+        events = otlp.usage_events(export)
+        result = ingest_payloads(self.project(request), events)
+        message = "; ".join(
+            f"span {events[item.index].get('eventId')}: {item.error}"
+            for item in result.rejected[:5]
+        )
+        body, kind = otlp.answer(len(result.rejected), message, content_type)
+        return HttpResponse(body, content_type=kind)

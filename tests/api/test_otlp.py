@@ -1,0 +1,264 @@
+"""``POST /api/v1/otlp/v1/traces``: OpenTelemetry spans with GenAI usage become usage
+events. The spans come from the real OpenTelemetry SDK and OpenLLMetry's OpenAI
+instrumentation around the real ``openai`` client (on a fake transport), sent by the
+SDK's OTLP/HTTP exporter to a live server."""
+
+from __future__ import annotations
+
+import contextvars
+import gzip
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.test import Client
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.core import providers as p
+from weckr_core.pricing import price_usage
+from weckr_django.models import ApiKey, Project, UsageEvent
+
+CURRENT_USER: contextvars.ContextVar[str | None] = contextvars.ContextVar("user", default=None)
+
+
+class UserOnSpans(SpanProcessor):
+    """How an app puts its user on every span of a request: ``user.id`` set when a
+    span starts, from the request's context."""
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        user = CURRENT_USER.get()
+        if user is not None:
+            span.set_attribute("user.id", user)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+
+@pytest.fixture
+def instrumented(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    # The suite switches the OpenTelemetry SDK off (CrewAI's telemetry); on here.
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    # Keep prompts and completions out of the spans, as the README advises.
+    monkeypatch.setenv("TRACELOOP_TRACE_CONTENT", "false")
+    provider = TracerProvider(
+        resource=Resource.create(
+            {"service.name": "billing-worker", "weckr.feature": "invoices", "weckr.plan": "pro"}
+        )
+    )
+    captured = InMemorySpanExporter()
+    provider.add_span_processor(UserOnSpans())
+    provider.add_span_processor(SimpleSpanProcessor(captured))
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        yield provider, captured
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_openllmetry_spans_of_real_openai_calls_land_once_each(
+    live_server: Any, instrumented: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    _, captured = instrumented
+    project = Project.objects.create(name="Polyglot")
+    _, key = ApiKey.objects.create_key(project, "otel")
+    fake = p.FakeProvider(p.openai_chat_body("gpt-4o-mini", p.openai_usage(1200, 300, cached=200)))
+    client = p.openai_client(fake)
+    messages: Any = [{"role": "user", "content": "Total the invoice."}]
+    for user in ("u1", "u2"):
+        token = CURRENT_USER.set(user)
+        try:
+            client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+        finally:
+            CURRENT_USER.reset(token)
+    spans = captured.get_finished_spans()
+    assert len(spans) == 2
+
+    for compression in (Compression.NoCompression, Compression.Gzip):
+        exporter = OTLPSpanExporter(
+            endpoint=f"{live_server.url}/api/v1/otlp/v1/traces",
+            headers={"x-api-key": key},
+            compression=compression,
+        )
+        assert exporter.export(spans).name == "SUCCESS"  # the second time: a resend
+        exporter.shutdown()
+
+    events = list(UsageEvent.objects.filter(project=project).order_by("user_id"))
+    assert [event.user_id for event in events] == ["u1", "u2"]  # once each
+    expected = price_usage(
+        "gpt-4o-mini", input_tokens=1200, output_tokens=300, cached_input_tokens=200
+    ).usd.quantize(Decimal("0.0000000001"))
+    for event in events:
+        assert (event.input_tokens, event.output_tokens, event.cached_input_tokens) == (
+            1200,
+            300,
+            200,
+        )
+        assert (event.model, event.provider, event.source) == ("gpt-4o-mini", "openai", "otel")
+        assert (event.feature, event.plan_name) == ("invoices", "pro")
+        assert event.tags == ["service:billing-worker"]
+        assert event.cost_usd == expected
+    assert {event.event_id for event in events} == {
+        f"otel-{span.context.trace_id:032x}-{span.context.span_id:016x}" for span in spans
+    }
+
+
+def otlp_json(*spans: dict[str, Any], resource: dict[str, Any] | None = None) -> dict[str, Any]:
+    attributes = [
+        {"key": key, "value": {"stringValue": value}} for key, value in (resource or {}).items()
+    ]
+    return {
+        "resourceSpans": [
+            {"resource": {"attributes": attributes}, "scopeSpans": [{"spans": list(spans)}]}
+        ]
+    }
+
+
+def span(span_id: str, **attributes: Any) -> dict[str, Any]:
+    def value(item: Any) -> dict[str, Any]:
+        if isinstance(item, int):
+            return {"intValue": str(item)}  # OTLP/JSON writes 64-bit integers as strings
+        return {"stringValue": item}
+
+    return {
+        "traceId": "5b8efff798038103d269b633813fc60c",
+        "spanId": span_id,
+        "name": "chat",
+        "startTimeUnixNano": "1765000000000000000",
+        "endTimeUnixNano": "1765000001500000000",
+        "attributes": [{"key": key, "value": value(item)} for key, item in attributes.items()],
+    }
+
+
+@pytest.mark.django_db
+def test_the_json_encoding_and_the_older_attribute_names(client: Client) -> None:
+    project = Project.objects.create(name="Polyglot")
+    _, key = ApiKey.objects.create_key(project, "otel")
+    body = otlp_json(
+        # The conventions' current names, an Anthropic call, a user on the span.
+        span(
+            "eee19b7ec3c1b174",
+            **{
+                "gen_ai.provider.name": "anthropic",
+                "gen_ai.request.model": "claude-sonnet-4",
+                "gen_ai.usage.input_tokens": 500,
+                "gen_ai.usage.output_tokens": 40,
+                "gen_ai.usage.cache_creation.input_tokens": 100,
+                "enduser.id": "ann",
+                "gen_ai.agent.name": "planner",
+                "gen_ai.conversation.id": "conv-1",
+            },
+        ),
+        # Older libraries: gen_ai.system and llm.usage.*; the account from the resource.
+        span(
+            "eee19b7ec3c1b175",
+            **{
+                "gen_ai.system": "openai",
+                "gen_ai.response.model": "gpt-4o",
+                "llm.usage.prompt_tokens": 70,
+                "llm.usage.completion_tokens": 7,
+            },
+        ),
+        # Not an LLM call: passed over.
+        span("eee19b7ec3c1b176", **{"http.route": "/invoices"}),
+        resource={"weckr.account": "acme"},
+    )
+
+    response = client.post(
+        "/api/v1/otlp/v1/traces",
+        json.dumps(body),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {key}"},
+    )
+
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {}  # a full success
+    events = {event.model: event for event in UsageEvent.objects.filter(project=project)}
+    claude, gpt = events["claude-sonnet-4"], events["gpt-4o"]
+    assert (claude.provider, claude.user_id, claude.agent, claude.run_id) == (
+        "anthropic",
+        "ann",
+        "planner",
+        "conv-1",
+    )
+    assert (claude.input_tokens, claude.cache_creation_tokens, claude.latency_ms) == (
+        500,
+        100,
+        1500,
+    )
+    assert (gpt.provider, gpt.input_tokens, gpt.output_tokens, gpt.account_id) == (
+        "openai",
+        70,
+        7,
+        "acme",
+    )
+
+
+@pytest.mark.django_db
+def test_bad_spans_are_a_partial_success_and_bad_bodies_a_400(client: Client) -> None:
+    project = Project.objects.create(name="Polyglot")
+    _, key = ApiKey.objects.create_key(project, "otel")
+    headers = {"x-api-key": key}
+    body = otlp_json(
+        span(
+            "aaa19b7ec3c1b174", **{"gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 9}
+        ),
+        span(
+            "aaa19b7ec3c1b175",
+            **{"gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": "lots"},
+        ),
+    )
+    request = ExportTraceServiceRequest()
+    from google.protobuf import json_format
+
+    from weckr_django.otlp import _ids_as_base64
+
+    json_format.ParseDict(_ids_as_base64(body), request)
+
+    response = client.post(
+        "/api/v1/otlp/v1/traces",
+        gzip.compress(request.SerializeToString()),
+        content_type="application/x-protobuf",
+        headers={**headers, "Content-Encoding": "gzip"},
+    )
+
+    assert response.status_code == 200
+    answer = ExportTraceServiceResponse.FromString(response.content)
+    assert answer.partial_success.rejected_spans == 1
+    assert "inputTokens" in answer.partial_success.error_message
+    assert UsageEvent.objects.filter(project=project).count() == 1
+
+    for content_type, payload, encoding in (
+        ("application/x-protobuf", b"\xff\xff not protobuf", ""),
+        ("application/json", b"{not json", ""),
+        ("text/plain", b"hello", ""),
+        ("application/x-protobuf", b"not gzip", "gzip"),
+    ):
+        refused = client.post(
+            "/api/v1/otlp/v1/traces",
+            payload,
+            content_type=content_type,
+            headers={**headers, "Content-Encoding": encoding} if encoding else headers,
+        )
+        assert refused.status_code == 400, (content_type, refused.content)
+        assert refused.json()["error"]
+    no_key = client.post("/api/v1/otlp/v1/traces", b"", content_type="application/json")
+    assert no_key.status_code == 401
