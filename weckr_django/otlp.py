@@ -33,6 +33,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 #: A decompressed export larger than this is refused (a small gzip body can expand
 #: a thousandfold).
 MAX_EXPORT_BYTES = 16 * 1024 * 1024
+#: Usage spans in one export, at most (an SDK's batch holds 512 spans by default).
+MAX_USAGE_SPANS = 5_000
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
@@ -109,7 +111,7 @@ def decode(body: bytes, content_type: str, content_encoding: str) -> ExportTrace
         try:
             document = json.loads(data.decode("utf-8"))
             json_format.ParseDict(_ids_as_base64(document), request, ignore_unknown_fields=True)
-        except (UnicodeDecodeError, ValueError, json_format.ParseError) as error:
+        except (UnicodeDecodeError, ValueError, RecursionError, json_format.ParseError) as error:
             raise OtlpError(f"The body is not an OTLP JSON trace export: {error}") from None
         return request
     raise OtlpError(
@@ -130,17 +132,26 @@ def answer(rejected: int, message: str, content_type: str) -> tuple[bytes, str]:
     return response.SerializeToString(), PROTOBUF
 
 
-def usage_events(request: ExportTraceServiceRequest) -> list[dict[str, Any]]:
-    """One wire event (``/api/v1/log``'s payload) per span with GenAI token usage."""
-    events = []
+def usage_events(request: ExportTraceServiceRequest) -> tuple[list[dict[str, Any]], list[str]]:
+    """One wire event (``/api/v1/log``'s payload) per span with GenAI token usage, and
+    why each usage span that cannot become one was refused (its ids are not a trace
+    and span id: they are what makes a resend count once)."""
+    events, refused = [], []
     for resource_spans in request.resource_spans:
         resource = _attributes(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 event = _event(span, resource)
-                if event is not None:
-                    events.append(event)
-    return events
+                if event is None:
+                    continue
+                if len(span.trace_id) != 16 or len(span.span_id) != 8:
+                    refused.append(
+                        f"span {span.span_id.hex() or '(none)'}: its traceId must be 16 bytes "
+                        "and its spanId 8."
+                    )
+                    continue
+                events.append(event)
+    return events, refused
 
 
 def _event(span: Span, resource: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -160,11 +171,16 @@ def _event(span: Span, resource: Mapping[str, Any]) -> dict[str, Any] | None:
     output_tokens = first(OUTPUT_TOKENS)
     if input_tokens is None and output_tokens is None:
         return None  # not an LLM call's span, or one without usage: not usage
-    input_count, cached = _count(input_tokens), _count(first(CACHE_READ_TOKENS))
-    if isinstance(input_count, int) and isinstance(cached, int) and cached > input_count:
-        # The conventions count cached prompt tokens in the input; instrumentations of
-        # Anthropic that report them apart give an input below the cache reads.
-        input_count += cached
+    input_count = _count(input_tokens)
+    cached, written = _count(first(CACHE_READ_TOKENS)), _count(first(CACHE_WRITE_TOKENS))
+    if all(isinstance(count, int) for count in (input_count, cached, written)):
+        # The conventions count cache reads and writes in the input; Weckr counts reads
+        # in it and writes beside it. An input below reads plus writes was reported
+        # without them (Anthropic's own way): the reads are added to it.
+        if input_count >= cached + written:
+            input_count -= written
+        else:
+            input_count += cached
     event: dict[str, Any] = {
         "eventId": f"otel-{span.trace_id.hex()}-{span.span_id.hex()}"[:64],
         "timestamp": _time(span.end_time_unix_nano or span.start_time_unix_nano),
@@ -173,7 +189,7 @@ def _event(span: Span, resource: Mapping[str, Any]) -> dict[str, Any] | None:
         "inputTokens": input_count,
         "outputTokens": _count(output_tokens),
         "cachedInputTokens": cached,
-        "cacheCreationTokens": _count(first(CACHE_WRITE_TOKENS)),
+        "cacheCreationTokens": written,
         "reasoningTokens": _count(first(REASONING_TOKENS)),
         "status": "error" if span.status.code == Status.STATUS_CODE_ERROR else "ok",
         "source": "otel",
@@ -208,8 +224,9 @@ def _count(value: Any) -> Any:
         return 0
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+    text = value.strip() if isinstance(value, str) else ""
+    if text and len(text) <= 18 and text.isascii() and text.isdigit():
+        return int(text)
     return value
 
 
@@ -249,16 +266,26 @@ def _decompressed(body: bytes, encoding: str) -> bytes:
 def _ids_as_base64(document: Any) -> Any:
     """OTLP/JSON writes trace and span ids in hex; protobuf's JSON mapping reads bytes
     as base64. Rewrite them, in place, before parsing."""
-    if not isinstance(document, dict):
-        raise OtlpError("The body is not a JSON object.")
-    for resource_spans in document.get("resourceSpans") or []:
-        for scope_spans in (resource_spans or {}).get("scopeSpans") or []:
-            for span in (scope_spans or {}).get("spans") or []:
+    for resource_spans in _items(document, "resourceSpans"):
+        for scope_spans in _items(resource_spans, "scopeSpans"):
+            for span in _items(scope_spans, "spans"):
                 for key in ("traceId", "spanId", "parentSpanId"):
-                    value = span.get(key) if isinstance(span, dict) else None
+                    value = span.get(key)
                     if isinstance(value, str) and value:
                         try:
                             span[key] = base64.b64encode(bytes.fromhex(value)).decode()
                         except ValueError:
                             raise OtlpError(f"{key} {value!r} is not hex.") from None
     return document
+
+
+def _items(parent: Any, key: str) -> list[dict[str, Any]]:
+    """``parent[key]``, a list of objects (missing: none); an OtlpError otherwise."""
+    if not isinstance(parent, dict):
+        raise OtlpError("The body is not an OTLP trace export: objects are expected.")
+    items = parent.get(key)
+    if items is None:
+        return []
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise OtlpError(f"{key} must be a list of objects.")
+    return items

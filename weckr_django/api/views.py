@@ -613,11 +613,17 @@ class OtlpTracesView(WeckrAPIView):
             )
         except otlp.OtlpError as error:
             raise BadRequest(str(error)) from None
-        events = otlp.usage_events(export)
+        events, refused = otlp.usage_events(export)
+        if len(events) > otlp.MAX_USAGE_SPANS:
+            raise BadRequest(
+                f"An export carries at most {otlp.MAX_USAGE_SPANS:,} spans with usage, not "
+                f"{len(events):,}: export in smaller batches."
+            )
         result = ingest_payloads(self.project(request), events)
-        message = "; ".join(
-            f"span {events[item.index].get('eventId')}: {item.error}"
-            for item in result.rejected[:5]
+        reasons = refused + [
+            f"span {events[item.index].get('eventId')}: {item.error}" for item in result.rejected
+        ]
+        body, kind = otlp.answer(
+            len(refused) + len(result.rejected), "; ".join(reasons[:5]), content_type
         )
-        body, kind = otlp.answer(len(result.rejected), message, content_type)
         return HttpResponse(body, content_type=kind)
