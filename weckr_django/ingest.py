@@ -194,17 +194,24 @@ def _plan_names(project: Project, records: Iterable[UsageRecord]) -> dict[str | 
 
 
 def _drop_holds(project: Project, records: Iterable[UsageRecord]) -> None:
-    """The cap store's holds of these stored calls: their costs are in the rollups now."""
+    """Tell the cap store which budgets these stored calls added to (their costs are
+    in the rollups now), and drop the holds of the reserved ones."""
     stored = [
-        (key, record.reservation_id)
-        for record in records
-        if record.reservation_id is not None
-        for key in SpendKey.of_reservation(
-            project, record.reservation_id, record.user_id, record.account_id
-        )
+        (key, record.reservation_id) for record in records for key in _budget_keys(project, record)
     ]
     if stored:
         cap_store().ingested(project, stored)
+
+
+def _budget_keys(project: Project, record: UsageRecord) -> tuple[SpendKey, ...]:
+    """The budgets a stored call counts against: its reservation's, or those of its
+    user and account in the month of its timestamp."""
+    if record.reservation_id is not None:
+        return SpendKey.of_reservation(
+            project, record.reservation_id, record.user_id, record.account_id
+        )
+    month = local_day(project, record.timestamp).replace(day=1)
+    return SpendKey.of_call(project, record.user_id, record.account_id, month)
 
 
 def price_record(record: UsageRecord) -> tuple[Decimal, bool]:

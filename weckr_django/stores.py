@@ -171,9 +171,9 @@ class CapStore(ABC):
     def release(self, keys: Sequence[SpendKey], reservation_id: str) -> None: ...
 
     @abstractmethod
-    def ingested(self, project: Project, stored: Sequence[tuple[SpendKey, str]]) -> None:
-        """Called by ingest, inside its transaction: the events of these (key,
-        reservation id) pairs are stored, and their costs are in the rollups."""
+    def ingested(self, project: Project, stored: Sequence[tuple[SpendKey, str | None]]) -> None:
+        """Called by ingest, inside its transaction: the events of these (budget,
+        reservation id or None) pairs are stored, and their costs are in the rollups."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -228,9 +228,10 @@ class DatabaseCapStore(CapStore):
         with self._cursor(transaction=False) as (cursor, sql):
             sql.release(cursor, reservation_id)
 
-    def ingested(self, project: Project, stored: Sequence[tuple[SpendKey, str]]) -> None:
+    def ingested(self, project: Project, stored: Sequence[tuple[SpendKey, str | None]]) -> None:
         # On the caller's connection, inside ingest's transaction, with the rollups.
-        ids = sorted({reservation_id for _, reservation_id in stored})
+        # (Spend is read from the rollups themselves: only holds need dropping.)
+        ids = sorted({reservation_id for _, reservation_id in stored if reservation_id})
         for start in range(0, len(ids), 500):
             CapReservation.objects.filter(project=project, pk__in=ids[start : start + 500]).delete()
 
@@ -576,21 +577,26 @@ for k = 1, #KEYS do
   result[#result + 1] = tonumber(recorded)
   result[#result + 1] = held
 end
-if result[1] == 1 then
-  for k = 1, #KEYS do
+for k = 1, #KEYS do
+  if result[1] == 1 then
     redis.call('HSET', KEYS[k], 'r:' .. ARGV[1], ARGV[2] .. '|' .. (now + tonumber(ARGV[3])))
-    redis.call('EXPIRE', KEYS[k], ARGV[4])
   end
+  redis.call('EXPIRE', KEYS[k], ARGV[4])
 end
 return result
 """
-    # KEYS[1]: a budget's month hash. ARGV: the rollup's total, then the ids of the
-    # reservations whose events it now holds. The total only grows within a month,
-    # so an older answer never overwrites a newer one.
+    # KEYS[1]: a budget's month hash. ARGV: the rollup's total, the hash's TTL in s,
+    # then the ids of the reservations whose events it now holds. The total only
+    # grows within a month, so an older answer never overwrites a newer one; a hash
+    # that does not exist is not created (the next reservation loads the total).
     _INGESTED = """
-local recorded = tonumber(redis.call('HGET', KEYS[1], 'recorded') or '-1')
-if tonumber(ARGV[1]) > recorded then redis.call('HSET', KEYS[1], 'recorded', ARGV[1]) end
-for i = 2, #ARGV do redis.call('HDEL', KEYS[1], 'r:' .. ARGV[i]) end
+local recorded = redis.call('HGET', KEYS[1], 'recorded')
+if not recorded then return 0 end
+if tonumber(ARGV[1]) > tonumber(recorded) then
+  redis.call('HSET', KEYS[1], 'recorded', ARGV[1])
+end
+for i = 3, #ARGV do redis.call('HDEL', KEYS[1], 'r:' .. ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
     _KEY_TTL_SECONDS: Final = 40 * 24 * 3600
@@ -691,31 +697,54 @@ return 1
         except self._errors as error:
             raise CapStoreUnavailable(str(error)) from error
 
-    def ingested(self, project: Project, stored: Sequence[tuple[SpendKey, str]]) -> None:
+    def ingested(self, project: Project, stored: Sequence[tuple[SpendKey, str | None]]) -> None:
         # After the commit: the rollups then hold the events' costs.
         transaction.on_commit(
             lambda: self.sync(project, stored), using=router.db_for_write(MonthlyUserSpend)
         )
 
-    def sync(self, project: Project, stored: Iterable[tuple[SpendKey, str]]) -> None:
-        """Copy the rollups' totals of ``stored``'s budgets in, and drop their holds."""
+    def sync(self, project: Project, stored: Iterable[tuple[SpendKey, str | None]]) -> None:
+        """Copy the rollups' totals of ``stored``'s budgets into the hashes Redis has
+        for them (every stored call, reserved or not, so that usage recorded without
+        a reservation counts too), and drop the reserved calls' holds; in one round
+        trip. A budget Redis has no hash for loads its total on its next reservation."""
         by_key: dict[SpendKey, list[str]] = {}
         for key, reservation_id in stored:
-            by_key.setdefault(key, []).append(reservation_id)
+            by_key.setdefault(key, [])
+            if reservation_id:
+                by_key[key].append(reservation_id)
+        totals = _recorded_in_rollups(by_key)
         try:
-            for key, ids in sorted(by_key.items(), key=lambda item: self.key(item[0])):
-                recorded = _to_nano(_recorded_in_rollup(key))
-                self._ingested(keys=[self.key(key)], args=[recorded, *ids])
+            with self._redis.pipeline(transaction=False) as pipe:
+                for key, ids in sorted(by_key.items(), key=lambda item: self.key(item[0])):
+                    args: list[str | int] = [_to_nano(totals[key]), self._KEY_TTL_SECONDS, *ids]
+                    self._ingested(keys=[self.key(key)], args=args, client=pipe)
+                pipe.execute()
         except self._errors as error:
             # The holds keep counting until they expire: never less than the real spend.
             logger.warning("Weckr: could not update the Redis cap store after ingest: %s", error)
 
 
 def _recorded_in_rollup(key: SpendKey) -> Decimal:
-    rollup, name = _ROLLUPS[key.scope]
-    where = {"project_id": key.project_id, name: key.key, "month": key.month}
-    cost = rollup._default_manager.filter(**where).values_list("cost_usd", flat=True).first()
-    return _money(cost)
+    return _recorded_in_rollups([key])[key]
+
+
+def _recorded_in_rollups(keys: Iterable[SpendKey]) -> dict[SpendKey, Decimal]:
+    """Each budget's recorded total: one query per scope, project and month."""
+    groups: dict[tuple[str, str, date], list[SpendKey]] = {}
+    for key in keys:
+        groups.setdefault((key.scope, key.project_id, key.month), []).append(key)
+    totals: dict[SpendKey, Decimal] = {}
+    for (scope, project_id, month), members in groups.items():
+        rollup, name = _ROLLUPS[scope]
+        found = dict(
+            rollup._default_manager.filter(
+                project_id=project_id, month=month, **{f"{name}__in": [k.key for k in members]}
+            ).values_list(name, "cost_usd")
+        )
+        for key in members:
+            totals[key] = _money(found.get(key.key))
+    return totals
 
 
 def _to_nano(amount: Decimal, *, up: bool = True) -> int:

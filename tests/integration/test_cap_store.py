@@ -224,3 +224,20 @@ ACCOUNT_CALL: dict[str, Any] = {
     "max_output_tokens": 500,
     "account_id": "acme",
 }
+
+
+def test_usage_stored_without_a_reservation_reaches_the_redis_totals(
+    redis_store: RedisCapStore,
+) -> None:
+    """Calls recorded with no reservation (track(), OTLP spans, a plan that was not
+    capped then) still count against the cap Redis decides from."""
+    project = project_with_cap(Decimal(5))
+    assert caps.reserve(project, request()).allowed  # Redis now has u1's hash
+    key = SpendKey.of(project, "u1")
+    ingest_records(project, [make_record(f"free-{i}", user_id="u1") for i in range(3)])
+
+    rollup = MonthlyUserSpend.objects.get(project=project, user_key="u1").cost_usd
+    assert rollup > 0
+    assert redis_store.spend(key).recorded == rollup
+    ttl = redis.Redis.from_url(REDIS_URL).ttl(RedisCapStore.key(key))
+    assert 0 < ttl <= RedisCapStore._KEY_TTL_SECONDS
