@@ -52,16 +52,22 @@ class BadMonth(ValueError):
 
 def parse_month(project: Project, value: str | None) -> date:
     """``YYYY-MM`` as the first day of that month; the project's current month when
-    not given. Raises ``BadMonth`` with a message for anything else."""
+    not given. Raises ``BadMonth`` with a message for anything else, and for a month
+    that has not begun."""
+    current = month_start(project)
     if not value:
-        return month_start(project)
-    text = value.strip()
-    year, dash, month = text.partition("-")
-    if not (dash and len(year) == 4 and len(month) == 2 and year.isdigit() and month.isdigit()):
+        return current
+    year, dash, month = value.strip().partition("-")
+    well_formed = dash and len(year) == 4 and len(month) == 2
+    # isascii: "²" is a digit to isdigit() and not to int().
+    if not (well_formed and (year + month).isascii() and (year + month).isdigit()):
         raise BadMonth(f"month must be YYYY-MM, such as 2026-11, not {value!r}.")
     if not 1 <= int(month) <= 12 or int(year) < 2000:
         raise BadMonth(f"month must be YYYY-MM, such as 2026-11, not {value!r}.")
-    return date(int(year), int(month), 1)
+    chosen = date(int(year), int(month), 1)
+    if chosen > current:
+        raise BadMonth(f"month {value.strip()} has not begun (this month is {current:%Y-%m}).")
+    return chosen
 
 
 def last_shown_day(project: Project, month: date) -> date:

@@ -91,8 +91,11 @@ class UserMargin(_Margin):
 
     @property
     def is_free(self) -> bool:
-        """A signed-in user who pays nothing, on their own: the free tier."""
-        return not self.is_anonymous and not self.paid_by_account and not self.revenue_usd
+        """A signed-in user who pays nothing, on their own: on a $0 plan, or on no
+        plan at all (a plan Weckr does not know is not free: its price is unknown)."""
+        if self.is_anonymous or self.paid_by_account:
+            return False
+        return self.revenue_usd == 0 or (self.revenue_usd is None and self.plan_name is None)
 
     @property
     def status(self) -> UserStatus:

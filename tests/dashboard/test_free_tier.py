@@ -56,3 +56,11 @@ def test_the_overview_shows_the_free_tier_apart_from_losses(
     }
     assert 'data-user="payer"' not in free
     assert "-0.00" not in staff_client.get("/weckr/users/").content.decode()
+
+
+def test_a_plan_weckr_does_not_know_is_not_the_free_tier(db: None) -> None:
+    project = Project.objects.create(name="Mystery")
+    Plan.objects.create(project=project, name="pro", monthly_price_usd=Decimal(29))
+    ingest_records(project, [make_record("m1", user_id="mystery", plan="enterprise")])
+    [row] = reports.user_margins(project)
+    assert (row.is_free, row.status) == (False, "unprofitable")  # its price is unknown
