@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -49,6 +50,15 @@ pytestmark = [
 ]
 
 
+def log_in(page: Any, live_server: LiveServer, path: str) -> None:
+    """Sign in through the admin as the founder, landing on ``path``."""
+    page.goto(f"{live_server.url}/admin/login/?next={path}")
+    page.fill("#id_username", "founder")
+    page.fill("#id_password", "s3cret-pass")
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{live_server.url}{path}")
+
+
 @pytest.fixture(autouse=True)
 def price_overrides() -> Iterator[None]:
     overrides.install()
@@ -77,11 +87,7 @@ def test_dashboard_in_chromium(live_server: LiveServer, screenshots: Path) -> No
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             page = context.new_page()
-            page.goto(f"{live_server.url}/admin/login/?next=/weckr/")
-            page.fill("#id_username", "founder")
-            page.fill("#id_password", "s3cret-pass")
-            page.click("input[type=submit]")
-            page.wait_for_url(f"{live_server.url}/weckr/")
+            log_in(page, live_server, "/weckr/")
 
             for name, path, heading in PAGES:
                 page.goto(f"{live_server.url}{path}")
@@ -179,11 +185,7 @@ def test_accounts_in_chromium(live_server: LiveServer, screenshots: Path) -> Non
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{live_server.url}/admin/login/?next=/weckr/")
-            page.fill("#id_username", "founder")
-            page.fill("#id_password", "s3cret-pass")
-            page.click("input[type=submit]")
-            page.wait_for_url(f"{live_server.url}/weckr/")
+            log_in(page, live_server, "/weckr/")
             expect(page.locator("#loss-banner")).to_contain_text("1 account losing money")
 
             page.click("nav >> text=Accounts")
@@ -273,11 +275,7 @@ def test_month_selector_in_chromium(live_server: LiveServer, screenshots: Path) 
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{live_server.url}/admin/login/?next=/weckr/users/")
-            page.fill("#id_username", "founder")
-            page.fill("#id_password", "s3cret-pass")
-            page.click("input[type=submit]")
-            page.wait_for_url(f"{live_server.url}/weckr/users/")
+            log_in(page, live_server, "/weckr/users/")
             expect(page.locator('tr[data-user="winter"]')).to_be_visible()
 
             page.select_option("#month-select", f"{last_month:%Y-%m}")
@@ -328,11 +326,7 @@ def test_the_admin_project_page_fits_its_plans(live_server: LiveServer, screensh
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{live_server.url}/admin/login/?next={change}")
-            page.fill("#id_username", "founder")
-            page.fill("#id_password", "s3cret-pass")
-            page.click("input[type=submit]")
-            page.wait_for_url(f"{live_server.url}{change}")
+            log_in(page, live_server, change)
             expect(page.locator("#plans-0 input[name='plans-0-name']")).to_have_value("team")
             assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
             page.screenshot(path=str(screenshots / "admin-project.png"), full_page=True)
