@@ -87,9 +87,7 @@ def test_schemathesis_finds_no_server_error(
 ) -> None:
     project, key = project_key
     config = tmp_path / "schemathesis.toml"
-    config.write_text(
-        f'[parameters]\n"path.project_id" = "{project.pk}"\n"path.kind" = "users"\n'
-    )
+    config.write_text(f'[parameters]\n"path.project_id" = "{project.pk}"\n"path.kind" = "users"\n')
     har = tmp_path / "requests.har"
     with server_process(server_env()) as url:
         httpx.post(f"{url}/api/v1/log", json=event(), headers={"x-api-key": key}).raise_for_status()
