@@ -5,6 +5,7 @@ WECKR = {"DEFAULT_PROJECT": "Acme", "CAP_CACHE_SECONDS": 2, "DELIVERY": "auto"}
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from datetime import date
 from typing import Any, Literal, cast
@@ -31,6 +32,10 @@ DEFAULTS: Mapping[str, Any] = {
     "ACCOUNT_RESOLVER": "weckr_django.middleware.default_account_id",
     "SEATS_RESOLVER": None,
     "USER_LABEL_RESOLVER": None,
+    # Admin keys for the providers' cost reports (manage.py weckr_reconcile); None:
+    # the OPENAI_ADMIN_KEY / ANTHROPIC_ADMIN_KEY environment variables.
+    "OPENAI_ADMIN_KEY": None,
+    "ANTHROPIC_ADMIN_KEY": None,
     "CAP_CACHE_SECONDS": 2.0,
     "CAP_STORE": "database",
     "CAP_FAIL_CLOSED": False,
@@ -106,6 +111,13 @@ class WeckrSettings:
         if self.get("USER_LABEL_RESOLVER") in (None, ""):
             return None
         return cast(UserLabelResolver, self._imported("USER_LABEL_RESOLVER"))
+
+    def admin_key(self, provider: str) -> str | None:
+        """The admin key of ``provider`` ("openai" or "anthropic") for its cost
+        report: the setting, else its environment variable. Never logged."""
+        name = f"{provider.upper()}_ADMIN_KEY"
+        value = self.get(name) or os.environ.get(name)
+        return str(value) if value else None
 
     def account_resolver(self) -> AccountResolver:
         """The imported ACCOUNT_RESOLVER: request -> the paying account's id, or None."""

@@ -232,6 +232,38 @@ class ModelPrice(models.Model):
         return self.model
 
 
+class BilledCost(models.Model):
+    """What a provider billed the organization for one day and line item, as its
+    admin cost API reports it (``manage.py weckr_reconcile``): the other side of
+    the "Recorded vs billed" comparison."""
+
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="billed_costs", verbose_name="project"
+    )
+    provider = models.CharField("provider", max_length=50)
+    day = models.DateField("day", help_text="The provider's billing day (UTC).")
+    line_item = models.CharField(
+        "line item", max_length=255, blank=True, help_text="Model or line item, as billed."
+    )
+    model = models.CharField(
+        "model", max_length=200, blank=True, help_text="The model, when the bill names one."
+    )
+    amount_usd = models.DecimalField("amount (USD)", max_digits=20, decimal_places=10)
+    fetched_at = models.DateTimeField("fetched", auto_now=True)
+
+    class Meta:
+        verbose_name = "billed cost"
+        verbose_name_plural = "billed costs"
+        constraints = (
+            models.UniqueConstraint(
+                fields=("project", "provider", "day", "line_item"), name="weckr_billed_uniq"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.day} {self.line_item} ${self.amount_usd}"
+
+
 class ModelAlternative(models.Model):
     """The cheaper model a capped user is moved to, overriding the built-in map."""
 

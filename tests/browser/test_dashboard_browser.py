@@ -332,3 +332,40 @@ def test_the_admin_project_page_fits_its_plans(live_server: LiveServer, screensh
             page.screenshot(path=str(screenshots / "admin-project.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_recorded_vs_billed_in_chromium(live_server: LiveServer, screenshots: Path) -> None:
+    """The providers' stored bill beside the spend Weckr recorded, per day."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.django.helpers import make_record
+    from weckr_django.ingest import ingest_records
+    from weckr_django.models import BilledCost, Project
+
+    now = datetime.now(UTC)
+    project = Project.objects.create(name="Billed")
+    ingest_records(project, [make_record("r1", model="gpt-4o", when=now)])
+    BilledCost.objects.create(
+        project=project,
+        provider="openai",
+        day=now.date(),
+        line_item="gpt-4o-2024-08-06, input",
+        model="gpt-4o-2024-08-06",
+        amount_usd=Decimal("2.50"),
+    )
+    User.objects.create_superuser("founder", "founder@example.com", "s3cret-pass")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            log_in(page, live_server, "/weckr/billing/")
+            row = page.locator(f'tr[data-day="{now:%Y-%m-%d}"][data-provider="openai"] td')
+            expect(row.nth(2)).to_have_text("2.50")
+            expect(row.nth(6)).to_contain_text("gpt-4o $")
+            page.screenshot(path=str(screenshots / "billing.png"), full_page=True)
+        finally:
+            browser.close()

@@ -19,6 +19,7 @@ urlpatterns = [
     path("agents/", views.agents, name="agents"),
     path("recommendations/", views.recommendations_page, name="recommendations"),
     path("alerts/", views.alerts, name="alerts"),
+    path("billing/", views.billing, name="billing"),
     path("export/<str:kind>.csv", views.export_csv, name="export"),
     path("settings/", views.settings_page, name="settings"),
     path("settings/test-alert/", views.test_alert, name="test-alert"),

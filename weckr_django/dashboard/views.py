@@ -23,7 +23,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from weckr_django import exports, recommendations, reports
+from weckr_django import exports, recommendations, reconcile, reports
 from weckr_django.alerts import send_test_alert
 from weckr_django.dashboard import charts, runs
 from weckr_django.dashboard.forms import PlanFormSet, ProjectSettingsForm, cap_prefill
@@ -678,3 +678,16 @@ def export_csv(request: HttpRequest, project: Project, kind: str) -> HttpRespons
     filename = f"weckr-{slugify(project.name) or 'project'}-{kind}-{month:%Y-%m}.csv"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
+
+
+@require_GET
+@dashboard_page("billing")
+def billing(request: HttpRequest, project: Project) -> HttpResponse:
+    """Recorded against billed, per day and provider, for the chosen month."""
+    month = _month(request)
+    days = reconcile.comparison(project, month, last_shown_day(project, month))
+    return render(
+        request,
+        "weckr_django/dashboard/billing.html",
+        _base(request, project, days=days, keys=reconcile.configured_providers()),
+    )

@@ -1,0 +1,329 @@
+"""Recorded spend against the provider's bill.
+
+OpenAI (organization Costs API) and Anthropic (Admin API cost report) publish what
+they bill per day and line item to an organization's admin key. ``fetch`` reads a
+range of days into ``BilledCost`` rows (``manage.py weckr_reconcile``, from cron or
+Celery beat); ``comparison`` sets each day and provider beside what Weckr recorded:
+billed, recorded, the gap in dollars and percent, and the models that carry it.
+
+A gap means calls made outside the instrumented path, streams without usage, or
+prices out of date. Days are the provider's (UTC); recorded spend is read per day of
+the project's timezone, so for a project not on UTC a gap moves between neighbouring
+days.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from django.db import transaction
+from django.db.models import Sum
+
+from weckr_django.conf import weckr_settings
+from weckr_django.models import BilledCost, DailyUsage, Project
+
+PROVIDERS = ("openai", "anthropic")
+OPENAI_COSTS_URL = "https://api.openai.com/v1/organization/costs"
+ANTHROPIC_COST_REPORT_URL = "https://api.anthropic.com/v1/organizations/cost_report"
+_ZERO = Decimal(0)
+_DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
+
+
+def configured_providers() -> list[str]:
+    """The providers with an admin key configured (the keys themselves never shown)."""
+    return [provider for provider in PROVIDERS if weckr_settings.admin_key(provider)]
+
+
+class BillingError(Exception):
+    """The provider refused the report (a wrong or non-admin key) or answered what
+    cannot be read; the message says which, never the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class BilledLine:
+    provider: str
+    day: date
+    line_item: str
+    model: str
+    amount_usd: Decimal
+
+
+def fetch(
+    provider: str,
+    key: str,
+    first: date,
+    last: date,
+    client: httpx.Client,
+    *,
+    url: str | None = None,
+) -> list[BilledLine]:
+    """The provider's bill for the days ``first`` to ``last`` (UTC), every page;
+    ``url`` replaces the report's address (a proxy in front of the provider)."""
+    if provider == "openai":
+        return list(_openai_lines(key, first, last, client, url or OPENAI_COSTS_URL))
+    if provider == "anthropic":
+        return list(_anthropic_lines(key, first, last, client, url or ANTHROPIC_COST_REPORT_URL))
+    raise ValueError(f"No cost report for provider {provider!r}.")
+
+
+def store(
+    project: Project, lines: Iterable[BilledLine], first: date, last: date, provider: str
+) -> int:
+    """Replace the project's stored bill of ``provider`` for these days with
+    ``lines``; their count."""
+    by_key: dict[tuple[str, date, str], BilledLine] = {}
+    for line in lines:
+        key = (line.provider, line.day, line.line_item)
+        if key in by_key:  # several results of one line item in a day: one row
+            earlier = by_key[key]
+            line = BilledLine(
+                line.provider,
+                line.day,
+                line.line_item,
+                line.model,
+                earlier.amount_usd + line.amount_usd,
+            )
+        by_key[key] = line
+    with transaction.atomic():
+        BilledCost.objects.filter(
+            project=project, provider=provider, day__gte=first, day__lte=last
+        ).delete()
+        BilledCost.objects.bulk_create(
+            BilledCost(
+                project=project,
+                provider=line.provider,
+                day=line.day,
+                line_item=line.line_item[:255],
+                model=line.model[:200],
+                amount_usd=line.amount_usd,
+            )
+            for line in by_key.values()
+        )
+    return len(by_key)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelGap:
+    model: str
+    billed_usd: Decimal
+    recorded_usd: Decimal
+
+    @property
+    def gap_usd(self) -> Decimal:
+        return self.billed_usd - self.recorded_usd
+
+
+@dataclass(frozen=True, slots=True)
+class DayComparison:
+    """One day of one provider: billed against recorded."""
+
+    day: date
+    provider: str
+    billed_usd: Decimal
+    recorded_usd: Decimal
+    models: list[ModelGap] = field(default_factory=list)
+
+    @property
+    def gap_usd(self) -> Decimal:
+        return self.billed_usd - self.recorded_usd
+
+    @property
+    def gap_percent(self) -> Decimal | None:
+        return self.gap_usd * 100 / self.billed_usd if self.billed_usd else None
+
+
+def comparison(project: Project, first: date, last: date) -> list[DayComparison]:
+    """Each day and provider with a stored bill, newest first, beside the spend Weckr
+    recorded; each day's models by the size of their gap."""
+    billed: dict[tuple[date, str], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for day, provider, model, line_item, amount in BilledCost.objects.filter(
+        project=project, day__gte=first, day__lte=last
+    ).values_list("day", "provider", "model", "line_item", "amount_usd"):
+        billed[(day, provider)][_model_key(model or line_item)] += amount
+    recorded: dict[tuple[date, str], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for day, provider, model, cost in (
+        DailyUsage.objects.filter(
+            project=project,
+            day__gte=first,
+            day__lte=last,
+            provider__in=sorted({provider for _, provider in billed}),
+        )
+        .values("day", "provider", "model")
+        .annotate(cost=Sum("cost_usd"))
+        .order_by()
+        .values_list("day", "provider", "model", "cost")
+    ):
+        recorded[(day, provider)][_model_key(model)] += cost or _ZERO
+    days = []
+    for (day, provider), bill in billed.items():
+        spent = recorded.get((day, provider), {})
+        models = [
+            ModelGap(model, bill.get(model, _ZERO), spent.get(model, _ZERO))
+            for model in set(bill) | set(spent)
+        ]
+        models.sort(key=lambda gap: (-abs(gap.gap_usd), gap.model))
+        days.append(
+            DayComparison(
+                day, provider, sum(bill.values(), _ZERO), sum(spent.values(), _ZERO), models
+            )
+        )
+    days.sort(key=lambda item: (item.day, item.provider), reverse=True)
+    return days
+
+
+def _model_key(name: str) -> str:
+    """A model as both sides can name it: OpenAI's line items ("gpt-4o-2024-08-06,
+    input") and dated snapshots meet the recorded name ("gpt-4o")."""
+    model = name.split(",")[0].strip().lower()
+    return _DATED.sub("", model) or "(unnamed)"
+
+
+def _bounds(first: date, last: date) -> tuple[datetime, datetime]:
+    return datetime.combine(first, time.min, UTC), datetime.combine(
+        last + timedelta(days=1), time.min, UTC
+    )
+
+
+def _get(client: httpx.Client, url: str, headers: dict[str, str], params: Any) -> dict[str, Any]:
+    try:
+        response = client.get(url, headers=headers, params=params, timeout=30)
+    except httpx.HTTPError as error:
+        raise BillingError(f"{url} could not be reached: {error.__class__.__name__}") from None
+    if response.status_code in (401, 403):
+        raise BillingError(
+            f"{url} refused the admin key (HTTP {response.status_code}): it must be an "
+            "organization admin key."
+        )
+    if not response.is_success:
+        raise BillingError(f"{url} answered HTTP {response.status_code}.")
+    try:
+        body = response.json()
+    except ValueError:
+        raise BillingError(f"{url} answered something that is not JSON.") from None
+    if not isinstance(body, dict):
+        raise BillingError(f"{url} answered something that is not a JSON object.")
+    return body
+
+
+#: Pages read at most per report (a month is one or two pages of 31 days).
+MAX_PAGES = 50
+
+
+def _pages(
+    client: httpx.Client, url: str, headers: dict[str, str], params: list[tuple[str, Any]]
+) -> Iterator[dict[str, Any]]:
+    """Each bucket of a paginated report: ``data``, then ``page=<next_page>`` while
+    ``has_more`` (both providers page this way)."""
+    page: str | None = None
+    for _ in range(MAX_PAGES):
+        body = _get(client, url, headers, params + ([("page", page)] if page else []))
+        buckets = body.get("data")
+        if not isinstance(buckets, list):
+            raise BillingError(f"{url} answered a page without a data list.")
+        for bucket in buckets:
+            if not isinstance(bucket, dict) or not isinstance(bucket.get("results"), list):
+                raise BillingError(f"{url} answered a bucket without results.")
+            yield bucket
+        page = body.get("next_page")
+        if not body.get("has_more") or not isinstance(page, str) or not page:
+            return
+    raise BillingError(f"{url} kept answering has_more after {MAX_PAGES} pages.")
+
+
+def _openai_lines(
+    key: str, first: date, last: date, client: httpx.Client, url: str
+) -> Iterator[BilledLine]:
+    """OpenAI's organization Costs API, a bucket per day, grouped by line item
+    ("gpt-4o-2024-08-06, input"); amounts in dollars
+    (https://platform.openai.com/docs/api-reference/usage/costs)."""
+    start, end = _bounds(first, last)
+    params: list[tuple[str, Any]] = [
+        ("start_time", int(start.timestamp())),
+        ("end_time", int(end.timestamp())),
+        ("bucket_width", "1d"),
+        ("group_by", "line_item"),
+        ("limit", 31),
+    ]
+    headers = {"Authorization": f"Bearer {key}"}
+    for bucket in _pages(client, url, headers, params):
+        day = _day(bucket.get("start_time"), url)
+        for result in bucket["results"]:
+            amount = result.get("amount") if isinstance(result, dict) else None
+            if not isinstance(amount, dict):
+                raise BillingError(f"{url} answered a result without an amount.")
+            _usd_only(amount.get("currency"), url)
+            line_item = str(result.get("line_item") or "")
+            yield BilledLine(
+                "openai",
+                day,
+                line_item,
+                line_item.split(",")[0].strip(),
+                _decimal(amount.get("value"), url),
+            )
+
+
+def _anthropic_lines(
+    key: str, first: date, last: date, client: httpx.Client, url: str
+) -> Iterator[BilledLine]:
+    """Anthropic's Admin API cost report, a bucket per day, grouped by description
+    ("Claude Sonnet 4 Usage - Input Tokens", with its model); amounts are decimal
+    strings in cents (https://docs.claude.com/en/docs/build-with-claude/usage-cost-api)."""
+    start, end = _bounds(first, last)
+    params: list[tuple[str, Any]] = [
+        ("starting_at", start.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        ("ending_at", end.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        ("bucket_width", "1d"),
+        ("group_by[]", "description"),
+        ("limit", 31),
+    ]
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    for bucket in _pages(client, url, headers, params):
+        starting_at = bucket.get("starting_at")
+        if not isinstance(starting_at, str):
+            raise BillingError(f"{url} answered a bucket without a day.")
+        try:
+            day = date.fromisoformat(starting_at[:10])
+        except ValueError:
+            raise BillingError(f"{url} answered a day it names oddly.") from None
+        for result in bucket["results"]:
+            if not isinstance(result, dict):
+                raise BillingError(f"{url} answered a result that is not one.")
+            _usd_only(result.get("currency"), url)
+            cents = _decimal(result.get("amount"), url)
+            yield BilledLine(
+                "anthropic",
+                day,
+                str(result.get("description") or result.get("cost_type") or ""),
+                str(result.get("model") or ""),
+                cents / 100,
+            )
+
+
+def _day(value: Any, url: str) -> date:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BillingError(f"{url} answered a bucket without a start time.")
+    return datetime.fromtimestamp(value, UTC).date()
+
+
+def _decimal(value: Any, url: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BillingError(f"{url} answered an amount that is not a number.")
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        raise BillingError(f"{url} answered an amount that is not a number.") from None
+    if not amount.is_finite():
+        raise BillingError(f"{url} answered an amount that is not a number.")
+    return amount
+
+
+def _usd_only(currency: Any, url: str) -> None:
+    if str(currency or "usd").lower() != "usd":
+        raise BillingError(f"{url} billed in {currency}; Weckr compares dollars only.")
