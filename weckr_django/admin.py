@@ -61,6 +61,7 @@ class ProjectForm(_ProjectForm):
             "slack_webhook_url",
             "alert_email",
             "margin_alert_threshold_usd",
+            "billing_gap_alert_percent",
             "target_ai_cost_share",
         )
 
@@ -116,7 +117,14 @@ class ProjectAdmin(_ProjectAdmin):
         ),
         (
             "Alert channels",
-            {"fields": ("slack_webhook_url", "alert_email", "margin_alert_threshold_usd")},
+            {
+                "fields": (
+                    "slack_webhook_url",
+                    "alert_email",
+                    "margin_alert_threshold_usd",
+                    "billing_gap_alert_percent",
+                )
+            },
         ),
         ("Pricing recommendations", {"fields": ("target_ai_cost_share",)}),
     )

@@ -23,7 +23,7 @@ from django.db import transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
-from weckr_django import reports
+from weckr_django import reconcile, reports
 from weckr_django.conf import weckr_settings
 from weckr_django.models import ANONYMOUS_KEY, AlertLog, MonthlyUserSpend, Project, UsageEvent
 from weckr_django.periods import month_bounds, month_start
@@ -239,6 +239,48 @@ def account_budget_alerts(
             )
             if alert is not None:
                 created.append(alert)
+    return created
+
+
+def billing_gap_alerts(
+    project: Project, days: Iterable[reconcile.DayComparison], *, send: Send
+) -> list[AlertLog]:
+    """A day a provider billed more than the project's ``billing_gap_alert_percent``
+    above what Weckr recorded: one alert per day and provider, ever."""
+    threshold = project.billing_gap_alert_percent
+    if threshold is None:
+        return []
+    created: list[AlertLog] = []
+    for day in days:
+        percent = day.gap_percent
+        if percent is None or day.gap_usd <= 0 or percent <= threshold:
+            continue
+        details = {
+            "day": day.day.isoformat(),
+            "provider": day.provider,
+            "billed": f"{day.billed_usd:.2f}",
+            "recorded": f"{day.recorded_usd:.2f}",
+            "gap": f"{day.gap_usd:.2f}",
+            "percent": f"{percent:.1f}",
+            "threshold": threshold,
+            "models": [
+                f"{gap.model} ${gap.gap_usd:.2f}" for gap in day.models[:3] if gap.gap_usd > 0
+            ],
+        }
+        with transaction.atomic():
+            _lock(project)
+            if AlertLog.objects.filter(
+                project=project,
+                kind=AlertLog.Kind.BILLING_GAP,
+                details__day=details["day"],
+                details__provider=day.provider,
+            ).exists():
+                continue
+            alert = AlertLog.objects.create(
+                project=project, kind=AlertLog.Kind.BILLING_GAP, details=details
+            )
+            _send_on_commit(alert, send)
+        created.append(alert)
     return created
 
 

@@ -168,6 +168,22 @@ def compose(alert: AlertLog, escape: Escape = plain_text) -> AlertMessage:
             f"User {who} on plan {plan}: revenue ${detail('revenue')}, AI cost "
             f"${detail('spend')}, margin ${detail('margin')} (threshold ${detail('threshold')})."
         )
+    elif alert.kind == AlertLog.Kind.BILLING_GAP:
+        provider = detail("provider")
+        subject = (
+            f"[Weckr] {provider} billed {detail('percent')}% more than recorded on "
+            f"{detail('day')} in {project}"
+        )
+        models = details.get("models") or []
+        carried = (
+            f" Models carrying it: {text('; '.join(str(m) for m in models))}." if models else ""
+        )
+        body = (
+            f"On {detail('day')} {provider} billed ${detail('billed')}; Weckr recorded "
+            f"${detail('recorded')}: a gap of ${detail('gap')} ({detail('percent')}%, the "
+            f"threshold is {detail('threshold')}%).{carried} Calls made outside the "
+            "instrumented path, streams without usage or out-of-date prices cause this."
+        )
     elif alert.kind == AlertLog.Kind.RUN_STOPPED:
         subject = f"[Weckr] Agent run of user {who} stopped by a loop guard in {project}"
         body = (

@@ -68,6 +68,13 @@ class Project(models.Model):
         blank=True,
         help_text="Alert when a user's monthly margin falls below this. Blank: no margin alerts.",
     )
+    billing_gap_alert_percent = models.PositiveSmallIntegerField(
+        "billing gap alert (%)",
+        null=True,
+        blank=True,
+        help_text="Alert when a provider billed a day more than this share above what Weckr "
+        "recorded (manage.py weckr_reconcile). Blank: no billing gap alerts.",
+    )
     default_output_tokens = models.PositiveIntegerField(
         "output tokens reserved by default",
         default=1024,
@@ -620,6 +627,7 @@ class AlertLog(models.Model):
         MARGIN = "margin", "Margin below threshold"
         RUN_STOPPED = "run_stopped", "Agent run stopped by a loop guard"
         UNKNOWN_PLAN = "unknown_plan", "Calls on a plan Weckr does not know"
+        BILLING_GAP = "billing_gap", "Billed above recorded"
         TEST = "test", "Test alert"
 
     class Status(models.TextChoices):

@@ -116,7 +116,7 @@ def detect_loops(project_id: str, user_ids: Sequence[str]) -> list[int]:
     project = _project(project_id)
     if project is None:
         return []
-    return _ids(alert_rules.loop_alerts(project, user_ids, send=_send_alert))
+    return _ids(alert_rules.loop_alerts(project, user_ids, send=send_alert))
 
 
 @shared_task(
@@ -133,7 +133,7 @@ def record_run_stop(project_id: str, stop: dict[str, Any]) -> int | None:
     project = _project(project_id)
     if project is None:
         return None
-    alert = alert_rules.run_stop_alert(project, stop, send=_send_alert)
+    alert = alert_rules.run_stop_alert(project, stop, send=send_alert)
     return None if alert is None else alert.pk
 
 
@@ -171,8 +171,8 @@ def check_budgets(
     project = _project(project_id)
     if project is None:
         return []
-    created = alert_rules.budget_alerts(project, user_ids, send=_send_alert)
-    created += alert_rules.account_budget_alerts(project, account_ids, send=_send_alert)
+    created = alert_rules.budget_alerts(project, user_ids, send=send_alert)
+    created += alert_rules.account_budget_alerts(project, account_ids, send=send_alert)
     # Housekeeping, here rather than in a task of its own: holds that stopped counting.
     delete_expired_reservations(project)
     return _ids(created)
@@ -191,7 +191,7 @@ def unknown_plan_refused(project_id: str, plan_name: str | None) -> int | None:
     project = _project(project_id)
     if project is None:
         return None
-    alert = alert_rules.unknown_plan_refused_alert(project, plan_name, send=_send_alert)
+    alert = alert_rules.unknown_plan_refused_alert(project, plan_name, send=send_alert)
     return None if alert is None else alert.pk
 
 
@@ -218,7 +218,7 @@ def dispatch_alert(self: Task[Any, Any], alert_id: int) -> str:
     return str(alert.status)
 
 
-def _send_alert(alert_id: int) -> None:
+def send_alert(alert_id: int) -> None:
     """Send a committed alert: queued, or run in this process (``run_task``)."""
     run_task(dispatch_alert, alert_id)
 

@@ -31,8 +31,9 @@ from django.test import Client, override_settings
 
 from tests.django.helpers import make_record
 from weckr_django import reconcile
+from weckr_django.alerts import compose
 from weckr_django.ingest import ingest_records
-from weckr_django.models import BilledCost, Project
+from weckr_django.models import AlertLog, BilledCost, Project
 
 pytestmark = pytest.mark.django_db
 
@@ -240,3 +241,22 @@ def test_the_recorded_vs_billed_page() -> None:
     assert f'data-day="{TODAY:%Y-%m-%d}" data-provider="openai"' in page
     assert "gpt-4o-mini" in page
     assert json.dumps("sk-admin-openai") not in page
+
+
+def test_a_day_billed_above_the_threshold_is_alerted_once(
+    fake_openai: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = Project.objects.create(name="Billed", billing_gap_alert_percent=20)
+    settings = {"DELIVERY": "sync", "OPENAI_ADMIN_KEY": "sk-admin-openai"}
+    with override_settings(WECKR=settings):
+        for _ in range(2):  # the second run finds the days alerted already
+            call_command("weckr_reconcile", "--project", "Billed", "--openai-url", fake_openai)
+    assert "2 billing gap alert(s) sent." in capsys.readouterr().out
+
+    alerts = AlertLog.objects.filter(project=project, kind=AlertLog.Kind.BILLING_GAP)
+    assert sorted(alert.details["day"] for alert in alerts) == [f"{YESTERDAY}", f"{TODAY}"]
+    message = compose(alerts.get(details__day=f"{YESTERDAY}"))
+    assert message.subject == (
+        f"[Weckr] openai billed 100.0% more than recorded on {YESTERDAY} in Billed"
+    )
+    assert "a gap of $2.00" in message.body and "gpt-4o $2.00" in message.body

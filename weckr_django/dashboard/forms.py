@@ -50,6 +50,7 @@ class ProjectSettingsForm(ProjectForm):
             "slack_webhook_url",
             "alert_email",
             "margin_alert_threshold_usd",
+            "billing_gap_alert_percent",
             "target_ai_cost_share",
         )
 

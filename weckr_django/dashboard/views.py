@@ -53,6 +53,7 @@ CHANNEL_FIELDS = (
     "slack_webhook_url",
     "alert_email",
     "margin_alert_threshold_usd",
+    "billing_gap_alert_percent",
     "target_ai_cost_share",
 )
 SETTINGS_PERMISSIONS = ("weckr_django.change_project", "weckr_django.change_plan")

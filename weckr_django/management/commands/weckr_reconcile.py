@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from weckr_django import reconcile
+from weckr_django import alert_rules, reconcile, tasks
 from weckr_django.backend import resolve_default_project
 from weckr_django.conf import weckr_settings
 from weckr_django.management.commands._projects import find_project
@@ -61,9 +61,13 @@ class Command(BaseCommand):
                     raise CommandError(f"{provider}: {error}") from None
                 stored = reconcile.store(project, lines, first, last, provider)
                 self.stdout.write(f"{provider}: {stored} billed line(s) from {first} to {last}.")
-        for day in reconcile.comparison(project, first, last):
+        days = reconcile.comparison(project, first, last)
+        for day in days:
             percent = "" if day.gap_percent is None else f" ({day.gap_percent:.1f}%)"
             self.stdout.write(
                 f"{day.day} {day.provider}: billed ${day.billed_usd:.2f}, recorded "
                 f"${day.recorded_usd:.2f}, gap ${day.gap_usd:.2f}{percent}"
             )
+        alerted = alert_rules.billing_gap_alerts(project, days, send=tasks.send_alert)
+        if alerted:
+            self.stdout.write(f"{len(alerted)} billing gap alert(s) sent.")
