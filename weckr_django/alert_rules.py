@@ -195,8 +195,14 @@ def budget_alerts(project: Project, user_keys: Iterable[str], *, send: Send) -> 
         for kind, details in wanted:
             if (kind, row.user_key) in alerted:
                 continue
+            about = {"user_id": row.user_key}
             alert = _alert_once(
-                project, kind, month_begins, details, send, about={"user_id": row.user_key}
+                project,
+                kind,
+                details,
+                send,
+                unless={"created_at__gte": month_begins, **about},
+                about=about,
             )
             if alert is not None:
                 created.append(alert)
@@ -234,8 +240,14 @@ def account_budget_alerts(
             if (kind, margin.account_key) in alerted:
                 continue
             details = {**details, "seats": margin.seats}
+            about = {"account_id": margin.account_key}
             alert = _alert_once(
-                project, kind, month_begins, details, send, about={"account_id": margin.account_key}
+                project,
+                kind,
+                details,
+                send,
+                unless={"created_at__gte": month_begins, **about},
+                about=about,
             )
             if alert is not None:
                 created.append(alert)
@@ -267,20 +279,15 @@ def billing_gap_alerts(
                 f"{gap.model} ${gap.gap_usd:.2f}" for gap in day.models[:3] if gap.gap_usd > 0
             ],
         }
-        with transaction.atomic():
-            _lock(project)
-            if AlertLog.objects.filter(
-                project=project,
-                kind=AlertLog.Kind.BILLING_GAP,
-                details__day=details["day"],
-                details__provider=day.provider,
-            ).exists():
-                continue
-            alert = AlertLog.objects.create(
-                project=project, kind=AlertLog.Kind.BILLING_GAP, details=details
-            )
-            _send_on_commit(alert, send)
-        created.append(alert)
+        alert = _alert_once(
+            project,
+            AlertLog.Kind.BILLING_GAP,
+            details,
+            send,
+            unless={"details__day": details["day"], "details__provider": day.provider},
+        )
+        if alert is not None:
+            created.append(alert)
     return created
 
 
@@ -333,7 +340,13 @@ def _unknown_plan_alerts(
             "cost": f"{item.cost_usd:.4f}",
             "rule": unknown_plan_rule(),
         }
-        alert = _alert_once(project, AlertLog.Kind.UNKNOWN_PLAN, month_begins, details, send)
+        alert = _alert_once(
+            project,
+            AlertLog.Kind.UNKNOWN_PLAN,
+            details,
+            send,
+            unless=_this_month(month_begins, details),
+        )
         if alert is not None:
             created.append(alert)
     return created
@@ -347,35 +360,41 @@ def unknown_plan_refused_alert(
     month_begins, _ = month_bounds(project, month_start(project))
     label = reports.NO_PLAN_LABEL if plan_name is None else plan_name
     details = {"plan": label, "refused": True, "rule": unknown_plan_rule()}
-    return _alert_once(project, AlertLog.Kind.UNKNOWN_PLAN, month_begins, details, send)
+    return _alert_once(
+        project,
+        AlertLog.Kind.UNKNOWN_PLAN,
+        details,
+        send,
+        unless=_this_month(month_begins, details),
+    )
 
 
 def _alert_once(
     project: Project,
     kind: str,
-    month_begins: datetime,
     details: dict[str, Any],
     send: Send,
     *,
+    unless: dict[str, Any],
     about: dict[str, str] | None = None,
 ) -> AlertLog | None:
-    """Create and send an alert unless one of its kind exists this month for the
-    same user or account (``about``: ``{"user_id": ...}`` or ``{"account_id": ...}``),
-    or, with no ``about``, for the same plan name."""
+    """Create and send an alert of ``kind`` (about a user or account: ``{"user_id":
+    ...}`` or ``{"account_id": ...}``) unless the project has one of that kind
+    matching ``unless`` already; checked under the project's lock."""
     with transaction.atomic():
         _lock(project)
-        earlier = AlertLog.objects.filter(project=project, kind=kind, created_at__gte=month_begins)
-        if about is not None:
-            earlier = earlier.filter(**about)
-        else:
-            earlier = earlier.filter(details__plan=details["plan"])
-        if earlier.exists():
+        if AlertLog.objects.filter(project=project, kind=kind, **unless).exists():
             return None
         alert = AlertLog.objects.create(
             project=project, kind=kind, details=details, **(about or {})
         )
         _send_on_commit(alert, send)
     return alert
+
+
+def _this_month(month_begins: datetime, details: dict[str, Any]) -> dict[str, Any]:
+    """Earlier alerts of this month on the same plan name."""
+    return {"created_at__gte": month_begins, "details__plan": details["plan"]}
 
 
 def _lock(project: Project) -> None:
