@@ -19,7 +19,7 @@ from django.core.exceptions import ValidationError
 from django.urls import NoReverseMatch, reverse
 
 from weckr_django.conf import weckr_settings
-from weckr_django.models import ANONYMOUS_KEY, ANONYMOUS_LABEL
+from weckr_django.models import ANONYMOUS_KEY, user_key_label
 
 logger = logging.getLogger("weckr_django")
 
@@ -35,7 +35,7 @@ class UserLabel:
 
     @property
     def id_text(self) -> str:
-        return ANONYMOUS_LABEL if self.user_key == ANONYMOUS_KEY else self.user_key
+        return user_key_label(self.user_key)
 
 
 def user_labels(user_keys: Iterable[str]) -> dict[str, UserLabel]:

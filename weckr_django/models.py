@@ -14,6 +14,11 @@ ANONYMOUS_KEY = ""
 ANONYMOUS_LABEL = "(anonymous)"
 
 
+def user_key_label(user_key: str) -> str:
+    """A rollup user key as shown: the id, or "(anonymous)" for calls with no user."""
+    return ANONYMOUS_LABEL if user_key == ANONYMOUS_KEY else user_key
+
+
 class Project(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField("name", max_length=200)

@@ -22,13 +22,12 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
 from weckr_django.conf import weckr_settings
 from weckr_django.models import (
     ANONYMOUS_KEY,
-    ANONYMOUS_LABEL,
     AlertLog,
     DailyAccountUsage,
     DailyUsage,
@@ -36,6 +35,7 @@ from weckr_django.models import (
     MonthlyAccountUserSpend,
     MonthlyUserSpend,
     Project,
+    user_key_label,
 )
 from weckr_django.periods import local_day, month_bounds, month_start, next_month
 from weckr_django.plans import configured_plans
@@ -107,7 +107,7 @@ class UserMargin(_Margin):
 
     @property
     def label(self) -> str:
-        return ANONYMOUS_LABEL if self.is_anonymous else self.user_key
+        return user_key_label(self.user_key)
 
     @classmethod
     def of_spend(
@@ -386,12 +386,14 @@ def account_margins(
 def feature_breakdown(project: Project, month: date | None = None) -> list[FeatureCost]:
     """Cost and calls per feature in ``month``, most expensive first."""
     month = _current_month(project, month)
-    rows = (
+    return _feature_costs(
         DailyUsage.objects.filter(project=project, day__gte=month, day__lt=next_month(month))
-        .values("feature")
-        .annotate(cost=Sum("cost_usd"), call_count=Sum("calls"))
-        .order_by()
     )
+
+
+def _feature_costs(days: QuerySet[DailyUsage] | QuerySet[DailyAccountUsage]) -> list[FeatureCost]:
+    """Cost, calls and share per feature of a daily rollup's rows, most expensive first."""
+    rows = days.values("feature").annotate(cost=Sum("cost_usd"), call_count=Sum("calls")).order_by()
     total = sum((row["cost"] or ZERO for row in rows), ZERO)
     features = [
         FeatureCost(
@@ -692,7 +694,7 @@ class AccountUser:
 
     @property
     def label(self) -> str:
-        return ANONYMOUS_LABEL if self.user_key == ANONYMOUS_KEY else self.user_key
+        return user_key_label(self.user_key)
 
 
 def account_users(
@@ -719,24 +721,8 @@ def account_features(
 ) -> list[FeatureCost]:
     """Cost and calls per feature of an account in ``month``, most expensive first."""
     month = _current_month(project, month)
-    rows = list(
+    return _feature_costs(
         DailyAccountUsage.objects.filter(
             project=project, account_key=account_key, day__gte=month, day__lt=next_month(month)
         )
-        .values("feature")
-        .annotate(cost=Sum("cost_usd"), call_count=Sum("calls"))
-        .order_by()
-        .values_list("feature", "cost", "call_count")
     )
-    total = sum((cost or ZERO for _, cost, _ in rows), ZERO)
-    features = [
-        FeatureCost(
-            feature=feature or NO_FEATURE_LABEL,
-            cost_usd=cost or ZERO,
-            calls=calls or 0,
-            share_percent=(cost or ZERO) * 100 / total if total else ZERO,
-        )
-        for feature, cost, calls in rows
-    ]
-    features.sort(key=lambda item: (-item.cost_usd, item.feature))
-    return features
