@@ -53,7 +53,7 @@ def _accounts(project: Project, month: date) -> Iterator[Row]:
         yield {
             "account_id": row.account_key,
             "plan": row.plan_name,
-            "billing": "per_seat" if row.per_seat else "flat",
+            "billing": row.billing,
             "seats": row.seats,
             "active_users": row.active_users,
             "revenue_usd": row.revenue_usd,

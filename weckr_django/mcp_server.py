@@ -142,7 +142,7 @@ def accounts(project: Project, account_filter: UserFilter, limit: int) -> dict[s
             {
                 "accountId": row.account_key,
                 "planName": row.plan_name,
-                "billing": "per_seat" if row.per_seat else "flat",
+                "billing": row.billing,
                 "seats": row.seats,
                 "activeUsers": row.active_users,
                 "costUsd": money(row.cost_usd, Decimal("0.000001")),

@@ -34,6 +34,7 @@ from weckr_django.models import (
     MonthlyAccountSpend,
     MonthlyAccountUserSpend,
     MonthlyUserSpend,
+    Plan,
     Project,
     user_key_label,
 )
@@ -333,6 +334,11 @@ class AccountMargin(_Margin):
     cost_usd: Decimal
     revenue_usd: Decimal | None  # None: the plan is not configured
     calls: int
+
+    @property
+    def billing(self) -> str:
+        """How the account pays: ``Plan.Billing``'s "per_seat" or "flat"."""
+        return str((Plan.Billing.PER_SEAT if self.per_seat else Plan.Billing.FLAT).value)
 
 
 def account_margins(

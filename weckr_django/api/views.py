@@ -518,7 +518,7 @@ class AccountsView(WeckrAPIView):
                     {
                         "accountId": row.account_key,
                         "planName": row.plan_name,
-                        "billing": "per_seat" if row.per_seat else "flat",
+                        "billing": row.billing,
                         "seats": row.seats,
                         "activeUsers": row.active_users,
                         "totalCostUsd": float(row.cost_usd),
