@@ -8,13 +8,36 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from decimal import Decimal
 
 from weckr_core.backends.base import ALLOW, Backend, CapDecision, CapRequest, Reservation
 from weckr_core.errors import WeckrCapError, WeckrConfigError
 from weckr_core.records import UsageRecord
 
 ErrorReport = Callable[[BaseException], None]
+
+
+def refuses(cap: Decimal | None, spent: Decimal, amount: Decimal | None = None) -> bool:
+    """Whether a budget refuses a call: with no ``amount`` (a check), when it is spent;
+    with the call's estimate (a reservation), when that does not fit. No cap: never."""
+    if cap is None:
+        return False
+    return spent >= cap if amount is None else spent + amount > cap
+
+
+def budget_to_report(
+    caps: Sequence[Decimal | None], spent: Sequence[Decimal], amount: Decimal | None = None
+) -> tuple[int, bool]:
+    """Which of a call's budgets (its user's, then its account's) a decision reports,
+    and whether the call is refused: the last budget that refuses it (the account's
+    when both do: it stops every user of the account), else the capped budget with
+    the least left. At least one budget has a cap."""
+    refusing = [at for at, cap in enumerate(caps) if refuses(cap, spent[at], amount)]
+    if refusing:
+        return refusing[-1], True
+    capped = [at for at, cap in enumerate(caps) if cap is not None]
+    return min(capped, key=lambda at: (caps[at] or Decimal(0)) - spent[at]), False
 
 
 def reserve(backend: Backend, request: CapRequest, report: ErrorReport) -> CapDecision:

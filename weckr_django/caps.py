@@ -15,11 +15,12 @@ the cost to the rollups, so nothing is counted twice or lost in between.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
 
 from weckr_core.backends.base import ALLOW, CapAction, CapDecision, CapRequest, Reservation
+from weckr_core.caps import budget_to_report
 from weckr_core.errors import CapKind
 from weckr_core.pricing import cheaper_alternative
 from weckr_core.records import UsageRecord
@@ -71,10 +72,9 @@ def decide(
         spends = cap_store().spends([budget.key for budget in capped])
     except CapStoreUnavailable as error:
         return _store_down(error, _caller(user_id, account_id), match)
-    at = _stopping(capped, spends, _below)
-    if at is None:
-        tightest = _tightest(capped, spends)
-        return _decision("allow", capped[tightest], spends[tightest], terms)
+    at, refused = _reported(capped, spends)
+    if not refused:
+        return _decision("allow", capped[at], spends[at], terms)
     alternative = _alternative(terms, model)
     action: CapAction = "block" if alternative is None else "downgrade"
     return _decision(action, capped[at], spends[at], terms, alternative=alternative, reason="cap")
@@ -99,14 +99,13 @@ def reserve(project: Project, request: CapRequest) -> CapDecision:
     try:
         amount = request.estimated_cost(None, default_output)
         hold = store.reserve(capped, amount, ttl)
+        # The store decided (atomically); the same rule names the budget to report.
+        at, _ = _reported(capped, hold.spends, amount)
         if hold.reservation_id is not None:
             reservation = Reservation(
                 hold.reservation_id, amount, request.model, user_id, account_id
             )
-            tightest = _tightest(capped, hold.spends)
-            return _decision("allow", capped[tightest], hold.spends[tightest], terms, reservation)
-        at = _stopping(capped, hold.spends, lambda budget, spend: budget.fits(spend, amount))
-        assert at is not None
+            return _decision("allow", capped[at], hold.spends[at], terms, reservation)
         alternative = _alternative(terms, request.model)
         if alternative is None:
             return _decision("block", capped[at], hold.spends[at], terms, reason="cap")
@@ -144,25 +143,12 @@ def release(
         cap_store().release(keys, reservation_id)
 
 
-def _below(budget: Budget, spend: Spend) -> bool:
-    """Whether a next call may start: the budget is not spent yet."""
-    return budget.cap is None or spend.total < budget.cap
-
-
-def _stopping(
-    capped: Sequence[Budget], spends: Sequence[Spend], fits: Callable[[Budget, Spend], bool]
-) -> int | None:
-    """The budget that refuses the call: the account's when both do (it stops every
-    user of the account), None when every budget lets it through."""
-    refusing = [at for at, budget in enumerate(capped) if not fits(budget, spends[at])]
-    return refusing[-1] if refusing else None
-
-
-def _tightest(capped: Sequence[Budget], spends: Sequence[Spend]) -> int:
-    """The capped budget with the least left: what an allowed call reports."""
-    return min(
-        (at for at, budget in enumerate(capped) if budget.cap is not None),
-        key=lambda at: (capped[at].cap or Decimal(0)) - spends[at].total,
+def _reported(
+    capped: Sequence[Budget], spends: Sequence[Spend], amount: Decimal | None = None
+) -> tuple[int, bool]:
+    """``budget_to_report`` for the store's budgets and spends."""
+    return budget_to_report(
+        [budget.cap for budget in capped], [spend.total for spend in spends], amount
     )
 
 

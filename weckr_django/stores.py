@@ -39,6 +39,7 @@ from django.db.models import Field, Model
 from django.db.utils import load_backend
 from django.utils import timezone
 
+from weckr_core.caps import refuses
 from weckr_django.conf import weckr_settings
 from weckr_django.models import (
     CapLock,
@@ -126,7 +127,7 @@ class Budget:
     cap: Decimal | None
 
     def fits(self, spend: Spend, amount: Decimal) -> bool:
-        return self.cap is None or spend.total + amount <= self.cap
+        return not refuses(self.cap, spend.total, amount)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from weckr_core.backends.base import (
     Reservation,
     RunStop,
 )
+from weckr_core.caps import budget_to_report
 from weckr_core.pricing import cheaper_alternative, ensure_priced
 from weckr_core.records import UsageRecord
 
@@ -145,23 +146,18 @@ class MemoryBackend(Backend):
         now = time.monotonic()
         with self._lock:
             spends = [(self._spend.get(b, _ZERO), self._held(b, now)) for b, _ in budgets]
-            # A check asks whether the budget is spent; a reservation whether the
-            # call's estimate still fits.
-            fits = [
-                recorded + held + (amount or _ZERO) <= limit
-                if amount is not None
-                else recorded + held < limit
-                for (recorded, held), (_, limit) in zip(spends, budgets, strict=True)
-            ]
-            refusing = [at for at, fit in enumerate(fits) if not fit]
-            if not refusing:
-                # The budget with the least left is the one reported.
-                at = min(range(len(budgets)), key=lambda i: budgets[i][1] - sum(spends[i]))
+            # A check asks whether a budget is spent; a reservation whether the call's
+            # estimate still fits.
+            at, refused = budget_to_report(
+                [limit for _, limit in budgets],
+                [recorded + held for recorded, held in spends],
+                amount,
+            )
+            if not refused:
                 reservation = None
                 if amount is not None:
                     reservation = self._hold(request, budgets, amount, request.model, now)
                 return _decision("allow", None, budgets[at], spends[at], reservation, plan)
-            at = refusing[-1]  # the account's when both refuse
             alternative = cheaper_alternative(request.model) if cap.action == "downgrade" else None
             if not alternative or alternative == request.model:
                 return _decision("block", None, budgets[at], spends[at], None, plan)
