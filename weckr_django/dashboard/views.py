@@ -19,7 +19,6 @@ from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -32,7 +31,6 @@ from weckr_django.models import AlertLog, Project
 from weckr_django.periods import (
     BadMonth,
     last_shown_day,
-    local_day,
     month_start,
     parse_month,
     previous_month,
@@ -171,7 +169,6 @@ def _base(request: HttpRequest, project: Project | None = None, **context: Any) 
         "project": project,
         "projects": getattr(request, "weckr_projects", []),
         "page": getattr(request, "weckr_page", ""),
-        "today": local_day(project, timezone.now()) if project is not None else None,
         "month": month,
         "months": months,
         "is_current_month": bool(months) and month == months[0],
