@@ -71,13 +71,14 @@ def fresh_django_caches() -> None:
 
     if not settings.configured:
         return
-    from weckr_django import plans
+    from weckr_django import managers, plans
     from weckr_django.backend import DjangoBackend
 
     backend = weckr_core.get_backend()
     if isinstance(backend, DjangoBackend):
         backend.forget_project()
     plans.forget_plans()
+    managers.key_projects.clear()
 
 
 @pytest.fixture

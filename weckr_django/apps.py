@@ -11,13 +11,14 @@ class WeckrConfig(AppConfig):
 
     def ready(self) -> None:
         # No queries here: the database may not exist yet (migrate, check, collectstatic).
-        from weckr_django import checks, overrides, plans, signals, tasks
+        from weckr_django import checks, managers, overrides, plans, signals, tasks
         from weckr_django.backend import install_default_backend
         from weckr_django.conf import weckr_settings
 
         checks.register_checks()
         overrides.connect_signals()
         plans.connect_signals()
+        managers.key_projects.clear_on_change(self.get_model("Project"))
         overrides.install()
         install_default_backend()
         if weckr_settings.INSTRUMENT:

@@ -5,11 +5,17 @@ import hmac
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from django.db import models
+from django.db import connections, models
 from django.utils import timezone
+
+from weckr_django.caching import ExpiringCache
 
 if TYPE_CHECKING:
     from weckr_django.models import ApiKey, Project
+
+#: API keys' projects by id, for ``authenticate``: every API request needs its key's
+#: project, which seldom changes.
+key_projects: ExpiringCache[Project] = ExpiringCache("weckr_key_projects")
 
 KEY_PREFIX = "wk_"
 _DISPLAY_LENGTH = 11  # "wk_" and eight characters
@@ -35,19 +41,31 @@ class ApiKeyManager(models.Manager["ApiKey"]):
         return plaintext
 
     def authenticate(self, plaintext: str) -> ApiKey | None:
-        """The key row for ``plaintext`` (revoked ones included), or None.
+        """The key row for ``plaintext`` (revoked ones included), with its project, or
+        None.
 
         Looked up by hash: the plaintext never reaches the database, and comparing
-        hashes leaks nothing about the stored key.
+        hashes leaks nothing about the stored key. The row is read on every call, so
+        a revocation applies at once; its project comes from ``key_projects``.
         """
         digest = hash_key(plaintext)
-        try:
-            # get(), not first(): the hash is unique, and first()'s ORDER BY costs
-            # a third of the lookup's time on every API request.
-            key = self.select_related("project").get(key_hash=digest)
-        except self.model.DoesNotExist:
+        quote = connections[self.db].ops.quote_name
+        meta = self.model._meta
+        column = meta.get_field("key_hash").column
+        assert column is not None
+        # raw(): building this one-table query through the ORM took longer than the
+        # rest of a cap check (about 0.4 ms per API request).
+        found = list(
+            self.raw(
+                f"SELECT * FROM {quote(meta.db_table)} WHERE {quote(column)} = %s",
+                [digest],
+            )
+        )
+        if not found or not hmac.compare_digest(found[0].key_hash, digest):
             return None
-        return key if hmac.compare_digest(key.key_hash, digest) else None
+        key = found[0]
+        key.project = key_projects.get(key.project_id, lambda: key.project)
+        return key
 
     def touch(self, key: ApiKey) -> None:
         """Record use, at most once a minute per key to spare the database."""

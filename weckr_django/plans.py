@@ -18,14 +18,11 @@ deleted in this process is seen at once.
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
 
-from django.db.models.signals import post_delete, post_save
-
+from weckr_django.caching import ExpiringCache
 from weckr_django.conf import weckr_settings
 from weckr_django.models import Plan, Project
 
@@ -113,30 +110,21 @@ def unknown_plan_rule() -> str:
     return f"The cap of plan {rule!r} applies to them (WECKR['UNKNOWN_PLAN'])."
 
 
-_lock = threading.Lock()
-_cache: dict[Any, tuple[float, dict[str, PlanTerms]]] = {}
+_plans: ExpiringCache[dict[str, PlanTerms]] = ExpiringCache("weckr_plans")
 
 
 def configured_plans(project: Project) -> dict[str, PlanTerms]:
     """The project's plans by normalized name."""
-    ttl = weckr_settings.CAP_CACHE_SECONDS
-    cached = _cache.get(project.pk)
-    now = time.monotonic()
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    plans = {normalized(plan.name): PlanTerms.of(plan) for plan in project.plans.all()}
-    if ttl > 0:
-        with _lock:
-            _cache[project.pk] = (now + ttl, plans)
-    return plans
+    return _plans.get(
+        project.pk,
+        lambda: {normalized(plan.name): PlanTerms.of(plan) for plan in project.plans.all()},
+    )
 
 
-def forget_plans(*_: Any, **kwargs: Any) -> None:
-    """Drop cached plans (a signal receiver: a plan was saved or deleted)."""
-    with _lock:
-        _cache.clear()
+def forget_plans() -> None:
+    """Read the plans again on next use."""
+    _plans.clear()
 
 
 def connect_signals() -> None:
-    post_save.connect(forget_plans, sender=Plan, dispatch_uid="weckr_plans_saved")
-    post_delete.connect(forget_plans, sender=Plan, dispatch_uid="weckr_plans_deleted")
+    _plans.clear_on_change(Plan)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.utils import timezone
 
 from tests.api.conftest import Api
+from weckr_django.managers import key_projects
 from weckr_django.models import ApiKey, Project
 
 
@@ -50,6 +52,35 @@ def test_a_revoked_key_is_403(api: Api) -> None:
 
     assert response.status_code == 403
     assert "revoked" in response.json()["error"]
+
+
+def test_a_key_revoked_elsewhere_is_refused_at_once(api: Api) -> None:
+    """The key row is read on every request: a revocation by another process (an
+    update that sends no signal here) applies to the very next request."""
+    assert api.get("me").status_code == 200
+
+    ApiKey.objects.filter(project=api.project).update(revoked_at=timezone.now())
+
+    assert api.get("me").status_code == 403
+
+
+def test_a_project_saved_here_is_seen_at_once_and_elsewhere_within_the_cache_time(
+    api: Api, settings: Any
+) -> None:
+    assert api.get("me").json()["project"]["name"] == "Acme"
+
+    api.project.name = "Acme Inc"
+    api.project.save()
+    assert api.get("me").json()["project"]["name"] == "Acme Inc"
+
+    # Saved by another process: no signal here; the kept copy serves until it expires.
+    Project.objects.filter(pk=api.project.pk).update(name="Acme Ltd")
+    assert api.get("me").json()["project"]["name"] == "Acme Inc"
+    settings.WECKR = {**settings.WECKR, "CAP_CACHE_SECONDS": 0}
+    key_projects.clear()
+    assert api.get("me").json()["project"]["name"] == "Acme Ltd"
+    Project.objects.filter(pk=api.project.pk).update(name="Acme GmbH")
+    assert api.get("me").json()["project"]["name"] == "Acme GmbH"
 
 
 def test_a_url_naming_another_project_is_404(api: Api) -> None:
