@@ -1,4 +1,4 @@
-"""``make demo``: migrate, create an admin login and a demo project with a month of
+"""``make demo``: migrate, create an admin login and a demo project with two months of
 realistic AI traffic, then serve the site.
 
     .venv/bin/python example_project/demo.py [--no-serve] [--port 8000]
@@ -11,6 +11,7 @@ WECKR_DEMO_HOST.
 from __future__ import annotations
 
 import argparse
+import calendar
 import math
 import os
 import random
@@ -52,7 +53,8 @@ PROJECT_NAME = "Demo SaaS"
 ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "weckr-demo"
 EVENT_PREFIX = "demo-"
-DAYS = 30
+#: From this day of a month on, the month under way tells the demo's story.
+STORY_FROM_DAY = 20
 SEED = 2026
 
 # name, monthly price, monthly AI cap per user, per account (None: none), action at the cap
@@ -106,9 +108,8 @@ class Customer:
     calls_per_day: float
     features: tuple[tuple[str, int], ...]  # (feature, weight)
     note: str
-    #: AI cost this customer reaches in the current month on any date: early in a
-    #: month, extra calls over the days so far make it up, so the story (a loss, a
-    #: cap reached) shows on the 2nd as on the 28th.
+    #: AI cost this customer reaches in the story month (``story_month``): extra
+    #: calls over its days make it up, at a steady pace, as in every other month.
     month_to_date_usd: str | None = None
     #: The B2B account (team) the customer's calls are billed to, if any.
     account: str | None = None
@@ -118,7 +119,7 @@ CUSTOMERS = (
     Customer(
         "ada",
         "team",
-        125,
+        100,
         (("research-agent", 6), ("data-analysis", 2), ("summarize", 2)),
         "team power user running agents all day: costs more than the plan earns",
         month_to_date_usd="130",
@@ -151,7 +152,7 @@ CUSTOMERS = (
     Customer(
         "eve",
         "pro",
-        95,
+        55,
         (("chat-assistant", 4), ("data-analysis", 1), ("summarize", 2)),
         "busy pro user close to the cap: on watch",
         month_to_date_usd="21",
@@ -296,8 +297,10 @@ def _customer_calls(
         return record
 
     today = now.date()
-    for offset in range(DAYS - 1, -1, -1):
-        day = today - timedelta(days=offset)
+    story = story_month(today)
+    # The story month whole, and the chart's last 30 days.
+    day = min(_previous_month(today.replace(day=1)), today - timedelta(days=29))
+    while day <= today:
         weekday_factor = 0.35 if day.weekday() >= 5 else 1.0
         count = max(0, round(rng.gauss(customer.calls_per_day, customer.calls_per_day / 4)))
         count = round(count * weekday_factor)
@@ -306,24 +309,42 @@ def _customer_calls(
             record = call(moment, event_id, "wrap" if index % 3 else "sdk")
             if record is not None:
                 yield record
+        if customer.month_to_date_usd is not None:
+            # Calls on top, spread over the day, keep the month on a steady pace to
+            # the customer's figure: reached on the month's last day, or today in the
+            # story month under way.
+            month = day.replace(day=1)
+            days = today.day if month == story and month == today.replace(day=1) else _length(month)
+            pace = Decimal(customer.month_to_date_usd) * day.day / days
+            start = datetime.combine(day, time.min, tzinfo=UTC)
+            end = min(start + timedelta(days=1), now - timedelta(minutes=10))
+            extra: list[UsageRecord] = []
+            while end > start and spend.get(month, Decimal(0)) < pace and len(extra) < 500:
+                moment = start + (end - start) * rng.random()
+                event_id = f"{EVENT_PREFIX}{customer.username}-{day:%Y%m%d}-extra-{len(extra)}"
+                record = call(moment, event_id, "wrap")
+                if record is None:
+                    break
+                extra.append(record)
+            yield from sorted(extra, key=lambda record: record.timestamp)
+        day += timedelta(days=1)
 
-    # Early in a month the days so far cannot reach the customer's story: make up the
-    # difference with calls spread over them.
-    if customer.month_to_date_usd is None:
-        return
-    target = Decimal(customer.month_to_date_usd)
+
+def story_month(today: date) -> date:
+    """The month whose figures tell the demo's story: this month from its 20th day, the
+    previous (complete) one before. Early in a month, a month-to-date story (a loss, a
+    cap reached) would need calls crowded into a few days, and the cost chart would
+    jump on the 1st like an incident."""
     this_month = today.replace(day=1)
-    start = datetime.combine(this_month, time.min, tzinfo=UTC)
-    end = now - timedelta(minutes=10)
-    extra: list[UsageRecord] = []
-    while end > start and spend.get(this_month, Decimal(0)) < target and len(extra) < 5000:
-        moment = start + (end - start) * rng.random()
-        event_id = f"{EVENT_PREFIX}{customer.username}-{this_month:%Y%m}-extra-{len(extra)}"
-        record = call(moment, event_id, "wrap")
-        if record is None:
-            break
-        extra.append(record)
-    yield from sorted(extra, key=lambda record: record.timestamp)
+    return this_month if today.day >= STORY_FROM_DAY else _previous_month(this_month)
+
+
+def _previous_month(month: date) -> date:
+    return (month - timedelta(days=1)).replace(day=1)
+
+
+def _length(month: date) -> int:
+    return calendar.monthrange(month.year, month.month)[1]
 
 
 def _record(rng: random.Random, feature: Feature, model: str, moment: datetime) -> UsageRecord:
@@ -414,27 +435,29 @@ def report_runaway_stop(project: Project, calls: list[UsageRecord]) -> None:
     tasks.record_run_stop(str(project.pk), tasks.run_stop_payload(stop))
 
 
-def summary(project: Project, user_ids: dict[str, str]) -> None:
+def summary(project: Project, user_ids: dict[str, str], month: date) -> None:
     names = {user_id: username for username, user_id in user_ids.items()}
-    month = reports.month_summary(project)
+    figures = reports.month_summary(project, month)
+    under_way = month == timezone.localdate().replace(day=1)
     say(
-        f"This month: {month.calls} calls, AI cost ${month.cost_usd:.2f}, revenue "
-        f"${month.revenue_usd:.2f}, margin ${month.margin_usd:.2f}, "
-        f"{month.unprofitable_users} unprofitable user(s), "
-        f"{month.unprofitable_accounts} unprofitable account(s); the free tier "
-        f"({month.free_users} user(s)) cost ${month.free_cost_usd:.2f}."
+        f"{month:%B %Y}{' so far' if under_way else ''}: {figures.calls} calls, AI cost "
+        f"${figures.cost_usd:.2f}, revenue ${figures.revenue_usd:.2f}, margin "
+        f"${figures.margin_usd:.2f}, {figures.unprofitable_users} unprofitable user(s), "
+        f"{figures.unprofitable_accounts} unprofitable account(s); the free tier "
+        f"({figures.free_users} user(s)) cost ${figures.free_cost_usd:.2f}."
     )
     plans = {plan.name: plan for plan in Plan.objects.filter(project=project)}
-    for row in reports.user_margins(project):
+    for row in reports.user_margins(project, month):
         username = names.get(row.user_key, row.label)
         plan = plans.get(row.plan_name or "")
         account = row.accounts[0] if row.accounts else None
-        decision = decide(project, row.user_key, row.plan_name, "gpt-4o", account) if plan else None
         state = ""
-        if decision is not None and not decision.allowed:
-            state = f", capped: {decision.action}" + (
-                f" to {decision.alternative_model}" if decision.alternative_model else ""
+        if plan is not None:
+            action, alternative = _cap_state(
+                project, month, row.user_key, plan, account, row.cost_usd
             )
+            if action is not None:
+                state = f", capped: {action}" + (f" to {alternative}" if alternative else "")
         if row.paid_by_account:
             share = row.account_share_percent or Decimal(0)
             standing = f"{share:>5.1f}% of {', '.join(row.accounts)}'s cost"
@@ -446,7 +469,7 @@ def summary(project: Project, user_ids: dict[str, str]) -> None:
             f"  {username:<6} {row.plan_name or '-':<5} cost ${row.cost_usd:>8.2f}  "
             f"{standing}{state}"
         )
-    for margin in reports.account_margins(project):
+    for margin in reports.account_margins(project, month):
         terms = plans.get(margin.plan_name or "")
         cap = terms.account_monthly_cap_usd if terms is not None else None
         of_cap = (
@@ -457,6 +480,21 @@ def summary(project: Project, user_ids: dict[str, str]) -> None:
             f"{margin.plan_name}, cost ${margin.cost_usd:.2f}{of_cap}, revenue "
             f"${margin.revenue_usd or 0:.2f}, margin ${margin.margin_usd:.2f}  {margin.status}"
         )
+
+
+def _cap_state(
+    project: Project, month: date, user_key: str, plan: Plan, account: str | None, spent: Decimal
+) -> tuple[str | None, str | None]:
+    """What the cap does to the customer's next call in the month under way (the
+    cap's own decision), or did once the month's spend reached it (a past month)."""
+    if month == timezone.localdate().replace(day=1):
+        decision = decide(project, user_key, plan.name, "gpt-4o", account)
+        return (None, None) if decision.allowed else (decision.action, decision.alternative_model)
+    if plan.monthly_cap_usd is None or spent < plan.monthly_cap_usd:
+        return None, None
+    if plan.cap_action == Plan.CapAction.DOWNGRADE:
+        return "downgrade", cheaper_alternative("gpt-4o")
+    return "block", None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,20 +515,25 @@ def main(argv: list[str] | None = None) -> int:
         say(f"Demo traffic already loaded ({existing.count()} events); nothing added.")
     else:
         say(
-            f"Generating a month of AI traffic for {len(CUSTOMERS)} customers on free, pro "
+            f"Generating two months of AI traffic for {len(CUSTOMERS)} customers on free, pro "
             "and team plans..."
         )
         created = load_traffic(project, user_ids)
         say(f"Recorded {created} LLM calls.")
+    month = story_month(timezone.localdate())
     say()
-    summary(project, user_ids)
+    summary(project, user_ids, month)
     say()
     say(f"Project {project.name!r} id {project.pk}")
     if plaintext:
         say("API key for the weckr-sdk (shown once):")
         say(plaintext)
     base = f"http://{options.host}:{options.port}"
-    say(f"Dashboard: {base}/weckr/   login: {ADMIN_USERNAME} / {ADMIN_PASSWORD}")
+    dashboard = f"{base}/weckr/"
+    if month != timezone.localdate().replace(day=1):
+        # Early in a month the story is last month's: open the dashboard on it.
+        dashboard += f"?month={month:%Y-%m}"
+    say(f"Dashboard: {dashboard}   login: {ADMIN_USERNAME} / {ADMIN_PASSWORD}")
     say(f"Admin:  {base}/admin/")
     say(f"App:    {base}/   (signed in as {ADMIN_USERNAME}, plan pro)")
     if options.no_serve:

@@ -205,9 +205,9 @@ def test_the_pages_call_the_fake_llm_through_weckr(demo: tuple[Path, str, str]) 
     assert all(event[5] > 0 for event in events)
 
 
-_MONTH_TO_DATE_SCRIPT = """
-import json, sys
-from datetime import UTC, datetime
+_ANY_DAY_SCRIPT = """
+import json, statistics, sys
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 sys.argv = ["demo.py"]
 import demo
@@ -216,39 +216,78 @@ from weckr_core.pricing import price_record
 
 call_command("migrate", verbosity=0)  # prices can be overridden in the database
 
-spends = {}
-for now in (datetime(2026, 12, 1, 9, 30, tzinfo=UTC), datetime(2026, 12, 2, 0, 30, tzinfo=UTC)):
+days = {}
+for now in sys.argv_nows:
+    now = datetime.fromisoformat(now)
+    story = demo.story_month(now.date())
     users = {customer.username: customer.username for customer in demo.CUSTOMERS}
-    month = {}
+    month, daily = {}, {}
     for record in demo.generate(users, now):
-        if record.timestamp >= datetime(2026, 12, 1, tzinfo=UTC):
-            assert record.timestamp < now
-            month[record.user_id] = month.get(record.user_id, Decimal(0)) + price_record(record).usd
-    spends[now.isoformat()] = {user: float(cost) for user, cost in month.items()}
-print(json.dumps(spends))
+        assert record.timestamp < now
+        cost = price_record(record).usd
+        day = record.timestamp.date()
+        daily[day] = daily.get(day, Decimal(0)) + cost
+        if day.replace(day=1) == story:
+            month[record.user_id] = month.get(record.user_id, Decimal(0)) + cost
+    # The chart's last 30 days, the day under way left out (it has just begun).
+    chart = [float(daily.get(now.date() - timedelta(days=n), 0)) for n in range(29, 0, -1)]
+    days[now.isoformat()] = {
+        "story": story.isoformat(),
+        "spend": {user: float(cost) for user, cost in month.items()},
+        "chart": chart,
+    }
+print(json.dumps(days))
 """
 
+MOMENTS = (
+    "2026-12-01T09:30:00+00:00",  # the 1st
+    "2026-12-02T00:30:00+00:00",
+    "2026-12-08T15:00:00+00:00",
+    "2026-12-19T23:00:00+00:00",  # the last day told by the previous month
+    "2026-12-20T12:00:00+00:00",  # the first told by the month under way
+    "2027-02-28T18:00:00+00:00",  # the last day of a short month
+)
 
-def test_the_demo_story_holds_on_the_first_days_of_a_month(tmp_path: Path) -> None:
-    """Caps and margins are per calendar month: loaded on the 1st, the demo's month
-    so far must already show the loss, the caps reached and the user on watch."""
+
+def test_the_demo_tells_its_story_on_any_day_with_a_steady_chart(tmp_path: Path) -> None:
+    """Caps and margins are per calendar month. Loaded on any day, the demo's story
+    month (the month under way from its 20th, else the previous one) shows the loss,
+    the caps reached and the user on watch, and its last 30 days of cost have no jump
+    that would look like an incident (the first version crowded the month so far
+    into a few days: 4x on the 1st, 3x on the 8th)."""
+    script = _ANY_DAY_SCRIPT.replace("sys.argv_nows", repr(MOMENTS))
     result = subprocess.run(
-        [sys.executable, "-c", _MONTH_TO_DATE_SCRIPT],
+        [sys.executable, "-c", script],
         cwd=ROOT / "example_project",
         env=demo_env(tmp_path / "prices.sqlite3"),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
 
-    for moment, spend in json.loads(result.stdout).items():
+    assert [outcome[moment]["story"] for moment in MOMENTS] == [
+        "2026-11-01",
+        "2026-11-01",
+        "2026-11-01",
+        "2026-11-01",
+        "2026-12-01",
+        "2027-02-01",
+    ]
+    for moment, figures in outcome.items():
+        spend = figures["spend"]
         assert spend["ada"] > 99, moment  # the team plan's price: a loss
         assert spend["ben"] >= 25, moment  # the pro cap: downgraded
         assert spend["cleo"] >= 0.5, moment  # the free cap: blocked
         assert 29 * 0.7 <= spend["eve"] < 25, moment  # on watch, under the cap
         assert spend.get("dan", 0) < 29 * 0.7, moment  # light and profitable
+        chart = figures["chart"]
+        weekdays = sorted(chart)[len(chart) // 3 :]  # weekends are quieter
+        typical = weekdays[len(weekdays) // 2]
+        assert max(chart) <= 1.8 * typical, (moment, chart)
+        assert min(chart) > 0, (moment, chart)
 
 
 def test_the_demo_shows_off_pricing_advice_and_a_stopped_run(
