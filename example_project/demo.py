@@ -374,7 +374,7 @@ def _cost(record: UsageRecord) -> Decimal:
 
 
 def runaway_agent(user_id: str, now: datetime) -> list[UsageRecord]:
-    """A research agent stuck in a loop a few minutes ago: the loop check flags it."""
+    """A research agent stuck in a loop, ending a few minutes before ``now``."""
     feature = FEATURES["research-agent"]
     records = []
     for step in range(14):
@@ -408,11 +408,19 @@ def load_traffic(project: Project, user_ids: dict[str, str]) -> int:
         if len(batch) == 500:
             created += ingest_records(project, batch).created
             batch = []
-    runaway = runaway_agent(user_ids["ada"], now)
-    batch.extend(runaway)
+    # One a few minutes ago, which the loop check flags; and one in the story month
+    # when that month is over, so that its Agents page shows a stopped run too.
+    runaways = [runaway_agent(user_ids["ada"], now)]
+    story = story_month(now.date())
+    if story != now.date().replace(day=1):
+        last_day = story.replace(day=_length(story))
+        runaways.append(runaway_agent(user_ids["ada"], datetime.combine(last_day, time(15), UTC)))
+    for runaway in runaways:
+        batch.extend(runaway)
     created += ingest_records(project, batch).created
     if created:
-        report_runaway_stop(project, runaway)
+        for runaway in runaways:
+            report_runaway_stop(project, runaway)
     return created
 
 

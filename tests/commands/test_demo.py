@@ -294,11 +294,16 @@ def test_the_demo_shows_off_pricing_advice_and_a_stopped_run(
     demo: tuple[Path, str, str],
 ) -> None:
     database, _, _ = demo
-    # The runaway agent run is reported stopped by its loop guard, once.
-    [(details,)] = query(
-        database, "SELECT details FROM weckr_django_alertlog WHERE kind = 'run_stopped'"
-    )
-    assert json.loads(details)["run_id"].startswith("demo-run-")
+    # The runaway agent runs (a few minutes ago; and in the story month, when it is the
+    # previous one) are reported stopped by their loop guard, once each.
+    stops = [
+        json.loads(details)["run_id"]
+        for (details,) in query(
+            database, "SELECT details FROM weckr_django_alertlog WHERE kind = 'run_stopped'"
+        )
+    ]
+    assert 1 <= len(stops) == len(set(stops)) <= 2
+    assert all(run_id.startswith("demo-run-") for run_id in stops)
     # Enough payers on pro (five and more) for the pricing advice to speak.
     [(payers,)] = query(
         database,

@@ -58,7 +58,11 @@ def test_the_overview_of_a_past_month_has_its_figures_and_no_advice(
 ) -> None:
     page = staff_client.get(f"/weckr/?month={LAST_MONTH:%Y-%m}").content.decode()
     assert f"{LAST_MONTH:%B %Y}" in page
-    assert "Top recommendations" in page and "Nothing to recommend yet" in page
+    # Advice reads the month under way: a past month points there, and does not
+    # claim there is nothing to recommend.
+    assert "Top recommendations" in page and "Advice is for the month under way" in page
+    assert "Nothing to recommend yet" not in page
+    assert "losing money this month" not in page and " this month:" not in page
 
 
 def test_a_user_without_calls_in_the_month_gets_an_empty_state(

@@ -172,6 +172,10 @@ def _base(request: HttpRequest, project: Project | None = None, **context: Any) 
         "month": month,
         "months": months,
         "is_current_month": bool(months) and month == months[0],
+        # "No calls this month." / "No calls in January 2027."
+        "in_month": "this month"
+        if month is None or (months and month == months[0])
+        else f"in {month:%B %Y}",
         # What the month selector keeps of the page's query (a user, a filter).
         "kept_query": [
             (key, value) for key, value in request.GET.items() if key not in ("month", "page")
