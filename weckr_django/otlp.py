@@ -61,12 +61,20 @@ CACHE_WRITE_TOKENS = (
 REASONING_TOKENS = ("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens")
 MODEL = ("gen_ai.response.model", "gen_ai.request.model", "llm.response.model")
 PROVIDER = ("gen_ai.provider.name", "gen_ai.system")
-USER = ("user.id", "enduser.id")
-RUN = ("gen_ai.conversation.id", "session.id")
+# OpenLLMetry's ``Traceloop.set_association_properties({...})`` writes each key under
+# this prefix on every span of the context; Langfuse's SDK writes ``langfuse.*``.
+_TRACELOOP = "traceloop.association.properties."
+USER = ("user.id", "enduser.id", "langfuse.user.id", f"{_TRACELOOP}user_id")
+RUN = (
+    "gen_ai.conversation.id",
+    "session.id",
+    "langfuse.session.id",
+    f"{_TRACELOOP}session_id",
+)
 AGENT = ("gen_ai.agent.name",)
-FEATURE = ("weckr.feature",)
-PLAN = ("weckr.plan",)
-ACCOUNT = ("weckr.account",)
+FEATURE = ("weckr.feature", f"{_TRACELOOP}weckr.feature")
+PLAN = ("weckr.plan", f"{_TRACELOOP}weckr.plan")
+ACCOUNT = ("weckr.account", f"{_TRACELOOP}weckr.account")
 
 #: ``gen_ai.system`` / ``gen_ai.provider.name`` values, as the price database names
 #: the provider.

@@ -159,6 +159,59 @@ def test_the_json_encoding_and_the_older_attribute_names(client: Client) -> None
 
 
 @pytest.mark.django_db
+def test_openllmetry_association_properties_and_langfuse_attributes_attribute_the_call(
+    client: Client,
+) -> None:
+    project = Project.objects.create(name="Associations")
+    _, key = ApiKey.objects.create_key(project, "otel")
+    association = "traceloop.association.properties."
+    body = otlp_json(
+        span(
+            "aaa19b7ec3c1b171",
+            **{
+                "gen_ai.system": "openai",
+                "gen_ai.request.model": "gpt-4o-mini",
+                "gen_ai.usage.input_tokens": 120,
+                "gen_ai.usage.output_tokens": 12,
+                f"{association}user_id": "u-42",
+                f"{association}session_id": "chat-7",
+                f"{association}weckr.plan": "pro",
+                f"{association}weckr.feature": "support-bot",
+                f"{association}weckr.account": "globex",
+            },
+        ),
+        span(
+            "aaa19b7ec3c1b172",
+            **{
+                "gen_ai.system": "anthropic",
+                "gen_ai.request.model": "claude-sonnet-4",
+                "gen_ai.usage.input_tokens": 300,
+                "gen_ai.usage.output_tokens": 30,
+                "langfuse.user.id": "u-43",
+                "langfuse.session.id": "chat-8",
+            },
+        ),
+    )
+
+    response = client.post(
+        "/api/v1/otlp/v1/traces",
+        json.dumps(body),
+        content_type="application/json",
+        headers={"x-api-key": key},
+    )
+
+    assert response.status_code == 200, response.content
+    rows = {
+        event.user_id: (event.run_id, event.plan_name, event.feature, event.account_id)
+        for event in UsageEvent.objects.filter(project=project)
+    }
+    assert rows == {
+        "u-42": ("chat-7", "pro", "support-bot", "globex"),
+        "u-43": ("chat-8", None, None, None),
+    }
+
+
+@pytest.mark.django_db
 def test_bad_spans_are_a_partial_success_and_bad_bodies_a_400(client: Client) -> None:
     project = Project.objects.create(name="Polyglot")
     _, key = ApiKey.objects.create_key(project, "otel")
