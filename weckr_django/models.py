@@ -276,6 +276,43 @@ class BilledCost(models.Model):
         return f"{self.provider} {self.day} {self.line_item} ${self.amount_usd}"
 
 
+class ProviderKeyUsage(models.Model):
+    """The tokens one of the organization's provider API keys used on one day and
+    model, as the provider's admin usage report counts them (``manage.py
+    weckr_reconcile``): set beside what Weckr recorded, it shows which keys make calls
+    Weckr never sees."""
+
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="key_usage", verbose_name="project"
+    )
+    provider = models.CharField("provider", max_length=50)
+    day = models.DateField("day", help_text="The provider's usage day (UTC).")
+    api_key_id = models.CharField(
+        "API key id",
+        max_length=200,
+        blank=True,
+        help_text="The provider's id of the key (never the key); blank when it names none.",
+    )
+    model = models.CharField("model", max_length=200, blank=True)
+    tokens = models.BigIntegerField(
+        "tokens", help_text="Input (cached and cache writes included) and output tokens."
+    )
+    fetched_at = models.DateTimeField("fetched", auto_now=True)
+
+    class Meta:
+        verbose_name = "provider key usage"
+        verbose_name_plural = "provider key usage"
+        constraints = (
+            models.UniqueConstraint(
+                fields=("project", "provider", "day", "api_key_id", "model"),
+                name="weckr_key_usage_uniq",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.day} {self.api_key_id or '(no key)'} {self.model}"
+
+
 class ModelAlternative(models.Model):
     """The cheaper model a capped user is moved to, overriding the built-in map."""
 

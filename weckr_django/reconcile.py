@@ -10,6 +10,14 @@ A gap means calls made outside the instrumented path, streams without usage, or
 prices out of date. Days are the provider's (UTC); recorded spend is read per day of
 the project's timezone, so for a project not on UTC a gap moves between neighbouring
 days.
+
+Both providers also report the tokens of each of the organization's API keys per day
+and model (OpenAI's completions usage, Anthropic's messages usage report):
+``fetch_key_usage`` stores them, and ``key_verdicts`` tells which keys Weckr sees.
+Calls carry no key id, so a key is matched by its tokens: on a day and model, the
+keys whose tokens add up to what Weckr recorded (within 2%) are instrumented, the
+others are not, when exactly one such set of keys exists; otherwise that day tells
+nothing about them.
 """
 
 from __future__ import annotations
@@ -27,11 +35,17 @@ from django.db import transaction
 from django.db.models import Sum
 
 from weckr_django.conf import weckr_settings
-from weckr_django.models import BilledCost, DailyUsage, Project
+from weckr_django.models import BilledCost, DailyUsage, Project, ProviderKeyUsage
 
 PROVIDERS = ("openai", "anthropic")
 OPENAI_COSTS_URL = "https://api.openai.com/v1/organization/costs"
 ANTHROPIC_COST_REPORT_URL = "https://api.anthropic.com/v1/organizations/cost_report"
+OPENAI_USAGE_URL = "https://api.openai.com/v1/organization/usage/completions"
+ANTHROPIC_USAGE_URL = "https://api.anthropic.com/v1/organizations/usage_report/messages"
+#: How close the tokens of a set of keys must come to what Weckr recorded to match.
+MATCH_TOLERANCE = Decimal("0.02")
+#: Keys of one day and model tried together, at most (every subset is tried).
+MAX_KEYS_MATCHED = 12
 _ZERO = Decimal(0)
 _DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
 
@@ -178,6 +192,143 @@ def comparison(project: Project, first: date, last: date) -> list[DayComparison]
     return days
 
 
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    provider: str
+    day: date
+    api_key_id: str  # "" when the provider names no key (usage from its console)
+    model: str
+    tokens: int
+
+
+def usage_url_beside(cost_url: str, provider: str) -> str:
+    """The usage report served where ``cost_url`` serves the provider's costs (a
+    proxy in front of the provider serves both, under the provider's own paths)."""
+    if provider == "openai":
+        return re.sub(r"/costs/?$", "/usage/completions", cost_url)
+    return re.sub(r"/cost_report/?$", "/usage_report/messages", cost_url)
+
+
+def fetch_key_usage(
+    provider: str,
+    key: str,
+    first: date,
+    last: date,
+    client: httpx.Client,
+    *,
+    url: str | None = None,
+) -> list[KeyUsage]:
+    """Tokens per API key, day and model for the days ``first`` to ``last`` (UTC);
+    ``url`` replaces the report's address."""
+    if provider == "openai":
+        return list(_openai_key_usage(key, first, last, client, url or OPENAI_USAGE_URL))
+    if provider == "anthropic":
+        return list(_anthropic_key_usage(key, first, last, client, url or ANTHROPIC_USAGE_URL))
+    raise ValueError(f"No usage report for provider {provider!r}.")
+
+
+def store_key_usage(
+    project: Project, usage: Iterable[KeyUsage], first: date, last: date, provider: str
+) -> int:
+    """Replace the stored key usage of ``provider`` for these days; rows stored."""
+    tokens: dict[tuple[date, str, str], int] = defaultdict(int)
+    for item in usage:
+        tokens[(item.day, item.api_key_id[:200], item.model[:200])] += item.tokens
+    with transaction.atomic():
+        ProviderKeyUsage.objects.filter(
+            project=project, provider=provider, day__gte=first, day__lte=last
+        ).delete()
+        ProviderKeyUsage.objects.bulk_create(
+            ProviderKeyUsage(
+                project=project,
+                provider=provider,
+                day=day,
+                api_key_id=key_id,
+                model=model,
+                tokens=count,
+            )
+            for (day, key_id, model), count in tokens.items()
+        )
+    return len(tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVerdict:
+    """One provider API key over a range of days: its tokens, the days it was used,
+    and whether Weckr records its calls (None: the tokens cannot tell)."""
+
+    provider: str
+    api_key_id: str
+    tokens: int
+    days: int
+    instrumented: bool | None
+
+
+def key_verdicts(project: Project, first: date, last: date) -> list[KeyVerdict]:
+    """The stored keys of these days, keys Weckr does not see first, then by tokens."""
+    cells: dict[tuple[date, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for day, provider, key_id, model, tokens in ProviderKeyUsage.objects.filter(
+        project=project, day__gte=first, day__lte=last
+    ).values_list("day", "provider", "api_key_id", "model", "tokens"):
+        cells[(day, provider, _model_key(model))][key_id] += tokens
+    recorded: dict[tuple[date, str, str], int] = defaultdict(int)
+    for day, provider, model, tokens in (
+        DailyUsage.objects.filter(
+            project=project,
+            day__gte=first,
+            day__lte=last,
+            provider__in=sorted({provider for _, provider, _ in cells}),
+        )
+        .values("day", "provider", "model")
+        .annotate(tokens=Sum("input_tokens") + Sum("cache_creation_tokens") + Sum("output_tokens"))
+        .order_by()
+        .values_list("day", "provider", "model", "tokens")
+    ):
+        recorded[(day, provider, _model_key(model))] += tokens or 0
+    totals: dict[tuple[str, str], int] = defaultdict(int)
+    days: dict[tuple[str, str], set[date]] = defaultdict(set)
+    seen: dict[tuple[str, str], bool | None] = {}
+    for (day, provider, model), keys in cells.items():
+        matched = _matching_keys(keys, recorded.get((day, provider, model), 0))
+        for key_id, tokens in keys.items():
+            name = (provider, key_id)
+            totals[name] += tokens
+            days[name].add(day)
+            if matched is not None and seen.get(name) is not True:
+                seen[name] = key_id in matched
+            else:
+                seen.setdefault(name, None)
+    verdicts = [
+        KeyVerdict(
+            provider,
+            key_id,
+            totals[(provider, key_id)],
+            len(days[(provider, key_id)]),
+            seen[(provider, key_id)],
+        )
+        for provider, key_id in totals
+    ]
+    verdicts.sort(key=lambda item: (item.instrumented is not False, -item.tokens, item.api_key_id))
+    return verdicts
+
+
+def _matching_keys(keys: dict[str, int], recorded: int) -> frozenset[str] | None:
+    """The one set of keys whose tokens add up to ``recorded`` (within
+    ``MATCH_TOLERANCE``), or None when no set or several do."""
+    names = sorted(keys)
+    if len(names) > MAX_KEYS_MATCHED:
+        return None
+    tolerance = max(Decimal(recorded) * MATCH_TOLERANCE, Decimal(1))
+    found: frozenset[str] | None = None
+    for mask in range(1 << len(names)):
+        chosen = [name for bit, name in enumerate(names) if mask >> bit & 1]
+        if abs(sum(keys[name] for name in chosen) - recorded) <= tolerance:
+            if found is not None:
+                return None
+            found = frozenset(chosen)
+    return found
+
+
 def _model_key(name: str) -> str:
     """A model as both sides can name it: OpenAI's line items ("gpt-4o-2024-08-06,
     input") and dated snapshots meet the recorded name ("gpt-4o")."""
@@ -285,13 +436,7 @@ def _anthropic_lines(
     ]
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
     for bucket in _pages(client, url, headers, params):
-        starting_at = bucket.get("starting_at")
-        if not isinstance(starting_at, str):
-            raise BillingError(f"{url} answered a bucket without a day.")
-        try:
-            day = date.fromisoformat(starting_at[:10])
-        except ValueError:
-            raise BillingError(f"{url} answered a day it names oddly.") from None
+        day = _bucket_day(bucket, url)
         for result in bucket["results"]:
             if not isinstance(result, dict):
                 raise BillingError(f"{url} answered a result that is not one.")
@@ -304,6 +449,17 @@ def _anthropic_lines(
                 str(result.get("model") or ""),
                 cents / 100,
             )
+
+
+def _bucket_day(bucket: dict[str, Any], url: str) -> date:
+    """The UTC day of an Anthropic report's bucket (its ``starting_at``)."""
+    starting_at = bucket.get("starting_at")
+    if not isinstance(starting_at, str):
+        raise BillingError(f"{url} answered a bucket without a day.")
+    try:
+        return date.fromisoformat(starting_at[:10])
+    except ValueError:
+        raise BillingError(f"{url} answered a day it names oddly.") from None
 
 
 def _day(value: Any, url: str) -> date:
@@ -327,3 +483,78 @@ def _decimal(value: Any, url: str) -> Decimal:
 def _usd_only(currency: Any, url: str) -> None:
     if str(currency or "usd").lower() != "usd":
         raise BillingError(f"{url} billed in {currency}; Weckr compares dollars only.")
+
+
+def _openai_key_usage(
+    key: str, first: date, last: date, client: httpx.Client, url: str
+) -> Iterator[KeyUsage]:
+    """OpenAI's completions usage, a bucket per day, grouped by API key and model;
+    ``input_tokens`` counts cached tokens too
+    (https://platform.openai.com/docs/api-reference/usage/completions)."""
+    start, end = _bounds(first, last)
+    params: list[tuple[str, Any]] = [
+        ("start_time", int(start.timestamp())),
+        ("end_time", int(end.timestamp())),
+        ("bucket_width", "1d"),
+        ("group_by", "api_key_id"),
+        ("group_by", "model"),
+        ("limit", 31),
+    ]
+    headers = {"Authorization": f"Bearer {key}"}
+    for bucket in _pages(client, url, headers, params):
+        day = _day(bucket.get("start_time"), url)
+        for result in bucket["results"]:
+            if not isinstance(result, dict):
+                raise BillingError(f"{url} answered a result that is not one.")
+            yield KeyUsage(
+                "openai",
+                day,
+                str(result.get("api_key_id") or ""),
+                str(result.get("model") or ""),
+                _count(result.get("input_tokens"), url) + _count(result.get("output_tokens"), url),
+            )
+
+
+def _anthropic_key_usage(
+    key: str, first: date, last: date, client: httpx.Client, url: str
+) -> Iterator[KeyUsage]:
+    """Anthropic's messages usage report, a bucket per day, grouped by API key and
+    model; input in three parts, uncached, cache reads and cache writes (per cache
+    lifetime) (https://docs.claude.com/en/api/admin-api/usage-cost/get-messages-usage-report)."""
+    start, end = _bounds(first, last)
+    params: list[tuple[str, Any]] = [
+        ("starting_at", start.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        ("ending_at", end.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        ("bucket_width", "1d"),
+        ("group_by[]", "api_key_id"),
+        ("group_by[]", "model"),
+        ("limit", 31),
+    ]
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    for bucket in _pages(client, url, headers, params):
+        day = _bucket_day(bucket, url)
+        for result in bucket["results"]:
+            if not isinstance(result, dict):
+                raise BillingError(f"{url} answered a result that is not one.")
+            writes = result.get("cache_creation") or {}
+            if not isinstance(writes, dict):
+                raise BillingError(f"{url} answered cache writes that are not an object.")
+            tokens = sum(
+                _count(result.get(name), url)
+                for name in ("uncached_input_tokens", "cache_read_input_tokens", "output_tokens")
+            ) + sum(_count(value, url) for value in writes.values())
+            yield KeyUsage(
+                "anthropic",
+                day,
+                str(result.get("api_key_id") or ""),
+                str(result.get("model") or ""),
+                tokens,
+            )
+
+
+def _count(value: Any, url: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BillingError(f"{url} answered a token count that is not one.")
+    return value

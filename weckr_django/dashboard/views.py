@@ -687,9 +687,15 @@ def export_csv(request: HttpRequest, project: Project, kind: str) -> HttpRespons
 def billing(request: HttpRequest, project: Project) -> HttpResponse:
     """Recorded against billed, per day and provider, for the chosen month."""
     month = _month(request)
-    days = reconcile.comparison(project, month, last_shown_day(project, month))
+    last_day = last_shown_day(project, month)
     return render(
         request,
         "weckr_django/dashboard/billing.html",
-        _base(request, project, days=days, keys=reconcile.configured_providers()),
+        _base(
+            request,
+            project,
+            days=reconcile.comparison(project, month, last_day),
+            api_keys=reconcile.key_verdicts(project, month, last_day),
+            keys=reconcile.configured_providers(),
+        ),
     )

@@ -31,6 +31,9 @@ class Command(BaseCommand):
         # Where the reports are asked for: a proxy in front of the providers, say.
         parser.add_argument("--openai-url", default=reconcile.OPENAI_COSTS_URL)
         parser.add_argument("--anthropic-url", default=reconcile.ANTHROPIC_COST_REPORT_URL)
+        # The usage reports per API key: by default beside the cost reports.
+        parser.add_argument("--openai-usage-url")
+        parser.add_argument("--anthropic-usage-url")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not 1 <= options["days"] <= 90:
@@ -53,6 +56,11 @@ class Command(BaseCommand):
         last = datetime.now(UTC).date()
         first = last - timedelta(days=options["days"] - 1)
         urls = {"openai": options["openai_url"], "anthropic": options["anthropic_url"]}
+        usage_urls = {
+            provider: options[f"{provider}_usage_url"]
+            or reconcile.usage_url_beside(urls[provider], provider)
+            for provider in reconcile.PROVIDERS
+        }
         with httpx.Client() as client:
             for provider, key in keys.items():
                 try:
@@ -61,6 +69,15 @@ class Command(BaseCommand):
                     raise CommandError(f"{provider}: {error}") from None
                 stored = reconcile.store(project, lines, first, last, provider)
                 self.stdout.write(f"{provider}: {stored} billed line(s) from {first} to {last}.")
+                try:
+                    usage = reconcile.fetch_key_usage(
+                        provider, key, first, last, client, url=usage_urls[provider]
+                    )
+                except reconcile.BillingError as error:
+                    # The bill stands without it; say why the keys are not shown.
+                    self.stderr.write(f"{provider}: usage per API key not fetched: {error}")
+                    continue
+                reconcile.store_key_usage(project, usage, first, last, provider)
         days = reconcile.comparison(project, first, last)
         for day in days:
             percent = "" if day.gap_percent is None else f" ({day.gap_percent:.1f}%)"
@@ -68,6 +85,13 @@ class Command(BaseCommand):
                 f"{day.day} {day.provider}: billed ${day.billed_usd:.2f}, recorded "
                 f"${day.recorded_usd:.2f}, gap ${day.gap_usd:.2f}{percent}"
             )
+        for verdict in reconcile.key_verdicts(project, first, last):
+            if verdict.instrumented is False:
+                self.stdout.write(
+                    f"Not instrumented: {verdict.provider} API key "
+                    f"{verdict.api_key_id or '(none: the console)'}, {verdict.tokens} tokens "
+                    f"on {verdict.days} day(s)."
+                )
         alerted = alert_rules.billing_gap_alerts(project, days, send=tasks.send_alert)
         if alerted:
             self.stdout.write(f"{len(alerted)} billing gap alert(s) sent.")
