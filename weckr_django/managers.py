@@ -46,7 +46,8 @@ class ApiKeyManager(models.Manager["ApiKey"]):
 
         Looked up by hash: the plaintext never reaches the database, and comparing
         hashes leaks nothing about the stored key. The row is read on every call, so
-        a revocation applies at once; its project comes from ``key_projects``.
+        a revocation applies at once; its project comes from ``key_projects``, one
+        instance shared by the requests of every thread: read it, never change it.
         """
         digest = hash_key(plaintext)
         quote = connections[self.db].ops.quote_name

@@ -67,6 +67,8 @@ def test_a_key_revoked_elsewhere_is_refused_at_once(api: Api) -> None:
 def test_a_project_saved_here_is_seen_at_once_and_elsewhere_within_the_cache_time(
     api: Api, settings: Any
 ) -> None:
+    # Kept long enough that the test cannot outlive the copy.
+    settings.WECKR = {**settings.WECKR, "CAP_CACHE_SECONDS": 300}
     assert api.get("me").json()["project"]["name"] == "Acme"
 
     api.project.name = "Acme Inc"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -61,6 +62,27 @@ def test_calls_on_unknown_plans_and_no_plan_show_with_counts_and_cost(
     assert sorted(alert.details["plan"] for alert in alerts) == ["(no plan)", "enterprise"]
     subjects = sorted(message.subject for message in mail.outbox)
     assert any("plan enterprise, which Weckr does not know" in s for s in subjects)
+
+
+def test_the_banner_of_a_past_month_speaks_of_that_month(staff_client: Client) -> None:
+    project = project_with_plans()
+    staff_client.get(f"/weckr/?project={project.pk}")
+    now = datetime.now(UTC)
+    last_month = (now.replace(day=1) - timedelta(days=1)).replace(day=15, hour=12)
+    with override_settings(WECKR={**SYNC, "UNKNOWN_PLAN": "allow"}):
+        ingest_records(
+            project,
+            [
+                make_record("old", user_id="u1", plan="legacy", when=last_month),
+                make_record("new", user_id="u2", plan="enterprise", when=now),
+            ],
+        )
+        this = staff_client.get("/weckr/").content.decode()
+        past = staff_client.get(f"/weckr/?month={last_month:%Y-%m}").content.decode()
+
+    assert "<code>enterprise</code>" in this and "<code>legacy</code>" not in this
+    assert "<code>legacy</code>" in past and "<code>enterprise</code>" not in past
+    assert f"Calls in {last_month:%B %Y} on plans Weckr does not know" in past
 
 
 def test_calls_refused_on_an_unknown_plan_are_alerted_once_and_shown(

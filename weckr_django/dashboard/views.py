@@ -144,16 +144,16 @@ def _cost_table(
     }
 
 
-def _plan_banner(project: Project) -> dict[str, Any]:
-    """What the unknown-plan banner says: calls this month whose plan matches none."""
+def _plan_banner(project: Project, month: date) -> dict[str, Any]:
+    """What the unknown-plan banner says: calls of the month whose plan matches none."""
     plans = configured_plans(project)
     if not plans:
         return {"no_plans": True}
     return {
         "unknown_plans": reports.unknown_plan_usage(
-            project, [terms.name for terms in plans.values()]
+            project, [terms.name for terms in plans.values()], month
         ),
-        "refused_plans": reports.refused_plan_names(project),
+        "refused_plans": reports.refused_plan_names(project, month),
         "unknown_plan_rule": unknown_plan_rule(),
     }
 
@@ -278,7 +278,7 @@ def overview(request: HttpRequest, project: Project) -> HttpResponse:
             # Advice is for the month under way (its projections read this month).
             advice=_top_advice(project) if month == month_start(project) else [],
             unpriced=unpriced,
-            **_plan_banner(project),
+            **_plan_banner(project, month),
         ),
     )
 
@@ -342,7 +342,7 @@ def users(request: HttpRequest, project: Project) -> HttpResponse:
             account=account,
             query=_query_without_page(request),
             **filters,
-            **_plan_banner(project),
+            **_plan_banner(project, month),
         ),
     )
 
@@ -452,7 +452,7 @@ def accounts(request: HttpRequest, project: Project) -> HttpResponse:
             total_accounts=len(margins),
             query=_query_without_page(request),
             **filters,
-            **_plan_banner(project),
+            **_plan_banner(project, month),
         ),
     )
 
