@@ -300,6 +300,8 @@ def _customer_calls(
     story = story_month(today)
     # The story month whole, and the chart's last 30 days.
     day = min(_previous_month(today.replace(day=1)), today - timedelta(days=29))
+    # Months generated whole (a day or two of an older one can start the chart).
+    paced_from = _previous_month(today.replace(day=1))
     while day <= today:
         weekday_factor = 0.35 if day.weekday() >= 5 else 1.0
         count = max(0, round(rng.gauss(customer.calls_per_day, customer.calls_per_day / 4)))
@@ -309,7 +311,7 @@ def _customer_calls(
             record = call(moment, event_id, "wrap" if index % 3 else "sdk")
             if record is not None:
                 yield record
-        if customer.month_to_date_usd is not None:
+        if customer.month_to_date_usd is not None and day >= paced_from:
             # Calls on top, spread over the day, keep the month on a steady pace to
             # the customer's figure: reached on the month's last day, or today in the
             # story month under way.

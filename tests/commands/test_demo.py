@@ -246,6 +246,7 @@ MOMENTS = (
     "2026-12-19T23:00:00+00:00",  # the last day told by the previous month
     "2026-12-20T12:00:00+00:00",  # the first told by the month under way
     "2027-02-28T18:00:00+00:00",  # the last day of a short month
+    "2027-03-01T12:00:00+00:00",  # the chart starts on January 31
 )
 
 
@@ -274,6 +275,7 @@ def test_the_demo_tells_its_story_on_any_day_with_a_steady_chart(tmp_path: Path)
         "2026-11-01",
         "2026-11-01",
         "2026-12-01",
+        "2027-02-01",
         "2027-02-01",
     ]
     for moment, figures in outcome.items():
