@@ -15,9 +15,10 @@ Both providers also report the tokens of each of the organization's API keys per
 and model (OpenAI's completions usage, Anthropic's messages usage report):
 ``fetch_key_usage`` stores them, and ``key_verdicts`` tells which keys Weckr sees.
 Calls carry no key id, so a key is matched by its tokens: on a day and model, the
-keys whose tokens add up to what Weckr recorded (within 2%) are instrumented, the
-others are not, when exactly one such set of keys exists; otherwise that day tells
-nothing about them.
+keys whose tokens add up to what Weckr recorded (within 2%) are matched, the others
+are not, when exactly one such set of keys exists; otherwise that day tells nothing
+about them, nor does a day Weckr recorded nothing of the provider at all. A key
+unmatched on more days than matched is not instrumented.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ ANTHROPIC_USAGE_URL = "https://api.anthropic.com/v1/organizations/usage_report/m
 #: How close the tokens of a set of keys must come to what Weckr recorded to match.
 MATCH_TOLERANCE = Decimal("0.02")
 #: Keys of one day and model tried together, at most (every subset is tried).
-MAX_KEYS_MATCHED = 12
+MAX_KEYS_MATCHED = 10
 _ZERO = Decimal(0)
 _DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
 
@@ -201,12 +202,17 @@ class KeyUsage:
     tokens: int
 
 
-def usage_url_beside(cost_url: str, provider: str) -> str:
+def usage_url_beside(cost_url: str, provider: str) -> str | None:
     """The usage report served where ``cost_url`` serves the provider's costs (a
-    proxy in front of the provider serves both, under the provider's own paths)."""
-    if provider == "openai":
-        return re.sub(r"/costs/?$", "/usage/completions", cost_url)
-    return re.sub(r"/cost_report/?$", "/usage_report/messages", cost_url)
+    proxy in front of the provider serves both, under the provider's own paths);
+    None when ``cost_url`` does not end in the provider's cost path."""
+    cost_path, usage_path = (
+        ("/costs", "/usage/completions")
+        if provider == "openai"
+        else ("/cost_report", "/usage_report/messages")
+    )
+    base = cost_url.rstrip("/")
+    return base[: -len(cost_path)] + usage_path if base.endswith(cost_path) else None
 
 
 def fetch_key_usage(
@@ -233,7 +239,8 @@ def store_key_usage(
     """Replace the stored key usage of ``provider`` for these days; rows stored."""
     tokens: dict[tuple[date, str, str], int] = defaultdict(int)
     for item in usage:
-        tokens[(item.day, item.api_key_id[:200], item.model[:200])] += item.tokens
+        if item.tokens:  # a key listed with nothing used tells nothing
+            tokens[(item.day, item.api_key_id[:200], item.model[:200])] += item.tokens
     with transaction.atomic():
         ProviderKeyUsage.objects.filter(
             project=project, provider=provider, day__gte=first, day__lte=last
@@ -255,13 +262,23 @@ def store_key_usage(
 @dataclass(frozen=True, slots=True)
 class KeyVerdict:
     """One provider API key over a range of days: its tokens, the days it was used,
-    and whether Weckr records its calls (None: the tokens cannot tell)."""
+    the days whose tokens tell (matched: its tokens are among what Weckr recorded;
+    unmatched: they are not), and the verdict: instrumented when matched on at least
+    as many days as not, not instrumented when unmatched on more, None when no day
+    tells."""
 
     provider: str
     api_key_id: str
     tokens: int
     days: int
-    instrumented: bool | None
+    matched_days: int
+    unmatched_days: int
+
+    @property
+    def instrumented(self) -> bool | None:
+        if self.matched_days == self.unmatched_days == 0:
+            return None
+        return self.matched_days >= self.unmatched_days
 
 
 def key_verdicts(project: Project, first: date, last: date) -> list[KeyVerdict]:
@@ -285,28 +302,35 @@ def key_verdicts(project: Project, first: date, last: date) -> list[KeyVerdict]:
         .values_list("day", "provider", "model", "tokens")
     ):
         recorded[(day, provider, _model_key(model))] += tokens or 0
+    # The days Weckr recorded something of a provider: only there does "nothing of
+    # this model recorded" say the keys' calls went unseen (not, say, that Weckr was
+    # not installed yet, or names the model differently).
+    active = {(day, provider) for (day, provider, _), tokens in recorded.items() if tokens}
     totals: dict[tuple[str, str], int] = defaultdict(int)
     days: dict[tuple[str, str], set[date]] = defaultdict(set)
-    seen: dict[tuple[str, str], bool | None] = {}
+    matched_days: dict[tuple[str, str], set[date]] = defaultdict(set)
+    unmatched_days: dict[tuple[str, str], set[date]] = defaultdict(set)
     for (day, provider, model), keys in cells.items():
-        matched = _matching_keys(keys, recorded.get((day, provider, model), 0))
+        matched: frozenset[str] | None = None
+        if (day, provider) in active:
+            matched = _matching_keys(keys, recorded.get((day, provider, model), 0))
         for key_id, tokens in keys.items():
             name = (provider, key_id)
             totals[name] += tokens
             days[name].add(day)
-            if matched is not None and seen.get(name) is not True:
-                seen[name] = key_id in matched
-            else:
-                seen.setdefault(name, None)
+            if matched is not None:
+                (matched_days if key_id in matched else unmatched_days)[name].add(day)
     verdicts = [
         KeyVerdict(
             provider,
             key_id,
-            totals[(provider, key_id)],
-            len(days[(provider, key_id)]),
-            seen[(provider, key_id)],
+            totals[name],
+            len(days[name]),
+            len(matched_days[name]),
+            len(unmatched_days[name] - matched_days[name]),
         )
-        for provider, key_id in totals
+        for name in totals
+        for provider, key_id in [name]
     ]
     verdicts.sort(key=lambda item: (item.instrumented is not False, -item.tokens, item.api_key_id))
     return verdicts

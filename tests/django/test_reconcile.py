@@ -387,6 +387,7 @@ def test_the_usage_per_api_key_is_read_in_both_providers_shapes() -> None:
     assert reconcile.usage_url_beside(reconcile.ANTHROPIC_COST_REPORT_URL, "anthropic") == (
         reconcile.ANTHROPIC_USAGE_URL
     )
+    assert reconcile.usage_url_beside("https://proxy.example/openai-bill", "openai") is None
 
 
 def test_a_key_whose_tokens_weckr_never_recorded_is_not_instrumented() -> None:
@@ -401,9 +402,15 @@ def test_a_key_whose_tokens_weckr_never_recorded_is_not_instrumented() -> None:
 
     verdicts = reconcile.key_verdicts(project, YESTERDAY, TODAY)
 
-    assert [(v.api_key_id, v.tokens, v.days, v.instrumented) for v in verdicts] == [
-        ("key_batch", 42_300, 2, False),  # never among the keys Weckr's tokens match
-        ("key_app", 1_800, 2, True),  # matched yesterday (today's mini calls went unseen)
+    # Yesterday tells (Weckr recorded OpenAI calls): key_app's tokens are the recorded
+    # ones, key_batch's are not. Today Weckr recorded no OpenAI call at all, which
+    # tells nothing (not installed yet, say), so today's mini calls judge no key.
+    assert [
+        (v.api_key_id, v.tokens, v.days, v.matched_days, v.unmatched_days, v.instrumented)
+        for v in verdicts
+    ] == [
+        ("key_batch", 42_300, 2, 0, 1, False),
+        ("key_app", 1_800, 2, 1, 0, True),
     ]
     # Fetching again replaces the days' usage rather than adding to it.
     reconcile.store_key_usage(project, usage, YESTERDAY, TODAY, "openai")

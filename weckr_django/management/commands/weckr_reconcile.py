@@ -69,9 +69,16 @@ class Command(BaseCommand):
                     raise CommandError(f"{provider}: {error}") from None
                 stored = reconcile.store(project, lines, first, last, provider)
                 self.stdout.write(f"{provider}: {stored} billed line(s) from {first} to {last}.")
+                usage_url = usage_urls[provider]
+                if usage_url is None:
+                    self.stderr.write(
+                        f"{provider}: usage per API key not fetched: say where with "
+                        f"--{provider}-usage-url (its cost URL is not the provider's path)."
+                    )
+                    continue
                 try:
                     usage = reconcile.fetch_key_usage(
-                        provider, key, first, last, client, url=usage_urls[provider]
+                        provider, key, first, last, client, url=usage_url
                     )
                 except reconcile.BillingError as error:
                     # The bill stands without it; say why the keys are not shown.
