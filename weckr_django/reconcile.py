@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -412,50 +412,39 @@ def _pages(
     raise BillingError(f"{url} kept answering has_more after {MAX_PAGES} pages.")
 
 
-def _openai_lines(
-    key: str, first: date, last: date, client: httpx.Client, url: str
-) -> Iterator[BilledLine]:
-    """OpenAI's organization Costs API, a bucket per day, grouped by line item
-    ("gpt-4o-2024-08-06, input"); amounts in dollars
-    (https://platform.openai.com/docs/api-reference/usage/costs)."""
+def _openai_results(
+    key: str, first: date, last: date, client: httpx.Client, url: str, group_by: Sequence[str]
+) -> Iterator[tuple[date, dict[str, Any]]]:
+    """Each result of an OpenAI organization report (costs, usage) with its day: a
+    bucket per day, every page."""
     start, end = _bounds(first, last)
     params: list[tuple[str, Any]] = [
         ("start_time", int(start.timestamp())),
         ("end_time", int(end.timestamp())),
         ("bucket_width", "1d"),
-        ("group_by", "line_item"),
+        *(("group_by", name) for name in group_by),
         ("limit", 31),
     ]
     headers = {"Authorization": f"Bearer {key}"}
     for bucket in _pages(client, url, headers, params):
         day = _day(bucket.get("start_time"), url)
         for result in bucket["results"]:
-            amount = result.get("amount") if isinstance(result, dict) else None
-            if not isinstance(amount, dict):
-                raise BillingError(f"{url} answered a result without an amount.")
-            _usd_only(amount.get("currency"), url)
-            line_item = str(result.get("line_item") or "")
-            yield BilledLine(
-                "openai",
-                day,
-                line_item,
-                line_item.split(",")[0].strip(),
-                _decimal(amount.get("value"), url),
-            )
+            if not isinstance(result, dict):
+                raise BillingError(f"{url} answered a result that is not one.")
+            yield day, result
 
 
-def _anthropic_lines(
-    key: str, first: date, last: date, client: httpx.Client, url: str
-) -> Iterator[BilledLine]:
-    """Anthropic's Admin API cost report, a bucket per day, grouped by description
-    ("Claude Sonnet 4 Usage - Input Tokens", with its model); amounts are decimal
-    strings in cents (https://docs.claude.com/en/docs/build-with-claude/usage-cost-api)."""
+def _anthropic_results(
+    key: str, first: date, last: date, client: httpx.Client, url: str, group_by: Sequence[str]
+) -> Iterator[tuple[date, dict[str, Any]]]:
+    """Each result of an Anthropic Admin API report (cost, usage) with its day: a
+    bucket per day, every page."""
     start, end = _bounds(first, last)
     params: list[tuple[str, Any]] = [
         ("starting_at", start.strftime("%Y-%m-%dT%H:%M:%SZ")),
         ("ending_at", end.strftime("%Y-%m-%dT%H:%M:%SZ")),
         ("bucket_width", "1d"),
-        ("group_by[]", "description"),
+        *(("group_by[]", name) for name in group_by),
         ("limit", 31),
     ]
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
@@ -464,15 +453,84 @@ def _anthropic_lines(
         for result in bucket["results"]:
             if not isinstance(result, dict):
                 raise BillingError(f"{url} answered a result that is not one.")
-            _usd_only(result.get("currency"), url)
-            cents = _decimal(result.get("amount"), url)
-            yield BilledLine(
-                "anthropic",
-                day,
-                str(result.get("description") or result.get("cost_type") or ""),
-                str(result.get("model") or ""),
-                cents / 100,
-            )
+            yield day, result
+
+
+def _openai_lines(
+    key: str, first: date, last: date, client: httpx.Client, url: str
+) -> Iterator[BilledLine]:
+    """OpenAI's organization Costs API grouped by line item ("gpt-4o-2024-08-06,
+    input"); amounts in dollars (https://platform.openai.com/docs/api-reference/usage/costs)."""
+    for day, result in _openai_results(key, first, last, client, url, ["line_item"]):
+        amount = result.get("amount")
+        if not isinstance(amount, dict):
+            raise BillingError(f"{url} answered a result without an amount.")
+        _usd_only(amount.get("currency"), url)
+        line_item = str(result.get("line_item") or "")
+        yield BilledLine(
+            "openai",
+            day,
+            line_item,
+            line_item.split(",")[0].strip(),
+            _decimal(amount.get("value"), url),
+        )
+
+
+def _anthropic_lines(
+    key: str, first: date, last: date, client: httpx.Client, url: str
+) -> Iterator[BilledLine]:
+    """Anthropic's Admin API cost report grouped by description ("Claude Sonnet 4
+    Usage - Input Tokens", with its model); amounts are decimal strings in cents
+    (https://docs.claude.com/en/docs/build-with-claude/usage-cost-api)."""
+    for day, result in _anthropic_results(key, first, last, client, url, ["description"]):
+        _usd_only(result.get("currency"), url)
+        cents = _decimal(result.get("amount"), url)
+        yield BilledLine(
+            "anthropic",
+            day,
+            str(result.get("description") or result.get("cost_type") or ""),
+            str(result.get("model") or ""),
+            cents / 100,
+        )
+
+
+def _openai_key_usage(
+    key: str, first: date, last: date, client: httpx.Client, url: str
+) -> Iterator[KeyUsage]:
+    """OpenAI's completions usage grouped by API key and model; ``input_tokens``
+    counts the cached ones too (https://platform.openai.com/docs/api-reference/usage/completions)."""
+    for day, result in _openai_results(key, first, last, client, url, ["api_key_id", "model"]):
+        yield KeyUsage(
+            "openai",
+            day,
+            str(result.get("api_key_id") or ""),
+            str(result.get("model") or ""),
+            _count(result.get("input_tokens"), url) + _count(result.get("output_tokens"), url),
+        )
+
+
+def _anthropic_key_usage(
+    key: str, first: date, last: date, client: httpx.Client, url: str
+) -> Iterator[KeyUsage]:
+    """Anthropic's messages usage report grouped by API key and model; input in three
+    parts, uncached, cache reads and cache writes (per cache lifetime)
+    (https://docs.claude.com/en/api/admin-api/usage-cost/get-messages-usage-report)."""
+    group_by = ["api_key_id", "model"]
+    for day, result in _anthropic_results(key, first, last, client, url, group_by):
+        writes = result.get("cache_creation") or {}
+        if not isinstance(writes, dict):
+            raise BillingError(f"{url} answered cache writes that are not an object.")
+        tokens = sum(
+            _count(result.get(name), url)
+            for name in ("uncached_input_tokens", "cache_read_input_tokens", "output_tokens")
+        ) + sum(_count(value, url) for value in writes.values())
+        yield KeyUsage(
+            "anthropic",
+            day,
+            str(result.get("api_key_id") or ""),
+            str(result.get("model") or ""),
+            tokens,
+        )
 
 
 def _bucket_day(bucket: dict[str, Any], url: str) -> date:
@@ -507,73 +565,6 @@ def _decimal(value: Any, url: str) -> Decimal:
 def _usd_only(currency: Any, url: str) -> None:
     if str(currency or "usd").lower() != "usd":
         raise BillingError(f"{url} billed in {currency}; Weckr compares dollars only.")
-
-
-def _openai_key_usage(
-    key: str, first: date, last: date, client: httpx.Client, url: str
-) -> Iterator[KeyUsage]:
-    """OpenAI's completions usage, a bucket per day, grouped by API key and model;
-    ``input_tokens`` counts cached tokens too
-    (https://platform.openai.com/docs/api-reference/usage/completions)."""
-    start, end = _bounds(first, last)
-    params: list[tuple[str, Any]] = [
-        ("start_time", int(start.timestamp())),
-        ("end_time", int(end.timestamp())),
-        ("bucket_width", "1d"),
-        ("group_by", "api_key_id"),
-        ("group_by", "model"),
-        ("limit", 31),
-    ]
-    headers = {"Authorization": f"Bearer {key}"}
-    for bucket in _pages(client, url, headers, params):
-        day = _day(bucket.get("start_time"), url)
-        for result in bucket["results"]:
-            if not isinstance(result, dict):
-                raise BillingError(f"{url} answered a result that is not one.")
-            yield KeyUsage(
-                "openai",
-                day,
-                str(result.get("api_key_id") or ""),
-                str(result.get("model") or ""),
-                _count(result.get("input_tokens"), url) + _count(result.get("output_tokens"), url),
-            )
-
-
-def _anthropic_key_usage(
-    key: str, first: date, last: date, client: httpx.Client, url: str
-) -> Iterator[KeyUsage]:
-    """Anthropic's messages usage report, a bucket per day, grouped by API key and
-    model; input in three parts, uncached, cache reads and cache writes (per cache
-    lifetime) (https://docs.claude.com/en/api/admin-api/usage-cost/get-messages-usage-report)."""
-    start, end = _bounds(first, last)
-    params: list[tuple[str, Any]] = [
-        ("starting_at", start.strftime("%Y-%m-%dT%H:%M:%SZ")),
-        ("ending_at", end.strftime("%Y-%m-%dT%H:%M:%SZ")),
-        ("bucket_width", "1d"),
-        ("group_by[]", "api_key_id"),
-        ("group_by[]", "model"),
-        ("limit", 31),
-    ]
-    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
-    for bucket in _pages(client, url, headers, params):
-        day = _bucket_day(bucket, url)
-        for result in bucket["results"]:
-            if not isinstance(result, dict):
-                raise BillingError(f"{url} answered a result that is not one.")
-            writes = result.get("cache_creation") or {}
-            if not isinstance(writes, dict):
-                raise BillingError(f"{url} answered cache writes that are not an object.")
-            tokens = sum(
-                _count(result.get(name), url)
-                for name in ("uncached_input_tokens", "cache_read_input_tokens", "output_tokens")
-            ) + sum(_count(value, url) for value in writes.values())
-            yield KeyUsage(
-                "anthropic",
-                day,
-                str(result.get("api_key_id") or ""),
-                str(result.get("model") or ""),
-                tokens,
-            )
 
 
 def _count(value: Any, url: str) -> int:
