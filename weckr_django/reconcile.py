@@ -106,11 +106,13 @@ def store(
                 earlier.amount_usd + line.amount_usd,
             )
         by_key[key] = line
-    with transaction.atomic():
-        BilledCost.objects.filter(
-            project=project, provider=provider, day__gte=first, day__lte=last
-        ).delete()
-        BilledCost.objects.bulk_create(
+    _replace_days(
+        BilledCost,
+        project,
+        provider,
+        first,
+        last,
+        [
             BilledCost(
                 project=project,
                 provider=line.provider,
@@ -120,7 +122,8 @@ def store(
                 amount_usd=line.amount_usd,
             )
             for line in by_key.values()
-        )
+        ],
+    )
     return len(by_key)
 
 
@@ -163,19 +166,11 @@ def comparison(project: Project, first: date, last: date) -> list[DayComparison]
     ).values_list("day", "provider", "model", "line_item", "amount_usd"):
         billed[(day, provider)][_model_key(model or line_item)] += amount
     recorded: dict[tuple[date, str], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    for day, provider, model, cost in (
-        DailyUsage.objects.filter(
-            project=project,
-            day__gte=first,
-            day__lte=last,
-            provider__in=sorted({provider for _, provider in billed}),
-        )
-        .values("day", "provider", "model")
-        .annotate(cost=Sum("cost_usd"))
-        .order_by()
-        .values_list("day", "provider", "model", "cost")
-    ):
-        recorded[(day, provider)][_model_key(model)] += cost or _ZERO
+    providers = {provider for _, provider in billed}
+    for (day, provider, model), cost in _recorded(
+        project, first, last, providers, Sum("cost_usd")
+    ).items():
+        recorded[(day, provider)][model] += cost
     days = []
     for (day, provider), bill in billed.items():
         spent = recorded.get((day, provider), {})
@@ -241,11 +236,13 @@ def store_key_usage(
     for item in usage:
         if item.tokens:  # a key listed with nothing used tells nothing
             tokens[(item.day, item.api_key_id[:200], item.model[:200])] += item.tokens
-    with transaction.atomic():
-        ProviderKeyUsage.objects.filter(
-            project=project, provider=provider, day__gte=first, day__lte=last
-        ).delete()
-        ProviderKeyUsage.objects.bulk_create(
+    _replace_days(
+        ProviderKeyUsage,
+        project,
+        provider,
+        first,
+        last,
+        [
             ProviderKeyUsage(
                 project=project,
                 provider=provider,
@@ -255,7 +252,8 @@ def store_key_usage(
                 tokens=count,
             )
             for (day, key_id, model), count in tokens.items()
-        )
+        ],
+    )
     return len(tokens)
 
 
@@ -288,20 +286,13 @@ def key_verdicts(project: Project, first: date, last: date) -> list[KeyVerdict]:
         project=project, day__gte=first, day__lte=last
     ).values_list("day", "provider", "api_key_id", "model", "tokens"):
         cells[(day, provider, _model_key(model))][key_id] += tokens
-    recorded: dict[tuple[date, str, str], int] = defaultdict(int)
-    for day, provider, model, tokens in (
-        DailyUsage.objects.filter(
-            project=project,
-            day__gte=first,
-            day__lte=last,
-            provider__in=sorted({provider for _, provider, _ in cells}),
-        )
-        .values("day", "provider", "model")
-        .annotate(tokens=Sum("input_tokens") + Sum("cache_creation_tokens") + Sum("output_tokens"))
-        .order_by()
-        .values_list("day", "provider", "model", "tokens")
-    ):
-        recorded[(day, provider, _model_key(model))] += tokens or 0
+    recorded = _recorded(
+        project,
+        first,
+        last,
+        {provider for _, provider, _ in cells},
+        Sum("input_tokens") + Sum("cache_creation_tokens") + Sum("output_tokens"),
+    )
     # The days Weckr recorded something of a provider: only there does "nothing of
     # this model recorded" say the keys' calls went unseen (not, say, that Weckr was
     # not installed yet, or names the model differently).
@@ -334,6 +325,43 @@ def key_verdicts(project: Project, first: date, last: date) -> list[KeyVerdict]:
     ]
     verdicts.sort(key=lambda item: (item.instrumented is not False, -item.tokens, item.api_key_id))
     return verdicts
+
+
+def _recorded(
+    project: Project, first: date, last: date, providers: Iterable[str], total: Any
+) -> dict[tuple[date, str, str], Any]:
+    """``total`` (an aggregate of ``DailyUsage``) of what Weckr recorded per day,
+    provider and model as both sides name it (``_model_key``)."""
+    recorded: dict[tuple[date, str, str], Any] = {}
+    for day, provider, model, value in (
+        DailyUsage.objects.filter(
+            project=project, day__gte=first, day__lte=last, provider__in=sorted(providers)
+        )
+        .values("day", "provider", "model")
+        .annotate(total=total)
+        .order_by()
+        .values_list("day", "provider", "model", "total")
+    ):
+        # A model's dated snapshots add up under its name.
+        key = (day, provider, _model_key(model))
+        recorded[key] = recorded.get(key, 0) + (value or 0)
+    return recorded
+
+
+def _replace_days(
+    model: type[BilledCost] | type[ProviderKeyUsage],
+    project: Project,
+    provider: str,
+    first: date,
+    last: date,
+    rows: list[Any],
+) -> None:
+    """The provider's stored rows of ``model`` for these days become ``rows``."""
+    with transaction.atomic():
+        model.objects.filter(
+            project=project, provider=provider, day__gte=first, day__lte=last
+        ).delete()
+        model.objects.bulk_create(rows)
 
 
 def _matching_keys(keys: dict[str, int], recorded: int) -> frozenset[str] | None:
