@@ -92,6 +92,16 @@ def span(span_id: str, **attributes: Any) -> dict[str, Any]:
     }
 
 
+def export_json(client: Client, body: dict[str, Any], key: str) -> Any:
+    """``body`` sent as an OTLP/JSON export with the project's key as ``x-api-key``."""
+    return client.post(
+        "/api/v1/otlp/v1/traces",
+        json.dumps(body),
+        content_type="application/json",
+        headers={"x-api-key": key},
+    )
+
+
 @pytest.mark.django_db
 def test_the_json_encoding_and_the_older_attribute_names(client: Client) -> None:
     project = Project.objects.create(name="Polyglot")
@@ -193,12 +203,7 @@ def test_openllmetry_association_properties_and_langfuse_attributes_attribute_th
         ),
     )
 
-    response = client.post(
-        "/api/v1/otlp/v1/traces",
-        json.dumps(body),
-        content_type="application/json",
-        headers={"x-api-key": key},
-    )
+    response = export_json(client, body, key)
 
     assert response.status_code == 200, response.content
     rows = {
@@ -276,12 +281,7 @@ def test_odd_token_counts_and_missing_ids_are_refused_spans_not_errors(client: C
         span("eee19b7ec3c1b176", **{"gen_ai.usage.input_tokens": 3}),
     )
 
-    response = client.post(
-        "/api/v1/otlp/v1/traces",
-        json.dumps(body),
-        content_type="application/json",
-        headers={"x-api-key": key},
-    )
+    response = export_json(client, body, key)
 
     assert response.status_code == 200, response.content
     partial = response.json()["partialSuccess"]
