@@ -165,17 +165,16 @@ def _base(request: HttpRequest, project: Project | None = None, **context: Any) 
         months = [month_start(project)]
         for _ in range(MONTHS_OFFERED - 1):
             months.append(previous_month(months[-1]))
+    is_current_month = bool(months) and month == months[0]
     return {
         "project": project,
         "projects": getattr(request, "weckr_projects", []),
         "page": getattr(request, "weckr_page", ""),
         "month": month,
         "months": months,
-        "is_current_month": bool(months) and month == months[0],
+        "is_current_month": is_current_month,
         # "No calls this month." / "No calls in January 2027."
-        "in_month": "this month"
-        if month is None or (months and month == months[0])
-        else f"in {month:%B %Y}",
+        "in_month": "this month" if month is None or is_current_month else f"in {month:%B %Y}",
         # What the month selector keeps of the page's query (a user, a filter).
         "kept_query": [
             (key, value) for key, value in request.GET.items() if key not in ("month", "page")
